@@ -1,0 +1,75 @@
+"""Models every client trains, built only from layers Opacus supports.
+
+Every protocol works on one flat float32 vector, so each model's parameters flatten to
+that vector and load back from it exactly (``flatten_parameters`` / ``load_flat``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+MODEL_KINDS = ("logreg", "mlp")
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression (binary as two classes): one linear layer."""
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class MLP(nn.Module):
+    """A small two-layer perceptron with a tanh hidden layer (bounded activations suit DP-SGD)."""
+
+    def __init__(self, n_features: int, n_classes: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(n_features, hidden)
+        self.activation = nn.Tanh()
+        self.out = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.activation(self.hidden(x)))
+
+
+def build_model(kind: str, n_features: int, n_classes: int, *, seed: int = 0) -> nn.Module:
+    """Build a model deterministically for ``seed``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if n_features < 1 or n_classes < 2:
+        raise ValueError(f"need n_features >= 1 and n_classes >= 2, got {n_features}, {n_classes}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return LogisticRegression(n_features, n_classes) if kind == "logreg" else MLP(n_features, n_classes)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flatten_parameters(model: nn.Module) -> np.ndarray:
+    """All parameters, in ``model.parameters()`` order, as one float32 vector."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().numpy().astype(np.float32)
+
+
+def load_flat(model: nn.Module, flat: np.ndarray) -> None:
+    """Overwrite the model's parameters from a flat vector made by ``flatten_parameters``."""
+    vector = np.asarray(flat)
+    expected = parameter_count(model)
+    if vector.ndim != 1 or vector.shape[0] != expected:
+        raise ValueError(f"flat parameter vector has shape {vector.shape}, model needs ({expected},)")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("flat parameter vector has non-finite values")
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(torch.from_numpy(vector[offset : offset + n].astype(np.float32)).reshape(p.shape))
+            offset += n

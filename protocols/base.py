@@ -29,7 +29,8 @@ from .errors import ConfigurationError, MalformedInput
 Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
 
-# Protocol name -> module implementing ``recompute_total(transcript, submissions)``.
+# Protocol name -> module implementing
+# ``recompute_from_submissions(transcript, submissions) -> float64 total``.
 # Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
 _RECOMPUTERS = {
     "plain": "bfl_private.protocols.plain",
@@ -112,4 +113,4 @@ def recompute_total(
         module = importlib.import_module(_RECOMPUTERS[protocol])
     except KeyError:
         raise ConfigurationError(f"unknown protocol {protocol!r}; known: {sorted(_RECOMPUTERS)}") from None
-    return module.recompute_total(transcript, submissions)
+    return module.recompute_from_submissions(transcript, submissions)

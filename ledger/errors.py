@@ -1,0 +1,62 @@
+"""One error tree for everything the ledger checks, in the style of sigstore's verifier.
+
+Every check raises a narrow subclass of :class:`VerificationError` (never returns a
+boolean); the message says what failed and where (block height, entry index, CID, ...).
+"""
+from __future__ import annotations
+
+
+class VerificationError(Exception):
+    """Base class: something recorded does not verify."""
+
+
+class MalformedRecord(VerificationError, ValueError):
+    """Bytes that do not parse as the record they claim to be (JSON, note, header, ...)."""
+
+
+class MerkleError(VerificationError):
+    """Base class of Merkle tree failures."""
+
+
+class InclusionProofError(MerkleError):
+    """An inclusion proof does not lead to the expected root (RFC 9162 §2.1.3.2)."""
+
+
+class ConsistencyProofError(MerkleError):
+    """A consistency proof does not link the two tree heads (RFC 9162 §2.1.4.2)."""
+
+
+class RootMismatch(MerkleError):
+    """A recomputed Merkle root or tree size differs from the recorded one."""
+
+
+class SignatureError(VerificationError):
+    """A signature does not verify under the key it names, or names an unknown key."""
+
+
+class QuorumError(VerificationError):
+    """Fewer valid validator signatures than the quorum requires."""
+
+
+class CIDMismatch(VerificationError):
+    """Blob bytes that do not hash to their content identifier, or a missing blob."""
+
+
+class ChainError(VerificationError):
+    """The hash chain of blocks is broken: wrong previous hash, height gap, fork, truncation."""
+
+
+class StateRootMismatch(VerificationError):
+    """Replaying the contracts gives a state whose root differs from the block's."""
+
+
+class ContractViolation(VerificationError):
+    """An entry that the contracts refuse (unregistered client, replay, over budget, ...)."""
+
+
+class StorageError(VerificationError):
+    """The SQLite store or blob directory is unreadable or structurally damaged."""
+
+
+class SemanticCheckError(VerificationError):
+    """A semantic hook (aggregate, model, epsilon recomputation) found a false claim."""

@@ -1,0 +1,147 @@
+"""The federation's roles: clients that train locally, an aggregator that only sums.
+
+Clients and the aggregator talk through an :class:`AggregationProtocol`; the loop never
+depends on which one. FedAvg weights travel *inside* the protected vector: each client
+submits ``[w·Δ, w]`` with ``w = records / max_records``, so the aggregate's last
+coordinate is the total weight of exactly the clients that made it in, and the
+weighted average stays correct whatever dropped out.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ClientData, Split
+from .models import build_model, flatten_parameters, load_flat
+from .protocols.base import AggregationProtocol, AggregationResult, Stage
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training and update-encoding settings shared by every client of a round."""
+
+    model: str = "logreg"
+    local_steps: int = 20
+    batch_size: int = 16
+    learning_rate: float = 0.5
+    update_bound: float = 1.0
+    """Each coordinate of a client's weighted update is clipped to [-bound, bound]."""
+    server_learning_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("local_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "update_bound", "server_learning_rate"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What one client produced in one round, before protection."""
+
+    client_id: str
+    delta: np.ndarray
+    """New local parameters minus the global parameters (float32)."""
+    records: int
+    privacy: Mapping[str, Any] | None = None
+    """The privacy record of the DP training that produced ``delta`` (None when non-private)."""
+
+
+def accuracy(model_kind: str, params: np.ndarray, split: Split, *, n_features: int, n_classes: int) -> float:
+    """Fraction of ``split`` that the model with flat ``params`` classifies correctly."""
+    model = build_model(model_kind, n_features, n_classes)
+    load_flat(model, params)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(split.features)).argmax(dim=1).numpy()
+    return float(np.mean(predicted == split.labels))
+
+
+def _sgd(model: nn.Module, split: Split, config: TrainingConfig, generator: torch.Generator) -> None:
+    features = torch.from_numpy(split.features)
+    labels = torch.from_numpy(split.labels)
+    optimiser = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(config.local_steps):
+        batch = torch.randint(len(split), (min(config.batch_size, len(split)),), generator=generator)
+        optimiser.zero_grad()
+        loss_fn(model(features[batch]), labels[batch]).backward()
+        optimiser.step()
+
+
+class Client:
+    """One data holder: trains on its own records and hands back only an update."""
+
+    def __init__(self, data: ClientData, *, n_features: int, n_classes: int) -> None:
+        self.data = data
+        self.n_features = n_features
+        self.n_classes = n_classes
+
+    @property
+    def client_id(self) -> str:
+        return self.data.client_id
+
+    def train(self, global_params: np.ndarray, config: TrainingConfig, *, seed: int) -> LocalUpdate:
+        """Non-private local SGD from the global model."""
+        model = build_model(config.model, self.n_features, self.n_classes)
+        load_flat(model, global_params)
+        generator = torch.Generator().manual_seed(seed)
+        _sgd(model, self.data.train, config, generator)
+        return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, len(self.data.train))
+
+
+def weighted_payload(update: LocalUpdate, *, max_records: int, bound: float) -> np.ndarray:
+    """The vector a client protects: ``[w·clip(Δ), w]`` with ``w = records / max_records``."""
+    if not 0 < update.records <= max_records:
+        raise ValueError(f"client {update.client_id!r} claims {update.records} records, outside 1..{max_records}")
+    weight = update.records / max_records
+    clipped = np.clip(update.delta.astype(np.float64), -bound, bound)
+    return np.append(weight * clipped, weight).astype(np.float32)
+
+
+def fedavg_delta(total: np.ndarray) -> np.ndarray:
+    """The weighted average update from a decoded aggregate ``[Σ w·Δ, Σ w]``."""
+    total_weight = float(total[-1])
+    if not total_weight > 0:
+        raise ValueError(f"aggregate carries total weight {total_weight!r}; nothing to average")
+    return (total[:-1] / total_weight).astype(np.float32)
+
+
+@dataclass
+class Aggregator:
+    """Combines protected updates through a protocol; never sees a secret of a client."""
+
+    protocol: AggregationProtocol
+    max_records: int
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def aggregate(
+        self,
+        global_params: np.ndarray,
+        updates: Sequence[LocalUpdate],
+        *,
+        round_id: int,
+        round_seed: bytes,
+        drop: Mapping[str, Stage] | None = None,
+        payloads: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, AggregationResult]:
+        """Run the protocol and return the new global parameters and the protocol result.
+
+        ``payloads`` replaces chosen clients' vectors (a faulty or malicious client that
+        does not follow the encoding); honest clients' payloads are computed here.
+        """
+        vectors = {
+            u.client_id: weighted_payload(u, max_records=self.max_records, bound=self.config.update_bound)
+            for u in updates
+        }
+        vectors.update(payloads or {})
+        result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop)
+        new_params = global_params + self.config.server_learning_rate * fedavg_delta(result.total)
+        return new_params.astype(np.float32), result

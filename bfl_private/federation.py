@@ -1,10 +1,7 @@
 """The federation's roles: clients that train locally, an aggregator that only sums.
 
 Clients and the aggregator talk through an :class:`AggregationProtocol`; the loop never
-depends on which one. FedAvg weights travel *inside* the protected vector: each client
-submits ``[w·Δ, w]`` with ``w = records / max_records``, so the aggregate's last
-coordinate is the total weight of exactly the clients that made it in, and the
-weighted average stays correct whatever dropped out.
+depends on which one. The FedAvg arithmetic itself lives in :mod:`bfl_private.fedavg`.
 """
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ import torch
 from torch import nn
 
 from .data import ClientData, Split
+from .fedavg import next_global_model, weighted_payload
 from .models import build_model, flatten_parameters, load_flat
 from .protocols.base import AggregationProtocol, AggregationResult, Stage
 
@@ -97,23 +95,6 @@ class Client:
         return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, len(self.data.train))
 
 
-def weighted_payload(update: LocalUpdate, *, max_records: int, bound: float) -> np.ndarray:
-    """The vector a client protects: ``[w·clip(Δ), w]`` with ``w = records / max_records``."""
-    if not 0 < update.records <= max_records:
-        raise ValueError(f"client {update.client_id!r} claims {update.records} records, outside 1..{max_records}")
-    weight = update.records / max_records
-    clipped = np.clip(update.delta.astype(np.float64), -bound, bound)
-    return np.append(weight * clipped, weight).astype(np.float32)
-
-
-def fedavg_delta(total: np.ndarray) -> np.ndarray:
-    """The weighted average update from a decoded aggregate ``[Σ w·Δ, Σ w]``."""
-    total_weight = float(total[-1])
-    if not total_weight > 0:
-        raise ValueError(f"aggregate carries total weight {total_weight!r}; nothing to average")
-    return (total[:-1] / total_weight).astype(np.float32)
-
-
 @dataclass
 class Aggregator:
     """Combines protected updates through a protocol; never sees a secret of a client."""
@@ -138,10 +119,14 @@ class Aggregator:
         does not follow the encoding); honest clients' payloads are computed here.
         """
         vectors = {
-            u.client_id: weighted_payload(u, max_records=self.max_records, bound=self.config.update_bound)
+            u.client_id: weighted_payload(
+                u.delta, records=u.records, max_records=self.max_records, bound=self.config.update_bound
+            )
             for u in updates
         }
         vectors.update(payloads or {})
         result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop)
-        new_params = global_params + self.config.server_learning_rate * fedavg_delta(result.total)
-        return new_params.astype(np.float32), result
+        new_params = next_global_model(
+            global_params, result.total, server_learning_rate=self.config.server_learning_rate
+        )
+        return new_params, result

@@ -6,15 +6,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bfl_private.data import load_federated
-from bfl_private.federation import (
-    Aggregator,
-    Client,
-    LocalUpdate,
-    TrainingConfig,
-    accuracy,
-    fedavg_delta,
-    weighted_payload,
-)
+from bfl_private.fedavg import fedavg_delta, weighted_payload
+from bfl_private.federation import Aggregator, Client, LocalUpdate, TrainingConfig, accuracy
 from bfl_private.models import build_model, flatten_parameters, load_flat, parameter_count
 from bfl_private.protocols.errors import MalformedInput
 from bfl_private.protocols.plain import PlainProtocol, decode_submission, recompute_from_submissions
@@ -93,7 +86,7 @@ def test_plain_rejects_garbage_at_submission_and_recomputes_exactly():
 
 def test_weighted_payload_refuses_impossible_record_counts():
     with pytest.raises(ValueError, match="outside 1..10"):
-        weighted_payload(LocalUpdate("x", np.zeros(2, np.float32), records=11), max_records=10, bound=1.0)
+        weighted_payload(np.zeros(2, np.float32), records=11, max_records=10, bound=1.0)
     with pytest.raises(ValueError, match="total weight"):
         fedavg_delta(np.array([1.0, 0.0]))
 

@@ -1,0 +1,37 @@
+"""FedAvg arithmetic on flat vectors, in numpy only.
+
+The aggregator uses it to build the next global model and the auditor uses the very
+same functions to re-derive that model from the ledger, bit for bit, without torch.
+
+Weights travel *inside* the protected vector: each client submits ``[w·clip(Δ), w]`` with
+``w = records / max_records``, so the aggregate's last coordinate is the total weight of
+exactly the clients that made it in, and the average stays right whatever dropped out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def weighted_payload(delta: np.ndarray, *, records: int, max_records: int, bound: float) -> np.ndarray:
+    """The vector a client protects: ``[w·clip(Δ, ±bound), w]``, float32."""
+    if not 0 < records <= max_records:
+        raise ValueError(f"{records} records is outside 1..{max_records}")
+    weight = records / max_records
+    clipped = np.clip(np.asarray(delta, dtype=np.float64), -bound, bound)
+    return np.append(weight * clipped, weight).astype(np.float32)
+
+
+def fedavg_delta(total: np.ndarray) -> np.ndarray:
+    """The weighted average update from a decoded aggregate ``[Σ w·Δ, Σ w]``."""
+    total_weight = float(total[-1])
+    if not total_weight > 0:
+        raise ValueError(f"aggregate carries total weight {total_weight!r}; nothing to average")
+    return (np.asarray(total[:-1], dtype=np.float64) / total_weight).astype(np.float32)
+
+
+def next_global_model(previous: np.ndarray, total: np.ndarray, *, server_learning_rate: float) -> np.ndarray:
+    """``previous + η · (Σ w·Δ / Σ w)``, float32: the one definition of a round's model."""
+    previous = np.asarray(previous, dtype=np.float32)
+    if previous.shape[0] + 1 != np.asarray(total).shape[0]:
+        raise ValueError(f"aggregate of length {np.asarray(total).shape[0]} does not fit a model of {previous.shape[0]} parameters")
+    return (previous + np.float32(server_learning_rate) * fedavg_delta(total)).astype(np.float32)

@@ -15,30 +15,9 @@ from torch import nn
 
 from .data import ClientData, Split
 from .fedavg import next_global_model, weighted_payload
+from .settings import TrainingConfig
 from .models import build_model, flatten_parameters, load_flat
 from .protocols.base import AggregationProtocol, AggregationResult, Stage
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Local training and update-encoding settings shared by every client of a round."""
-
-    model: str = "logreg"
-    local_steps: int = 20
-    batch_size: int = 16
-    learning_rate: float = 0.5
-    update_bound: float = 1.0
-    """Each coordinate of a client's weighted update is clipped to [-bound, bound]."""
-    server_learning_rate: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("local_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "update_bound", "server_learning_rate"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from torch import nn
 
 from bfl_private.data import load_federated
 from bfl_private.fedavg import fedavg_delta, weighted_payload
-from bfl_private.federation import Aggregator, Client, LocalUpdate, TrainingConfig, accuracy
+from bfl_private.federation import Aggregator, Client, LocalUpdate, accuracy
+from bfl_private.settings import TrainingConfig
 from bfl_private.models import build_model, flatten_parameters, load_flat, parameter_count
 from bfl_private.protocols.errors import MalformedInput
 from bfl_private.protocols.plain import PlainProtocol, decode_submission, recompute_from_submissions

@@ -1,0 +1,123 @@
+"""The parameters a federation is created with, fixed in its genesis entry.
+
+Torch-free on purpose: the auditor reads them back from the ledger to re-derive every
+model and privacy claim.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PROTOCOLS = ("plain", "masking", "paillier", "ckks")
+
+
+class SettingsError(ValueError):
+    """Federation parameters that are inconsistent or out of range."""
+
+
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise SettingsError(f"{type(owner).__name__}.{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training and update-encoding settings shared by every client."""
+
+    model: str = "logreg"
+    local_steps: int = 20
+    batch_size: int = 16
+    learning_rate: float = 0.5
+    update_bound: float = 1.0
+    """Each coordinate of a client's weighted update is clipped to [-bound, bound]."""
+    server_learning_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "local_steps", "batch_size", "learning_rate", "update_bound", "server_learning_rate")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """DP-SGD parameters; σ is planned per command from the ε it may spend."""
+
+    delta: float = 1e-5
+    lifetime_epsilon: float = 3.0
+    sample_rate: float = 0.25
+    clipping_norm: float = 1.0
+    accountant: str = "pld"
+
+    def __post_init__(self) -> None:
+        _positive(self, "delta", "lifetime_epsilon", "sample_rate", "clipping_norm")
+        if not self.sample_rate <= 1:
+            raise SettingsError(f"PrivacySettings.sample_rate must be in (0, 1], got {self.sample_rate!r}")
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Secure-aggregation parameters."""
+
+    name: str = "masking"
+    bits: int = 16
+    neighbours: int | None = None
+    """SecAgg+ neighbour degree k; None lets the protocol choose its documented default."""
+    paillier_key_bits: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise SettingsError(f"unknown protocol {self.name!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Integer token amounts used by the ledger's reward contract."""
+
+    reward_per_round: int = 1000
+    penalty_invalid: int = 100
+    penalty_dropout: int = 10
+    validator_reward: int = 10
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    dataset: str = "breast_cancer"
+    n_clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    data_seed: int = 0
+    n_validators: int = 4
+    quality_tolerance: float = 0.02
+    """A round whose model is worse than the previous one by more than this is rejected."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
+    rewards: RewardSettings = field(default_factory=RewardSettings)
+
+    def __post_init__(self) -> None:
+        if self.n_clients < 2:
+            raise SettingsError(f"a federation needs at least 2 clients, got {self.n_clients}")
+        if self.n_validators < 1:
+            raise SettingsError(f"a federation needs at least 1 validator, got {self.n_validators}")
+        if not 0 <= self.quality_tolerance < 1:
+            raise SettingsError(f"quality_tolerance must be in [0, 1), got {self.quality_tolerance!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "FederationSettings":
+        try:
+            nested = {
+                "training": TrainingConfig(**data["training"]),
+                "privacy": PrivacySettings(**data["privacy"]),
+                "protocol": ProtocolSettings(**data["protocol"]),
+                "rewards": RewardSettings(**data["rewards"]),
+            }
+            flat = {k: v for k, v in data.items() if k not in nested}
+            return cls(**flat, **nested)
+        except (KeyError, TypeError) as exc:
+            raise SettingsError(f"genesis federation settings are malformed: {exc}") from exc

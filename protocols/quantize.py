@@ -45,10 +45,13 @@ class FixedPointCodec:
         if self.max_summands < 1:
             raise ConfigurationError(f"max_summands must be >= 1, got {self.max_summands}")
         if self.max_summands * self.levels >= MODULUS:
-            headroom = MODULUS_BITS - self.max_summands.bit_length()
+            # The exact limits, not a power-of-two approximation: n * (2^b - 1) <= 2^32 - 1.
+            max_bits = ((MODULUS - 1) // self.max_summands + 1).bit_length() - 1
+            max_clients = (MODULUS - 1) // self.levels
             raise ConfigurationError(
                 f"{self.max_summands} summands x (2^{self.bits}-1) levels overflow the modulus "
-                f"2^{MODULUS_BITS}: lower bits to at most {headroom} or the number of clients"
+                f"2^{MODULUS_BITS}: lower bits to at most {max_bits}, or max_summands to at most "
+                f"{max_clients}"
             )
 
     @property
@@ -92,11 +95,19 @@ class FixedPointCodec:
         return t.astype(np.float64) * self.step - summands * self.clip
 
     def to_json(self) -> dict:
+        """The codec's parameters as a JSON object, for transcripts and ledger records."""
         return {"clip": float(self.clip), "bits": int(self.bits), "max_summands": int(self.max_summands)}
 
     @classmethod
     def from_json(cls, data: dict) -> "FixedPointCodec":
+        """Parse :meth:`to_json` output strictly: integers must be JSON integers, not 16.5."""
         try:
-            return cls(clip=float(data["clip"]), bits=int(data["bits"]), max_summands=int(data["max_summands"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedInput(f"bad fixed-point codec parameters {data!r}: {exc}") from exc
+            clip, bits, max_summands = data["clip"], data["bits"], data["max_summands"]
+        except (KeyError, TypeError) as exc:
+            raise MalformedInput(f"bad fixed-point codec parameters {data!r}: missing {exc}") from exc
+        for name, value in (("bits", bits), ("max_summands", max_summands)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise MalformedInput(f"fixed-point codec parameter {name!r} must be an integer, got {value!r}")
+        if not isinstance(clip, (int, float)) or isinstance(clip, bool):
+            raise MalformedInput(f"fixed-point codec parameter 'clip' must be a number, got {clip!r}")
+        return cls(clip=float(clip), bits=bits, max_summands=max_summands)

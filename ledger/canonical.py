@@ -1,0 +1,69 @@
+"""Canonical JSON (RFC 8785, JSON Canonicalization Scheme) for everything the ledger signs.
+
+A signature or a hash over JSON is only meaningful if there is exactly one byte string
+per value; RFC 8785 fixes key order (UTF-16 code units, §3.2.3), number formatting
+(ECMAScript, §3.2.2.3) and string escaping (§3.2.2.2). Serialisation is delegated to the
+``rfc8785`` package. Parsing is strict in the other direction: bytes are accepted only if
+they are *already* canonical, so two different byte strings can never carry one record.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import rfc8785
+
+from .errors import MalformedRecord
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """RFC 8785 bytes of ``obj`` (dicts with str keys, lists/tuples, str, int, float, bool, None).
+
+    Raises :class:`MalformedRecord` for what JCS cannot represent: NaN or infinities
+    (RFC 8785 §3.2.2.3 / I-JSON), integers beyond ±2^53 - 1, non-string keys, other types.
+    """
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError as exc:
+        raise MalformedRecord(f"value cannot be canonicalised as RFC 8785 JSON: {exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate object key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def parse_canonical(data: bytes, *, where: str) -> Any:
+    """Parse RFC 8785 JSON, refusing anything that is not byte-for-byte canonical.
+
+    ``where`` names the source (e.g. ``"entry 17"`` or a blob CID) in the error message.
+    Raises :class:`MalformedRecord` for invalid UTF-8, invalid JSON, duplicate keys,
+    NaN/Infinity, or JSON that is valid but not in canonical form (whitespace, key order,
+    number spelling, escapes).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedRecord(f"{where}: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRecord(f"{where}: not valid JSON: {exc}") from None
+    try:
+        again = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        raise MalformedRecord(f"{where}: JSON outside the RFC 8785 domain: {exc}") from None
+    if again != data:
+        raise MalformedRecord(
+            f"{where}: JSON is not in RFC 8785 canonical form "
+            f"({len(data)} bytes, canonical form has {len(again)})"
+        )
+    return value

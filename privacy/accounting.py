@@ -1,0 +1,272 @@
+"""Privacy records and the cumulative ε an auditor can recompute from them.
+
+A :class:`PrivacyRecord` is what one client spent in one round of DP-SGD: a Poisson
+subsampled Gaussian mechanism (noise multiplier σ relative to the clipping norm C,
+sample rate q) applied ``steps`` times. It carries every parameter needed to recompute
+its cost exactly, including the accountant and its discretisation and the accounting
+library's version, so a third party holding only the ledger can redo the arithmetic.
+
+The maths is entirely Google's ``dp-accounting``: the privacy loss distribution (PLD)
+accountant by default (tight; Koskela et al. 2020, Doroshenko et al. 2022), Rényi DP
+(Mironov 2017) as an option. A client's history is composed as one
+``ComposedDpEvent`` of ``SelfComposedDpEvent(PoissonSampledDpEvent(q,
+GaussianDpEvent(σ)), n)``: composition across rounds and commands is exact, never a sum
+of ε. Records with the same (σ, q) are merged into one self-composition (same
+mechanism, steps added) and the groups are sorted, so the result depends only on the
+multiset of steps, not on how they were split into rounds, and costs one FFT
+self-composition per distinct mechanism instead of one per round.
+
+This module imports no torch: the verifier path uses it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import metadata
+from typing import Any
+
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from .errors import EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
+
+MECHANISM = "subsampled_gaussian"
+ACCOUNTANTS = ("pld", "rdp")
+LIBRARY = "dp-accounting"
+LIBRARY_VERSION = metadata.version(LIBRARY)
+NEIGHBORING_RELATION = "add_or_remove_one"
+"""Poisson sampling gives add/remove-one DP; Opacus's accountants assume the same."""
+DEFAULT_DELTA = 1e-5
+DEFAULT_PLD_DISCRETIZATION = 1e-3
+"""PLD ``value_discretization_interval``. The PLD accountant's ε is a pessimistic (upper)
+bound for any interval; 1e-3 moves ε by < 1e-4 relative against 1e-4 on this project's
+settings and is ~10x faster, which the planner (tens of evaluations per client) needs."""
+
+
+def _finite_number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedPrivacyRecord(f"{where}: field {name!r} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise MalformedPrivacyRecord(f"{where}: field {name!r} must be finite, got {value!r}")
+    return number
+
+
+def check_delta(delta: Any, *, where: str) -> float:
+    """``delta`` as a float in the open interval (0, 1), else :class:`InvalidDelta`."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0.0 < float(delta) < 1.0):
+        raise InvalidDelta(f"{where}: delta must be a number in (0, 1), got {delta!r}")
+    return float(delta)
+
+
+def check_accountant(accountant: str, value_discretization_interval: float | None, *, where: str) -> None:
+    """Accountant name and parameters that :func:`cumulative_epsilon` can honour exactly."""
+    if accountant not in ACCOUNTANTS:
+        raise MalformedPrivacyRecord(f"{where}: accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
+    if accountant == "pld":
+        interval = _finite_number(value_discretization_interval, "value_discretization_interval", where)
+        if not 0.0 < interval <= 0.1:
+            raise MalformedPrivacyRecord(f"{where}: PLD value_discretization_interval must be in (0, 0.1], got {interval!r}")
+    elif value_discretization_interval is not None:
+        raise MalformedPrivacyRecord(
+            f"{where}: value_discretization_interval is a PLD parameter; it must be null for {accountant!r}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyRecord:
+    """One client's DP-SGD spend in one round, with everything needed to recompute it.
+
+    ``noise_multiplier`` is kept as the exact float used for training (σ, relative to
+    ``clipping_norm``); rounding it for display would change the recomputed ε.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clipping_norm: float
+    delta: float = DEFAULT_DELTA
+    accountant: str = "pld"
+    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION
+    mechanism: str = MECHANISM
+    neighboring_relation: str = NEIGHBORING_RELATION
+    library: str = LIBRARY
+    library_version: str = field(default=LIBRARY_VERSION)
+
+    def __post_init__(self) -> None:
+        _validate(self.to_json(), where="PrivacyRecord")
+        for name in ("noise_multiplier", "sample_rate", "clipping_norm", "delta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (canonicalise with RFC 8785 before hashing or signing)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, where: str) -> PrivacyRecord:
+        """Parse and validate a record read from ``where`` (a ledger entry, a file...).
+
+        Exactly the fields of :meth:`to_json` must be present; integers are accepted for
+        float fields because canonical JSON writes ``2.0`` as ``2``.
+        """
+        if not isinstance(data, Mapping):
+            raise MalformedPrivacyRecord(f"{where}: privacy record must be a JSON object, got {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        extra = sorted(str(k) for k in data if k not in names)
+        if missing:
+            raise MalformedPrivacyRecord(f"{where}: privacy record is missing field(s) {', '.join(missing)}")
+        if extra:
+            raise MalformedPrivacyRecord(f"{where}: privacy record has unknown field(s) {', '.join(extra)}")
+        steps = data["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise MalformedPrivacyRecord(f"{where}: field 'steps' must be an integer, got {steps!r}")
+        values: dict[str, Any] = {"steps": steps}
+        for name in ("noise_multiplier", "sample_rate", "clipping_norm"):
+            values[name] = _finite_number(data[name], name, where)
+        try:
+            values["delta"] = check_delta(data["delta"], where=where)
+        except InvalidDelta as exc:
+            raise MalformedPrivacyRecord(str(exc)) from None
+        interval = data["value_discretization_interval"]
+        values["value_discretization_interval"] = (
+            None if interval is None else _finite_number(interval, "value_discretization_interval", where)
+        )
+        for name in ("accountant", "mechanism", "neighboring_relation", "library", "library_version"):
+            if not isinstance(data[name], str):
+                raise MalformedPrivacyRecord(f"{where}: field {name!r} must be a string, got {data[name]!r}")
+            values[name] = data[name]
+        _validate(values, where=where)
+        return cls(**values)
+
+
+def _validate(record: Mapping[str, Any], *, where: str) -> None:
+    """Every check of a record's fields; raises :class:`MalformedPrivacyRecord` naming ``where``."""
+    if record['mechanism'] != MECHANISM:
+        raise MalformedPrivacyRecord(f"{where}: mechanism must be {MECHANISM!r}, got {record['mechanism']!r}")
+    if record['neighboring_relation'] != NEIGHBORING_RELATION:
+        raise MalformedPrivacyRecord(
+            f"{where}: neighboring_relation must be {NEIGHBORING_RELATION!r}, got {record['neighboring_relation']!r}"
+        )
+    if record['library'] != LIBRARY:
+        raise MalformedPrivacyRecord(f"{where}: library must be {LIBRARY!r}, got {record['library']!r}")
+    if not isinstance(record['library_version'], str) or not record['library_version']:
+        raise MalformedPrivacyRecord(f"{where}: library_version must be a non-empty string")
+    sigma = _finite_number(record['noise_multiplier'], "noise_multiplier", where)
+    if sigma <= 0:
+        raise MalformedPrivacyRecord(f"{where}: noise_multiplier must be > 0 (σ=0 gives no privacy), got {sigma!r}")
+    rate = _finite_number(record['sample_rate'], "sample_rate", where)
+    if not 0.0 < rate <= 1.0:
+        raise MalformedPrivacyRecord(f"{where}: sample_rate must be in (0, 1], got {rate!r}")
+    if isinstance(record['steps'], bool) or not isinstance(record['steps'], int) or record['steps'] < 1:
+        raise MalformedPrivacyRecord(f"{where}: steps must be an integer >= 1, got {record['steps']!r}")
+    norm = _finite_number(record['clipping_norm'], "clipping_norm", where)
+    if norm <= 0:
+        raise MalformedPrivacyRecord(f"{where}: clipping_norm must be > 0, got {norm!r}")
+    try:
+        check_delta(record['delta'], where=where)
+    except InvalidDelta as exc:
+        raise MalformedPrivacyRecord(str(exc)) from None
+    check_accountant(record['accountant'], record['value_discretization_interval'], where=where)
+
+
+Mechanisms = tuple[tuple[float, float, int], ...]
+"""Canonical history: sorted (noise_multiplier, sample_rate, total steps) per distinct mechanism."""
+
+
+def canonical_mechanisms(records: Sequence[PrivacyRecord]) -> Mechanisms:
+    """Merge records of the same (σ, q) by adding their steps; sort by (σ, q)."""
+    steps: dict[tuple[float, float], int] = {}
+    for record in records:
+        key = (float(record.noise_multiplier), float(record.sample_rate))
+        steps[key] = steps.get(key, 0) + record.steps
+    return tuple((sigma, rate, n) for (sigma, rate), n in sorted(steps.items()))
+
+
+def history_event(records: Sequence[PrivacyRecord]) -> dp_accounting.DpEvent:
+    """The ``dp-accounting`` event of a whole history (what the accountants compose)."""
+    return _event(canonical_mechanisms(records))
+
+
+def _event(mechanisms: Mechanisms) -> dp_accounting.DpEvent:
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma)), steps
+            )
+            for sigma, rate, steps in mechanisms
+        ]
+    )
+
+
+def make_accountant(accountant: str = "pld", *, value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION) -> dp_accounting.PrivacyAccountant:
+    """A fresh ``dp-accounting`` accountant (add/remove-one neighbouring relation)."""
+    check_accountant(accountant, value_discretization_interval, where="accountant")
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    if accountant == "pld":
+        return pld_privacy_accountant.PLDAccountant(relation, value_discretization_interval=value_discretization_interval)
+    return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None) -> float:
+    if not mechanisms:
+        return 0.0
+    engine = make_accountant(accountant, value_discretization_interval=interval)
+    engine.compose(_event(mechanisms))
+    return float(engine.get_epsilon(delta))
+
+
+def cumulative_epsilon(
+    records: Sequence[PrivacyRecord],
+    *,
+    delta: float,
+    accountant: str = "pld",
+    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION,
+) -> float:
+    """ε at ``delta`` of the composition of every record in ``records`` (0.0 for none).
+
+    For ``accountant="rdp"`` pass ``value_discretization_interval=None``.
+    Results are memoised on the canonical history: the planner, the budget check and
+    the verifier ask for the same histories many times.
+    """
+    delta = check_delta(delta, where="cumulative_epsilon")
+    check_accountant(accountant, value_discretization_interval, where="cumulative_epsilon")
+    return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval)
+
+
+def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
+    """Cumulative ε as its latest record says to compute it (its δ, accountant, discretisation).
+
+    This is the figure a round's ledger entry claims for a client; :func:`verify_claim`
+    recomputes it.
+    """
+    if not records:
+        return 0.0
+    last = records[-1]
+    return cumulative_epsilon(
+        records,
+        delta=last.delta,
+        accountant=last.accountant,
+        value_discretization_interval=last.value_discretization_interval,
+    )
+
+
+def verify_claim(records: Sequence[PrivacyRecord], claimed_epsilon: float, *, where: str, rel_tol: float = 1e-9) -> float:
+    """Recompute :func:`recorded_epsilon` and raise :class:`EpsilonMismatch` unless it equals the claim.
+
+    The same library version reproduces the figure bit for bit; ``rel_tol`` only absorbs
+    floating-point differences between machines. A record written with another
+    ``dp-accounting`` version is named in the message, since it may explain a difference.
+    """
+    actual = recorded_epsilon(records)
+    if isinstance(claimed_epsilon, bool) or not isinstance(claimed_epsilon, (int, float)) or not math.isclose(
+        float(claimed_epsilon), actual, rel_tol=rel_tol, abs_tol=1e-12
+    ):
+        versions = sorted({r.library_version for r in records} - {LIBRARY_VERSION})
+        note = f" (records written with {LIBRARY} {', '.join(versions)}, recomputed with {LIBRARY_VERSION})" if versions else ""
+        raise EpsilonMismatch(f"{where}: claimed cumulative ε {claimed_epsilon!r}, recomputed {actual!r}{note}")
+    return actual

@@ -5,6 +5,8 @@ round that cannot be completed; messages name what failed and where.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ProtocolError(Exception):
     """Base class of every error raised by ``bfl_private.protocols``."""
@@ -27,7 +29,27 @@ class BadSignature(ProtocolError):
 
 
 class TooManyDropouts(ProtocolError):
-    """Fewer survivors than the threshold: the round cannot be unmasked or decrypted."""
+    """Fewer survivors than the threshold: the round cannot be unmasked or decrypted.
+
+    The optional keyword-only fields let a caller record the abort without parsing the
+    message: the stage that failed, how many parties were needed and available, and
+    which clients had stopped answering from which stage.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        required: int | None = None,
+        available: int | None = None,
+        dropped: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.required = required
+        self.available = available
+        self.dropped: Mapping[str, str] = dict(dropped or {})
 
 
 class AggregateMismatch(ProtocolError):

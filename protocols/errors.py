@@ -54,3 +54,19 @@ class TooManyDropouts(ProtocolError):
 
 class AggregateMismatch(ProtocolError):
     """A recomputed aggregate differs from the one that was claimed."""
+
+
+class WrongKey(MalformedInput):
+    """A ciphertext, key or context made under another key than the round's (HE modes)."""
+
+
+class SlotOverflow(ProtocolError, ValueError):
+    """A packed plaintext whose slots would overflow their width: refused, never wrapped."""
+
+
+class HeadroomExceeded(ConfigurationError):
+    """More summands than the packing's headroom bits (or CKKS modulus) can absorb."""
+
+
+class DecryptionProofError(AggregateMismatch):
+    """A published decryption (plaintext m, randomness r) does not open its ciphertext."""

@@ -87,7 +87,7 @@ class VerifyingKey:
         """Parse a signed-note verifier key ``name+hexid+base64(0x01||key)``, checking the id."""
         if not isinstance(vkey, str):
             raise MalformedRecord(f"verifier key must be a string, got {type(vkey).__name__}")
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)
         if len(parts) != 3:
             raise MalformedRecord(f"verifier key {vkey!r} is not name+id+key")
         name, id_hex, key_b64 = parts

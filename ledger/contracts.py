@@ -1,0 +1,441 @@
+"""The ledger's contracts: one deterministic state machine replayed over every entry.
+
+``Ledger.propose``, every validator, the verifier and any auditor apply exactly this code
+to the same entries and must reach the same state, whose SHA-256 over its RFC 8785 bytes
+is the block's state root. Only integers, strings and comparisons of recorded numbers are
+used, so the replay is bit-for-bit reproducible (and portable to an EVM contract).
+
+Rules (each refusal is a :class:`ContractViolation` naming the entry and the rule):
+
+Registry (``genesis``, first and only entry of block 0): ids unique across roles; every
+verifier key parses (C2SP signed note) and key ids are unique, so an entry's author key id
+names exactly one participant; the genesis author is the coordinator;
+``n - floor((n-1)/3) <= quorum <= n`` for n validators (2f+1 of 3f+1).
+
+Rounds: ``round_open`` by the coordinator when no round is in progress, numbered
+last + 1, participants registered clients, ``base_model_cid`` equal to the current model
+(when there is one). ``submission`` by the client's own key, for the open round only (a
+replay from an earlier round is refused), from a listed participant, once, with
+``data_weight`` at most its registered weight. ``round_close`` / ``abort`` by the
+coordinator for the open round only; survivors, dropouts and rejected partition the
+participants and every survivor submitted. ``attestation`` by a registered validator,
+once per round, for the closed round's ``new_model_cid``.
+
+Privacy budgets (``round_close`` and ``abort``): each ``cumulative_epsilon`` value is for a
+participant, never below that client's recorded spend and never above its lifetime
+budget; every survivor of a close has one.
+
+Model chain and rewards, at the end of the block holding a closed round: the round is
+accepted iff at least ``quorum`` validators attested ``accept``. Then the current model
+becomes ``new_model_cid`` and its quality Q (ppm) is the median of the accepting quality
+figures (the lower-middle mean, floored, for an even count). Rewards, integers only:
+
+* accepted round: survivor i gets ``reward_per_round * w_i * Q // (W * 1_000_000)``, with
+  w_i its submission's ``data_weight`` and W the survivors' total; a rejected round mints
+  nothing for survivors and keeps the old model;
+* each client in ``rejected`` loses ``penalty_invalid``, each in ``dropouts`` loses
+  ``penalty_dropout`` (balances never go below 0);
+* each validator that attested gets ``validator_reward``.
+
+An aborted round mints and penalises nothing; it records the privacy spent.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .canonical import canonical_bytes, parse_canonical
+from .entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .errors import ContractViolation, MalformedRecord
+from .identity import VerifyingKey
+
+STATE_VERSION = 1
+PPM = 1_000_000
+
+
+def min_quorum(validators: int) -> int:
+    """Byzantine quorum ``n - f`` with ``f = floor((n-1)/3)``: 2f+1 of 3f+1 validators."""
+    return validators - (validators - 1) // 3
+
+
+def genesis_keys(payload: Mapping[str, Any], *, where: str = "genesis") -> dict[str, VerifyingKey]:
+    """Key id -> verifying key of every participant a genesis payload registers.
+
+    Raises MalformedRecord for an unparsable verifier key and ContractViolation when two
+    participants share a key id (their entries could not be told apart).
+    """
+    keys: dict[str, VerifyingKey] = {}
+    members = [payload["coordinator"], *payload["clients"], *payload["validators"]]
+    for member in members:
+        key = VerifyingKey.from_vkey(member["vkey"])
+        if key.key_id_hex in keys:
+            raise ContractViolation(f"{where}: key id {key.key_id_hex} of {member['id']!r} "
+                                    f"is already registered")
+        keys[key.key_id_hex] = key
+    return keys
+
+
+def _median_ppm(values: Sequence[int]) -> int:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) // 2
+
+
+class LedgerState:
+    """The contract state after some prefix of the log; immutable, canonical, hashable.
+
+    Build with :meth:`empty` (before genesis) or :meth:`from_bytes`; advance with
+    :meth:`apply_block`, which returns a new state and leaves this one untouched.
+    """
+
+    __slots__ = ("_data", "_bytes", "_keys")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        """Internal: wraps an already-validated state dict; use the classmethods."""
+        self._data = data
+        self._bytes = canonical_bytes(data)
+        self._keys: dict[str, VerifyingKey] | None = None
+
+    @classmethod
+    def empty(cls) -> LedgerState:
+        """The state before the genesis entry."""
+        return cls({})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str) -> LedgerState:
+        """Load a stored state (canonical JSON object); MalformedRecord if not one."""
+        value = parse_canonical(data, where=where)
+        if not isinstance(value, dict) or (value and value.get("v") != STATE_VERSION):
+            raise MalformedRecord(f"{where}: not a version-{STATE_VERSION} contract state")
+        return cls(value)
+
+    def to_bytes(self) -> bytes:
+        """RFC 8785 bytes of the state."""
+        return self._bytes
+
+    def root(self) -> bytes:
+        """State root carried by block headers: SHA-256 of :meth:`to_bytes`."""
+        return hashlib.sha256(self._bytes).digest()
+
+    def as_dict(self) -> dict[str, Any]:
+        """A deep copy of the state as plain JSON values (for display and hooks)."""
+        return copy.deepcopy(self._data)
+
+    # --- read access --------------------------------------------------------------------
+
+    @property
+    def initialised(self) -> bool:
+        """True once the genesis entry has been applied."""
+        return bool(self._data)
+
+    def _get(self, name: str) -> Any:
+        if not self._data:
+            raise ContractViolation(f"the ledger has no genesis yet: no {name}")
+        return self._data[name]
+
+    @property
+    def federation_id(self) -> str:
+        return self._get("federation_id")
+
+    @property
+    def quorum(self) -> int:
+        return self._get("quorum")
+
+    @property
+    def model_cid(self) -> str | None:
+        """CID of the current (last accepted) global model."""
+        return self._get("model_cid")
+
+    @property
+    def quality_ppm(self) -> int | None:
+        """Quality Q of the current model (median accepting attestation), None before any."""
+        return self._get("quality_ppm")
+
+    @property
+    def last_round(self) -> int:
+        return self._get("last_round")
+
+    @property
+    def open_round(self) -> dict[str, Any] | None:
+        """The round in progress (status ``open`` or ``closed``), a copy; None if none."""
+        return copy.deepcopy(self._get("round"))
+
+    def clients(self) -> dict[str, dict[str, Any]]:
+        """Client id -> registration, ``epsilon_spent`` and ``balance`` (a copy)."""
+        return copy.deepcopy(self._get("clients"))
+
+    def validators(self) -> dict[str, dict[str, Any]]:
+        """Validator id -> registration and ``balance`` (a copy)."""
+        return copy.deepcopy(self._get("validators"))
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """Outcome record of every finished round, oldest first (a copy)."""
+        return copy.deepcopy(self._get("rounds"))
+
+    def balances(self) -> dict[str, int]:
+        """Token balance of every client and validator."""
+        members = {**self._get("clients"), **self._get("validators")}
+        return {name: record["balance"] for name, record in members.items()}
+
+    def keys(self) -> dict[str, VerifyingKey]:
+        """Key id -> verifying key of every registered participant."""
+        if self._keys is None:
+            self._keys = {
+                record["key_id"]: VerifyingKey.from_vkey(record["vkey"])
+                for record in (self._get("coordinator"), *self._get("clients").values(),
+                               *self._get("validators").values())
+            }
+        return self._keys
+
+    def validator_keys(self) -> dict[str, VerifyingKey]:
+        """Key id -> verifying key of the validators (who sign block certificates)."""
+        keys = self.keys()
+        return {v["key_id"]: keys[v["key_id"]] for v in self._get("validators").values()}
+
+    # --- transitions ----------------------------------------------------------------------
+
+    def apply_block(self, entries: Sequence[Entry], *, first_index: int) -> LedgerState:
+        """The state after ``entries`` (log indices from ``first_index``), then block end.
+
+        Pure: raises ContractViolation naming the first refused entry and rule, and leaves
+        this state unchanged either way. Signatures are checked by the caller
+        (:func:`~bfl_private.ledger.entries.verify_signatures` with :meth:`keys`).
+        """
+        data = copy.deepcopy(self._data)
+        if not data and (len(entries) != 1 or entries[0].type != GENESIS):
+            raise ContractViolation(
+                f"entry {first_index}: block 0 must hold exactly one genesis entry"
+            )
+        if not entries:
+            raise ContractViolation(f"entry {first_index}: a block must hold at least one entry")
+        for offset, entry in enumerate(entries):
+            where = f"entry {first_index + offset} ({entry.type}, round {entry.round})"
+            _RULES[entry.type](data, entry, where)
+        _finish_round(data)
+        return LedgerState(data)
+
+
+# --- rules: each mutates the working copy or raises ContractViolation --------------------
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ContractViolation(f"{where}: {message}")
+
+
+def _author_is(entry: Entry, record: Mapping[str, Any], role: str,
+               where: str) -> None:
+    _require(entry.author == record["key_id"], where,
+             f"signed by key {entry.author}, but {role} {record.get('id')!r} holds key "
+             f"{record['key_id']}")
+
+
+def _genesis(data: dict[str, Any], entry: Entry, where: str) -> None:
+    _require(not data, where, "genesis after the ledger was initialised")
+    p = entry.payload
+    try:
+        keys = genesis_keys(p, where=where)
+    except MalformedRecord as exc:
+        raise ContractViolation(f"{where}: bad verifier key: {exc}") from None
+    by_vkey = {key.vkey(): key.key_id_hex for key in keys.values()}
+    ids = [p["coordinator"]["id"], *(c["id"] for c in p["clients"]),
+           *(v["id"] for v in p["validators"])]
+    _require(len(set(ids)) == len(ids), where, "participant ids must be unique across roles")
+    n = len(p["validators"])
+    _require(min_quorum(n) <= p["quorum"] <= n, where,
+             f"quorum {p['quorum']} of {n} validators is outside "
+             f"[{min_quorum(n)}, {n}] (2f+1 of 3f+1)")
+    coordinator = {"id": p["coordinator"]["id"], "vkey": p["coordinator"]["vkey"],
+                   "key_id": by_vkey[p["coordinator"]["vkey"]]}
+    _author_is(entry, coordinator, "coordinator", where)
+    data.update({
+        "v": STATE_VERSION,
+        "federation_id": p["federation_id"],
+        "settings": p["settings"],
+        "quorum": p["quorum"],
+        "rewards": p["rewards"],
+        "coordinator": coordinator,
+        "clients": {
+            c["id"]: {"key_id": by_vkey[c["vkey"]], "vkey": c["vkey"],
+                      "epsilon_budget": c["epsilon_budget"], "delta": c["delta"],
+                      "data_weight": c["data_weight"], "epsilon_spent": 0, "balance": 0}
+            for c in p["clients"]
+        },
+        "validators": {
+            v["id"]: {"key_id": by_vkey[v["vkey"]], "vkey": v["vkey"], "balance": 0}
+            for v in p["validators"]
+        },
+        "model_cid": p["initial_model_cid"],
+        "quality_ppm": None,
+        "last_round": 0,
+        "round": None,
+        "rounds": [],
+    })
+
+
+def _current(data: dict[str, Any], entry: Entry, status: str, where: str) -> dict[str, Any]:
+    """The round in progress, which must have ``status`` and be the entry's round."""
+    _require(bool(data), where, "no genesis yet")
+    current = data["round"]
+    if current is None:
+        raise ContractViolation(f"{where}: no round is in progress "
+                                f"(last round was {data['last_round']})")
+    _require(entry.round == current["number"], where,
+             f"entry is for round {entry.round}, but the round in progress is "
+             f"{current['number']} (replayed or misdirected)")
+    _require(current["status"] == status, where,
+             f"round {current['number']} is {current['status']}, this entry needs it {status}")
+    return current
+
+
+def _round_open(data: dict[str, Any], entry: Entry, where: str) -> None:
+    _author_is(entry, data["coordinator"], "coordinator", where)
+    _require(data["round"] is None, where,
+             f"round {data['round'] and data['round']['number']} is still in progress")
+    _require(entry.round == data["last_round"] + 1, where,
+             f"next round must be {data['last_round'] + 1}, got {entry.round}")
+    p = entry.payload
+    unknown = [c for c in p["participants"] if c not in data["clients"]]
+    _require(not unknown, where, f"participants {unknown} are not registered clients")
+    _require(data["model_cid"] is None or p["base_model_cid"] == data["model_cid"], where,
+             f"base model {p['base_model_cid']} is not the current model {data['model_cid']}")
+    data["last_round"] = entry.round
+    data["round"] = {
+        "number": entry.round, "status": "open", "participants": sorted(p["participants"]),
+        "protocol": p["protocol"], "base_model_cid": p["base_model_cid"],
+        "submissions": {}, "close": None, "attestations": {},
+    }
+
+
+def _submission(data: dict[str, Any], entry: Entry, where: str) -> None:
+    p = entry.payload
+    client = data["clients"].get(p["client"]) if data else None
+    _require(client is not None, where, f"client {p['client']!r} is not registered")
+    _author_is(entry, {**client, "id": p["client"]}, "client", where)
+    current = _current(data, entry, "open", where)
+    _require(p["client"] in current["participants"], where,
+             f"client {p['client']!r} is not a participant of round {entry.round}")
+    _require(p["client"] not in current["submissions"], where,
+             f"client {p['client']!r} already submitted in round {entry.round}")
+    _require(p["data_weight"] <= client["data_weight"], where,
+             f"data weight {p['data_weight']} exceeds the registered {client['data_weight']}")
+    current["submissions"][p["client"]] = {"blob_cid": p["blob_cid"],
+                                           "data_weight": p["data_weight"]}
+
+
+def _spend(data: dict[str, Any], current: Mapping[str, Any], spent: Mapping[str, Any],
+           where: str) -> None:
+    """Budget contract: cumulative epsilon never decreases and never exceeds the budget."""
+    for name in sorted(spent):
+        value = spent[name]
+        _require(name in current["participants"], where,
+                 f"cumulative epsilon for {name!r}, who is not a participant")
+        client = data["clients"][name]
+        _require(value >= client["epsilon_spent"], where,
+                 f"cumulative epsilon of {name!r} would decrease from "
+                 f"{client['epsilon_spent']} to {value}")
+        _require(value <= client["epsilon_budget"], where,
+                 f"cumulative epsilon {value} of {name!r} exceeds its lifetime budget "
+                 f"{client['epsilon_budget']}")
+        client["epsilon_spent"] = value
+
+
+def _round_close(data: dict[str, Any], entry: Entry, where: str) -> None:
+    _author_is(entry, data["coordinator"], "coordinator", where)
+    current = _current(data, entry, "open", where)
+    p = entry.payload
+    groups = [set(p["survivors"]), set(p["dropouts"]), set(p["rejected"])]
+    _require(sum(map(len, groups)) == len(set().union(*groups)), where,
+             "survivors, dropouts and rejected overlap")
+    _require(set().union(*groups) == set(current["participants"]), where,
+             "survivors, dropouts and rejected must partition the round's participants")
+    missing = sorted(set(p["survivors"]) - set(current["submissions"]))
+    _require(not missing, where, f"survivors {missing} did not submit")
+    unspent = sorted(set(p["survivors"]) - set(p["cumulative_epsilon"]))
+    _require(not unspent, where, f"survivors {unspent} have no cumulative epsilon")
+    _spend(data, current, p["cumulative_epsilon"], where)
+    current["status"] = "closed"
+    current["close"] = {key: p[key] for key in ("aggregate_cid", "new_model_cid",
+                                                 "transcript_cid", "survivors", "dropouts",
+                                                 "rejected")}
+
+
+def _attestation(data: dict[str, Any], entry: Entry, where: str) -> None:
+    p = entry.payload
+    validator = data["validators"].get(p["validator"]) if data else None
+    _require(validator is not None, where, f"validator {p['validator']!r} is not registered")
+    _author_is(entry, {**validator, "id": p["validator"]}, "validator", where)
+    current = _current(data, entry, "closed", where)
+    _require(p["validator"] not in current["attestations"], where,
+             f"validator {p['validator']!r} already attested round {entry.round}")
+    _require(p["model_cid"] == current["close"]["new_model_cid"], where,
+             f"attests model {p['model_cid']}, round {entry.round} produced "
+             f"{current['close']['new_model_cid']}")
+    current["attestations"][p["validator"]] = {"quality_ppm": p["quality_ppm"],
+                                               "verdict": p["verdict"]}
+
+
+def _abort(data: dict[str, Any], entry: Entry, where: str) -> None:
+    _author_is(entry, data["coordinator"], "coordinator", where)
+    current = _current(data, entry, "open", where)
+    p = entry.payload
+    outside = sorted(set(p["survivors"]) - set(current["participants"]))
+    _require(not outside, where, f"survivors {outside} are not participants")
+    _spend(data, current, p["cumulative_epsilon"], where)
+    data["rounds"].append({
+        "round": current["number"], "outcome": "aborted", "stage": p["stage"],
+        "reason": p["reason"], "participants": current["participants"],
+        "survivors": sorted(p["survivors"]), "model_cid": data["model_cid"],
+    })
+    data["round"] = None
+
+
+def _finish_round(data: dict[str, Any]) -> None:
+    """Block end: settle a closed round (model chain, rewards, penalties)."""
+    current = data.get("round")
+    if current is None or current["status"] != "closed":
+        return
+    close, rules = current["close"], data["rewards"]
+    accepting = [a["quality_ppm"] for a in current["attestations"].values()
+                 if a["verdict"] == "accept"]
+    accepted = len(accepting) >= data["quorum"]
+    minted: dict[str, int] = {}
+    if accepted:
+        quality = _median_ppm(accepting)
+        weights = {c: current["submissions"][c]["data_weight"] for c in close["survivors"]}
+        total = sum(weights.values())
+        for name in sorted(weights):
+            minted[name] = rules["reward_per_round"] * weights[name] * quality // (total * PPM)
+            data["clients"][name]["balance"] += minted[name]
+        data["model_cid"], data["quality_ppm"] = close["new_model_cid"], quality
+    for name in close["rejected"]:
+        record = data["clients"][name]
+        record["balance"] = max(0, record["balance"] - rules["penalty_invalid"])
+    for name in close["dropouts"]:
+        record = data["clients"][name]
+        record["balance"] = max(0, record["balance"] - rules["penalty_dropout"])
+    for name in current["attestations"]:
+        data["validators"][name]["balance"] += rules["validator_reward"]
+    data["rounds"].append({
+        "round": current["number"], "outcome": "accepted" if accepted else "rejected",
+        "participants": current["participants"], "survivors": sorted(close["survivors"]),
+        "dropouts": sorted(close["dropouts"]), "rejected": close["rejected"],
+        "new_model_cid": close["new_model_cid"], "aggregate_cid": close["aggregate_cid"],
+        "accepts": len(accepting), "attestations": len(current["attestations"]),
+        "quality_ppm": data["quality_ppm"] if accepted else None, "rewards": minted,
+    })
+    data["round"] = None
+
+
+_RULES = {
+    GENESIS: _genesis,
+    ROUND_OPEN: _round_open,
+    SUBMISSION: _submission,
+    ROUND_CLOSE: _round_close,
+    ATTESTATION: _attestation,
+    ABORT: _abort,
+}

@@ -353,6 +353,146 @@ def verify_consistency(
         )
 
 
+# --- subtrees (draft-ietf-plants-merkle-tree-certs §4.1, §4.3, §4.4) -------------------
+#
+# A *subtree* [start, end) of the log is a node of RFC 9162's tree or the right-edge
+# ancestor set of one: valid when start < end and start is a multiple of BIT_CEIL(end -
+# start). Its hash is MTH(D[start:end]). These proofs let a checkpoint vouch for a range of
+# entries (e.g. one round's block) without one inclusion proof per entry. The golden
+# vectors of transparency-dev/merkle also treat the empty range [i, i) (hash SHA-256(""))
+# as trivially consistent with every tree that contains it; so do we.
+
+
+def is_valid_subtree(start: int, end: int) -> bool:
+    """Whether [start, end) is a subtree (MTC draft §4.1): start < end, start % BIT_CEIL(end - start) == 0."""
+    if start < 0 or start >= end:
+        return False
+    width = end - start
+    return start % (1 << (width - 1).bit_length()) == 0
+
+
+def _check_subtree(start: int, end: int, error: type[MerkleError]) -> None:
+    _check_size(start, "subtree start", error)
+    _check_size(end, "subtree end", error)
+    if not is_valid_subtree(start, end):
+        raise error(f"[{start}, {end}) is not a valid subtree (start must be a multiple of "
+                    f"the power of two at least its width)")
+
+
+def verify_subtree_inclusion(
+    leaf: bytes, index: int, start: int, end: int, proof: Sequence[bytes], subtree_root: bytes
+) -> None:
+    """Check that ``leaf`` is entry ``index`` of the subtree [start, end) with hash ``subtree_root``.
+
+    MTC draft §4.3.3: the subtree is itself a RFC 9162 tree of ``end - start`` leaves, so
+    this is :func:`verify_inclusion` of ``index - start``. Raises InclusionProofError.
+    """
+    _check_subtree(start, end, InclusionProofError)
+    _check_size(index, "leaf index", InclusionProofError)
+    if not start <= index < end:
+        raise InclusionProofError(f"leaf index {index} is outside the subtree [{start}, {end})")
+    verify_inclusion(leaf, index - start, end - start, proof, subtree_root)
+
+
+def subtree_consistency_proof(hashes: Sequence[bytes], start: int, end: int) -> list[bytes]:
+    """SUBTREE_PROOF(start, end, D[n]) (MTC draft §4.4.1) from the full list of leaf hashes.
+
+    Shows that the subtree [start, end) with its hash sits at those positions in the tree of
+    all ``hashes``; the RFC 9162 consistency proof is the case start = 0.
+    """
+    _check_subtree(start, end, ConsistencyProofError)
+    if end > len(hashes):
+        raise ConsistencyProofError(f"subtree [{start}, {end}) exceeds tree size {len(hashes)}")
+
+    def subproof(lo: int, hi: int, leaves: Sequence[bytes], known: bool) -> list[bytes]:
+        n = len(leaves)
+        if lo == 0 and hi == n:
+            return [] if known else [_mth(leaves)]
+        k = _split(n)
+        if hi <= k:
+            return subproof(lo, hi, leaves[:k], known) + [_mth(leaves[k:])]
+        if k <= lo:
+            return subproof(lo - k, hi - k, leaves[k:], known) + [_mth(leaves[:k])]
+        # lo < k < hi only for lo == 0: the subtree straddles the split (MTC draft §4.4.1).
+        return subproof(0, hi - k, leaves[k:], False) + [_mth(leaves[:k])]
+
+    return subproof(start, end, list(hashes), True)
+
+
+def verify_subtree_consistency(
+    start: int,
+    end: int,
+    size: int,
+    proof: Sequence[bytes],
+    subtree_root: bytes,
+    root: bytes,
+) -> None:
+    """Check that subtree [start, end) with hash ``subtree_root`` is part of tree (size, root).
+
+    MTC draft §4.4.3 (its Appendix B.5 procedure). An empty range [i, i) with i <= size and
+    hash SHA-256("") is consistent with any tree and needs an empty proof. Raises
+    ConsistencyProofError.
+    """
+    _check_size(start, "subtree start", ConsistencyProofError)
+    _check_size(end, "subtree end", ConsistencyProofError)
+    _check_size(size, "tree size", ConsistencyProofError)
+    _check_hash(subtree_root, "subtree hash", ConsistencyProofError)
+    _check_hash(root, "root hash", ConsistencyProofError)
+    for position, c in enumerate(proof):
+        _check_hash(c, f"subtree consistency proof element {position}", ConsistencyProofError)
+    if end > size:
+        raise ConsistencyProofError(f"subtree [{start}, {end}) exceeds tree size {size}")
+    if start == end:
+        if proof:
+            raise ConsistencyProofError(f"proof for the empty subtree [{start}, {end}) must be empty")
+        if subtree_root != EMPTY_ROOT:
+            raise ConsistencyProofError("hash of an empty subtree is not SHA-256('')")
+        return
+    _check_subtree(start, end, ConsistencyProofError)
+    fn, sn, tn = start, end - 1, size - 1
+    if sn == tn:
+        while fn != sn:
+            fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    else:
+        while fn != sn and sn & 1:
+            fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    if fn == sn:
+        fr = sr = bytes(subtree_root)
+        rest = list(proof)
+    else:
+        if not proof:
+            raise ConsistencyProofError(f"subtree consistency proof for [{start}, {end}) is empty")
+        fr = sr = bytes(proof[0])
+        rest = list(proof[1:])
+    for c in rest:
+        if tn == 0:
+            raise ConsistencyProofError(
+                f"subtree consistency proof for [{start}, {end}) of {size} is too long"
+            )
+        if sn & 1 or sn == tn:
+            if fn < sn:
+                fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not sn & 1:
+                fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    if tn != 0:
+        raise ConsistencyProofError(
+            f"subtree consistency proof for [{start}, {end}) of {size} is too short"
+        )
+    if fr != subtree_root:
+        raise ConsistencyProofError(
+            f"subtree consistency proof does not reproduce the hash of [{start}, {end})"
+        )
+    if sr != root:
+        raise ConsistencyProofError(
+            f"subtree consistency proof for [{start}, {end}) does not reproduce the root of "
+            f"tree size {size}"
+        )
+
+
 # --- appending in O(log n) ---------------------------------------------------------------
 
 

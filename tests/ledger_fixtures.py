@@ -46,7 +46,6 @@ class Federation:
         self.budget = budget
         self.quorum = quorum if quorum is not None else validators - (validators - 1) // 3
         self.weights = {name: 50 + 10 * k for k, name in enumerate(self.clients)}
-        self.spent = {name: 0.0 for name in self.clients}
         self.time = 1_700_000_000
 
     def seeds(self) -> list[bytes]:
@@ -116,9 +115,8 @@ class Federation:
             entries.append(Entry.create(self.clients[name], SUBMISSION, number, {
                 "client": name, "blob_cid": cid, "data_weight": self.weights[name],
                 "privacy": {"noise_multiplier": 1.1, "steps": 20}}))
-        for name in submitted:
-            self.spent[name] = round(self.spent[name] + epsilon_step, 6)
-        cumulative = {name: self.spent[name] for name in submitted}
+        spent = {name: c["epsilon_spent"] for name, c in ledger.state.clients().items()}
+        cumulative = {name: round(spent[name] + epsilon_step, 6) for name in submitted}
         if abort:
             entries.append(Entry.create(self.coordinator, ABORT, number, {
                 "stage": "unmask", "reason": "too many dropouts", "survivors": submitted,

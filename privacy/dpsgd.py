@@ -143,10 +143,12 @@ def train_dp(
     local.train()
     dataset = TensorDataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=torch.Generator().manual_seed(seed))
-    engine = PrivacyEngine(accountant=opacus_accountant)
     with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off; the module docstring states that limit.
-        warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
+        # Opacus warns that secure_mode is off (the module docstring states that limit) and
+        # torch that the full backward hooks fire on inputs without gradients (by design).
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        engine = PrivacyEngine(accountant=opacus_accountant)
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=local,
             optimizer=_optimizer(optimizer, local.parameters(), learning_rate, momentum),
@@ -157,25 +159,25 @@ def train_dp(
             grad_sample_mode=grad_sample_mode,
             noise_generator=torch.Generator().manual_seed(seed + 0x9E3779B9),
         )
-    # Iterate Opacus's Poisson batch sampler directly and index the tensors once per batch:
-    # the same sampling as iterating dp_loader, without per-record fetching and collation,
-    # which dominate the step time of these small models.
-    sampler = dp_loader.batch_sampler
-    inputs, targets = dataset.tensors
-    loss_fn = nn.CrossEntropyLoss()
-    losses: list[float] = []
-    while len(losses) < steps:
-        for indices in sampler:
-            batch = torch.as_tensor(indices, dtype=torch.long)
-            dp_optimizer.zero_grad(set_to_none=True)
-            output = dp_model(inputs[batch])
-            # An empty Poisson batch still takes a step: the update is pure noise.
-            loss = loss_fn(output, targets[batch]) if batch.numel() else output.sum()
-            loss.backward()
-            dp_optimizer.step()
-            losses.append(float(loss.detach()) if batch.numel() else math.nan)
-            if len(losses) == steps:
-                break
+        # Iterate Opacus's Poisson batch sampler directly and index the tensors once per batch:
+        # the same sampling as iterating dp_loader, without per-record fetching and collation,
+        # which dominate the step time of these small models.
+        sampler = dp_loader.batch_sampler
+        inputs, targets = dataset.tensors
+        loss_fn = nn.CrossEntropyLoss()
+        losses: list[float] = []
+        while len(losses) < steps:
+            for indices in sampler:
+                batch = torch.as_tensor(indices, dtype=torch.long)
+                dp_optimizer.zero_grad(set_to_none=True)
+                output = dp_model(inputs[batch])
+                # An empty Poisson batch still takes a step: the update is pure noise.
+                loss = loss_fn(output, targets[batch]) if batch.numel() else output.sum()
+                loss.backward()
+                dp_optimizer.step()
+                losses.append(float(loss.detach()) if batch.numel() else math.nan)
+                if len(losses) == steps:
+                    break
     dp_model.remove_hooks()
     for p in local.parameters():
         p.grad_sample = None

@@ -41,6 +41,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"non-JSON constant {name}")
 
 
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _parse_int(text: str) -> int | float:
+    """JCS numbers are IEEE doubles: an integer beyond ±(2^53 - 1) is read as the double it
+    denotes (so ``canonical_bytes(2.0**53)`` parses back), and the canonical re-check then
+    refuses spellings that no double has, such as 9007199254740993."""
+    value = int(text)
+    if abs(value) <= _MAX_SAFE_INTEGER:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"integer of {len(text)} digits is outside the double range") from None
+
+
 def parse_canonical(data: bytes, *, where: str) -> Any:
     """Parse RFC 8785 JSON, refusing anything that is not byte-for-byte canonical.
 
@@ -54,7 +70,12 @@ def parse_canonical(data: bytes, *, where: str) -> Any:
     data = bytes(data)
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_int=_parse_int,
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedRecord(f"{where}: not valid JSON: {exc}") from None
     try:

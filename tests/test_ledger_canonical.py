@@ -1,0 +1,105 @@
+"""RFC 8785 canonical JSON: published examples, strict parsing, round trips."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bfl_private.ledger.canonical import canonical_bytes, parse_canonical
+from bfl_private.ledger.errors import MalformedRecord
+
+# RFC 8785 §3.2.2 example: input as a producer might write it, and its canonical form.
+RFC8785_INPUT = (
+    '{\n  "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],\n'
+    '  "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/",\n'
+    '  "literals": [null, true, false]\n}'
+)
+RFC8785_OUTPUT = (
+    '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
+    '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+).encode("utf-8")
+
+
+def test_rfc8785_example_serialises_exactly() -> None:
+    assert canonical_bytes(json.loads(RFC8785_INPUT)) == RFC8785_OUTPUT
+    assert parse_canonical(RFC8785_OUTPUT, where="rfc example") == json.loads(RFC8785_INPUT)
+
+
+def test_rfc8785_example_input_is_refused_as_not_canonical() -> None:
+    with pytest.raises(MalformedRecord, match="rfc input.*canonical form"):
+        parse_canonical(RFC8785_INPUT.encode(), where="rfc input")
+
+
+def test_keys_sort_by_utf16_code_units() -> None:
+    # RFC 8785 §3.2.3: U+1F600 (surrogates D83D DE00) sorts before U+FB33, unlike code points.
+    obj = {"\ufb33": 1, "\U0001f600": 2, "\u20ac": 3, "\r": 4, "1": 5, "\u0080": 6, "\u00f6": 7}
+    order = list(json.loads(canonical_bytes(obj)))
+    assert order == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 2**53, {1: "x"}, b"raw", {"a": {1}}])
+def test_values_outside_jcs_are_refused(value) -> None:
+    with pytest.raises(MalformedRecord):
+        canonical_bytes(value)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b'{"a":1,"a":2}', "duplicate"),
+        (b'{"a":NaN}', "NaN"),
+        (b'[Infinity]', "Infinity"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'{"a":1', "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b'{"b":1,"a":2}', "canonical form"),
+        (b'{"a": 1}', "canonical form"),
+        (b"1.0", "canonical form"),
+        (b'"\\u0041"', "canonical form"),
+        (b"9007199254740993", "canonical form"),  # no double has this value
+        (b"1" + b"0" * 400, "outside the double range"),
+        (b"1e400", "RFC 8785 domain"),
+    ],
+)
+def test_parse_refuses_non_canonical_bytes_naming_where(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedRecord, match=f"entry 7: .*{reason}"):
+        parse_canonical(data, where="entry 7")
+
+
+def test_integral_doubles_beyond_2_53_round_trip() -> None:
+    for value in (2.0**53, -(2.0**60), 1e21):
+        data = canonical_bytes(value)
+        assert parse_canonical(data, where="big") == value
+
+
+def test_parse_refuses_non_bytes() -> None:
+    with pytest.raises(MalformedRecord, match="expected bytes"):
+        parse_canonical('{"a":1}', where="entry 1")  # type: ignore[arg-type]
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values)
+def test_round_trip_and_uniqueness(value) -> None:
+    data = canonical_bytes(value)
+    parsed = parse_canonical(data, where="property")
+    assert parsed == value
+    assert canonical_bytes(parsed) == data
+    # Any other spelling of the same value is refused.
+    spaced = json.dumps(value, indent=1, ensure_ascii=True).encode()
+    if spaced != data:
+        with pytest.raises(MalformedRecord):
+            parse_canonical(spaced, where="property")

@@ -141,6 +141,18 @@ class Block:
         return range(self.first_entry, self.header.size)
 
 
+def note_checkpoint(note: str) -> Checkpoint:
+    """The checkpoint a signed note carries (its text before the last blank line).
+
+    Signatures are not checked here (that is ``checkpoint.verify_note``); this only reads
+    which tree the note talks about. MalformedRecord if it is not a checkpoint note.
+    """
+    split = note.rfind("\n\n") if isinstance(note, str) else -1
+    if split < 0:
+        raise MalformedRecord("a signed checkpoint note needs a blank line before its signatures")
+    return Checkpoint.from_body(note[: split + 1].encode("utf-8"))
+
+
 def certificate_note(
     header: BlockHeader, signatures: Mapping[str, bytes], validators: Mapping[str, VerifyingKey]
 ) -> str:

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from .blobstore import BlobStore
-from .blocks import GENESIS_PREV, Block, BlockHeader, origin_for, verify_certificate
+from .blocks import (
+    GENESIS_PREV,
+    Block,
+    BlockHeader,
+    note_checkpoint,
+    origin_for,
+    verify_certificate,
+)
 from .checkpoint import Checkpoint, verify_note
 from .contracts import LedgerState, genesis_keys, min_quorum
 from .entries import BLOB_FIELDS, GENESIS, Entry, verify_signatures
@@ -189,12 +196,7 @@ class _Audit:
             self.notes.append(text)
 
     def trusted(self) -> Checkpoint | None:
-        if self.trusted_note is None:
-            return None
-        text = self.trusted_note
-        split = text.rfind("\n\n")
-        return Checkpoint.from_body(text[: split + 1].encode("utf-8") if split >= 0
-                                    else text.encode("utf-8"))
+        return None if self.trusted_note is None else note_checkpoint(self.trusted_note)
 
     # 1 -------------------------------------------------------------------------------------
     def storage_integrity(self) -> str:

@@ -1,0 +1,171 @@
+"""Inspection of a ledger: what happened (rounds, participants, budgets, balances) and
+portable proofs (an entry's inclusion, two checkpoints' consistency).
+
+Proof records are plain JSON carrying the signed checkpoint notes they refer to, so a
+third party checks them with :func:`check_inclusion_record` /
+:func:`check_consistency_record` (RFC 9162 §2.1.3.2 and §2.1.4.2 via ``merkle.verify_*``)
+and the notes' validator signatures with ``checkpoint.open_note``, without the ledger.
+
+``python -m bfl_private.ledger.inspect DIR [summary | inclusion INDEX [--height H] |
+consistency OLD_HEIGHT NEW_HEIGHT]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .blocks import note_checkpoint
+from .checkpoint import Checkpoint
+from .contracts import PPM, LedgerState
+from .errors import MalformedRecord, RootMismatch
+from .merkle import leaf_hash, verify_consistency, verify_inclusion
+from .store import Ledger
+
+
+def rounds_table(state: LedgerState) -> Table:
+    """One row per finished round: outcome, who took part, model and quality."""
+    table = Table(title="Rounds")
+    for column in ("round", "outcome", "participants", "survivors", "dropouts", "rejected",
+                   "accepts", "quality", "model"):
+        table.add_column(column)
+    for r in state.rounds():
+        quality = r.get("quality_ppm")
+        table.add_row(
+            str(r["round"]), r["outcome"], str(len(r["participants"])),
+            str(len(r["survivors"])), str(len(r.get("dropouts", []))),
+            str(len(r.get("rejected", {}))), str(r.get("accepts", "-")),
+            "-" if quality is None else f"{quality / PPM:.4f}",
+            (r.get("new_model_cid") or r.get("model_cid") or "-")[:16],
+        )
+    return table
+
+
+def participants_table(state: LedgerState) -> Table:
+    """Clients with their key, data weight, privacy spend against budget, and balance."""
+    table = Table(title="Clients")
+    for column in ("client", "key id", "data weight", "epsilon spent", "budget", "delta",
+                   "balance"):
+        table.add_column(column)
+    for name, c in sorted(state.clients().items()):
+        table.add_row(name, c["key_id"], str(c["data_weight"]), f"{c['epsilon_spent']:.4g}",
+                      f"{c['epsilon_budget']:.4g}", f"{c['delta']:.1e}", str(c["balance"]))
+    return table
+
+
+def validators_table(state: LedgerState) -> Table:
+    """Validators with their key and balance."""
+    table = Table(title=f"Validators (quorum {state.quorum})")
+    for column in ("validator", "key id", "balance"):
+        table.add_column(column)
+    for name, v in sorted(state.validators().items()):
+        table.add_row(name, v["key_id"], str(v["balance"]))
+    return table
+
+
+def print_summary(ledger: Ledger, console: Console | None = None) -> None:
+    """Print the ledger's head, rounds, clients and validators."""
+    console = console or Console()
+    state = ledger.state
+    if not state.initialised:
+        console.print(f"{ledger.directory}: empty ledger (no genesis block)")
+        return
+    console.print(f"federation {state.federation_id}: height {ledger.height}, "
+                  f"{ledger.size} entries, current model {state.model_cid}")
+    console.print(rounds_table(state))
+    console.print(participants_table(state))
+    console.print(validators_table(state))
+
+
+def inclusion_proof_record(ledger: Ledger, index: int, *, height: int | None = None
+                           ) -> dict[str, Any]:
+    """Proof that entry ``index`` is in the log as of block ``height`` (default: head)."""
+    block = ledger.block(ledger.height if height is None else height)
+    entry = ledger.entries(index, index + 1)
+    if not entry or index >= block.header.size:
+        raise MalformedRecord(f"entry {index} is not in the log as of block {block.height} "
+                              f"(size {block.header.size})")
+    return {
+        "entry_index": index,
+        "entry": entry[0].to_bytes().decode("utf-8"),
+        "tree_size": block.header.size,
+        "proof": [h.hex() for h in ledger.inclusion_proof(index, block.header.size)],
+        "checkpoint": ledger.checkpoint(block.height),
+    }
+
+
+def consistency_proof_record(ledger: Ledger, old_height: int, new_height: int
+                             ) -> dict[str, Any]:
+    """Proof that the checkpoint of block ``new_height`` extends that of ``old_height``."""
+    old, new = ledger.block(old_height).header, ledger.block(new_height).header
+    return {
+        "old_size": old.size,
+        "new_size": new.size,
+        "proof": [h.hex() for h in ledger.consistency_proof(old.size, new.size)],
+        "old_checkpoint": ledger.checkpoint(old_height),
+        "new_checkpoint": ledger.checkpoint(new_height),
+    }
+
+
+def _checkpoint_of(note: str, size: int, what: str) -> Checkpoint:
+    checkpoint = note_checkpoint(note)
+    if checkpoint.size != size:
+        raise RootMismatch(f"{what} has tree size {checkpoint.size}, the proof says {size}")
+    return checkpoint
+
+
+def _hashes(values: Sequence[str], what: str) -> list[bytes]:
+    try:
+        return [bytes.fromhex(v) for v in values]
+    except (TypeError, ValueError):
+        raise MalformedRecord(f"{what} must be a list of hex hashes") from None
+
+
+def check_inclusion_record(record: dict[str, Any]) -> None:
+    """Check an inclusion record against the root in its checkpoint; raise if it fails."""
+    checkpoint = _checkpoint_of(record["checkpoint"], record["tree_size"], "checkpoint")
+    verify_inclusion(leaf_hash(record["entry"].encode("utf-8")), record["entry_index"],
+                     record["tree_size"], _hashes(record["proof"], "proof"), checkpoint.root)
+
+
+def check_consistency_record(record: dict[str, Any]) -> None:
+    """Check a consistency record between the roots of its two checkpoints."""
+    old = _checkpoint_of(record["old_checkpoint"], record["old_size"], "old checkpoint")
+    new = _checkpoint_of(record["new_checkpoint"], record["new_size"], "new checkpoint")
+    verify_consistency(old.size, new.size, old.root, new.root,
+                       _hashes(record["proof"], "proof"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: summary tables or a JSON proof record."""
+    parser = argparse.ArgumentParser(prog="python -m bfl_private.ledger.inspect")
+    parser.add_argument("directory", type=Path)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("summary", help="rounds, clients, budgets and balances")
+    inclusion = sub.add_parser("inclusion", help="inclusion proof of one entry")
+    inclusion.add_argument("index", type=int)
+    inclusion.add_argument("--height", type=int, default=None)
+    consistency = sub.add_parser("consistency", help="consistency proof between two blocks")
+    consistency.add_argument("old_height", type=int)
+    consistency.add_argument("new_height", type=int)
+    args = parser.parse_args(argv)
+    with Ledger.open(args.directory) as ledger:
+        if args.command == "inclusion":
+            print(json.dumps(inclusion_proof_record(ledger, args.index, height=args.height),
+                             indent=2))
+        elif args.command == "consistency":
+            print(json.dumps(consistency_proof_record(ledger, args.old_height,
+                                                      args.new_height), indent=2))
+        else:
+            print_summary(ledger)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1212 @@
+"""Secure aggregation by pairwise masking: SecAgg and SecAgg+, robust to dropouts.
+
+Protocol: Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning", CCS 2017 (Fig. 4, the malicious-server variant with the consistency check),
+over the sparse neighbour graph of Bell et al., "Secure Single-Server Aggregation with
+(Poly)Logarithmic Overhead", CCS 2020 (SecAgg+). The aggregator learns only the sum.
+
+Stages (a client may stop answering after any of them):
+
+1. ``advertise`` — client u sends two X25519 public keys (C_u for share encryption, S_u
+   for masks), signed with its Ed25519 identity key. Survivors: U1.
+2. ``share`` — u picks a fresh self-mask seed b_u, Shamir-shares b_u and its mask private
+   key s_u among its neighbours in U1 (threshold t) and sends each share AES-GCM-sealed
+   under k_u→v. Survivors: U2.
+3. ``mask`` — u sends y_u = x_u + PRG(b_u) + Σ_{v∈N(u)∩U2, v>u} PRG(s_uv)
+   − Σ_{v∈N(u)∩U2, v<u} PRG(s_uv)  (mod 2^32). Survivors: U3, whose inputs are summed.
+4. ``unmask`` — the server announces U3; each client signs it (consistency check) and,
+   once it holds at least t signatures of its neighbours over the *same* U3 (every
+   neighbour's signature in the server's list must verify; in the complete graph this
+   is Bonawitz's check verbatim, in SecAgg+ the neighbours are the parties whose views
+   decide which share of each peer is revealed), reveals for each neighbour v either
+   v's b-share (v ∈ U3) or v's s-share (v ∈ U2 \\ U3), never both. The server
+   reconstructs b_v for v ∈ U3 and s_v for v ∈ U2 \\ U3, and removes the masks.
+
+Graph and threshold rule. ``neighbours=None`` is the complete graph (SecAgg, k = N-1).
+Otherwise every client has k neighbours on a Harary graph H(k, N) laid on a ring in the
+order of a permutation derived from the public round seed with SHA-256 (so the graph is
+random, public and recomputable; when k and N are both odd no k-regular graph exists and
+one client gets k+1). k >= N-1 means the complete graph. The default threshold is
+t = floor(2k/3) + 1 and any t with k/2 < t <= k (and t >= 2) is accepted: t > k/2 means
+two disjoint groups of honest neighbours can never each reach t, so together with the
+consistency check the server cannot learn both b_v and s_v unless more than 2t - k of
+v's neighbours collude with it; t <= 2k/3 + 1 leaves about a third of each neighbourhood
+free to drop out. Bell et al. take k = O(log N) (e.g. k = 13 for N = 50).
+
+Dropouts. A client with fewer than t live neighbours cannot be unmasked, so the server
+prunes such clients after ``advertise`` and ``share``; after ``mask`` and during
+``unmask`` it aborts with :class:`TooManyDropouts` (stage and counts) when a survivor set
+is smaller than t or some needed secret has fewer than t shares.
+
+Public recomputation. ``MaskingServer.finish`` returns the unmasking transcript (a JSON
+object: parameters, graph seed, signed key advertisements, revealed self-mask seeds of
+survivors, revealed mask keys of dropped clients, survivor and dropout sets, SHA-256 of
+the total). :func:`recompute_total` re-derives the total bit for bit from it and the
+masked vectors; the server uses the very same unmasking routine.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from . import keyagreement as ka
+from . import shamir
+from .base import STAGES, AggregationProtocol, AggregationResult, Stage, check_updates
+from .errors import (
+    AggregateMismatch,
+    ConfigurationError,
+    MalformedInput,
+    ReplayedMessage,
+    TooManyDropouts,
+)
+from .prg import SEED_BYTES, MaskExpander
+from .quantize import FixedPointCodec
+
+PROTOCOL = "masking"
+TRANSCRIPT_VERSION = 1
+SERVER = 0xFFFFFFFF
+"""The party number of the server in message headers."""
+
+# ---------------------------------------------------------------------------------------
+# Parameters and the neighbour graph
+
+
+def default_threshold(neighbours: int) -> int:
+    """t = floor(2k/3) + 1 (see the module docstring for the rule)."""
+    return 2 * neighbours // 3 + 1
+
+
+def _permutation(n: int, seed: bytes) -> list[int]:
+    """Fisher–Yates driven by SHA-256 in counter mode: stable across library versions."""
+    order = list(range(n))
+    counter = 0
+    pool = b""
+
+    def draw() -> int:
+        nonlocal counter, pool
+        if len(pool) < 8:
+            pool += hashlib.sha256(b"bfl-private/secagg/v1/graph" + seed + counter.to_bytes(8, "big")).digest()
+            counter += 1
+        value, pool = int.from_bytes(pool[:8], "big"), pool[8:]
+        return value
+
+    for i in range(n - 1, 0, -1):
+        bound = (1 << 64) - (1 << 64) % (i + 1)  # rejection sampling: no modulo bias
+        value = draw()
+        while value >= bound:
+            value = draw()
+        j = value % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def neighbour_graph(n: int, k: int, seed: bytes) -> tuple[tuple[int, ...], ...]:
+    """Sorted neighbour lists of the Harary graph H(k, n) on a seed-permuted ring."""
+    if k >= n - 1:
+        return tuple(tuple(v for v in range(n) if v != u) for u in range(n))
+    ring = _permutation(n, seed)
+    adjacent: list[set[int]] = [set() for _ in range(n)]
+
+    def join(p: int, q: int) -> None:
+        a, b = ring[p % n], ring[q % n]
+        adjacent[a].add(b)
+        adjacent[b].add(a)
+
+    for p in range(n):
+        for d in range(1, k // 2 + 1):
+            join(p, p + d)
+    if k % 2:
+        half = (n + 1) // 2
+        for p in range(half):
+            join(p, p + half)
+    return tuple(tuple(sorted(s)) for s in adjacent)
+
+
+@dataclass(frozen=True)
+class MaskingParams:
+    """Public parameters of one masking round, fixed before the first message."""
+
+    round_id: int
+    round_seed: bytes
+    clients: tuple[str, ...]
+    """Client names; a client's index in this tuple is its party number."""
+    length: int
+    neighbours: int
+    threshold: int
+    complete: bool
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        round_id: int,
+        round_seed: bytes,
+        clients: Sequence[str],
+        length: int,
+        neighbours: int | None = None,
+        threshold: int | None = None,
+    ) -> "MaskingParams":
+        """Validate and fix the round's parameters (see the module docstring for k and t)."""
+        n = len(clients)
+        if len(set(clients)) != n:
+            raise ConfigurationError("client names must be distinct")
+        if n < 3:
+            raise ConfigurationError(f"masking needs at least 3 clients (threshold >= 2 of >= 2 neighbours), got {n}")
+        if not 0 <= round_id < 1 << 64:
+            raise ConfigurationError(f"round_id must fit in 64 bits, got {round_id}")
+        if not isinstance(round_seed, (bytes, bytearray)) or len(round_seed) < 16:
+            raise ConfigurationError("round_seed must be at least 16 bytes")
+        if length < 1:
+            raise ConfigurationError(f"vector length must be >= 1, got {length}")
+        if neighbours is not None and neighbours < 2:
+            raise ConfigurationError(f"neighbours must be >= 2 (or None for the complete graph), got {neighbours}")
+        complete = neighbours is None or neighbours >= n - 1
+        k = n - 1 if complete else int(neighbours)  # type: ignore[arg-type]
+        t = default_threshold(k) if threshold is None else int(threshold)
+        if not (max(2, k // 2 + 1) <= t <= k):
+            raise ConfigurationError(
+                f"threshold {t} must satisfy k/2 < t <= k and t >= 2 for k = {k} neighbours: "
+                f"choose t in {max(2, k // 2 + 1)}..{k}"
+            )
+        return cls(round_id, bytes(round_seed), tuple(clients), int(length), k, t, complete)
+
+    @cached_property
+    def graph(self) -> tuple[tuple[int, ...], ...]:
+        return neighbour_graph(len(self.clients), self.neighbours, self.round_seed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round_id,
+            "round_seed": self.round_seed.hex(),
+            "clients": list(self.clients),
+            "length": self.length,
+            "neighbours": None if self.complete else self.neighbours,
+            "threshold": self.threshold,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Wire format: MAGIC ‖ kind u8 ‖ round u64 ‖ party u32 ‖ body, all integers big-endian,
+# id lists strictly increasing (so each message has exactly one encoding).
+
+_MAGIC = b"BSA1"
+_HEADER = struct.Struct(">4sBQI")
+_SEALED_SHARE_BYTES = ka.NONCE_BYTES + 8 + 2 * shamir.SHARE_BYTES + ka.TAG_BYTES
+
+
+def _header(kind: int, round_id: int, party: int) -> bytes:
+    return _HEADER.pack(_MAGIC, kind, round_id, party)
+
+
+class _Reader:
+    """Bounds-checked parser: every shortfall or leftover is a MalformedInput naming ``what``."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MalformedInput(f"{what}: expected bytes, got {type(data).__name__}")
+        self.data = memoryview(data).cast("B")
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > len(self.data):
+            raise MalformedInput(f"{self.what}: truncated at byte {self.pos} (needs {n} more, has {len(self.data) - self.pos})")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def header(self, kind: int) -> tuple[int, int]:
+        magic, got, round_id, party = _HEADER.unpack(self.take(_HEADER.size))
+        if magic != _MAGIC or got != kind:
+            raise MalformedInput(f"{self.what}: not a message of this kind (magic {magic!r}, kind {got}, expected {kind})")
+        return round_id, party
+
+    def items(self, width: int) -> tuple[tuple[int, bytes], ...]:
+        count = self.u32()
+        if count * (4 + width) > len(self.data) - self.pos:
+            raise MalformedInput(f"{self.what}: claims {count} entries but is truncated")
+        out = []
+        for _ in range(count):
+            ident = self.u32()
+            if out and ident <= out[-1][0]:
+                raise MalformedInput(f"{self.what}: party {ident} listed twice or out of order")
+            out.append((ident, bytes(self.take(width))))
+        return tuple(out)
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(ident for ident, _ in self.items(0))
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise MalformedInput(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _pack_items(items: Sequence[tuple[int, bytes]]) -> bytes:
+    return struct.pack(">I", len(items)) + b"".join(struct.pack(">I", i) + data for i, data in items)
+
+
+def _pack_ids(ids: Sequence[int]) -> bytes:
+    return _pack_items([(i, b"") for i in sorted(ids)])
+
+
+@dataclass(frozen=True)
+class KeyAdvertisement:
+    """Stage 1, client -> server -> neighbours: the two public keys, signed."""
+
+    KIND: ClassVar[int] = 1
+    round_id: int
+    sender: int
+    cipher_key: bytes
+    mask_key: bytes
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return _header(self.KIND, self.round_id, self.sender) + self.cipher_key + self.mask_key
+
+    def to_bytes(self) -> bytes:
+        return self.signed_bytes() + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "KeyAdvertisement":
+        r = _Reader(data, "key advertisement")
+        round_id, sender = r.header(cls.KIND)
+        keys = bytes(r.take(2 * ka.KEY_BYTES))
+        signature = bytes(r.take(ka.SIGNATURE_BYTES))
+        r.done()
+        return cls(round_id, sender, keys[: ka.KEY_BYTES], keys[ka.KEY_BYTES :], signature)
+
+
+@dataclass(frozen=True)
+class SealedShares:
+    """Stage 2: sealed share pairs, from a sender (kind 2) or delivered to a receiver (kind 3).
+
+    ``party`` is the sender of a bundle or the receiver of a delivery; ``items`` maps the
+    other end (receiver, resp. sender) to the sealed (b-share, s-share) pair.
+    """
+
+    kind: int
+    round_id: int
+    party: int
+    items: tuple[tuple[int, bytes], ...]
+
+    BUNDLE: ClassVar[int] = 2
+    DELIVERY: ClassVar[int] = 3
+
+    def to_bytes(self) -> bytes:
+        return _header(self.kind, self.round_id, self.party) + _pack_items(self.items)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: int) -> "SealedShares":
+        r = _Reader(data, "share bundle" if kind == cls.BUNDLE else "share delivery")
+        round_id, party = r.header(kind)
+        items = r.items(_SEALED_SHARE_BYTES)
+        r.done()
+        return cls(kind, round_id, party, items)
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Stage 3, client -> server: the masked uint32 vector."""
+
+    KIND: ClassVar[int] = 4
+    round_id: int
+    sender: int
+    vector: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        body = np.ascontiguousarray(self.vector, dtype="<u4")
+        return b"".join((_header(self.KIND, self.round_id, self.sender), struct.pack(">I", body.shape[0]), body.data))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MaskedInput":
+        r = _Reader(data, "masked input")
+        round_id, sender = r.header(cls.KIND)
+        length = r.u32()
+        vector = np.frombuffer(r.take(4 * length), dtype="<u4")
+        r.done()
+        return cls(round_id, sender, vector)
+
+
+@dataclass(frozen=True)
+class SurvivorSet:
+    """Stage 4, server -> clients: U3, the clients whose masked input arrived."""
+
+    KIND: ClassVar[int] = 5
+    round_id: int
+    survivors: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND, self.round_id, SERVER) + _pack_ids(self.survivors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SurvivorSet":
+        r = _Reader(data, "survivor set")
+        round_id, _ = r.header(cls.KIND)
+        survivors = r.ids()
+        r.done()
+        return cls(round_id, survivors)
+
+
+@dataclass(frozen=True)
+class Acknowledgements:
+    """Stage 4: one client's signature over U3 (kind 6), or the server's list of them (kind 7)."""
+
+    kind: int
+    round_id: int
+    party: int
+    signatures: tuple[tuple[int, bytes], ...]
+
+    SINGLE: ClassVar[int] = 6
+    LIST: ClassVar[int] = 7
+
+    def to_bytes(self) -> bytes:
+        return _header(self.kind, self.round_id, self.party) + _pack_items(self.signatures)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: int) -> "Acknowledgements":
+        r = _Reader(data, "survivor-set signature" if kind == cls.SINGLE else "signature list")
+        round_id, party = r.header(kind)
+        signatures = r.items(ka.SIGNATURE_BYTES)
+        r.done()
+        if kind == cls.SINGLE and [i for i, _ in signatures] != [party]:
+            raise MalformedInput(f"survivor-set signature of client {party} must carry exactly its own signature")
+        return cls(kind, round_id, party, signatures)
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Stage 4, client -> server: b-shares of surviving and s-shares of dropped neighbours."""
+
+    KIND: ClassVar[int] = 8
+    round_id: int
+    sender: int
+    self_mask_shares: tuple[tuple[int, bytes], ...]
+    mask_key_shares: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        return (
+            _header(self.KIND, self.round_id, self.sender)
+            + _pack_items(self.self_mask_shares)
+            + _pack_items(self.mask_key_shares)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "UnmaskResponse":
+        r = _Reader(data, "unmask response")
+        round_id, sender = r.header(cls.KIND)
+        b_shares = r.items(shamir.SHARE_BYTES)
+        s_shares = r.items(shamir.SHARE_BYTES)
+        r.done()
+        if {i for i, _ in b_shares} & {i for i, _ in s_shares}:
+            raise MalformedInput(f"unmask response of client {sender} reveals both shares of one peer")
+        return cls(round_id, sender, b_shares, s_shares)
+
+
+def _survivor_payload(round_id: int, survivors: Sequence[int]) -> bytes:
+    return b"survivors" + struct.pack(">Q", round_id) + _pack_ids(survivors)
+
+
+def _share_associated(round_id: int, sender: int, receiver: int) -> bytes:
+    return b"shares" + struct.pack(">QII", round_id, sender, receiver)
+
+
+def _check_round(params: MaskingParams, round_id: int, what: str) -> None:
+    if round_id != params.round_id:
+        raise ReplayedMessage(f"{what} is bound to round {round_id}, this is round {params.round_id}")
+
+
+# ---------------------------------------------------------------------------------------
+# Unmasking: shared by the server and by the public recomputation.
+
+
+def _remove_masks(
+    params: MaskingParams,
+    total: np.ndarray,
+    *,
+    self_mask_seeds: Mapping[int, bytes],
+    dropped_mask_keys: Mapping[int, X25519PrivateKey],
+    mask_public_keys: Mapping[int, bytes],
+    shared: frozenset[int],
+    survivors: frozenset[int],
+    expander: MaskExpander,
+) -> None:
+    """Subtract PRG(b_u) of survivors and the dangling pairwise masks of dropped clients."""
+    add: list[bytes] = []
+    subtract = [self_mask_seeds[u] for u in sorted(survivors)]
+    for v in sorted(dropped_mask_keys):
+        for u in params.graph[v]:
+            if u in survivors and u in shared:
+                seed = ka.mask_seed(dropped_mask_keys[v], mask_public_keys[u], round_id=params.round_id, a=u, b=v)
+                # y_u carries +PRG(s_uv) when v > u and -PRG(s_uv) when v < u.
+                (subtract if v > u else add).append(seed)
+    expander.apply(total, add=add, subtract=subtract)
+
+
+# ---------------------------------------------------------------------------------------
+# Parties
+
+
+class MaskingClient:
+    """One client's side of the protocol; each method answers one stage, once."""
+
+    def __init__(
+        self, index: int, params: MaskingParams, *, identity: Ed25519PrivateKey, identity_keys: Sequence[bytes]
+    ) -> None:
+        self.index = index
+        self.params = params
+        self._identity = identity
+        self._identity_keys = tuple(identity_keys)
+        self._cipher_key = X25519PrivateKey.generate()
+        self._mask_key = X25519PrivateKey.generate()
+        self._neighbours = frozenset(params.graph[index])
+        self._adverts: dict[int, KeyAdvertisement] = {}
+        self._cipher_secrets: dict[int, bytes] = {}
+        self._peer_shares: dict[int, tuple[int, int]] = {}
+        self._self_seed: bytes | None = None
+        self._survivors: tuple[int, ...] | None = None
+        self._done: set[str] = set()
+        self._expander = MaskExpander()
+
+    def _once(self, step: str) -> None:
+        if step in self._done:
+            raise ReplayedMessage(f"client {self.index} already answered {step!r} in round {self.params.round_id}")
+        self._done.add(step)
+
+    def advertise(self) -> bytes:
+        self._once("advertise")
+        unsigned = KeyAdvertisement(
+            self.params.round_id, self.index, ka.public_bytes(self._cipher_key), ka.public_bytes(self._mask_key), b""
+        )
+        signature = ka.sign(self._identity, unsigned.signed_bytes())
+        return replace(unsigned, signature=signature).to_bytes()
+
+    def share_keys(self, advertisements: Sequence[bytes]) -> bytes:
+        """Verify the neighbours' advertisements and send them sealed shares of b_u and s_u."""
+        self._once("share")
+        for data in advertisements:
+            advert = _verify_advertisement(self.params, self._identity_keys, data)
+            if advert.sender not in self._neighbours:
+                raise MalformedInput(f"client {self.index} got the advertisement of non-neighbour {advert.sender}")
+            if advert.sender in self._adverts:
+                raise ReplayedMessage(f"client {self.index} got two advertisements of client {advert.sender}")
+            self._adverts[advert.sender] = advert
+        peers = sorted(self._adverts)
+        self._require(len(peers), "share", "neighbours advertised keys")
+        self._self_seed = os.urandom(SEED_BYTES)
+        xs = tuple(p + 1 for p in peers)
+        b_shares = shamir.split(self._self_seed, threshold=self.params.threshold, xs=xs)
+        s_shares = shamir.split(ka.private_bytes(self._mask_key), threshold=self.params.threshold, xs=xs)
+        items = []
+        for peer, x in zip(peers, xs):
+            self._cipher_secrets[peer] = ka.agree(
+                self._cipher_key, self._adverts[peer].cipher_key, what=f"cipher key of client {peer}"
+            )
+            key = ka.share_key(self._cipher_secrets[peer], round_id=self.params.round_id, sender=self.index, receiver=peer)
+            plaintext = struct.pack(">II", self.index, peer) + shamir.encode_share(b_shares[x]) + shamir.encode_share(s_shares[x])
+            items.append((peer, ka.seal(key, plaintext, _share_associated(self.params.round_id, self.index, peer))))
+        return SealedShares(SealedShares.BUNDLE, self.params.round_id, self.index, tuple(items)).to_bytes()
+
+    def mask_input(self, vector: np.ndarray, delivery: bytes) -> bytes:
+        """Open the neighbours' shares and return the masked input."""
+        self._once("mask")
+        if not isinstance(vector, np.ndarray) or vector.dtype != np.uint32 or vector.ndim != 1:
+            raise MalformedInput(f"input of client {self.index} must be a 1-D uint32 array, got {getattr(vector, 'dtype', type(vector))}")
+        if vector.shape[0] != self.params.length:
+            raise MalformedInput(f"input of client {self.index} has length {vector.shape[0]}, expected {self.params.length}")
+        message = SealedShares.from_bytes(delivery, SealedShares.DELIVERY)
+        _check_round(self.params, message.round_id, f"share delivery to client {self.index}")
+        if message.party != self.index:
+            raise MalformedInput(f"share delivery addressed to client {message.party} reached client {self.index}")
+        for sender, sealed in message.items:
+            if sender not in self._adverts:
+                raise MalformedInput(f"client {self.index} got shares from {sender}, which is not an advertised neighbour")
+            what = f"shares from client {sender} to client {self.index}"
+            key = ka.share_key(self._cipher_secrets[sender], round_id=self.params.round_id, sender=sender, receiver=self.index)
+            plaintext = ka.open_sealed(key, sealed, _share_associated(self.params.round_id, sender, self.index), what=what)
+            if struct.unpack(">II", plaintext[:8]) != (sender, self.index):
+                raise MalformedInput(f"{what}: sealed payload names another sender or receiver")
+            b_share = shamir.decode_share(plaintext[8 : 8 + shamir.SHARE_BYTES])
+            s_share = shamir.decode_share(plaintext[8 + shamir.SHARE_BYTES :])
+            self._peer_shares[sender] = (b_share, s_share)
+        self._require(len(self._peer_shares), "mask", "neighbours delivered shares")
+        assert self._self_seed is not None  # set by share_keys, which _once-guards precede
+        add, subtract = [self._self_seed], []
+        for peer in sorted(self._peer_shares):
+            seed = ka.mask_seed(self._mask_key, self._adverts[peer].mask_key, round_id=self.params.round_id, a=self.index, b=peer)
+            (add if peer > self.index else subtract).append(seed)
+        masked = vector.copy()
+        self._expander.apply(masked, add=add, subtract=subtract)
+        return MaskedInput(self.params.round_id, self.index, masked).to_bytes()
+
+    def acknowledge(self, survivor_set: bytes) -> bytes:
+        """Consistency check, part 1: sign the survivor set the server announced."""
+        self._once("acknowledge")
+        message = SurvivorSet.from_bytes(survivor_set)
+        _check_round(self.params, message.round_id, "survivor set")
+        survivors = frozenset(message.survivors)
+        if self.index not in survivors:
+            raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
+        if not survivors & self._neighbours <= set(self._peer_shares):
+            raise MalformedInput(f"survivor set names neighbours of client {self.index} that never shared keys")
+        self._require(len(survivors), "unmask", "survivors announced")
+        self._survivors = message.survivors
+        signature = ka.sign(self._identity, _survivor_payload(self.params.round_id, message.survivors))
+        return Acknowledgements(Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)).to_bytes()
+
+    def unmask(self, signature_list: bytes) -> bytes:
+        """Consistency check, part 2, then reveal one share per neighbour (never both)."""
+        if self._survivors is None:
+            raise MalformedInput(f"client {self.index} was asked to unmask before acknowledging a survivor set")
+        self._once("unmask")
+        message = Acknowledgements.from_bytes(signature_list, Acknowledgements.LIST)
+        _check_round(self.params, message.round_id, "signature list")
+        payload = _survivor_payload(self.params.round_id, self._survivors)
+        verified = 0
+        for signer, signature in message.signatures:
+            if signer not in self._survivors:
+                raise MalformedInput(f"signature list holds a signature of {signer}, which is not a survivor")
+            if signer in self._neighbours:  # the views that decide which of our shares we reveal
+                ka.verify(
+                    self._identity_keys[signer], signature, payload,
+                    what=f"consistency check at client {self.index}: client {signer}'s signature over the survivor set",
+                )
+                verified += 1
+        self._require(verified, "unmask", "neighbours' valid survivor-set signatures")
+        survivors = frozenset(self._survivors)
+        b_shares = tuple((p, shamir.encode_share(s[0])) for p, s in sorted(self._peer_shares.items()) if p in survivors)
+        s_shares = tuple((p, shamir.encode_share(s[1])) for p, s in sorted(self._peer_shares.items()) if p not in survivors)
+        return UnmaskResponse(self.params.round_id, self.index, b_shares, s_shares).to_bytes()
+
+    def _require(self, count: int, stage: str, what: str) -> None:
+        if count < self.params.threshold:
+            raise TooManyDropouts(
+                f"client {self.index} refuses to continue at stage {stage!r}: {count} {what}, threshold {self.params.threshold}",
+                stage=stage, required=self.params.threshold, available=count,
+            )
+
+
+def _verify_advertisement(params: MaskingParams, identity_keys: Sequence[bytes], data: bytes) -> KeyAdvertisement:
+    advert = KeyAdvertisement.from_bytes(data)
+    _check_round(params, advert.round_id, f"key advertisement of client {advert.sender}")
+    if advert.sender >= len(params.clients):
+        raise MalformedInput(f"key advertisement from unknown client {advert.sender}")
+    ka.verify(identity_keys[advert.sender], advert.signature, advert.signed_bytes(),
+              what=f"key advertisement of client {advert.sender}")
+    return advert
+
+
+@dataclass(frozen=True)
+class MaskingOutcome:
+    """What the server ends a successful round with."""
+
+    total: np.ndarray
+    """uint32 sum (mod 2^32) of the survivors' inputs."""
+    included: tuple[int, ...]
+    dropped: Mapping[int, Stage]
+    transcript: dict[str, Any]
+    masked: Mapping[int, np.ndarray] = field(repr=False)
+    """Every survivor's masked vector as received: the round's public submissions."""
+
+
+class MaskingServer:
+    """The aggregator: routes messages, checks them on receipt, and unmasks the sum.
+
+    A refused message raises a named error and leaves the server's state untouched, so
+    the round goes on with the other clients' messages.
+    """
+
+    def __init__(self, params: MaskingParams, *, identity_keys: Sequence[bytes]) -> None:
+        if len(identity_keys) != len(params.clients):
+            raise ConfigurationError(f"{len(identity_keys)} identity keys for {len(params.clients)} clients")
+        self.params = params
+        self.identity_keys = tuple(identity_keys)
+        self.stage: str = "advertise"
+        self.adverts: dict[int, KeyAdvertisement] = {}
+        self.advertised: frozenset[int] = frozenset()
+        self._bundles: dict[int, SealedShares] = {}
+        self.shared: frozenset[int] = frozenset()
+        self._masked: dict[int, np.ndarray] = {}
+        self._total = np.zeros(params.length, dtype=np.uint32)
+        self.survivors: frozenset[int] = frozenset()
+        self._acks: dict[int, bytes] = {}
+        self.acknowledged: frozenset[int] = frozenset()
+        self._responses: dict[int, UnmaskResponse] = {}
+        self._expander = MaskExpander()
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _expect(self, stage: str, what: str) -> None:
+        if self.stage != stage:
+            raise ReplayedMessage(f"{what} arrived in stage {self.stage!r}; it belongs to stage {stage!r}")
+
+    def _admit(self, sender: int, allowed: frozenset[int] | range, seen: Mapping[int, Any], what: str) -> None:
+        if sender not in allowed:
+            raise MalformedInput(f"{what} from client {sender}, which is not a participant of this stage")
+        if sender in seen:
+            raise ReplayedMessage(f"second {what} from client {sender} in round {self.params.round_id}")
+
+    def dropped(self) -> dict[int, Stage]:
+        """Each client that stopped counting, with the stage from which it did."""
+        reached = (self.advertised, self.shared, self.survivors, self.acknowledged)
+        out: dict[int, Stage] = {}
+        for i in range(len(self.params.clients)):
+            for stage, members, closed in zip(STAGES, reached, self._closed()):
+                if closed and i not in members:
+                    out[i] = stage
+                    break
+        return out
+
+    def _closed(self) -> tuple[bool, ...]:
+        order = ("advertise", "share", "mask", "acknowledge", "unmask", "done")
+        position = order.index(self.stage)
+        return tuple(position > order.index(s) for s in ("advertise", "share", "mask", "acknowledge"))
+
+    def _abort(self, stage: Stage, count: int, what: str) -> TooManyDropouts:
+        names = self.params.clients
+        return TooManyDropouts(
+            f"round {self.params.round_id} aborted at stage {stage!r}: {what} {count}, threshold "
+            f"{self.params.threshold} ({len(names)} clients)",
+            stage=stage, required=self.params.threshold, available=count,
+            dropped={names[i]: s for i, s in self.dropped().items()},
+        )
+
+    def _prune(self, members: set[int]) -> frozenset[int]:
+        """Remove, until none is left, clients with fewer than t live neighbours.
+
+        Their secrets could never be reconstructed, so they are dropped now rather than
+        sinking the round at the unmask stage.
+        """
+        while True:
+            weak = {u for u in members if len(members.intersection(self.params.graph[u])) < self.params.threshold}
+            if not weak:
+                return frozenset(members)
+            members -= weak
+
+    def _check_live(self, stage: Stage, members: frozenset[int]) -> None:
+        # A non-empty pruned set has at least t + 1 members; an empty one cannot go on.
+        if len(members) < self.params.threshold + 1:
+            raise self._abort(stage, len(members), "clients with at least t live neighbours")
+
+    # -- stage 1 -----------------------------------------------------------------------
+
+    def receive_advertisement(self, data: bytes) -> None:
+        self._expect("advertise", "key advertisement")
+        advert = _verify_advertisement(self.params, self.identity_keys, data)
+        self._admit(advert.sender, range(len(self.params.clients)), self.adverts, "key advertisement")
+        self.adverts[advert.sender] = advert
+
+    def close_advertise(self) -> dict[int, list[bytes]]:
+        """U1, pruned; returns for each member its live neighbours' advertisements."""
+        self._expect("advertise", "closing the advertise stage")
+        self.advertised = self._prune(set(self.adverts))
+        self.stage = "share"
+        self._check_live("advertise", self.advertised)
+        return {
+            u: [self.adverts[v].to_bytes() for v in self.params.graph[u] if v in self.advertised]
+            for u in sorted(self.advertised)
+        }
+
+    # -- stage 2 -----------------------------------------------------------------------
+
+    def receive_shares(self, data: bytes) -> None:
+        self._expect("share", "share bundle")
+        bundle = SealedShares.from_bytes(data, SealedShares.BUNDLE)
+        _check_round(self.params, bundle.round_id, f"share bundle of client {bundle.party}")
+        self._admit(bundle.party, self.advertised, self._bundles, "share bundle")
+        expected = [v for v in self.params.graph[bundle.party] if v in self.advertised]
+        if [v for v, _ in bundle.items] != expected:
+            raise MalformedInput(
+                f"share bundle of client {bundle.party} is addressed to {[v for v, _ in bundle.items]}, "
+                f"expected its live neighbours {expected}"
+            )
+        self._bundles[bundle.party] = bundle
+
+    def close_share(self) -> dict[int, bytes]:
+        """U2, pruned; returns each member's delivery of sealed shares from U2 neighbours."""
+        self._expect("share", "closing the share stage")
+        self.shared = self._prune(set(self._bundles))
+        self.stage = "mask"
+        self._check_live("share", self.shared)
+        deliveries: dict[int, list[tuple[int, bytes]]] = {v: [] for v in self.shared}
+        for u in sorted(self.shared):
+            for v, sealed in self._bundles[u].items:
+                if v in self.shared:
+                    deliveries[v].append((u, sealed))
+        return {
+            v: SealedShares(SealedShares.DELIVERY, self.params.round_id, v, tuple(items)).to_bytes()
+            for v, items in sorted(deliveries.items())
+        }
+
+    # -- stage 3 -----------------------------------------------------------------------
+
+    def receive_masked_input(self, data: bytes) -> None:
+        self._expect("mask", "masked input")
+        message = MaskedInput.from_bytes(data)
+        _check_round(self.params, message.round_id, f"masked input of client {message.sender}")
+        self._admit(message.sender, self.shared, self._masked, "masked input")
+        if message.vector.shape[0] != self.params.length:
+            raise MalformedInput(
+                f"masked input of client {message.sender} has length {message.vector.shape[0]}, expected {self.params.length}"
+            )
+        self._masked[message.sender] = message.vector
+        np.add(self._total, message.vector, out=self._total)
+
+    def close_mask(self) -> bytes:
+        """U3 (the clients whose input is summed); returns the survivor-set announcement."""
+        self._expect("mask", "closing the mask stage")
+        self.survivors = frozenset(self._masked)
+        self.stage = "acknowledge"
+        if len(self.survivors) < self.params.threshold:
+            raise self._abort("mask", len(self.survivors), "masked inputs received")
+        for v in sorted(self.shared):
+            holders = len(self.survivors.intersection(self.params.graph[v]))
+            if holders < self.params.threshold:
+                raise self._abort("mask", holders, f"surviving share holders of client {self.params.clients[v]!r}")
+        return SurvivorSet(self.params.round_id, tuple(sorted(self.survivors))).to_bytes()
+
+    # -- stage 4 -----------------------------------------------------------------------
+
+    def receive_acknowledgement(self, data: bytes) -> None:
+        self._expect("acknowledge", "survivor-set signature")
+        message = Acknowledgements.from_bytes(data, Acknowledgements.SINGLE)
+        _check_round(self.params, message.round_id, f"survivor-set signature of client {message.party}")
+        self._admit(message.party, self.survivors, self._acks, "survivor-set signature")
+        signature = message.signatures[0][1]
+        ka.verify(
+            self.identity_keys[message.party], signature,
+            _survivor_payload(self.params.round_id, sorted(self.survivors)),
+            what=f"survivor-set signature of client {message.party}",
+        )
+        self._acks[message.party] = signature
+
+    def close_acknowledge(self) -> bytes:
+        """Returns the list of survivor-set signatures every acknowledging client checks."""
+        self._expect("acknowledge", "closing the consistency check")
+        self.acknowledged = frozenset(self._acks)
+        self.stage = "unmask"
+        if len(self.acknowledged) < self.params.threshold:
+            raise self._abort("unmask", len(self.acknowledged), "survivor-set signatures")
+        return Acknowledgements(
+            Acknowledgements.LIST, self.params.round_id, SERVER, tuple(sorted(self._acks.items()))
+        ).to_bytes()
+
+    def receive_unmask(self, data: bytes) -> None:
+        self._expect("unmask", "unmask response")
+        response = UnmaskResponse.from_bytes(data)
+        _check_round(self.params, response.round_id, f"unmask response of client {response.sender}")
+        self._admit(response.sender, self.acknowledged, self._responses, "unmask response")
+        peers = [v for v in self.params.graph[response.sender] if v in self.shared]
+        expected_b = [v for v in peers if v in self.survivors]
+        expected_s = [v for v in peers if v not in self.survivors]
+        got_b = [v for v, _ in response.self_mask_shares]
+        got_s = [v for v, _ in response.mask_key_shares]
+        if got_b != expected_b or got_s != expected_s:
+            raise MalformedInput(
+                f"unmask response of client {response.sender} reveals self-mask shares of {got_b} and key "
+                f"shares of {got_s}; expected {expected_b} and {expected_s}"
+            )
+        for _, share in response.self_mask_shares + response.mask_key_shares:
+            shamir.decode_share(share)
+        self._responses[response.sender] = response
+
+    def finish(self) -> MaskingOutcome:
+        """Reconstruct the secrets, unmask the total, and publish the transcript."""
+        self._expect("unmask", "finishing the round")
+        self.stage = "done"
+        b_shares: dict[int, dict[int, int]] = {v: {} for v in self.survivors}
+        s_shares: dict[int, dict[int, int]] = {v: {} for v in self.shared - self.survivors}
+        for w, response in self._responses.items():
+            for v, share in response.self_mask_shares:
+                b_shares[v][w + 1] = shamir.decode_share(share)
+            for v, share in response.mask_key_shares:
+                s_shares[v][w + 1] = shamir.decode_share(share)
+        t = self.params.threshold
+        for owner_shares in (b_shares, s_shares):
+            for v, shares in sorted(owner_shares.items()):
+                if len(shares) < t:
+                    raise self._abort("unmask", len(shares), f"shares to unmask client {self.params.clients[v]!r}")
+        self_seeds = {v: shamir.combine(s, threshold=t, secret_bytes=SEED_BYTES) for v, s in b_shares.items()}
+        dropped_keys = {}
+        for v, shares in s_shares.items():
+            raw = shamir.combine(shares, threshold=t, secret_bytes=ka.KEY_BYTES)
+            key = ka.x25519_private_from_bytes(raw, what=f"reconstructed mask key of client {v}")
+            if ka.public_bytes(key) != self.adverts[v].mask_key:
+                raise AggregateMismatch(
+                    f"reconstructed mask key of client {self.params.clients[v]!r} does not match its advertised key: "
+                    "a share holder sent a bad share"
+                )
+            dropped_keys[v] = raw
+        total = self._total.copy()
+        _remove_masks(
+            self.params, total,
+            self_mask_seeds=self_seeds,
+            dropped_mask_keys={v: ka.x25519_private_from_bytes(raw, what="mask key") for v, raw in dropped_keys.items()},
+            mask_public_keys={v: a.mask_key for v, a in self.adverts.items()},
+            shared=self.shared, survivors=self.survivors, expander=self._expander,
+        )
+        names = self.params.clients
+        transcript: dict[str, Any] = {
+            "protocol": PROTOCOL,
+            "version": TRANSCRIPT_VERSION,
+            **self.params.to_json(),
+            "identity_keys": {names[i]: key.hex() for i, key in enumerate(self.identity_keys)},
+            "advertisements": {
+                names[v]: {
+                    "cipher_key": self.adverts[v].cipher_key.hex(),
+                    "mask_key": self.adverts[v].mask_key.hex(),
+                    "signature": self.adverts[v].signature.hex(),
+                }
+                for v in sorted(self.advertised)
+            },
+            "shared": [names[v] for v in sorted(self.shared)],
+            "survivors": [names[v] for v in sorted(self.survivors)],
+            "dropped": {names[v]: stage for v, stage in sorted(self.dropped().items())},
+            "self_mask_seeds": {names[v]: seed.hex() for v, seed in sorted(self_seeds.items())},
+            "dropped_mask_keys": {names[v]: raw.hex() for v, raw in sorted(dropped_keys.items())},
+            "total_sha256": hashlib.sha256(total.astype("<u4").tobytes()).hexdigest(),
+        }
+        return MaskingOutcome(
+            total=total,
+            included=tuple(sorted(self.survivors)),
+            dropped=self.dropped(),
+            transcript=transcript,
+            masked=dict(self._masked),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# In-process runner
+
+
+def run_round(
+    params: MaskingParams,
+    vectors: Sequence[np.ndarray],
+    *,
+    drop: Mapping[int, Stage] | None = None,
+    identities: Sequence[Ed25519PrivateKey] | None = None,
+) -> MaskingOutcome:
+    """Run every party in this process, passing encoded messages between them.
+
+    ``drop[i] = stage`` makes client i stop answering from ``stage`` on (it sends nothing
+    in that stage or later), so dropouts take the same code path as in a deployment.
+    """
+    n = len(params.clients)
+    if len(vectors) != n:
+        raise MalformedInput(f"{len(vectors)} input vectors for {n} clients")
+    drop = dict(drop or {})
+    for client, stage in drop.items():
+        if not 0 <= client < n or stage not in STAGES:
+            raise MalformedInput(f"drop entry {client!r}: {stage!r} needs a client in 0..{n - 1} and a stage in {STAGES}")
+    identities = list(identities) if identities is not None else [Ed25519PrivateKey.generate() for _ in range(n)]
+    identity_keys = [ka.public_bytes(key) for key in identities]
+    server = MaskingServer(params, identity_keys=identity_keys)
+    clients = [MaskingClient(i, params, identity=identities[i], identity_keys=identity_keys) for i in range(n)]
+
+    def answers(i: int, stage: Stage) -> bool:
+        return i not in drop or STAGES.index(drop[i]) > STAGES.index(stage)
+
+    for i in range(n):
+        if answers(i, "advertise"):
+            server.receive_advertisement(clients[i].advertise())
+    for i, adverts in server.close_advertise().items():
+        if answers(i, "share"):
+            server.receive_shares(clients[i].share_keys(adverts))
+    for i, delivery in server.close_share().items():
+        if answers(i, "mask"):
+            server.receive_masked_input(clients[i].mask_input(vectors[i], delivery))
+    announcement = server.close_mask()
+    for i in sorted(server.survivors):
+        if answers(i, "unmask"):
+            server.receive_acknowledgement(clients[i].acknowledge(announcement))
+    signatures = server.close_acknowledge()
+    for i in sorted(server.acknowledged):
+        try:
+            response = clients[i].unmask(signatures)
+        except TooManyDropouts:
+            continue  # too few neighbours signed: this client stays silent; finish() decides
+        server.receive_unmask(response)
+    return server.finish()
+
+
+@dataclass(frozen=True)
+class SecureSumResult:
+    """Outcome of :func:`secure_sum`; client numbers are indices into the input list."""
+
+    total: np.ndarray
+    included: tuple[int, ...]
+    dropped: Mapping[int, Stage]
+    transcript: dict[str, Any]
+    masked_vectors: Mapping[int, np.ndarray] = field(repr=False)
+
+
+def _uint32_inputs(vectors: Sequence[np.ndarray]) -> int:
+    if len(vectors) == 0:
+        raise MalformedInput("no input vectors")
+    length = None
+    for i, v in enumerate(vectors):
+        if not isinstance(v, np.ndarray) or v.dtype != np.uint32 or v.ndim != 1:
+            raise MalformedInput(f"input {i} must be a 1-D uint32 array, got {getattr(v, 'dtype', type(v).__name__)}")
+        if length is None:
+            length = v.shape[0]
+        elif v.shape[0] != length:
+            raise MalformedInput(f"input {i} has length {v.shape[0]}, expected {length}")
+    assert length is not None
+    return length
+
+
+def secure_sum(
+    vectors: Sequence[np.ndarray],
+    *,
+    neighbours: int | None = None,
+    threshold: int | None = None,
+    drop: Mapping[int, Stage] | None = None,
+    seed: bytes | int | None = None,
+    round_id: int = 0,
+) -> SecureSumResult:
+    """Securely sum uint32 vectors mod 2^32 among ``len(vectors)`` in-process clients.
+
+    ``neighbours=None`` is SecAgg (complete graph), an int k is SecAgg+; ``seed`` is the
+    public round seed from which the graph is derived (bytes, or an int taken as 32
+    big-endian bytes; fresh random bytes when None).
+    Client i is named ``str(i)`` in the transcript.
+    """
+    length = _uint32_inputs(vectors)
+    if seed is None:
+        seed = os.urandom(32)
+    elif isinstance(seed, int):
+        seed = seed.to_bytes(32, "big")
+    params = MaskingParams.create(
+        round_id=round_id, round_seed=seed,
+        clients=[str(i) for i in range(len(vectors))], length=length,
+        neighbours=neighbours, threshold=threshold,
+    )
+    outcome = run_round(params, vectors, drop=drop)
+    return SecureSumResult(outcome.total, outcome.included, outcome.dropped, outcome.transcript, outcome.masked)
+
+
+# ---------------------------------------------------------------------------------------
+# Public recomputation (the auditor's path: no client secret needed)
+
+
+def _hex(value: Any, where: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise MalformedInput(f"transcript {where}: expected hex, got {value!r:.40}") from None
+    if size is not None and len(raw) != size:
+        raise MalformedInput(f"transcript {where}: expected {size} bytes, got {len(raw)}")
+    return raw
+
+
+def _params_from_transcript(transcript: Mapping[str, Any]) -> MaskingParams:
+    if not isinstance(transcript, Mapping) or transcript.get("protocol") != PROTOCOL:
+        raise MalformedInput("not a masking transcript")
+    if transcript.get("version") != TRANSCRIPT_VERSION:
+        raise MalformedInput(f"masking transcript version {transcript.get('version')!r} is not {TRANSCRIPT_VERSION}")
+    try:
+        return MaskingParams.create(
+            round_id=transcript["round"], round_seed=_hex(transcript["round_seed"], "round_seed"),
+            clients=transcript["clients"], length=transcript["length"],
+            neighbours=transcript["neighbours"], threshold=transcript["threshold"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise MalformedInput(f"masking transcript lacks or mistypes {exc}") from exc
+    except ConfigurationError as exc:
+        raise MalformedInput(f"masking transcript parameters: {exc}") from exc
+
+
+def recompute_total(transcript: Mapping[str, Any], masked_vectors: Mapping[Any, np.ndarray]) -> np.ndarray:
+    """Re-derive the round's uint32 total from the transcript and the survivors' masked vectors.
+
+    ``masked_vectors`` maps client names (``str(i)`` for :func:`secure_sum`; int keys are
+    accepted and converted) to uint32 vectors. Checks the advertisement signatures, that
+    each revealed mask key matches its advertised public key, and that the result hashes
+    to the transcript's ``total_sha256``; raises :class:`MalformedInput`,
+    :class:`BadSignature` or :class:`AggregateMismatch` otherwise.
+    """
+    params = _params_from_transcript(transcript)
+    index = {name: i for i, name in enumerate(params.clients)}
+
+    def members(key: str) -> frozenset[int]:
+        names = transcript.get(key)
+        if not isinstance(names, list) or any(n not in index for n in names):
+            raise MalformedInput(f"transcript {key!r} must list clients of the round")
+        return frozenset(index[n] for n in names)
+
+    adverts = transcript.get("advertisements")
+    identity = transcript.get("identity_keys")
+    if not isinstance(adverts, Mapping) or not isinstance(identity, Mapping):
+        raise MalformedInput("transcript lacks 'advertisements' or 'identity_keys'")
+    shared, survivors = members("shared"), members("survivors")
+    if not survivors <= shared or not {params.clients[i] for i in shared} <= set(adverts):
+        raise MalformedInput("transcript survivor, shared and advertised sets are not nested")
+    mask_public: dict[int, bytes] = {}
+    for name in sorted(adverts):
+        if name not in index or name not in identity:
+            raise MalformedInput(f"transcript advertisement of unknown client {name!r}")
+        entry = adverts[name]
+        advert = KeyAdvertisement(
+            params.round_id, index[name],
+            _hex(entry.get("cipher_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
+            _hex(entry.get("mask_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
+            _hex(entry.get("signature"), f"advertisement of {name!r}", ka.SIGNATURE_BYTES),
+        )
+        ka.verify(_hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES), advert.signature,
+                  advert.signed_bytes(), what=f"transcript advertisement of {name!r}")
+        mask_public[index[name]] = advert.mask_key
+
+    seeds = transcript.get("self_mask_seeds")
+    keys = transcript.get("dropped_mask_keys")
+    if not isinstance(seeds, Mapping) or set(seeds) != {params.clients[i] for i in survivors}:
+        raise MalformedInput("transcript 'self_mask_seeds' must hold exactly the survivors' seeds")
+    if not isinstance(keys, Mapping) or set(keys) != {params.clients[i] for i in shared - survivors}:
+        raise MalformedInput("transcript 'dropped_mask_keys' must hold exactly the dropped sharers' keys")
+    self_seeds = {index[n]: _hex(s, f"self-mask seed of {n!r}", SEED_BYTES) for n, s in seeds.items()}
+    dropped_keys = {}
+    for name, raw in keys.items():
+        key = ka.x25519_private_from_bytes(_hex(raw, f"mask key of {name!r}", ka.KEY_BYTES), what=name)
+        if ka.public_bytes(key) != mask_public[index[name]]:
+            raise AggregateMismatch(f"revealed mask key of {name!r} does not match its advertised public key")
+        dropped_keys[index[name]] = key
+
+    vectors = {str(k): v for k, v in masked_vectors.items()}
+    expected = {params.clients[i] for i in survivors}
+    if set(vectors) != expected:
+        raise MalformedInput(
+            f"masked vectors given for {sorted(vectors)}, the transcript's survivors are {sorted(expected)}"
+        )
+    total = np.zeros(params.length, dtype=np.uint32)
+    for name in sorted(vectors):
+        v = np.asarray(vectors[name])
+        if v.dtype != np.uint32 or v.shape != (params.length,):
+            raise MalformedInput(f"masked vector of {name!r} must be uint32 of length {params.length}, got {v.dtype} {v.shape}")
+        np.add(total, v, out=total)
+    _remove_masks(
+        params, total, self_mask_seeds=self_seeds, dropped_mask_keys=dropped_keys,
+        mask_public_keys=mask_public, shared=shared, survivors=survivors, expander=MaskExpander(),
+    )
+    if hashlib.sha256(total.astype("<u4").tobytes()).hexdigest() != transcript.get("total_sha256"):
+        raise AggregateMismatch("recomputed total does not match the transcript's total_sha256")
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# The AggregationProtocol plug-in
+
+_TENSOR = "masked"
+
+
+def encode_submission(masked: np.ndarray) -> bytes:
+    """A masked vector as the safetensors blob the ledger commits to."""
+    return save_safetensors({_TENSOR: np.ascontiguousarray(masked, dtype=np.uint32)})
+
+
+def decode_submission(blob: bytes, *, client: str) -> np.ndarray:
+    try:
+        tensors = load_safetensors(blob)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
+    vector = tensors.get(_TENSOR)
+    if vector is None or vector.dtype != np.uint32 or vector.ndim != 1 or len(tensors) != 1:
+        raise MalformedInput(f"submission of {client!r} must hold exactly one 1-D uint32 tensor {_TENSOR!r}")
+    return vector
+
+
+class MaskingProtocol(AggregationProtocol):
+    """SecAgg (``neighbours=None``) or SecAgg+ (k neighbours) over fixed-point updates."""
+
+    name: ClassVar[str] = PROTOCOL
+
+    def __init__(self, codec: FixedPointCodec, *, neighbours: int | None = None, threshold: int | None = None) -> None:
+        self.codec = codec
+        self.neighbours = neighbours
+        self.threshold = threshold
+
+    def aggregate(
+        self,
+        updates: Mapping[str, np.ndarray],
+        *,
+        round_id: int,
+        round_seed: bytes,
+        drop: Mapping[str, Stage] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> AggregationResult:
+        """Encode, run the four stages in-process, unmask and decode the survivors' sum.
+
+        Raises :class:`TooManyDropouts` (with ``.stage`` and ``.dropped`` by client name)
+        when the round cannot be unmasked.
+        """
+        length = check_updates(updates)
+        names = sorted(updates)
+        if len(names) > self.codec.max_summands:
+            raise ConfigurationError(
+                f"{len(names)} clients exceed the codec's max_summands={self.codec.max_summands}"
+            )
+        unknown = sorted(set(drop or {}) - set(names))
+        if unknown:
+            raise MalformedInput(f"drop names clients that are not in the round: {unknown}")
+        rng = rng if rng is not None else np.random.default_rng()
+        params = MaskingParams.create(
+            round_id=round_id, round_seed=round_seed, clients=names, length=length,
+            neighbours=self.neighbours, threshold=self.threshold,
+        )
+        encoded = [self.codec.encode(updates[name], rng) for name in names]
+        outcome = run_round(params, encoded, drop={names.index(c): s for c, s in (drop or {}).items()})
+        transcript = {**outcome.transcript, "codec": self.codec.to_json()}
+        included = tuple(names[i] for i in outcome.included)
+        return AggregationResult(
+            protocol=PROTOCOL,
+            total=self.codec.decode_sum(outcome.total, len(included)),
+            included=included,
+            dropped=tuple(sorted(names[i] for i in outcome.dropped if i not in outcome.included)),
+            submissions={names[i]: encode_submission(outcome.masked[i]) for i in outcome.included},
+            transcript=transcript,
+        )
+
+
+def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
+    """The auditor's check: decoded float64 total from the transcript and committed blobs."""
+    survivors = transcript.get("survivors") if isinstance(transcript, Mapping) else None
+    if not isinstance(survivors, list):
+        raise MalformedInput("masking transcript lacks a 'survivors' list")
+    missing = sorted(set(survivors) - set(submissions))
+    if missing:
+        raise MalformedInput(f"masking transcript names survivors without a submission: {missing}")
+    codec_json = transcript.get("codec")
+    if not isinstance(codec_json, Mapping):
+        raise MalformedInput("masking transcript lacks the fixed-point 'codec' parameters")
+    codec = FixedPointCodec.from_json(dict(codec_json))
+    vectors = {name: decode_submission(submissions[name], client=name) for name in survivors}
+    total = recompute_total(transcript, vectors)
+    return codec.decode_sum(total, len(survivors))
+
+
+__all__ = [
+    "MaskingClient",
+    "MaskingOutcome",
+    "MaskingParams",
+    "MaskingProtocol",
+    "MaskingServer",
+    "SecureSumResult",
+    "default_threshold",
+    "neighbour_graph",
+    "recompute_from_submissions",
+    "recompute_total",
+    "run_round",
+    "secure_sum",
+]

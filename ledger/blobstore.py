@@ -45,6 +45,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _sorted_header(data: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys, so equal content gives equal bytes.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes between calls; the
+    format allows any key order and space padding, so sorting the header JSON (and padding
+    it to the 8-byte alignment the format asks for) leaves the tensor bytes untouched and
+    makes the blob, hence its CID, a function of the content alone.
+    """
+    (size,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
+
+
 class BlobStore:
     """A directory of immutable blobs named by CIDv1 (raw, sha2-256, base32)."""
 
@@ -125,7 +140,10 @@ class BlobStore:
     def put_arrays(
         self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
     ) -> str:
-        """Store named numeric arrays (and string metadata) as one safetensors blob."""
+        """Store named numeric arrays (and string metadata) as one safetensors blob.
+
+        The bytes depend only on the content (names, dtypes, shapes, values, metadata), not on
+        insertion order, so the same model or update always gets the same CID."""
         if metadata is not None and not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
         ):
@@ -137,7 +155,7 @@ class BlobStore:
             )
         except SafetensorError as exc:
             raise MalformedRecord(f"arrays cannot be stored as safetensors: {exc}") from None
-        return self.put(data)
+        return self.put(_sorted_header(data))
 
     def get_arrays(self, cid: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Load a safetensors blob: (arrays, metadata). MalformedRecord if it does not parse."""

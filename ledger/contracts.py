@@ -92,7 +92,7 @@ class LedgerState:
     :meth:`apply_block`, which returns a new state and leaves this one untouched.
     """
 
-    __slots__ = ("_data", "_bytes", "_keys")
+    __slots__ = ("_bytes", "_data", "_keys")
 
     def __init__(self, data: dict[str, Any]) -> None:
         """Internal: wraps an already-validated state dict; use the classmethods."""
@@ -214,7 +214,11 @@ class LedgerState:
             raise ContractViolation(f"entry {first_index}: a block must hold at least one entry")
         for offset, entry in enumerate(entries):
             where = f"entry {first_index + offset} ({entry.type}, round {entry.round})"
-            _RULES[entry.type](data, entry, where)
+            try:
+                _RULES[entry.type](data, entry, where)
+            except ContractViolation as exc:
+                exc.entry_index = first_index + offset  # for the verifier's report
+                raise
         _finish_round(data)
         return LedgerState(data)
 

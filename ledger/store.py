@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .blobstore import BlobStore
-from .blocks import GENESIS_PREV, Block, BlockHeader, certificate_note, origin_for, verify_certificate
+from .blocks import (
+    GENESIS_PREV,
+    Block,
+    BlockHeader,
+    certificate_note,
+    origin_for,
+    verify_certificate,
+)
 from .contracts import LedgerState
 from .entries import GENESIS, Entry, verify_signatures
 from .errors import (

@@ -51,6 +51,7 @@ from .contracts import LedgerState, genesis_keys, min_quorum
 from .entries import BLOB_FIELDS, GENESIS, Entry, verify_signatures
 from .errors import (
     ChainError,
+    ContractViolation,
     MalformedRecord,
     RootMismatch,
     StateRootMismatch,
@@ -272,19 +273,25 @@ class _Audit:
         frontier = Frontier()
         leaves: list[bytes] = []
         nodes: dict[tuple[int, int], bytes] = {}
+        stored = {(w, s): bytes(h) for w, s, h in self.store.node_rows()}
         for block in self.blocks:
             self.loc.block = block.height
             for index in block.entry_range:
+                self.loc.entry = index
                 leaf = self.entries[index].leaf_hash()
+                if stored.get((1, index), leaf) != leaf:
+                    raise RootMismatch(f"entry {index} hashes to leaf {leaf.hex()}, the log "
+                                       f"recorded {stored[(1, index)].hex()} when it was "
+                                       f"appended (altered or moved)")
                 leaves.append(leaf)
                 for start, end, h in frontier.append(leaf):
                     nodes[(end - start, start)] = h
+            self.loc.entry = None
             if frontier.root() != block.header.root:
                 raise RootMismatch(f"block {block.height}: the {frontier.size} entries hash "
                                    f"to root {frontier.root().hex()}, the header says "
                                    f"{block.header.root.hex()}")
         self.loc.block = None
-        stored = {(w, s): bytes(h) for w, s, h in self.store.node_rows()}
         for key in sorted(set(stored) | set(nodes)):
             if stored.get(key) != nodes.get(key):
                 width, start = key
@@ -356,7 +363,11 @@ class _Audit:
         for block, stored in zip(self.blocks, self.stored_states):
             self.loc.block = block.height
             entries = [self.entries[i] for i in block.entry_range]
-            state = state.apply_block(entries, first_index=block.first_entry)
+            try:
+                state = state.apply_block(entries, first_index=block.first_entry)
+            except ContractViolation as exc:
+                self.loc.entry = getattr(exc, "entry_index", None)
+                raise
             if state.root() != block.header.state_root:
                 raise StateRootMismatch(f"block {block.height}: replayed state root "
                                         f"{state.root().hex()}, header says "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +14,9 @@ from torch import nn
 
 from .data import ClientData, Split
 from .fedavg import next_global_model, weighted_payload
-from .settings import TrainingConfig
+from .settings import PrivacySettings, TrainingConfig
 from .models import build_model, flatten_parameters, load_flat
+from .privacy.accounting import PrivacyRecord
 from .protocols.base import AggregationProtocol, AggregationResult, Stage
 
 
@@ -28,7 +28,7 @@ class LocalUpdate:
     delta: np.ndarray
     """New local parameters minus the global parameters (float32)."""
     records: int
-    privacy: Mapping[str, Any] | None = None
+    privacy: PrivacyRecord | None = None
     """The privacy record of the DP training that produced ``delta`` (None when non-private)."""
 
 
@@ -65,13 +65,18 @@ class Client:
     def client_id(self) -> str:
         return self.data.client_id
 
+    @property
+    def records(self) -> int:
+        """Training records: the client's FedAvg weight and the n of its δ < 1/n rule."""
+        return len(self.data.train)
+
     def train(self, global_params: np.ndarray, config: TrainingConfig, *, seed: int) -> LocalUpdate:
         """Non-private local SGD from the global model."""
         model = build_model(config.model, self.n_features, self.n_classes)
         load_flat(model, global_params)
         generator = torch.Generator().manual_seed(seed)
         _sgd(model, self.data.train, config, generator)
-        return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, len(self.data.train))
+        return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, self.records)
 
 
 @dataclass
@@ -109,3 +114,27 @@ class Aggregator:
             global_params, result.total, server_learning_rate=self.config.server_learning_rate
         )
         return new_params, result
+
+
+def train_private(
+    client: Client,
+    global_params: np.ndarray,
+    config: TrainingConfig,
+    privacy: PrivacySettings,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    seed: int,
+) -> LocalUpdate:
+    """DP-SGD local training (Opacus, Poisson sampling, the planned σ) from the global model."""
+    from .privacy.dpsgd import train_dp
+
+    model = build_model(config.model, client.n_features, client.n_classes)
+    load_flat(model, global_params)
+    result = train_dp(
+        model, client.data.train.features, client.data.train.labels,
+        noise_multiplier=noise_multiplier, clipping_norm=privacy.clipping_norm, sample_rate=sample_rate,
+        steps=config.local_steps, learning_rate=config.learning_rate, seed=seed, delta=privacy.delta,
+        accountant=privacy.accountant,
+    )
+    return LocalUpdate(client.client_id, flatten_parameters(result.model) - global_params, client.records, result.record)

@@ -1,0 +1,85 @@
+"""``bfl-private``: run private federated rounds, and let anyone verify the ledger.
+
+Heavy machinery (torch, Opacus, TenSEAL) is imported inside the commands that need it,
+so ``bfl-private verify`` starts fast and works where torch is missing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .settings import PROTOCOLS
+
+EXIT_REFUSED = 3
+EXIT_VERIFICATION_FAILED = 1
+
+
+def _fail(message: str, code: int) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="bfl-private")
+def main() -> None:
+    """Private, auditable federated learning."""
+
+
+@main.command("round")
+@click.option("--epsilon", type=float, default=None, help="Privacy budget (ε) this command may spend per client.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
+@click.option("--clients", type=click.IntRange(2, 1000), default=None, help="Clients (at genesis only).")
+@click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only).")
+@click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory.")
+@click.option("--seed", type=int, default=None, help="Seed of data split and initial model (at genesis).")
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Probability that a client vanishes at a random stage.")
+@click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
+@click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def round_command(**options: object) -> None:
+    """Run federated rounds; create the federation in --dir first if it is new."""
+    from .runner import RoundOptions, RunRefused, run_command  # torch lives behind this import
+
+    directory: Path = options.pop("directory")  # type: ignore[assignment]
+    as_json: bool = options.pop("as_json")  # type: ignore[assignment]
+    if options["epsilon"] is None:
+        _fail("give --epsilon E: the privacy budget (ε) this command may spend per client", 2)
+    if not options["epsilon"] > 0:  # type: ignore[operator]
+        _fail(f"--epsilon must be > 0, got {options['epsilon']}", 2)
+    if directory.exists() and not directory.is_dir():
+        _fail(f"--dir {directory} exists and is not a directory", 2)
+    try:
+        report = run_command(directory, RoundOptions(**options), quiet=as_json)  # type: ignore[arg-type]
+    except RunRefused as exc:
+        _fail(str(exc), EXIT_REFUSED)
+    except PermissionError as exc:
+        _fail(f"cannot use --dir {directory}: {exc}", 2)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        report.print(Console())
+
+
+@main.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_command(directory: Path, as_json: bool) -> None:
+    """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds."""
+    from .audit import audit
+
+    report = audit(directory)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        report.print(Console())
+    sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
+
+
+if __name__ == "__main__":
+    main()

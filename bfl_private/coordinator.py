@@ -1,0 +1,349 @@
+"""A federation on its ledger: genesis, privacy planning and rounds, step by step.
+
+The coordinator opens each round, runs the clients' DP-SGD and the aggregation protocol
+in-process, commits every protected update and the round's result to the ledger, and
+asks the validators to check the round and attest the new model's quality before they
+co-sign the block. Everything an auditor needs is in the ledger directory; private keys
+stay in ``keys/`` (see :mod:`bfl_private.keyring`).
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import get_model, put_aggregate, put_model
+from .data import FederatedDataset, load_federated
+from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
+from .keyring import Keyring
+from .ledger.contracts import min_quorum
+from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.identity import SigningIdentity
+from .ledger.store import DATABASE, Ledger
+from .models import build_model, flatten_parameters
+from .privacy.accounting import PrivacyRecord, recorded_epsilon
+from .privacy.budget import split_by_budget, validate_delta
+from .privacy.dpsgd import sample_rate_for
+from .privacy.errors import PlanningError, PrivacyError
+from .privacy.planner import plan_noise_multiplier, planned_records
+from .protocol_setup import build_protocol
+from .protocols.base import STAGES, Stage
+from .protocols.errors import TooManyDropouts
+from .settings import FederationSettings
+from .validator import Validator
+
+COORDINATOR = "coordinator"
+
+
+class RunRefused(RuntimeError):
+    """The command cannot run as asked (over budget, inconsistent flags); nothing was written."""
+
+
+def validator_ids(n: int) -> list[str]:
+    return [f"validator-{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    noise_multiplier: float
+    sample_rate: float
+
+
+@dataclass(frozen=True)
+class CommandPlan:
+    """What one command may spend: σ per admitted client, and who was left out."""
+
+    epsilon: float
+    rounds: int
+    clients: Mapping[str, ClientPlan]
+    left_out: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    status: str
+    """"accepted", "rejected" (quality gate: old model kept) or "aborted"."""
+    test_accuracy: float
+    survivors: tuple[str, ...]
+    dropouts: tuple[str, ...]
+    rejected: Mapping[str, str]
+    seconds: float
+
+
+class Federation:
+    """A federation directory: its ledger, its keys and the simulated parties' data."""
+
+    def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings) -> None:
+        self.directory = directory
+        self.ledger = ledger
+        self.settings = settings
+        self.keys = Keyring(directory)
+        self.data: FederatedDataset = load_federated(
+            settings.dataset,
+            n_clients=settings.n_clients,
+            partition=settings.partition,
+            alpha=settings.alpha,
+            seed=settings.data_seed,
+            n_validators=settings.n_validators,
+            validator_fraction=0.2,
+        )
+        self.clients = {
+            c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
+            for c in self.data.clients
+        }
+        self.validators = [
+            Validator(self.keys.identity(name), holdout, settings=settings, data=self.data)
+            for name, holdout in zip(validator_ids(settings.n_validators), self.data.validators)
+        ]
+
+    # --- creation and opening ---------------------------------------------------------
+
+    @classmethod
+    def exists(cls, directory: Path) -> bool:
+        return (Path(directory) / DATABASE).exists()
+
+    @classmethod
+    def create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> "Federation":
+        """Generate keys, write the genesis block, and return the new federation.
+
+        A failure part-way removes what was created, so a directory never holds keys
+        without a ledger or a ledger without its genesis block.
+        """
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise RunRefused(f"{directory} is not empty and holds no federation ledger ({DATABASE})")
+        created = not directory.exists()
+        try:
+            return cls._create(directory, settings, model_seed=model_seed)
+        except BaseException:
+            if created:
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                for child in directory.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            raise
+
+    @classmethod
+    def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> "Federation":
+        data = load_federated(
+            settings.dataset, n_clients=settings.n_clients, partition=settings.partition, alpha=settings.alpha,
+            seed=settings.data_seed, n_validators=settings.n_validators, validator_fraction=0.2,
+        )
+        for client in data.clients:
+            validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
+        keys = Keyring(directory)
+        coordinator = keys.new_identity(COORDINATOR)
+        clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
+        validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
+        ledger = Ledger.create(directory)
+        initial = flatten_parameters(build_model(settings.training.model, data.n_features, data.n_classes, seed=model_seed))
+        genesis = Entry.create(coordinator, GENESIS, 0, {
+            "federation_id": f"bfl-{secrets.token_hex(6)}",
+            "settings": settings.to_json(),
+            "quorum": min_quorum(len(validators)),
+            "rewards": {
+                "reward_per_round": settings.rewards.reward_per_round,
+                "penalty_invalid": settings.rewards.penalty_invalid,
+                "penalty_dropout": settings.rewards.penalty_dropout,
+                "validator_reward": settings.rewards.validator_reward,
+            },
+            "coordinator": {"id": COORDINATOR, "vkey": coordinator.public.vkey()},
+            "clients": [
+                {"id": c.client_id, "vkey": identity.public.vkey(), "epsilon_budget": settings.privacy.lifetime_epsilon,
+                 "delta": settings.privacy.delta, "data_weight": len(c.train)}
+                for c, identity in clients
+            ],
+            "validators": [{"id": v.name, "vkey": v.public.vkey()} for v in validators],
+            "initial_model_cid": put_model(ledger.blobs, initial),
+        })
+        proposed = ledger.propose([genesis], time=int(time.time()))
+        ledger.commit(proposed, {v.public.key_id_hex: v.sign(proposed.header.signing_bytes()) for v in validators})
+        return cls(directory, ledger, settings)
+
+    @classmethod
+    def open(cls, directory: Path) -> "Federation":
+        ledger = Ledger.open(directory)
+        settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
+        return cls(Path(directory), ledger, settings)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # --- what the ledger says ---------------------------------------------------------
+
+    def identity(self, name: str) -> SigningIdentity:
+        return self.keys.identity(name)
+
+    def histories(self) -> dict[str, list[PrivacyRecord]]:
+        """Each client's privacy records, in log order, from its signed submissions."""
+        histories: dict[str, list[PrivacyRecord]] = {c: [] for c in self.clients}
+        for index, entry in enumerate(self.ledger.entries()):
+            if entry.type == SUBMISSION:
+                client = entry.payload["client"]
+                histories[client].append(PrivacyRecord.from_json(entry.payload["privacy"], where=f"entry {index}"))
+        return histories
+
+    def budgets(self) -> dict[str, float]:
+        return {c: float(v["epsilon_budget"]) for c, v in self.ledger.state.clients().items()}
+
+    def current_model(self) -> np.ndarray:
+        return get_model(self.ledger.blobs, self.ledger.state.model_cid)
+
+    def test_accuracy(self, params: np.ndarray) -> float:
+        return accuracy(self.settings.training.model, params, self.data.test,
+                        n_features=self.data.n_features, n_classes=self.data.n_classes)
+
+    # --- planning ---------------------------------------------------------------------
+
+    def plan(self, *, epsilon: float, rounds: int, skip_exhausted: bool) -> CommandPlan:
+        """σ per client so that this command's rounds spend at most ``epsilon``, within lifetime budgets.
+
+        Refuses (RunRefused) before anything is trained or written when a client's
+        lifetime budget cannot afford the command, unless ``skip_exhausted``.
+        """
+        privacy = self.settings.privacy
+        steps = self.settings.training.local_steps
+        sigma_for_rate: dict[float, float] = {}
+        plans: dict[str, ClientPlan] = {}
+        planned: dict[str, list[PrivacyRecord]] = {}
+        for client_id, client in self.clients.items():
+            rate = sample_rate_for(client.records, batch_size=self.settings.training.batch_size)
+            if rate not in sigma_for_rate:
+                try:
+                    sigma_for_rate[rate] = plan_noise_multiplier(
+                        target_epsilon=epsilon, delta=privacy.delta, sample_rate=rate,
+                        steps_per_round=steps, rounds=rounds, accountant=privacy.accountant,
+                    )
+                except PlanningError as exc:
+                    raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds for {client_id}: {exc}") from exc
+            plans[client_id] = ClientPlan(sigma_for_rate[rate], rate)
+            planned[client_id] = planned_records(
+                noise_multiplier=sigma_for_rate[rate], sample_rate=rate, steps_per_round=steps, rounds=rounds,
+                clipping_norm=privacy.clipping_norm, delta=privacy.delta, accountant=privacy.accountant,
+            )
+        admitted, left_out = split_by_budget(planned, histories=self.histories(), budgets=self.budgets())
+        if left_out and not skip_exhausted:
+            first, *others = left_out.values()
+            raise RunRefused(f"{first.error(tuple(s.client_id for s in others))}; nothing was run "
+                             f"(use --skip-exhausted to leave such clients out)")
+        if len(admitted) < 2:
+            raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; a round needs 2. "
+                             f"Every other client's lifetime budget is exhausted")
+        reasons = {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
+                   for c, s in left_out.items()}
+        return CommandPlan(epsilon, rounds, {c: plans[c] for c in sorted(admitted)}, reasons)
+
+    # --- one round --------------------------------------------------------------------
+
+    def _round_seed(self, round_id: int) -> bytes:
+        """Public randomness for the round (e.g. SecAgg+'s graph): bound to the chain's head."""
+        return hashlib.sha256(self.ledger.head.hash() + round_id.to_bytes(8, "big")).digest()
+
+    def run_round(
+        self,
+        plan: CommandPlan,
+        *,
+        protocol: str,
+        dropout: float,
+        malicious: int,
+        rng: np.random.Generator,
+        on_client: Callable[[str], None] = lambda client: None,
+    ) -> RoundSummary:
+        started = time.perf_counter()
+        state = self.ledger.state
+        round_id = state.last_round + 1
+        participants = sorted(plan.clients)
+        coordinator = self.identity(COORDINATOR)
+        aggregation = build_protocol(protocol, self.settings, self.keys, max_summands=len(participants))
+        base_cid = state.model_cid
+        base = self.current_model()
+        seed = self._round_seed(round_id)
+        entries = [Entry.create(coordinator, ROUND_OPEN, round_id, {
+            "participants": participants,
+            "protocol": protocol,
+            "protocol_params": aggregation.public_parameters(),
+            "base_model_cid": base_cid,
+            "privacy_plan": {"epsilon_this_command": plan.epsilon, "rounds_this_command": plan.rounds,
+                             "noise_multipliers": {c: p.noise_multiplier for c, p in plan.clients.items()}},
+        })]
+
+        drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
+        answering = [c for c in participants if c not in drop]
+        faulty = set(rng.choice(answering, size=min(malicious, len(answering)), replace=False).tolist()) if malicious else set()
+        updates: list[LocalUpdate] = []
+        garbage: dict[str, np.ndarray] = {}
+        for client_id in participants:
+            on_client(client_id)
+            if drop.get(client_id) in ("advertise", "share"):
+                continue  # gone before local training would have been used
+            if client_id in faulty:
+                garbage[client_id] = aggregation.garbage_payload(base.shape[0] + 1, rng)
+                continue
+            client_plan = plan.clients[client_id]
+            updates.append(train_private(
+                self.clients[client_id], base, self.settings.training, self.settings.privacy,
+                noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
+                seed=int(rng.integers(2**31)),
+            ))
+        max_records = max(int(v["data_weight"]) for v in state.clients().values())
+        aggregator = Aggregator(aggregation.protocol, max_records, self.settings.training)
+        try:
+            new_params, result = aggregator.aggregate(
+                base, updates, round_id=round_id, round_seed=seed, drop=drop, payloads=garbage
+            )
+        except TooManyDropouts as exc:
+            gone = sorted(drop)
+            entries.append(Entry.create(coordinator, ABORT, round_id, {
+                "stage": exc.stage or "unknown", "reason": str(exc),
+                "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": {},
+            }))
+            self._commit(entries)
+            return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), {},
+                                time.perf_counter() - started)
+
+        histories = self.histories()
+        records = {u.client_id: u.privacy for u in updates}
+        claims: dict[str, float] = {}
+        for client_id in result.included:
+            record = records[client_id]
+            blob_cid = self.ledger.blobs.put(result.submissions[client_id])
+            entries.append(Entry.create(self.identity(client_id), SUBMISSION, round_id, {
+                "client": client_id, "blob_cid": blob_cid, "data_weight": self.clients[client_id].records,
+                "privacy": record.to_json(),
+            }))
+            claims[client_id] = recorded_epsilon(histories[client_id] + [record])
+        model_cid = put_model(self.ledger.blobs, new_params)
+        dropouts = sorted(set(participants) - set(result.included) - set(result.rejected))
+        entries.append(Entry.create(coordinator, ROUND_CLOSE, round_id, {
+            "aggregate_cid": put_aggregate(self.ledger.blobs, result.total),
+            "new_model_cid": model_cid,
+            "transcript_cid": self.ledger.blobs.put_json(dict(result.transcript)),
+            "survivors": list(result.included),
+            "dropouts": dropouts,
+            "rejected": dict(result.rejected),
+            "cumulative_epsilon": claims,
+        }))
+        attestations = [v.attest(round_id, entries, self.ledger) for v in self.validators]
+        entries.extend(attestations)
+        self._commit(entries)
+        accepted = self.ledger.state.model_cid == model_cid
+        accuracy = self.test_accuracy(new_params if accepted else base)
+        return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
+                            tuple(dropouts), dict(result.rejected), time.perf_counter() - started)
+
+    def _commit(self, entries: list[Entry]) -> None:
+        """Propose the round's block; each validator co-signs only after re-checking it."""
+        head_time = self.ledger.head.time if self.ledger.head else 0
+        proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))
+        signatures = {}
+        for validator in self.validators:
+            signature = validator.cosign(proposed, self.ledger)
+            signatures[validator.identity.public.key_id_hex] = signature
+        self.ledger.commit(proposed, signatures)

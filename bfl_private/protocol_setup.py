@@ -1,0 +1,78 @@
+"""Build the aggregation protocol a round asked for, with its keys and public parameters.
+
+Homomorphic modes need a key holder, a party apart from the aggregator. The federation
+keeps one per mode for its whole life, its secret in ``keys/``; the aggregator object
+receives only the public key or context (see the modules' trust-model docstrings).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .keyring import Keyring, KeyringError
+from .protocols.base import AggregationProtocol
+from .protocols.quantize import FixedPointCodec
+from .settings import FederationSettings
+
+PAILLIER_KEY = "paillier-key-holder.json"
+CKKS_KEY = "ckks-key-holder.bin"
+
+
+@dataclass(frozen=True)
+class ProtocolSetup:
+    protocol: AggregationProtocol
+    public: dict[str, Any]
+    """Parameters posted in ``round_open`` (no secret)."""
+    bound: float
+
+    def public_parameters(self) -> dict[str, Any]:
+        return dict(self.public)
+
+    def garbage_payload(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """What a malicious client sends instead of its update: noise far outside the agreed range.
+
+        Plain mode refuses it on receipt; masking and HE clip it into range when encoding
+        (they cannot see plaintexts), so there it is caught by the validators' quality gate.
+        """
+        return rng.uniform(-1000 * self.bound, 1000 * self.bound, size=length).astype(np.float32)
+
+
+def _key_holder(keys: Keyring, name: str, load, generate):
+    try:
+        return load(keys.load(name))
+    except KeyringError:
+        holder = generate()
+        keys.store(name, holder.to_private_bytes())
+        return holder
+
+
+def build_protocol(name: str, settings: FederationSettings, keys: Keyring, *, max_summands: int) -> ProtocolSetup:
+    bound = settings.training.update_bound
+    codec = FixedPointCodec(clip=bound, bits=settings.protocol.bits, max_summands=max_summands)
+    if name == "plain":
+        from .protocols.plain import PlainProtocol
+
+        return ProtocolSetup(PlainProtocol(bound=bound), {"bound": bound}, bound)
+    if name == "masking":
+        from .protocols.masking import MaskingProtocol
+
+        k = settings.protocol.neighbours
+        protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None)
+        return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
+    if name == "paillier":
+        from .protocols.paillier import PaillierKeyHolder, PaillierProtocol, public_key_to_json
+
+        holder = _key_holder(keys, PAILLIER_KEY, PaillierKeyHolder.from_private_bytes,
+                             lambda: PaillierKeyHolder.generate(bits=settings.protocol.paillier_key_bits))
+        protocol = PaillierProtocol(public_key=holder.public_key, key_holder=holder, codec=codec)
+        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(holder.public_key)}, bound)
+    if name == "ckks":
+        from .protocols.ckks import CkksKeyHolder, CkksProtocol, context_id
+
+        holder = _key_holder(keys, CKKS_KEY, CkksKeyHolder.from_private_bytes, CkksKeyHolder.generate)
+        protocol = CkksProtocol(public_context=holder.public_context, key_holder=holder, clip=bound,
+                                max_summands=max_summands)
+        return ProtocolSetup(protocol, {"clip": bound, "context_sha256": context_id(holder.public_context).hex()}, bound)
+    raise ValueError(f"unknown protocol {name!r}")

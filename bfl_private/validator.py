@@ -1,0 +1,102 @@
+"""Validators: check a round themselves, attest the new model's quality, then co-sign.
+
+Proof-of-Quality: a validator co-signs a block only after it has
+
+1. replayed the contracts over the block's entries and reached the same header;
+2. recomputed the round's aggregate from the committed blobs and the transcript, the new
+   model from the previous one, and every cumulative ε claim (``round_checks``);
+3. evaluated the previous and the new model on its own held-out data.
+
+Its attestation carries its quality figure (accuracy in parts per million) and its verdict:
+``accept`` unless the new model is worse than the previous one by more than the genesis
+tolerance. The contracts advance the model only if a quorum accepts.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .artifacts import get_aggregate, get_model
+from .data import FederatedDataset, Split
+from .federation import accuracy
+from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.errors import SemanticCheckError
+from .ledger.identity import SigningIdentity
+from .ledger.store import Ledger, ProposedBlock
+from .privacy.accounting import PrivacyRecord
+from .round_checks import check_aggregate, check_epsilon_claims, check_model
+from .settings import FederationSettings
+
+PPM = 1_000_000
+
+
+class Validator:
+    def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, data: FederatedDataset) -> None:
+        self.identity = identity
+        self.holdout = holdout
+        self.settings = settings
+        self.n_features = data.n_features
+        self.n_classes = data.n_classes
+
+    def _quality_ppm(self, params: np.ndarray) -> int:
+        value = accuracy(self.settings.training.model, params, self.holdout,
+                         n_features=self.n_features, n_classes=self.n_classes)
+        return int(round(value * PPM))
+
+    def check_round(self, round_id: int, entries: Sequence[Entry], ledger: Ledger) -> np.ndarray:
+        """Recompute the round in ``entries`` against the ledger so far; return the new model."""
+        where = f"round {round_id}"
+        opened = next(e for e in entries if e.type == ROUND_OPEN)
+        close = next(e for e in entries if e.type == ROUND_CLOSE)
+        submissions = {e.payload["client"]: e for e in entries if e.type == SUBMISSION}
+        survivors = close.payload["survivors"]
+        if set(submissions) != set(survivors):
+            raise SemanticCheckError(f"{where}: survivors {survivors} differ from the submitters {sorted(submissions)}")
+        blobs = ledger.blobs
+        total = get_aggregate(blobs, close.payload["aggregate_cid"])
+        check_aggregate(
+            protocol=opened.payload["protocol"],
+            transcript=blobs.get_json(close.payload["transcript_cid"]),
+            submissions={c: blobs.get(e.payload["blob_cid"]) for c, e in submissions.items()},
+            claimed_total=total, where=where,
+        )
+        new = get_model(blobs, close.payload["new_model_cid"])
+        check_model(base=get_model(blobs, opened.payload["base_model_cid"]), total=total, new=new,
+                    server_learning_rate=self.settings.training.server_learning_rate, where=where)
+        histories: dict[str, list[PrivacyRecord]] = {}
+        for index, entry in enumerate([*ledger.entries(), *entries]):
+            if entry.type == SUBMISSION:
+                record = PrivacyRecord.from_json(entry.payload["privacy"], where=f"{where}, entry {index}")
+                histories.setdefault(entry.payload["client"], []).append(record)
+        check_epsilon_claims(histories, close.payload["cumulative_epsilon"], where=where)
+        return new
+
+    def attest(self, round_id: int, entries: Sequence[Entry], ledger: Ledger) -> Entry:
+        """Check the round, then sign this validator's quality figure and verdict."""
+        new = self.check_round(round_id, entries, ledger)
+        opened = next(e for e in entries if e.type == ROUND_OPEN)
+        base_quality = self._quality_ppm(get_model(ledger.blobs, opened.payload["base_model_cid"]))
+        quality = self._quality_ppm(new)
+        tolerance = int(round(self.settings.quality_tolerance * PPM))
+        verdict = "accept" if quality >= base_quality - tolerance else "reject"
+        close = next(e for e in entries if e.type == ROUND_CLOSE)
+        return Entry.create(self.identity, ATTESTATION, round_id, {
+            "validator": self.identity.name,
+            "model_cid": close.payload["new_model_cid"],
+            "quality_ppm": quality,
+            "verdict": verdict,
+        })
+
+    def cosign(self, proposed: ProposedBlock, ledger: Ledger) -> bytes:
+        """Sign the header only if replaying the contracts gives the same header and any
+        round the block closes carries this validator's own attestation (it checked it)."""
+        replayed = ledger.propose(proposed.entries, time=proposed.header.time)
+        if replayed.header.signing_bytes() != proposed.header.signing_bytes():
+            raise SemanticCheckError(f"block {proposed.header.height}: the proposed header is not what the entries give")
+        mine = self.identity.public.key_id_hex
+        if any(e.type == ROUND_CLOSE for e in proposed.entries) and not any(
+            e.type == ATTESTATION and e.author == mine for e in proposed.entries
+        ):
+            raise SemanticCheckError(f"block {proposed.header.height}: closes a round this validator has not checked")
+        return self.identity.sign(proposed.header.signing_bytes())

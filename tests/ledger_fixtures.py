@@ -76,7 +76,7 @@ class Federation:
         return {v.public.key_id_hex: v.sign(body) for v in chosen.values()}
 
     def commit(self, ledger: Ledger, entries: Sequence[Entry]) -> Block:
-        self.time += 60
+        self.time = max(self.time, ledger.head.time if ledger.head else 0) + 60
         proposed = ledger.propose(entries, time=self.time)
         return ledger.commit(proposed, self.sign(proposed))
 

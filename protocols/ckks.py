@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -157,6 +158,7 @@ class CkksParameters:
                    coeff_mod_bit_sizes=tuple(m.bit_count() for m in parms.coeff_modulus()), scale_bits=scale_bits)
 
 
+@functools.lru_cache(maxsize=8)  # every submission is checked against the same few contexts
 def context_id(public_context: bytes) -> bytes:
     """SHA-256 of the serialised public context: binds a submission to the round's keys."""
     return hashlib.sha256(b"bfl-private/ckks/context:" + public_context).digest()
@@ -196,7 +198,7 @@ def decode_submission(blob: bytes, *, context: ts.Context, public_context: bytes
                       client: str) -> list[ts.CKKSVector]:
     """Parse and check one client's submission; raises a named error saying what and whose."""
     try:
-        tensors = load_safetensors(bytes(blob))
+        tensors = load_safetensors(blob if isinstance(blob, bytes) else bytes(blob))
     except (SafetensorError, ValueError, TypeError) as exc:
         raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
     if set(tensors) != {_CIPHERTEXTS, _OFFSETS, _CONTEXT_ID}:
@@ -210,13 +212,12 @@ def decode_submission(blob: bytes, *, context: ts.Context, public_context: bytes
         raise MalformedInput(f"submission of {client!r} must hold {len(sizes)} ciphertexts with int64 offsets")
     if offsets[0] != 0 or offsets[-1] != data.shape[0] or np.any(np.diff(offsets) <= 0):
         raise MalformedInput(f"submission of {client!r} has offsets that do not tile its {data.shape[0]} bytes")
-    raw = data.tobytes()
     first_parms = context.seal_context().data.first_parms_id()
     vectors = []
     for index, size in enumerate(sizes):
         where = f"submission of {client!r}, ciphertext {index}"
         try:
-            vector = ts.ckks_vector_from(context, raw[offsets[index]: offsets[index + 1]])
+            vector = ts.ckks_vector_from(context, data[offsets[index]: offsets[index + 1]].tobytes())
         except (ValueError, RuntimeError, TypeError) as exc:
             raise MalformedInput(f"{where} does not parse under the round's context: {exc}") from exc
         (ciphertext,) = vector.data.ciphertext()
@@ -229,15 +230,18 @@ def decode_submission(blob: bytes, *, context: ts.Context, public_context: bytes
     return vectors
 
 
-def add(vectors: Sequence[Sequence[ts.CKKSVector]]) -> list[bytes]:
-    """Sum chunk-wise and serialise: deterministic bytes any party can recompute."""
+def _sum(vectors: Sequence[Sequence[ts.CKKSVector]]) -> list[ts.CKKSVector]:
     if not vectors:
         raise MalformedInput("no ciphertext vectors to add")
-    totals = [chunk.copy() for chunk in vectors[0]]
-    for vector in vectors[1:]:
-        for total, chunk in zip(totals, vector, strict=True):
-            total.add_(chunk)
-    return [total.serialize() for total in totals]
+    totals = list(vectors[0])
+    for vector in vectors[1:]:  # ``+`` makes new vectors (cheap, unlike ``copy``): inputs stay untouched
+        totals = [total + chunk for total, chunk in zip(totals, vector, strict=True)]
+    return totals
+
+
+def add(vectors: Sequence[Sequence[ts.CKKSVector]]) -> list[bytes]:
+    """Sum chunk-wise and serialise: deterministic bytes any party can recompute."""
+    return [total.serialize() for total in _sum(vectors)]
 
 
 def _digests(serialised: Sequence[bytes]) -> list[str]:
@@ -318,19 +322,19 @@ class CkksKeyHolder:
         seen: dict[bytes, str] = {}
         vectors = []
         for client in sorted(submissions):
-            first = seen.setdefault(hashlib.sha256(submissions[client]).digest(), client)
+            first = seen.setdefault(bytes(submissions[client]), client)
             if first != client:
                 raise ReplayedMessage(f"submission of {client!r} repeats that of {first!r}")
             vectors.append(decode_submission(submissions[client], context=self._public,
                                              public_context=self.public_context, length=length, client=client))
-        serialised = add(vectors)
-        digests = _digests(serialised)
+        totals = _sum(vectors)
+        digests = _digests([total.serialize() for total in totals])
         if claimed_sha256 is not None and list(claimed_sha256) != digests:
             raise AggregateMismatch("claimed aggregate differs from the sum of the submissions")
         values = []
-        for chunk in serialised:
-            vector = ts.ckks_vector_from(self._context, chunk)
-            values.extend(vector.decrypt())
+        for total in totals:
+            total.link_context(self._context)
+            values.extend(total.decrypt())
         return CkksDecryption(tuple(digests), np.asarray(values, dtype=np.float64), len(vectors))
 
 

@@ -79,7 +79,7 @@ class Checkpoint:
 
     @classmethod
     def from_body(cls, data: bytes) -> Checkpoint:
-        """Parse a checkpoint body; MalformedRecord unless it is exactly what :meth:`body` writes."""
+        """Parse a checkpoint body; MalformedRecord unless it is what :meth:`body` writes."""
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -151,7 +151,9 @@ def _split_note(note: str) -> tuple[bytes, list[_SignatureLine]]:
         raise MalformedRecord("signed note has no signature lines, or they lack a final newline")
     lines = block[:-1].split("\n")
     if len(lines) > MAX_SIGNATURES:
-        raise MalformedRecord(f"signed note has {len(lines)} signatures, more than {MAX_SIGNATURES}")
+        raise MalformedRecord(
+            f"signed note has {len(lines)} signatures, more than {MAX_SIGNATURES}"
+        )
     parsed = []
     for number, line in enumerate(lines, start=1):
         if not line.startswith(SIGNATURE_PREFIX):

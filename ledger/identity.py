@@ -62,7 +62,7 @@ def _b64decode(text: str, what: str) -> bytes:
 class VerifyingKey:
     """A named Ed25519 public key: the identity other parties check signatures against."""
 
-    __slots__ = ("_name", "_raw", "_key", "_key_id")
+    __slots__ = ("_key", "_key_id", "_name", "_raw")
 
     def __init__(self, name: str, key: Ed25519PublicKey) -> None:
         """Prefer :meth:`from_public_bytes`; this wraps an existing ``cryptography`` key."""
@@ -79,7 +79,9 @@ class VerifyingKey:
         try:
             key = Ed25519PublicKey.from_public_bytes(bytes(raw))
         except ValueError as exc:
-            raise MalformedRecord(f"public key of {name!r} is not an Ed25519 point: {exc}") from None
+            raise MalformedRecord(
+                f"public key of {name!r} is not an Ed25519 point: {exc}"
+            ) from None
         return cls(name, key)
 
     @classmethod
@@ -113,7 +115,9 @@ class VerifyingKey:
     def from_json(cls, obj: Any) -> VerifyingKey:
         """Inverse of :meth:`to_json`: ``{"name": ..., "public_key": base64(raw key)}``."""
         if not isinstance(obj, dict) or set(obj) != {"name", "public_key"}:
-            raise MalformedRecord(f"public key record must have exactly name and public_key: {obj!r}")
+            raise MalformedRecord(
+                f"public key record must have exactly name and public_key: {obj!r}"
+            )
         if not isinstance(obj["public_key"], str):
             raise MalformedRecord(f"public_key of {obj['name']!r} must be a base64 string")
         raw = _b64decode(obj["public_key"], f"public key of {obj['name']!r}")
@@ -175,7 +179,7 @@ class VerifyingKey:
 class SigningIdentity:
     """A named Ed25519 private key. Its repr never shows the secret."""
 
-    __slots__ = ("_name", "_key", "_public")
+    __slots__ = ("_key", "_name", "_public")
 
     def __init__(self, name: str, key: Ed25519PrivateKey) -> None:
         """Prefer :meth:`generate` or :meth:`from_private_bytes`."""

@@ -364,7 +364,9 @@ def verify_consistency(
 
 
 def is_valid_subtree(start: int, end: int) -> bool:
-    """Whether [start, end) is a subtree (MTC draft §4.1): start < end, start % BIT_CEIL(end - start) == 0."""
+    """Whether [start, end) is a subtree (MTC draft §4.1).
+
+    That is start < end and start a multiple of BIT_CEIL(end - start)."""
     if start < 0 or start >= end:
         return False
     width = end - start
@@ -382,7 +384,7 @@ def _check_subtree(start: int, end: int, error: type[MerkleError]) -> None:
 def verify_subtree_inclusion(
     leaf: bytes, index: int, start: int, end: int, proof: Sequence[bytes], subtree_root: bytes
 ) -> None:
-    """Check that ``leaf`` is entry ``index`` of the subtree [start, end) with hash ``subtree_root``.
+    """Check that ``leaf`` is entry ``index`` of subtree [start, end) hashing to ``subtree_root``.
 
     MTC draft §4.3.3: the subtree is itself a RFC 9162 tree of ``end - start`` leaves, so
     this is :func:`verify_inclusion` of ``index - start``. Raises InclusionProofError.
@@ -444,7 +446,9 @@ def verify_subtree_consistency(
         raise ConsistencyProofError(f"subtree [{start}, {end}) exceeds tree size {size}")
     if start == end:
         if proof:
-            raise ConsistencyProofError(f"proof for the empty subtree [{start}, {end}) must be empty")
+            raise ConsistencyProofError(
+                f"proof for the empty subtree [{start}, {end}) must be empty"
+            )
         if subtree_root != EMPTY_ROOT:
             raise ConsistencyProofError("hash of an empty subtree is not SHA-256('')")
         return

@@ -198,7 +198,7 @@ def test_every_proof_up_to_exhaustive_size_matches_the_reference_and_verifies() 
             proof = merkle.inclusion_proof(hashes, index)
             assert merkle.inclusion_proof_from(store, index, n) == proof
             merkle.verify_inclusion(hashes[index], index, n, proof, root)
-        for m in range(0, n + 1):
+        for m in range(n + 1):
             proof = merkle.consistency_proof(hashes, m)
             assert merkle.consistency_proof_from(store, m, n) == proof
             merkle.verify_consistency(m, n, merkle.root_from_leaf_hashes(hashes[:m]), root, proof)
@@ -213,7 +213,7 @@ def test_every_index_verifies_up_to_a_few_hundred_leaves() -> None:
             proof = merkle.inclusion_proof_from(store, index, n)
             assert len(proof) <= math.ceil(math.log2(n))
             merkle.verify_inclusion(hashes[index], index, n, proof, roots[n])
-        for m in range(0, n + 1):
+        for m in range(n + 1):
             merkle.verify_consistency(m, n, roots[m], roots[n], merkle.consistency_proof_from(store, m, n))
 
 
@@ -240,7 +240,7 @@ def test_frontier_reports_every_perfect_subtree_and_resumes() -> None:
         for i in range(100 >> level)
     }
     assert set(store.nodes) == expected
-    for size in range(0, 101):
+    for size in range(101):
         resumed = merkle.Frontier.from_subtree(store, size)
         assert resumed.size == size
         assert resumed.root() == merkle.root_from_leaf_hashes(hashes[:size])

@@ -33,6 +33,7 @@ from .privacy.dpsgd import sample_rate_for
 from .privacy.errors import PlanningError, PrivacyError
 from .privacy.planner import plan_noise_multiplier, planned_records
 from .protocol_setup import build_protocol
+from .round_checks import PrivacyHistories
 from .protocols.base import STAGES, Stage
 from .protocols.errors import TooManyDropouts
 from .settings import FederationSettings
@@ -183,12 +184,9 @@ class Federation:
 
     def histories(self) -> dict[str, list[PrivacyRecord]]:
         """Each client's privacy records, in log order, from its signed submissions."""
-        histories: dict[str, list[PrivacyRecord]] = {c: [] for c in self.clients}
-        for index, entry in enumerate(self.ledger.entries()):
-            if entry.type == SUBMISSION:
-                client = entry.payload["client"]
-                histories[client].append(PrivacyRecord.from_json(entry.payload["privacy"], where=f"entry {index}"))
-        return histories
+        histories = PrivacyHistories()
+        histories.add(self.ledger.entries())
+        return {c: histories.records.get(c, []) for c in self.clients}
 
     def budgets(self) -> dict[str, float]:
         return {c: float(v["epsilon_budget"]) for c, v in self.ledger.state.clients().items()}
@@ -330,7 +328,7 @@ class Federation:
             "rejected": dict(result.rejected),
             "cumulative_epsilon": claims,
         }))
-        attestations = [v.attest(round_id, entries, self.ledger) for v in self.validators]
+        attestations = [v.attest(entries, self.ledger) for v in self.validators]
         entries.extend(attestations)
         self._commit(entries)
         accepted = self.ledger.state.model_cid == model_cid

@@ -7,11 +7,15 @@ no torch, no secret of any party.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .artifacts import get_aggregate, get_model
 from .fedavg import next_global_model
+from .ledger.blobstore import BlobStore
+from .ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
 from .privacy.accounting import PrivacyRecord, verify_claim
 from .privacy.errors import PrivacyError
@@ -68,3 +72,77 @@ def check_epsilon_claims(
             verify_claim(list(history), claimed, where=f"{where}, client {client!r}")
         except PrivacyError as exc:
             raise SemanticCheckError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """A closed round's entries: the opening, the signed submissions and the close."""
+
+    round: int
+    opened: Entry
+    submissions: Mapping[str, Entry]
+    close: Entry
+
+    @classmethod
+    def of(cls, entries: Sequence[Entry]) -> "RoundView | None":
+        """The closed round among ``entries`` (one block's worth), or None if none closes."""
+        close = next((e for e in entries if e.type == ROUND_CLOSE), None)
+        if close is None:
+            return None
+        opened = next((e for e in entries if e.type == ROUND_OPEN and e.round == close.round), None)
+        if opened is None:
+            raise SemanticCheckError(f"round {close.round}: closed in a block that does not open it")
+        submissions = {e.payload["client"]: e for e in entries if e.type == SUBMISSION and e.round == close.round}
+        survivors = close.payload["survivors"]
+        if set(submissions) != set(survivors):
+            raise SemanticCheckError(f"round {close.round}: survivors {survivors} differ from the submitters {sorted(submissions)}")
+        return cls(close.round, opened, submissions, close)
+
+
+def check_round_aggregate(view: RoundView, blobs: BlobStore) -> np.ndarray:
+    """The posted aggregate is the protocol's recomputation from the committed blobs; returns it."""
+    total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
+    check_aggregate(
+        protocol=view.opened.payload["protocol"],
+        transcript=blobs.get_json(view.close.payload["transcript_cid"]),
+        submissions={c: blobs.get(e.payload["blob_cid"]) for c, e in view.submissions.items()},
+        claimed_total=total,
+        where=f"round {view.round}",
+    )
+    return total
+
+
+def check_round_model(view: RoundView, blobs: BlobStore, *, server_learning_rate: float) -> np.ndarray:
+    """The posted model is the base model plus the averaged aggregate; returns it."""
+    new = get_model(blobs, view.close.payload["new_model_cid"])
+    check_model(
+        base=get_model(blobs, view.opened.payload["base_model_cid"]),
+        total=get_aggregate(blobs, view.close.payload["aggregate_cid"]),
+        new=new,
+        server_learning_rate=server_learning_rate,
+        where=f"round {view.round}",
+    )
+    return new
+
+
+class PrivacyHistories:
+    """Each client's privacy records in log order, fed entry by entry."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[PrivacyRecord]] = {}
+
+    def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
+        for offset, entry in enumerate(entries):
+            if entry.type == SUBMISSION:
+                where = f"entry {first_index + offset} (round {entry.round}, {entry.payload['client']})"
+                try:
+                    record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
+                except PrivacyError as exc:
+                    raise SemanticCheckError(str(exc)) from exc
+                self.records.setdefault(entry.payload["client"], []).append(record)
+
+    def check_claims(self, entries: Sequence[Entry]) -> None:
+        """Every ε claim of a close or abort among ``entries`` (already added) must recompute."""
+        for entry in entries:
+            if entry.type in (ROUND_CLOSE, ABORT):
+                check_epsilon_claims(self.records, entry.payload["cumulative_epsilon"], where=f"round {entry.round}")

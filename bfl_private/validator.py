@@ -17,15 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .artifacts import get_aggregate, get_model
+from .artifacts import get_model
 from .data import FederatedDataset, Split
 from .federation import accuracy
-from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import SigningIdentity
 from .ledger.store import Ledger, ProposedBlock
-from .privacy.accounting import PrivacyRecord
-from .round_checks import check_aggregate, check_epsilon_claims, check_model
+from .round_checks import PrivacyHistories, RoundView, check_round_aggregate, check_round_model
 from .settings import FederationSettings
 
 PPM = 1_000_000
@@ -44,46 +43,29 @@ class Validator:
                          n_features=self.n_features, n_classes=self.n_classes)
         return int(round(value * PPM))
 
-    def check_round(self, round_id: int, entries: Sequence[Entry], ledger: Ledger) -> np.ndarray:
-        """Recompute the round in ``entries`` against the ledger so far; return the new model."""
-        where = f"round {round_id}"
-        opened = next(e for e in entries if e.type == ROUND_OPEN)
-        close = next(e for e in entries if e.type == ROUND_CLOSE)
-        submissions = {e.payload["client"]: e for e in entries if e.type == SUBMISSION}
-        survivors = close.payload["survivors"]
-        if set(submissions) != set(survivors):
-            raise SemanticCheckError(f"{where}: survivors {survivors} differ from the submitters {sorted(submissions)}")
-        blobs = ledger.blobs
-        total = get_aggregate(blobs, close.payload["aggregate_cid"])
-        check_aggregate(
-            protocol=opened.payload["protocol"],
-            transcript=blobs.get_json(close.payload["transcript_cid"]),
-            submissions={c: blobs.get(e.payload["blob_cid"]) for c, e in submissions.items()},
-            claimed_total=total, where=where,
-        )
-        new = get_model(blobs, close.payload["new_model_cid"])
-        check_model(base=get_model(blobs, opened.payload["base_model_cid"]), total=total, new=new,
-                    server_learning_rate=self.settings.training.server_learning_rate, where=where)
-        histories: dict[str, list[PrivacyRecord]] = {}
-        for index, entry in enumerate([*ledger.entries(), *entries]):
-            if entry.type == SUBMISSION:
-                record = PrivacyRecord.from_json(entry.payload["privacy"], where=f"{where}, entry {index}")
-                histories.setdefault(entry.payload["client"], []).append(record)
-        check_epsilon_claims(histories, close.payload["cumulative_epsilon"], where=where)
-        return new
+    def check_round(self, entries: Sequence[Entry], ledger: Ledger) -> RoundView:
+        """Recompute the round closed in ``entries`` against the ledger so far."""
+        view = RoundView.of(entries)
+        if view is None:
+            raise SemanticCheckError("no closed round to check among the proposed entries")
+        check_round_aggregate(view, ledger.blobs)
+        check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
+        histories = PrivacyHistories()
+        histories.add(ledger.entries())
+        histories.add(entries)
+        histories.check_claims(entries)
+        return view
 
-    def attest(self, round_id: int, entries: Sequence[Entry], ledger: Ledger) -> Entry:
+    def attest(self, entries: Sequence[Entry], ledger: Ledger) -> Entry:
         """Check the round, then sign this validator's quality figure and verdict."""
-        new = self.check_round(round_id, entries, ledger)
-        opened = next(e for e in entries if e.type == ROUND_OPEN)
-        base_quality = self._quality_ppm(get_model(ledger.blobs, opened.payload["base_model_cid"]))
-        quality = self._quality_ppm(new)
+        view = self.check_round(entries, ledger)
+        base_quality = self._quality_ppm(get_model(ledger.blobs, view.opened.payload["base_model_cid"]))
+        quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
         tolerance = int(round(self.settings.quality_tolerance * PPM))
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
-        close = next(e for e in entries if e.type == ROUND_CLOSE)
-        return Entry.create(self.identity, ATTESTATION, round_id, {
+        return Entry.create(self.identity, ATTESTATION, view.round, {
             "validator": self.identity.name,
-            "model_cid": close.payload["new_model_cid"],
+            "model_cid": view.close.payload["new_model_cid"],
             "quality_ppm": quality,
             "verdict": verdict,
         })

@@ -17,13 +17,13 @@ deserialise + add + serialise + decrypt). The target is a ratio within 1.2.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 import tenseal as ts
-
 from bfl_private.protocols import ckks, paillier
 from bfl_private.protocols.quantize import FixedPointCodec
 
@@ -101,7 +101,7 @@ def bench_ckks(*, quick: bool) -> list[dict]:
     repeats = 7 if quick else 9
 
     def raw_encrypt(v: np.ndarray) -> list[bytes]:
-        return [ts.ckks_vector(raw_public, v[a:b]).serialize() for a, b in zip(bounds[:-1], bounds[1:])]
+        return [ts.ckks_vector(raw_public, v[a:b]).serialize() for a, b in itertools.pairwise(bounds)]
 
     def raw_sum(chunk_lists: list[list[bytes]], context: ts.Context) -> list[ts.CKKSVector]:
         totals = [ts.ckks_vector_from(context, c) for c in chunk_lists[0]]

@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 import rfc8785
 import tenseal as ts
-import tenseal.sealapi  # noqa: F401  registers SEAL types (Modulus) that parameter introspection returns
+import tenseal.sealapi  # registers the SEAL types (Modulus) that parameter introspection returns
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
@@ -138,7 +138,7 @@ class CkksParameters:
                 "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes), "scale_bits": self.scale_bits}
 
     @classmethod
-    def from_json(cls, data: Any) -> "CkksParameters":
+    def from_json(cls, data: Any) -> CkksParameters:
         try:
             return cls(poly_modulus_degree=int(data["poly_modulus_degree"]),
                        coeff_mod_bit_sizes=tuple(int(b) for b in data["coeff_mod_bit_sizes"]),
@@ -147,7 +147,7 @@ class CkksParameters:
             raise MalformedInput(f"bad CKKS parameters {data!r}: {exc}") from exc
 
     @classmethod
-    def of_context(cls, context: ts.Context) -> "CkksParameters":
+    def of_context(cls, context: ts.Context) -> CkksParameters:
         """Read the parameters a TenSEAL context was really made with."""
         parms = context.seal_context().data.key_context_data().parms()
         scale = context.global_scale
@@ -276,7 +276,7 @@ class CkksKeyHolder:
         self._public = load_public_context(self.public_context, parameters=self.parameters)
 
     @classmethod
-    def generate(cls, *, parameters: CkksParameters | None = None, min_summands: int = 2) -> "CkksKeyHolder":
+    def generate(cls, *, parameters: CkksParameters | None = None, min_summands: int = 2) -> CkksKeyHolder:
         parameters = parameters or CkksParameters()
         context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=parameters.poly_modulus_degree,
                              coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes))
@@ -291,7 +291,7 @@ class CkksKeyHolder:
                               "context": base64.b64encode(blob).decode("ascii")})
 
     @classmethod
-    def from_private_bytes(cls, data: bytes, *, min_summands: int = 2) -> "CkksKeyHolder":
+    def from_private_bytes(cls, data: bytes, *, min_summands: int = 2) -> CkksKeyHolder:
         try:
             record = json.loads(data)
             blob = base64.b64decode(record["context"], validate=True)

@@ -41,6 +41,7 @@ never wraps. 2048-bit keys with 16-bit values and N <= 15 give 102 slots per cip
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -94,7 +95,7 @@ def public_key_to_json(public_key: PaillierPublicKey) -> dict[str, Any]:
     return {"n": format(public_key.n, "x"), "key_id": key_id(public_key).hex()}
 
 
-def public_key_from_json(data: Mapping[str, Any]) -> PaillierPublicKey:
+def public_key_from_json(data: Any) -> PaillierPublicKey:
     """Parse ``{"n": hex}``, refusing a modulus of an unsupported size or a wrong fingerprint."""
     n = _parse_hex(data.get("n") if isinstance(data, Mapping) else None, "public key n")
     if n.bit_length() not in KEY_BITS or n % 2 == 0:
@@ -145,7 +146,7 @@ class PackingLayout:
             raise ConfigurationError(f"slot of {self.slot_bits} bits exceeds 63: lower value_bits or max_summands")
 
     @classmethod
-    def for_codec(cls, *, key_bits: int, codec: FixedPointCodec, length: int) -> "PackingLayout":
+    def for_codec(cls, *, key_bits: int, codec: FixedPointCodec, length: int) -> PackingLayout:
         """The layout for ``codec``'s levels, with headroom for ``codec.max_summands`` clients."""
         return cls(key_bits=key_bits, value_bits=codec.bits, max_summands=codec.max_summands, length=length)
 
@@ -225,7 +226,7 @@ class PackingLayout:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "PackingLayout":
+    def from_json(cls, data: Mapping[str, Any]) -> PackingLayout:
         """Parse a layout, checking that its derived fields match the derivation."""
         try:
             layout = cls(
@@ -277,7 +278,7 @@ def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, workers
     bounds = np.linspace(0, len(plaintexts), workers + 1).astype(int)
     children: list[tuple[int, int, int]] = []
     try:
-        for lo, hi in zip(bounds[1:-1], bounds[2:]):
+        for lo, hi in itertools.pairwise(bounds[1:]):
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # child: encrypt its share, write it, leave without running atexit hooks
@@ -419,7 +420,7 @@ class PaillierKeyHolder:
         self._q_inv_p = int(gmpy2.invert(q, p))
 
     @classmethod
-    def generate(cls, *, bits: int = DEFAULT_KEY_BITS, min_summands: int = 2) -> "PaillierKeyHolder":
+    def generate(cls, *, bits: int = DEFAULT_KEY_BITS, min_summands: int = 2) -> PaillierKeyHolder:
         if bits not in KEY_BITS:
             raise ConfigurationError(f"bits must be one of {KEY_BITS}, got {bits}")
         _, private_key = generate_paillier_keypair(n_length=bits)
@@ -435,7 +436,7 @@ class PaillierKeyHolder:
         return rfc8785.dumps({"format": _KEY_FORMAT, "p": format(p, "x"), "q": format(q, "x")})
 
     @classmethod
-    def from_private_bytes(cls, data: bytes, *, min_summands: int = 2) -> "PaillierKeyHolder":
+    def from_private_bytes(cls, data: bytes, *, min_summands: int = 2) -> PaillierKeyHolder:
         """Load :meth:`to_private_bytes` output, checking that p and q make a valid key."""
         try:
             record = json.loads(data)
@@ -623,7 +624,10 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     if not isinstance(transcript, Mapping) or transcript.get("protocol") != "paillier":
         raise MalformedInput("not a paillier transcript")
     public_key = public_key_from_json(transcript.get("public_key"))
-    codec = FixedPointCodec.from_json(transcript.get("codec"))
+    codec_record = transcript.get("codec")
+    if not isinstance(codec_record, dict):
+        raise MalformedInput("paillier transcript lacks its 'codec' record")
+    codec = FixedPointCodec.from_json(codec_record)
     layout = PackingLayout.from_json(transcript.get("layout") or {})
     if layout.key_bits != public_key.n.bit_length() or layout.value_bits != codec.bits \
             or layout.max_summands != codec.max_summands:

@@ -7,11 +7,6 @@ import json
 import numpy as np
 import pytest
 import tenseal as ts
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
-
 from bfl_private.protocols.base import recompute_total
 from bfl_private.protocols.ckks import (
     MAX_COEFF_BITS_128,
@@ -33,6 +28,10 @@ from bfl_private.protocols.errors import (
     TooManyDropouts,
     WrongKey,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 CLIP = 1.0
 

@@ -6,9 +6,6 @@ import json
 import numpy as np
 import phe.util
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from bfl_private.protocols.base import recompute_total
 from bfl_private.protocols.errors import (
     AggregateMismatch,
@@ -25,7 +22,6 @@ from bfl_private.protocols.paillier import (
     PackingLayout,
     PaillierKeyHolder,
     PaillierProtocol,
-    add,
     decode_submission,
     encode_submission,
     encrypt,
@@ -34,6 +30,8 @@ from bfl_private.protocols.paillier import (
     verify_decryption,
 )
 from bfl_private.protocols.quantize import FixedPointCodec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 BITS = 1024  # test-size keys; one slow test runs the 2048-bit default
 
@@ -189,7 +187,7 @@ def test_recompute_rejects_a_tampered_transcript(round_result, key, error):
 
 def test_recompute_rejects_missing_or_swapped_submissions(holder, round_result):
     subs = dict(round_result.submissions)
-    first = sorted(subs)[0]
+    first = min(subs)
     with pytest.raises(MalformedInput, match="without a submission"):
         recompute_from_submissions(round_result.transcript, {c: b for c, b in subs.items() if c != first})
     other = _protocol(holder).aggregate(_updates(clients=3, length=200, seed=9), round_id=2, round_seed=b"y" * 32)

@@ -23,6 +23,12 @@ submissions (ciphertext addition is exact and its serialisation deterministic), 
 take the key holder's word for the decrypted total. The result says so with
 ``decryption_provable=False``.
 
+Known limitation: publishing an approximate CKKS decryption next to its (recomputable)
+ciphertext is the setting of Li and Micciancio's passive key-recovery attack (EUROCRYPT
+2021, IND-CPA^D). TenSEAL returns only the real parts of the slots, which withholds half
+of what that attack reads, but no noise flooding is applied here: where the secret key
+must also protect individual submissions against the public, prefer masking or Paillier.
+
 Parameters (aggregation only, no multiplications): poly modulus degree N = 8192 with a
 two-prime chain (60, 40) bits and scale 2^40. The total of 100 bits is below 218, the
 largest log q for N = 8192 at 128-bit classical security with a ternary secret in the

@@ -276,13 +276,16 @@ class Federation:
         answering = [c for c in participants if c not in drop]
         faulty = set(rng.choice(answering, size=min(malicious, len(answering)), replace=False).tolist()) if malicious else set()
         updates: list[LocalUpdate] = []
-        garbage: dict[str, np.ndarray] = {}
+        substitutes: dict[str, np.ndarray] = {}
         for client_id in participants:
             on_client(client_id)
             if drop.get(client_id) in ("advertise", "share"):
-                continue  # gone before local training would have been used
+                # Gone before it would have trained: the protocol still counts it among the
+                # round's parties, but its input is never sent, so it holds only zeros.
+                substitutes[client_id] = np.zeros(base.shape[0] + 1, dtype=np.float32)
+                continue
             if client_id in faulty:
-                garbage[client_id] = aggregation.garbage_payload(base.shape[0] + 1, rng)
+                substitutes[client_id] = aggregation.garbage_payload(base.shape[0] + 1, rng)
                 continue
             client_plan = plan.clients[client_id]
             updates.append(train_private(
@@ -294,7 +297,7 @@ class Federation:
         aggregator = Aggregator(aggregation.protocol, max_records, self.settings.training)
         try:
             new_params, result = aggregator.aggregate(
-                base, updates, round_id=round_id, round_seed=seed, drop=drop, payloads=garbage
+                base, updates, round_id=round_id, round_seed=seed, drop=drop, payloads=substitutes
             )
         except TooManyDropouts as exc:
             gone = sorted(drop)

@@ -80,12 +80,15 @@ def test_total_is_exact_for_any_graph_and_drop_pattern(n: int, length: int, data
         assert set(abort.dropped) <= {str(i) for i in range(n)}
         assert drop, "a round without dropouts must never abort"
         return
-    # Included: exactly the clients whose masked input arrived.
-    assert set(result.included) == {i for i in range(n) if drop.get(i) in (None, "unmask")}
+    # Included: the clients whose masked input arrived. The server may also have pruned a
+    # live client left with fewer than t live neighbours (its secrets would be unrecoverable).
+    pruned = {i for i, stage in result.dropped.items() if i not in drop}
+    assert all(result.dropped[i] in ("advertise", "share") for i in pruned)
+    assert set(result.included) == {i for i in range(n) if drop.get(i) in (None, "unmask")} - pruned
     np.testing.assert_array_equal(result.total, plain_sum(vectors, result.included))
     np.testing.assert_array_equal(recompute_total(result.transcript, result.masked_vectors), result.total)
     for client, stage in drop.items():
-        assert result.dropped[client] == stage
+        assert STAGES.index(result.dropped[client]) <= STAGES.index(stage)
 
 
 def test_sparse_graph_at_scale_with_dropouts_in_every_stage() -> None:

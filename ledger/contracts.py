@@ -41,6 +41,7 @@ An aborted round mints and penalises nothing; it records the privacy spent.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,12 @@ def genesis_keys(payload: Mapping[str, Any], *, where: str = "genesis") -> dict[
                                     f"is already registered")
         keys[key.key_id_hex] = key
     return keys
+
+
+def _member(ordered: Sequence[str], name: str) -> bool:
+    """Membership in a sorted list in O(log n) (participant lists can be long)."""
+    position = bisect.bisect_left(ordered, name)
+    return position < len(ordered) and ordered[position] == name
 
 
 def _median_ppm(values: Sequence[int]) -> int:
@@ -173,7 +180,10 @@ class LedgerState:
         return copy.deepcopy(self._get("validators"))
 
     def rounds(self) -> list[dict[str, Any]]:
-        """Outcome record of every finished round, oldest first (a copy)."""
+        """Summary of every finished round, oldest first (a copy): outcome, counts of
+        participants / survivors / dropouts / rejected, attestations, model and quality,
+        tokens minted. Per-client detail stays in the entries, so the state (hashed every
+        block) grows with rounds by a constant, not by the number of clients."""
         return copy.deepcopy(self._get("rounds"))
 
     def balances(self) -> dict[str, int]:
@@ -220,7 +230,9 @@ class LedgerState:
                 exc.entry_index = first_index + offset  # for the verifier's report
                 raise
         _finish_round(data)
-        return LedgerState(data)
+        state = LedgerState(data)
+        state._keys = self._keys  # the registry never changes after genesis
+        return state
 
 
 # --- rules: each mutates the working copy or raises ContractViolation --------------------
@@ -321,7 +333,7 @@ def _submission(data: dict[str, Any], entry: Entry, where: str) -> None:
     _require(client is not None, where, f"client {p['client']!r} is not registered")
     _author_is(entry, {**client, "id": p["client"]}, "client", where)
     current = _current(data, entry, "open", where)
-    _require(p["client"] in current["participants"], where,
+    _require(_member(current["participants"], p["client"]), where,
              f"client {p['client']!r} is not a participant of round {entry.round}")
     _require(p["client"] not in current["submissions"], where,
              f"client {p['client']!r} already submitted in round {entry.round}")
@@ -336,7 +348,7 @@ def _spend(data: dict[str, Any], current: Mapping[str, Any], spent: Mapping[str,
     """Budget contract: cumulative epsilon never decreases and never exceeds the budget."""
     for name in sorted(spent):
         value = spent[name]
-        _require(name in current["participants"], where,
+        _require(_member(current["participants"], name), where,
                  f"cumulative epsilon for {name!r}, who is not a participant")
         client = data["clients"][name]
         _require(value >= client["epsilon_spent"], where,
@@ -392,8 +404,8 @@ def _abort(data: dict[str, Any], entry: Entry, where: str) -> None:
     _spend(data, current, p["cumulative_epsilon"], where)
     data["rounds"].append({
         "round": current["number"], "outcome": "aborted", "stage": p["stage"],
-        "reason": p["reason"], "participants": current["participants"],
-        "survivors": sorted(p["survivors"]), "model_cid": data["model_cid"],
+        "reason": p["reason"], "participants": len(current["participants"]),
+        "survivors": len(p["survivors"]), "model_cid": data["model_cid"],
     })
     data["round"] = None
 
@@ -426,11 +438,12 @@ def _finish_round(data: dict[str, Any]) -> None:
         data["validators"][name]["balance"] += rules["validator_reward"]
     data["rounds"].append({
         "round": current["number"], "outcome": "accepted" if accepted else "rejected",
-        "participants": current["participants"], "survivors": sorted(close["survivors"]),
-        "dropouts": sorted(close["dropouts"]), "rejected": close["rejected"],
-        "new_model_cid": close["new_model_cid"], "aggregate_cid": close["aggregate_cid"],
+        "participants": len(current["participants"]), "survivors": len(close["survivors"]),
+        "dropouts": len(close["dropouts"]), "rejected": len(close["rejected"]),
+        "new_model_cid": close["new_model_cid"], "model_cid": data["model_cid"],
         "accepts": len(accepting), "attestations": len(current["attestations"]),
-        "quality_ppm": data["quality_ppm"] if accepted else None, "rewards": minted,
+        "quality_ppm": data["quality_ppm"] if accepted else None,
+        "minted": sum(minted.values()),
     })
     data["round"] = None
 

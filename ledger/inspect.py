@@ -33,16 +33,15 @@ def rounds_table(state: LedgerState) -> Table:
     """One row per finished round: outcome, who took part, model and quality."""
     table = Table(title="Rounds")
     for column in ("round", "outcome", "participants", "survivors", "dropouts", "rejected",
-                   "accepts", "quality", "model"):
+                   "accepts", "quality", "minted", "model after"):
         table.add_column(column)
     for r in state.rounds():
         quality = r.get("quality_ppm")
         table.add_row(
-            str(r["round"]), r["outcome"], str(len(r["participants"])),
-            str(len(r["survivors"])), str(len(r.get("dropouts", []))),
-            str(len(r.get("rejected", {}))), str(r.get("accepts", "-")),
-            "-" if quality is None else f"{quality / PPM:.4f}",
-            (r.get("new_model_cid") or r.get("model_cid") or "-")[:16],
+            str(r["round"]), r["outcome"], str(r["participants"]), str(r["survivors"]),
+            str(r.get("dropouts", "-")), str(r.get("rejected", "-")),
+            str(r.get("accepts", "-")), "-" if quality is None else f"{quality / PPM:.4f}",
+            str(r.get("minted", 0)), (r["model_cid"] or "-")[:16],
         )
     return table
 

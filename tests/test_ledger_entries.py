@@ -14,6 +14,7 @@ from bfl_private.ledger.entries import (
     ATTESTATION,
     GENESIS,
     ROUND_CLOSE,
+    SIGNATURE_CONTEXT,
     SUBMISSION,
     Entry,
     verify_signatures,
@@ -124,8 +125,8 @@ def test_malformed_bytes_are_refused(mutate) -> None:
 @given(
     weight=st.integers(min_value=1, max_value=2**40),
     round_=st.integers(min_value=1, max_value=10**6),
-    privacy=st.dictionaries(st.text(max_size=8),
-                            st.floats(allow_nan=False, allow_infinity=False) | st.integers(
+    privacy=st.dictionaries(st.sampled_from(["sig", "type", "v", "x", "é"]) | st.text(max_size=8),
+                            st.floats(min_value=-1e15, max_value=1e15) | st.integers(
                                 min_value=-2**53 + 1, max_value=2**53 - 1), max_size=4),
     position=st.integers(min_value=0),
     bit=st.integers(min_value=0, max_value=7),
@@ -135,7 +136,10 @@ def test_any_single_bit_flip_is_refused(weight: int, round_: int, privacy: dict,
     entry = Entry.create(ALICE, SUBMISSION, round_,
                          submission(data_weight=weight, privacy=privacy))
     data = bytearray(entry.to_bytes())
-    assert Entry.from_bytes(bytes(data), where="e").to_bytes() == bytes(data)
+    parsed = Entry.from_bytes(bytes(data), where="e")
+    assert parsed.to_bytes() == bytes(data)
+    unsigned = {k: v for k, v in json.loads(bytes(data)).items() if k != "sig"}
+    assert parsed.signed_bytes() == SIGNATURE_CONTEXT + canonical_bytes(unsigned)
     data[position % len(data)] ^= 1 << bit
     with pytest.raises((MalformedRecord, SignatureError)):
         Entry.from_bytes(bytes(data), where="e").verify(ALICE.public, where="e")

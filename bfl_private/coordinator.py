@@ -238,6 +238,14 @@ class Federation:
                    for c, s in left_out.items()}
         return CommandPlan(epsilon, rounds, {c: plans[c] for c in sorted(admitted)}, reasons)
 
+    def _planned_record(self, client_plan: ClientPlan) -> PrivacyRecord:
+        privacy = self.settings.privacy
+        return planned_records(
+            noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
+            steps_per_round=self.settings.training.local_steps, rounds=1, clipping_norm=privacy.clipping_norm,
+            delta=privacy.delta, accountant=privacy.accountant,
+        )[0]
+
     # --- one round --------------------------------------------------------------------
 
     def _round_seed(self, round_id: int) -> bytes:
@@ -310,7 +318,10 @@ class Federation:
                                 time.perf_counter() - started)
 
         histories = self.histories()
-        records = {u.client_id: u.privacy for u in updates}
+        # A faulty client trained nothing, but it still claims the planned parameters; the
+        # ledger records the claim (it cannot prove noise either way, see the audit notes).
+        records = {c: self._planned_record(plan.clients[c]) for c in faulty}
+        records.update({u.client_id: u.privacy for u in updates})
         claims: dict[str, float] = {}
         for client_id in result.included:
             record = records[client_id]

@@ -683,20 +683,27 @@ class MaskingServer:
             raise ReplayedMessage(f"second {what} from client {sender} in round {self.params.round_id}")
 
     def dropped(self) -> dict[int, Stage]:
-        """Each client that stopped counting, with the stage from which it did."""
-        reached = (self.advertised, self.shared, self.survivors, self.acknowledged)
+        """Each client that stopped counting, with the stage from which it did.
+
+        Pruned clients (too few live neighbours) count as dropped at the stage whose
+        closing pruned them; a client dropped at ``unmask`` is still in the total.
+        """
+        order = ("advertise", "share", "mask", "acknowledge", "unmask", "done")
+        position = order.index(self.stage)
+        checkpoints: tuple[tuple[Stage, frozenset[int], bool], ...] = (
+            ("advertise", self.advertised, position > 0),
+            ("share", self.shared, position > 1),
+            ("mask", self.survivors, position > 2),
+            ("unmask", self.acknowledged, position > 3),
+            ("unmask", frozenset(self._responses), position > 4),
+        )
         out: dict[int, Stage] = {}
         for i in range(len(self.params.clients)):
-            for stage, members, closed in zip(STAGES, reached, self._closed()):
+            for stage, members, closed in checkpoints:
                 if closed and i not in members:
                     out[i] = stage
                     break
         return out
-
-    def _closed(self) -> tuple[bool, ...]:
-        order = ("advertise", "share", "mask", "acknowledge", "unmask", "done")
-        position = order.index(self.stage)
-        return tuple(position > order.index(s) for s in ("advertise", "share", "mask", "acknowledge"))
 
     def _abort(self, stage: Stage, count: int, what: str) -> TooManyDropouts:
         names = self.params.clients

@@ -205,6 +205,19 @@ def test_an_honest_client_never_reveals_both_shares_of_a_peer() -> None:
         UnmaskResponse.from_bytes(both)
 
 
+def test_client_that_signs_then_vanishes_is_still_summed() -> None:
+    r = Round(7)
+    announcement = r.mask()
+    for c in r.clients:
+        r.server.receive_acknowledgement(c.acknowledge(announcement))
+    signatures = r.server.close_acknowledge()
+    for c in r.clients[:-1]:  # client 6 never sends its unmask response
+        r.server.receive_unmask(c.unmask(signatures))
+    outcome = r.server.finish()
+    assert outcome.included == tuple(range(7)) and outcome.dropped == {6: "unmask"}
+    np.testing.assert_array_equal(outcome.total, plain_sum(r.inputs, range(7)))
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 

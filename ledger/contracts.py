@@ -227,8 +227,7 @@ class LedgerState:
             try:
                 _RULES[entry.type](data, entry, where)
             except ContractViolation as exc:
-                exc.entry_index = first_index + offset  # for the verifier's report
-                raise
+                raise ContractViolation(str(exc), entry=first_index + offset) from None
         _finish_round(data)
         state = LedgerState(data)
         state._keys = self._keys  # the registry never changes after genesis
@@ -329,8 +328,9 @@ def _round_open(data: dict[str, Any], entry: Entry, where: str) -> None:
 
 def _submission(data: dict[str, Any], entry: Entry, where: str) -> None:
     p = entry.payload
-    client = data["clients"].get(p["client"]) if data else None
-    _require(client is not None, where, f"client {p['client']!r} is not registered")
+    client = data["clients"].get(p["client"])
+    if client is None:
+        raise ContractViolation(f"{where}: client {p['client']!r} is not registered")
     _author_is(entry, {**client, "id": p["client"]}, "client", where)
     current = _current(data, entry, "open", where)
     _require(_member(current["participants"], p["client"]), where,
@@ -382,8 +382,9 @@ def _round_close(data: dict[str, Any], entry: Entry, where: str) -> None:
 
 def _attestation(data: dict[str, Any], entry: Entry, where: str) -> None:
     p = entry.payload
-    validator = data["validators"].get(p["validator"]) if data else None
-    _require(validator is not None, where, f"validator {p['validator']!r} is not registered")
+    validator = data["validators"].get(p["validator"])
+    if validator is None:
+        raise ContractViolation(f"{where}: validator {p['validator']!r} is not registered")
     _author_is(entry, {**validator, "id": p["validator"]}, "validator", where)
     current = _current(data, entry, "closed", where)
     _require(p["validator"] not in current["attestations"], where,

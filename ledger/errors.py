@@ -53,6 +53,11 @@ class StateRootMismatch(VerificationError):
 class ContractViolation(VerificationError):
     """An entry that the contracts refuse (unregistered client, replay, over budget, ...)."""
 
+    def __init__(self, message: str, *, entry: int | None = None) -> None:
+        super().__init__(message)
+        self.entry = entry
+        """Log index of the refused entry, when known (the verifier reports it)."""
+
 
 class StorageError(VerificationError):
     """The SQLite store or blob directory is unreadable or structurally damaged."""

@@ -24,7 +24,7 @@ from rich.table import Table
 from .blocks import note_checkpoint
 from .checkpoint import Checkpoint
 from .contracts import PPM, LedgerState
-from .errors import MalformedRecord, RootMismatch
+from .errors import ChainError, MalformedRecord, RootMismatch
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
 from .store import Ledger
 
@@ -85,7 +85,11 @@ def print_summary(ledger: Ledger, console: Console | None = None) -> None:
 def inclusion_proof_record(ledger: Ledger, index: int, *, height: int | None = None
                            ) -> dict[str, Any]:
     """Proof that entry ``index`` is in the log as of block ``height`` (default: head)."""
-    block = ledger.block(ledger.height if height is None else height)
+    if height is None:
+        if ledger.height is None:
+            raise ChainError(f"{ledger.directory}: no block yet, nothing to prove")
+        height = ledger.height
+    block = ledger.block(height)
     entry = ledger.entries(index, index + 1)
     if not entry or index >= block.header.size:
         raise MalformedRecord(f"entry {index} is not in the log as of block {block.height} "

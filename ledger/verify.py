@@ -34,6 +34,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +367,7 @@ class _Audit:
             try:
                 state = state.apply_block(entries, first_index=block.first_entry)
             except ContractViolation as exc:
-                self.loc.entry = getattr(exc, "entry_index", None)
+                self.loc.entry = exc.entry
                 raise
             if state.root() != block.header.state_root:
                 raise StateRootMismatch(f"block {block.height}: replayed state root "
@@ -416,9 +417,9 @@ def run_checks(
     directory = Path(directory)
     audit = _Audit(directory, trusted_checkpoint)
     steps: list[tuple[int, str, Callable[[], str]]] = [
-        (number, name, lambda fn=fn: fn(audit)) for number, name, fn in CHECKS
+        (number, name, partial(fn, audit)) for number, name, fn in CHECKS
     ]
-    steps += [(len(CHECKS) + 1 + i, hook.name, lambda hook=hook: audit.run_hook(hook))
+    steps += [(len(CHECKS) + 1 + i, hook.name, partial(audit.run_hook, hook))
               for i, hook in enumerate(hooks)]
     report = VerificationReport(str(directory), [CheckResult(n, name) for n, name, _ in steps])
     try:

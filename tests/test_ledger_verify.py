@@ -322,3 +322,19 @@ def test_verifier_imports_no_torch_nor_the_other_layers() -> None:
             "m.startswith(('bfl_private.privacy', 'bfl_private.protocols'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_command_line_with_a_trusted_checkpoint(copy, tmp_path: Path) -> None:
+    directory, _ = copy
+    with Ledger.open(directory) as ledger:
+        note = tmp_path / "head.note"
+        note.write_text(ledger.checkpoint(), encoding="utf-8")
+    assert run_cli(directory, "--checkpoint", note).returncode == 0
+    sql(directory, *((f"DELETE FROM {table} WHERE height = 3", ())
+                     for table in ("blocks", "entries", "cosignatures")),
+        ("DELETE FROM nodes WHERE start + width > 19", ()))
+    truncated = run_cli(directory, "--checkpoint", note, "--json")
+    assert truncated.returncode == 1
+    assert json.loads(truncated.stdout)["failure"]["number"] == 2
+    missing = run_cli(directory, "--checkpoint", tmp_path / "absent.note")
+    assert missing.returncode == 2 and "cannot read checkpoint" in missing.stderr

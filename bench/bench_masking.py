@@ -12,17 +12,17 @@ costliest case for the server.
     python -m bench.bench_masking          # full grid
     python -m bench.bench_masking --quick  # CI subset
 """
+
 from __future__ import annotations
 
 import sys
 import time
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from bfl_private.protocols.errors import TooManyDropouts
 from bfl_private.protocols.masking import neighbour_graph, secure_sum
 from bfl_private.protocols.prg import DEFAULT_CHUNK_WORDS, new_seed
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SPARSE_K = 13
 
@@ -59,7 +59,7 @@ def keystream_floor(streams: int, length: int) -> float:
 def measure(n: int, length: int, neighbours: int | None, dropout: float) -> dict:
     rng = np.random.default_rng(n * 1_000_003 + length)
     vectors = [rng.integers(0, 1 << 32, length, dtype=np.uint32) for _ in range(n)]
-    dropped = rng.choice(n, size=int(round(dropout * n)), replace=False)
+    dropped = rng.choice(n, size=round(dropout * n), replace=False)
     drop = {int(i): "mask" for i in dropped}
     graph = "complete" if neighbours is None else f"sparse k={neighbours}"
     row = {"suite": "masking", "n": n, "d": length, "graph": graph, "dropout": dropout}
@@ -107,7 +107,9 @@ def _table(rows: list[dict]) -> str:
     ]
     for r in rows:
         if "aborted" in r:
-            lines.append(f"| {r['n']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | aborted: {r['aborted']} | | | |")
+            lines.append(
+                f"| {r['n']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | aborted: {r['aborted']} | | | |"
+            )
         else:
             lines.append(
                 f"| {r['n']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | {r['cpu_s']:.3f} | "

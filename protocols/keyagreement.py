@@ -12,6 +12,7 @@ Every key is derived for one use and bound to it (Bonawitz et al., CCS 2017, §4
 Failures are named: a malformed key is :class:`MalformedInput`, a signature or an
 authentication tag that does not verify is :class:`BadSignature`.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from .errors import BadSignature, MalformedInput
 from .prg import SEED_BYTES
@@ -47,19 +53,25 @@ def private_bytes(key: X25519PrivateKey) -> bytes:
 
 def x25519_private_from_bytes(data: bytes, *, what: str) -> X25519PrivateKey:
     if len(data) != KEY_BYTES:
-        raise MalformedInput(f"{what}: X25519 private key must be {KEY_BYTES} bytes, got {len(data)}")
+        raise MalformedInput(
+            f"{what}: X25519 private key must be {KEY_BYTES} bytes, got {len(data)}"
+        )
     return X25519PrivateKey.from_private_bytes(data)
 
 
 def x25519_public_from_bytes(data: bytes, *, what: str) -> X25519PublicKey:
     if len(data) != KEY_BYTES:
-        raise MalformedInput(f"{what}: X25519 public key must be {KEY_BYTES} bytes, got {len(data)}")
+        raise MalformedInput(
+            f"{what}: X25519 public key must be {KEY_BYTES} bytes, got {len(data)}"
+        )
     return X25519PublicKey.from_public_bytes(data)
 
 
 def ed25519_public_from_bytes(data: bytes, *, what: str) -> Ed25519PublicKey:
     if len(data) != KEY_BYTES:
-        raise MalformedInput(f"{what}: Ed25519 public key must be {KEY_BYTES} bytes, got {len(data)}")
+        raise MalformedInput(
+            f"{what}: Ed25519 public key must be {KEY_BYTES} bytes, got {len(data)}"
+        )
     try:
         return Ed25519PublicKey.from_public_bytes(data)
     except ValueError as exc:
@@ -75,10 +87,14 @@ def agree(private: X25519PrivateKey, peer_public: bytes, *, what: str) -> bytes:
 
 
 def _hkdf(secret: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=DOMAIN + info).derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=DOMAIN + info).derive(
+        secret
+    )
 
 
-def mask_seed(private: X25519PrivateKey, peer_public: bytes, *, round_id: int, a: int, b: int) -> bytes:
+def mask_seed(
+    private: X25519PrivateKey, peer_public: bytes, *, round_id: int, a: int, b: int
+) -> bytes:
     """The pairwise mask seed of clients ``a`` and ``b`` (symmetric in a, b)."""
     low, high = min(a, b), max(a, b)
     shared = agree(private, peer_public, what=f"mask key of clients {low} and {high}")
@@ -119,8 +135,12 @@ def verify(identity_public: bytes, signature: bytes, message: bytes, *, what: st
     """Raise :class:`BadSignature` unless ``signature`` is the identity key's over ``message``."""
     key = ed25519_public_from_bytes(identity_public, what=what)
     if len(signature) != SIGNATURE_BYTES:
-        raise MalformedInput(f"{what}: signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
+        raise MalformedInput(
+            f"{what}: signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}"
+        )
     try:
         key.verify(signature, DOMAIN + message)
     except InvalidSignature:
-        raise BadSignature(f"{what}: Ed25519 signature does not verify under the client's identity key") from None
+        raise BadSignature(
+            f"{what}: Ed25519 signature does not verify under the client's identity key"
+        ) from None

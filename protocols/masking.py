@@ -44,6 +44,7 @@ survivors, revealed mask keys of dropped clients, survivor and dropout sets, SHA
 the total). :func:`recompute_total` re-derives the total bit for bit from it and the
 masked vectors; the server uses the very same unmasking routine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,7 +98,9 @@ def _permutation(n: int, seed: bytes) -> list[int]:
     def draw() -> int:
         nonlocal counter, pool
         if len(pool) < 8:
-            pool += hashlib.sha256(b"bfl-private/secagg/v1/graph" + seed + counter.to_bytes(8, "big")).digest()
+            pool += hashlib.sha256(
+                b"bfl-private/secagg/v1/graph" + seed + counter.to_bytes(8, "big")
+            ).digest()
             counter += 1
         value, pool = int.from_bytes(pool[:8], "big"), pool[8:]
         return value
@@ -157,13 +160,15 @@ class MaskingParams:
         length: int,
         neighbours: int | None = None,
         threshold: int | None = None,
-    ) -> "MaskingParams":
+    ) -> MaskingParams:
         """Validate and fix the round's parameters (see the module docstring for k and t)."""
         n = len(clients)
         if len(set(clients)) != n:
             raise ConfigurationError("client names must be distinct")
         if n < 3:
-            raise ConfigurationError(f"masking needs at least 3 clients (threshold >= 2 of >= 2 neighbours), got {n}")
+            raise ConfigurationError(
+                f"masking needs at least 3 clients (threshold >= 2 of >= 2 neighbours), got {n}"
+            )
         if not 0 <= round_id < 1 << 64:
             raise ConfigurationError(f"round_id must fit in 64 bits, got {round_id}")
         if not isinstance(round_seed, (bytes, bytearray)) or len(round_seed) < 16:
@@ -171,7 +176,9 @@ class MaskingParams:
         if length < 1:
             raise ConfigurationError(f"vector length must be >= 1, got {length}")
         if neighbours is not None and neighbours < 2:
-            raise ConfigurationError(f"neighbours must be >= 2 (or None for the complete graph), got {neighbours}")
+            raise ConfigurationError(
+                f"neighbours must be >= 2 (or None for the complete graph), got {neighbours}"
+            )
         complete = neighbours is None or neighbours >= n - 1
         k = n - 1 if complete else int(neighbours)  # type: ignore[arg-type]
         t = default_threshold(k) if threshold is None else int(threshold)
@@ -222,7 +229,9 @@ class _Reader:
 
     def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.data):
-            raise MalformedInput(f"{self.what}: truncated at byte {self.pos} (needs {n} more, has {len(self.data) - self.pos})")
+            raise MalformedInput(
+                f"{self.what}: truncated at byte {self.pos} (needs {n} more, has {len(self.data) - self.pos})"
+            )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -233,7 +242,9 @@ class _Reader:
     def header(self, kind: int) -> tuple[int, int]:
         magic, got, round_id, party = _HEADER.unpack(self.take(_HEADER.size))
         if magic != _MAGIC or got != kind:
-            raise MalformedInput(f"{self.what}: not a message of this kind (magic {magic!r}, kind {got}, expected {kind})")
+            raise MalformedInput(
+                f"{self.what}: not a message of this kind (magic {magic!r}, kind {got}, expected {kind})"
+            )
         return round_id, party
 
     def items(self, width: int) -> tuple[tuple[int, bytes], ...]:
@@ -257,7 +268,9 @@ class _Reader:
 
 
 def _pack_items(items: Sequence[tuple[int, bytes]]) -> bytes:
-    return struct.pack(">I", len(items)) + b"".join(struct.pack(">I", i) + data for i, data in items)
+    return struct.pack(">I", len(items)) + b"".join(
+        struct.pack(">I", i) + data for i, data in items
+    )
 
 
 def _pack_ids(ids: Sequence[int]) -> bytes:
@@ -282,7 +295,7 @@ class KeyAdvertisement:
         return self.signed_bytes() + self.signature
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "KeyAdvertisement":
+    def from_bytes(cls, data: bytes) -> KeyAdvertisement:
         r = _Reader(data, "key advertisement")
         round_id, sender = r.header(cls.KIND)
         keys = bytes(r.take(2 * ka.KEY_BYTES))
@@ -311,7 +324,7 @@ class SealedShares:
         return _header(self.kind, self.round_id, self.party) + _pack_items(self.items)
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: int) -> "SealedShares":
+    def from_bytes(cls, data: bytes, kind: int) -> SealedShares:
         r = _Reader(data, "share bundle" if kind == cls.BUNDLE else "share delivery")
         round_id, party = r.header(kind)
         items = r.items(_SEALED_SHARE_BYTES)
@@ -342,7 +355,8 @@ class MaskedInput:
         """
         buffer = np.empty(cls._PREFIX + 4 * length, dtype=np.uint8)
         buffer[: cls._PREFIX] = np.frombuffer(
-            _header(cls.KIND, round_id, sender) + bytes(3) + struct.pack(">I", length), dtype=np.uint8
+            _header(cls.KIND, round_id, sender) + bytes(3) + struct.pack(">I", length),
+            dtype=np.uint8,
         )
         return memoryview(buffer), buffer[cls._PREFIX :].view("<u4")
 
@@ -352,7 +366,7 @@ class MaskedInput:
         return message.tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes | memoryview) -> "MaskedInput":
+    def from_bytes(cls, data: bytes | memoryview) -> MaskedInput:
         r = _Reader(data, "masked input")
         round_id, sender = r.header(cls.KIND)
         if bytes(r.take(3)) != bytes(3):
@@ -375,7 +389,7 @@ class SurvivorSet:
         return _header(self.KIND, self.round_id, SERVER) + _pack_ids(self.survivors)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "SurvivorSet":
+    def from_bytes(cls, data: bytes) -> SurvivorSet:
         r = _Reader(data, "survivor set")
         round_id, _ = r.header(cls.KIND)
         survivors = r.ids()
@@ -399,13 +413,15 @@ class Acknowledgements:
         return _header(self.kind, self.round_id, self.party) + _pack_items(self.signatures)
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: int) -> "Acknowledgements":
+    def from_bytes(cls, data: bytes, kind: int) -> Acknowledgements:
         r = _Reader(data, "survivor-set signature" if kind == cls.SINGLE else "signature list")
         round_id, party = r.header(kind)
         signatures = r.items(ka.SIGNATURE_BYTES)
         r.done()
         if kind == cls.SINGLE and [i for i, _ in signatures] != [party]:
-            raise MalformedInput(f"survivor-set signature of client {party} must carry exactly its own signature")
+            raise MalformedInput(
+                f"survivor-set signature of client {party} must carry exactly its own signature"
+            )
         return cls(kind, round_id, party, signatures)
 
 
@@ -427,14 +443,16 @@ class UnmaskResponse:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "UnmaskResponse":
+    def from_bytes(cls, data: bytes) -> UnmaskResponse:
         r = _Reader(data, "unmask response")
         round_id, sender = r.header(cls.KIND)
         b_shares = r.items(shamir.SHARE_BYTES)
         s_shares = r.items(shamir.SHARE_BYTES)
         r.done()
         if {i for i, _ in b_shares} & {i for i, _ in s_shares}:
-            raise MalformedInput(f"unmask response of client {sender} reveals both shares of one peer")
+            raise MalformedInput(
+                f"unmask response of client {sender} reveals both shares of one peer"
+            )
         return cls(round_id, sender, b_shares, s_shares)
 
 
@@ -448,7 +466,9 @@ def _share_associated(round_id: int, sender: int, receiver: int) -> bytes:
 
 def _check_round(params: MaskingParams, round_id: int, what: str) -> None:
     if round_id != params.round_id:
-        raise ReplayedMessage(f"{what} is bound to round {round_id}, this is round {params.round_id}")
+        raise ReplayedMessage(
+            f"{what} is bound to round {round_id}, this is round {params.round_id}"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -472,7 +492,9 @@ def _remove_masks(
     for v in sorted(dropped_mask_keys):
         for u in params.graph[v]:
             if u in survivors and u in shared:
-                seed = ka.mask_seed(dropped_mask_keys[v], mask_public_keys[u], round_id=params.round_id, a=u, b=v)
+                seed = ka.mask_seed(
+                    dropped_mask_keys[v], mask_public_keys[u], round_id=params.round_id, a=u, b=v
+                )
                 # y_u carries +PRG(s_uv) when v > u and -PRG(s_uv) when v < u.
                 (subtract if v > u else add).append(seed)
     expander.apply(total, add=add, subtract=subtract)
@@ -486,7 +508,12 @@ class MaskingClient:
     """One client's side of the protocol; each method answers one stage, once."""
 
     def __init__(
-        self, index: int, params: MaskingParams, *, identity: Ed25519PrivateKey, identity_keys: Sequence[bytes]
+        self,
+        index: int,
+        params: MaskingParams,
+        *,
+        identity: Ed25519PrivateKey,
+        identity_keys: Sequence[bytes],
     ) -> None:
         self.index = index
         self.params = params
@@ -505,13 +532,19 @@ class MaskingClient:
 
     def _once(self, step: str) -> None:
         if step in self._done:
-            raise ReplayedMessage(f"client {self.index} already answered {step!r} in round {self.params.round_id}")
+            raise ReplayedMessage(
+                f"client {self.index} already answered {step!r} in round {self.params.round_id}"
+            )
         self._done.add(step)
 
     def advertise(self) -> bytes:
         self._once("advertise")
         unsigned = KeyAdvertisement(
-            self.params.round_id, self.index, ka.public_bytes(self._cipher_key), ka.public_bytes(self._mask_key), b""
+            self.params.round_id,
+            self.index,
+            ka.public_bytes(self._cipher_key),
+            ka.public_bytes(self._mask_key),
+            b"",
         )
         signature = ka.sign(self._identity, unsigned.signed_bytes())
         return replace(unsigned, signature=signature).to_bytes()
@@ -522,43 +555,84 @@ class MaskingClient:
         for data in advertisements:
             advert = _verify_advertisement(self.params, self._identity_keys, data)
             if advert.sender not in self._neighbours:
-                raise MalformedInput(f"client {self.index} got the advertisement of non-neighbour {advert.sender}")
+                raise MalformedInput(
+                    f"client {self.index} got the advertisement of non-neighbour {advert.sender}"
+                )
             if advert.sender in self._adverts:
-                raise ReplayedMessage(f"client {self.index} got two advertisements of client {advert.sender}")
+                raise ReplayedMessage(
+                    f"client {self.index} got two advertisements of client {advert.sender}"
+                )
             self._adverts[advert.sender] = advert
         peers = sorted(self._adverts)
         self._require(len(peers), "share", "neighbours advertised keys")
         self._self_seed = os.urandom(SEED_BYTES)
         xs = tuple(p + 1 for p in peers)
         b_shares = shamir.split(self._self_seed, threshold=self.params.threshold, xs=xs)
-        s_shares = shamir.split(ka.private_bytes(self._mask_key), threshold=self.params.threshold, xs=xs)
+        s_shares = shamir.split(
+            ka.private_bytes(self._mask_key), threshold=self.params.threshold, xs=xs
+        )
         items = []
         for peer, x in zip(peers, xs):
             self._cipher_secrets[peer] = ka.agree(
-                self._cipher_key, self._adverts[peer].cipher_key, what=f"cipher key of client {peer}"
+                self._cipher_key,
+                self._adverts[peer].cipher_key,
+                what=f"cipher key of client {peer}",
             )
-            key = ka.share_key(self._cipher_secrets[peer], round_id=self.params.round_id, sender=self.index, receiver=peer)
-            plaintext = struct.pack(">II", self.index, peer) + shamir.encode_share(b_shares[x]) + shamir.encode_share(s_shares[x])
-            items.append((peer, ka.seal(key, plaintext, _share_associated(self.params.round_id, self.index, peer))))
-        return SealedShares(SealedShares.BUNDLE, self.params.round_id, self.index, tuple(items)).to_bytes()
+            key = ka.share_key(
+                self._cipher_secrets[peer],
+                round_id=self.params.round_id,
+                sender=self.index,
+                receiver=peer,
+            )
+            plaintext = (
+                struct.pack(">II", self.index, peer)
+                + shamir.encode_share(b_shares[x])
+                + shamir.encode_share(s_shares[x])
+            )
+            items.append(
+                (
+                    peer,
+                    ka.seal(
+                        key, plaintext, _share_associated(self.params.round_id, self.index, peer)
+                    ),
+                )
+            )
+        return SealedShares(
+            SealedShares.BUNDLE, self.params.round_id, self.index, tuple(items)
+        ).to_bytes()
 
     def mask_input(self, vector: np.ndarray, delivery: bytes) -> memoryview:
         """Open the neighbours' shares and return the masked input message (bytes-like)."""
         self._once("mask")
         if not isinstance(vector, np.ndarray) or vector.dtype != np.uint32 or vector.ndim != 1:
-            raise MalformedInput(f"input of client {self.index} must be a 1-D uint32 array, got {getattr(vector, 'dtype', type(vector))}")
+            raise MalformedInput(
+                f"input of client {self.index} must be a 1-D uint32 array, got {getattr(vector, 'dtype', type(vector))}"
+            )
         if vector.shape[0] != self.params.length:
-            raise MalformedInput(f"input of client {self.index} has length {vector.shape[0]}, expected {self.params.length}")
+            raise MalformedInput(
+                f"input of client {self.index} has length {vector.shape[0]}, expected {self.params.length}"
+            )
         message = SealedShares.from_bytes(delivery, SealedShares.DELIVERY)
         _check_round(self.params, message.round_id, f"share delivery to client {self.index}")
         if message.party != self.index:
-            raise MalformedInput(f"share delivery addressed to client {message.party} reached client {self.index}")
+            raise MalformedInput(
+                f"share delivery addressed to client {message.party} reached client {self.index}"
+            )
         for sender, sealed in message.items:
             if sender not in self._adverts:
-                raise MalformedInput(f"client {self.index} got shares from {sender}, which is not an advertised neighbour")
+                raise MalformedInput(
+                    f"client {self.index} got shares from {sender}, which is not an advertised neighbour"
+                )
             what = f"shares from client {sender} to client {self.index}"
-            key = ka.share_key(self._cipher_secrets[sender], round_id=self.params.round_id, sender=sender, receiver=self.index)
-            plaintext = ka.open_sealed(key, sealed, _share_associated(self.params.round_id, sender, self.index), what=what)
+            key = ka.share_key(
+                self._cipher_secrets[sender],
+                round_id=self.params.round_id,
+                sender=sender,
+                receiver=self.index,
+            )
+            plaintext = ka.open_sealed(
+                key, sealed, _share_associated(self.params.round_id, sender, self.index), what=what
+            )
             if struct.unpack(">II", plaintext[:8]) != (sender, self.index):
                 raise MalformedInput(f"{what}: sealed payload names another sender or receiver")
             b_share = shamir.decode_share(plaintext[8 : 8 + shamir.SHARE_BYTES])
@@ -568,7 +642,13 @@ class MaskingClient:
         assert self._self_seed is not None  # set by share_keys, which _once-guards precede
         add, subtract = [self._self_seed], []
         for peer in sorted(self._peer_shares):
-            seed = ka.mask_seed(self._mask_key, self._adverts[peer].mask_key, round_id=self.params.round_id, a=self.index, b=peer)
+            seed = ka.mask_seed(
+                self._mask_key,
+                self._adverts[peer].mask_key,
+                round_id=self.params.round_id,
+                a=self.index,
+                b=peer,
+            )
             (add if peer > self.index else subtract).append(seed)
         message, masked = MaskedInput.frame(self.params.round_id, self.index, self.params.length)
         masked[:] = vector
@@ -584,16 +664,24 @@ class MaskingClient:
         if self.index not in survivors:
             raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
         if not survivors & self._neighbours <= set(self._peer_shares):
-            raise MalformedInput(f"survivor set names neighbours of client {self.index} that never shared keys")
+            raise MalformedInput(
+                f"survivor set names neighbours of client {self.index} that never shared keys"
+            )
         self._require(len(survivors), "unmask", "survivors announced")
         self._survivors = message.survivors
-        signature = ka.sign(self._identity, _survivor_payload(self.params.round_id, message.survivors))
-        return Acknowledgements(Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)).to_bytes()
+        signature = ka.sign(
+            self._identity, _survivor_payload(self.params.round_id, message.survivors)
+        )
+        return Acknowledgements(
+            Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
+        ).to_bytes()
 
     def unmask(self, signature_list: bytes) -> bytes:
         """Consistency check, part 2, then reveal one share per neighbour (never both)."""
         if self._survivors is None:
-            raise MalformedInput(f"client {self.index} was asked to unmask before acknowledging a survivor set")
+            raise MalformedInput(
+                f"client {self.index} was asked to unmask before acknowledging a survivor set"
+            )
         self._once("unmask")
         message = Acknowledgements.from_bytes(signature_list, Acknowledgements.LIST)
         _check_round(self.params, message.round_id, "signature list")
@@ -601,34 +689,54 @@ class MaskingClient:
         verified = 0
         for signer, signature in message.signatures:
             if signer not in self._survivors:
-                raise MalformedInput(f"signature list holds a signature of {signer}, which is not a survivor")
+                raise MalformedInput(
+                    f"signature list holds a signature of {signer}, which is not a survivor"
+                )
             if signer in self._neighbours:  # the views that decide which of our shares we reveal
                 ka.verify(
-                    self._identity_keys[signer], signature, payload,
+                    self._identity_keys[signer],
+                    signature,
+                    payload,
                     what=f"consistency check at client {self.index}: client {signer}'s signature over the survivor set",
                 )
                 verified += 1
         self._require(verified, "unmask", "neighbours' valid survivor-set signatures")
         survivors = frozenset(self._survivors)
-        b_shares = tuple((p, shamir.encode_share(s[0])) for p, s in sorted(self._peer_shares.items()) if p in survivors)
-        s_shares = tuple((p, shamir.encode_share(s[1])) for p, s in sorted(self._peer_shares.items()) if p not in survivors)
+        b_shares = tuple(
+            (p, shamir.encode_share(s[0]))
+            for p, s in sorted(self._peer_shares.items())
+            if p in survivors
+        )
+        s_shares = tuple(
+            (p, shamir.encode_share(s[1]))
+            for p, s in sorted(self._peer_shares.items())
+            if p not in survivors
+        )
         return UnmaskResponse(self.params.round_id, self.index, b_shares, s_shares).to_bytes()
 
     def _require(self, count: int, stage: str, what: str) -> None:
         if count < self.params.threshold:
             raise TooManyDropouts(
                 f"client {self.index} refuses to continue at stage {stage!r}: {count} {what}, threshold {self.params.threshold}",
-                stage=stage, required=self.params.threshold, available=count,
+                stage=stage,
+                required=self.params.threshold,
+                available=count,
             )
 
 
-def _verify_advertisement(params: MaskingParams, identity_keys: Sequence[bytes], data: bytes) -> KeyAdvertisement:
+def _verify_advertisement(
+    params: MaskingParams, identity_keys: Sequence[bytes], data: bytes
+) -> KeyAdvertisement:
     advert = KeyAdvertisement.from_bytes(data)
     _check_round(params, advert.round_id, f"key advertisement of client {advert.sender}")
     if advert.sender >= len(params.clients):
         raise MalformedInput(f"key advertisement from unknown client {advert.sender}")
-    ka.verify(identity_keys[advert.sender], advert.signature, advert.signed_bytes(),
-              what=f"key advertisement of client {advert.sender}")
+    ka.verify(
+        identity_keys[advert.sender],
+        advert.signature,
+        advert.signed_bytes(),
+        what=f"key advertisement of client {advert.sender}",
+    )
     return advert
 
 
@@ -654,7 +762,9 @@ class MaskingServer:
 
     def __init__(self, params: MaskingParams, *, identity_keys: Sequence[bytes]) -> None:
         if len(identity_keys) != len(params.clients):
-            raise ConfigurationError(f"{len(identity_keys)} identity keys for {len(params.clients)} clients")
+            raise ConfigurationError(
+                f"{len(identity_keys)} identity keys for {len(params.clients)} clients"
+            )
         self.params = params
         self.identity_keys = tuple(identity_keys)
         self.stage: str = "advertise"
@@ -674,13 +784,21 @@ class MaskingServer:
 
     def _expect(self, stage: str, what: str) -> None:
         if self.stage != stage:
-            raise ReplayedMessage(f"{what} arrived in stage {self.stage!r}; it belongs to stage {stage!r}")
+            raise ReplayedMessage(
+                f"{what} arrived in stage {self.stage!r}; it belongs to stage {stage!r}"
+            )
 
-    def _admit(self, sender: int, allowed: frozenset[int] | range, seen: Mapping[int, Any], what: str) -> None:
+    def _admit(
+        self, sender: int, allowed: frozenset[int] | range, seen: Mapping[int, Any], what: str
+    ) -> None:
         if sender not in allowed:
-            raise MalformedInput(f"{what} from client {sender}, which is not a participant of this stage")
+            raise MalformedInput(
+                f"{what} from client {sender}, which is not a participant of this stage"
+            )
         if sender in seen:
-            raise ReplayedMessage(f"second {what} from client {sender} in round {self.params.round_id}")
+            raise ReplayedMessage(
+                f"second {what} from client {sender} in round {self.params.round_id}"
+            )
 
     def dropped(self) -> dict[int, Stage]:
         """Each client that stopped counting, with the stage from which it did.
@@ -710,7 +828,9 @@ class MaskingServer:
         return TooManyDropouts(
             f"round {self.params.round_id} aborted at stage {stage!r}: {what} {count}, threshold "
             f"{self.params.threshold} ({len(names)} clients)",
-            stage=stage, required=self.params.threshold, available=count,
+            stage=stage,
+            required=self.params.threshold,
+            available=count,
             dropped={names[i]: s for i, s in self.dropped().items()},
         )
 
@@ -721,7 +841,11 @@ class MaskingServer:
         sinking the round at the unmask stage.
         """
         while True:
-            weak = {u for u in members if len(members.intersection(self.params.graph[u])) < self.params.threshold}
+            weak = {
+                u
+                for u in members
+                if len(members.intersection(self.params.graph[u])) < self.params.threshold
+            }
             if not weak:
                 return frozenset(members)
             members -= weak
@@ -736,7 +860,9 @@ class MaskingServer:
     def receive_advertisement(self, data: bytes) -> None:
         self._expect("advertise", "key advertisement")
         advert = _verify_advertisement(self.params, self.identity_keys, data)
-        self._admit(advert.sender, range(len(self.params.clients)), self.adverts, "key advertisement")
+        self._admit(
+            advert.sender, range(len(self.params.clients)), self.adverts, "key advertisement"
+        )
         self.adverts[advert.sender] = advert
 
     def close_advertise(self) -> dict[int, list[bytes]]:
@@ -805,7 +931,9 @@ class MaskingServer:
         for v in sorted(self.shared):
             holders = len(self.survivors.intersection(self.params.graph[v]))
             if holders < self.params.threshold:
-                raise self._abort("mask", holders, f"surviving share holders of client {self.params.clients[v]!r}")
+                raise self._abort(
+                    "mask", holders, f"surviving share holders of client {self.params.clients[v]!r}"
+                )
         return SurvivorSet(self.params.round_id, tuple(sorted(self.survivors))).to_bytes()
 
     # -- stage 4 -----------------------------------------------------------------------
@@ -813,11 +941,14 @@ class MaskingServer:
     def receive_acknowledgement(self, data: bytes) -> None:
         self._expect("acknowledge", "survivor-set signature")
         message = Acknowledgements.from_bytes(data, Acknowledgements.SINGLE)
-        _check_round(self.params, message.round_id, f"survivor-set signature of client {message.party}")
+        _check_round(
+            self.params, message.round_id, f"survivor-set signature of client {message.party}"
+        )
         self._admit(message.party, self.survivors, self._acks, "survivor-set signature")
         signature = message.signatures[0][1]
         ka.verify(
-            self.identity_keys[message.party], signature,
+            self.identity_keys[message.party],
+            signature,
             _survivor_payload(self.params.round_id, sorted(self.survivors)),
             what=f"survivor-set signature of client {message.party}",
         )
@@ -868,8 +999,12 @@ class MaskingServer:
         for owner_shares in (b_shares, s_shares):
             for v, shares in sorted(owner_shares.items()):
                 if len(shares) < t:
-                    raise self._abort("unmask", len(shares), f"shares to unmask client {self.params.clients[v]!r}")
-        self_seeds = {v: shamir.combine(s, threshold=t, secret_bytes=SEED_BYTES) for v, s in b_shares.items()}
+                    raise self._abort(
+                        "unmask", len(shares), f"shares to unmask client {self.params.clients[v]!r}"
+                    )
+        self_seeds = {
+            v: shamir.combine(s, threshold=t, secret_bytes=SEED_BYTES) for v, s in b_shares.items()
+        }
         dropped_keys = {}
         for v, shares in s_shares.items():
             raw = shamir.combine(shares, threshold=t, secret_bytes=ka.KEY_BYTES)
@@ -882,11 +1017,17 @@ class MaskingServer:
             dropped_keys[v] = raw
         total = self._total.copy()
         _remove_masks(
-            self.params, total,
+            self.params,
+            total,
             self_mask_seeds=self_seeds,
-            dropped_mask_keys={v: ka.x25519_private_from_bytes(raw, what="mask key") for v, raw in dropped_keys.items()},
+            dropped_mask_keys={
+                v: ka.x25519_private_from_bytes(raw, what="mask key")
+                for v, raw in dropped_keys.items()
+            },
             mask_public_keys={v: a.mask_key for v, a in self.adverts.items()},
-            shared=self.shared, survivors=self.survivors, expander=self._expander,
+            shared=self.shared,
+            survivors=self.survivors,
+            expander=self._expander,
         )
         names = self.params.clients
         transcript: dict[str, Any] = {
@@ -940,11 +1081,20 @@ def run_round(
     drop = dict(drop or {})
     for client, stage in drop.items():
         if not 0 <= client < n or stage not in STAGES:
-            raise MalformedInput(f"drop entry {client!r}: {stage!r} needs a client in 0..{n - 1} and a stage in {STAGES}")
-    identities = list(identities) if identities is not None else [Ed25519PrivateKey.generate() for _ in range(n)]
+            raise MalformedInput(
+                f"drop entry {client!r}: {stage!r} needs a client in 0..{n - 1} and a stage in {STAGES}"
+            )
+    identities = (
+        list(identities)
+        if identities is not None
+        else [Ed25519PrivateKey.generate() for _ in range(n)]
+    )
     identity_keys = [ka.public_bytes(key) for key in identities]
     server = MaskingServer(params, identity_keys=identity_keys)
-    clients = [MaskingClient(i, params, identity=identities[i], identity_keys=identity_keys) for i in range(n)]
+    clients = [
+        MaskingClient(i, params, identity=identities[i], identity_keys=identity_keys)
+        for i in range(n)
+    ]
 
     def answers(i: int, stage: Stage) -> bool:
         return i not in drop or STAGES.index(drop[i]) > STAGES.index(stage)
@@ -989,7 +1139,9 @@ def _uint32_inputs(vectors: Sequence[np.ndarray]) -> int:
     length = None
     for i, v in enumerate(vectors):
         if not isinstance(v, np.ndarray) or v.dtype != np.uint32 or v.ndim != 1:
-            raise MalformedInput(f"input {i} must be a 1-D uint32 array, got {getattr(v, 'dtype', type(v).__name__)}")
+            raise MalformedInput(
+                f"input {i} must be a 1-D uint32 array, got {getattr(v, 'dtype', type(v).__name__)}"
+            )
         if length is None:
             length = v.shape[0]
         elif v.shape[0] != length:
@@ -1020,12 +1172,17 @@ def secure_sum(
     elif isinstance(seed, int):
         seed = seed.to_bytes(32, "big")
     params = MaskingParams.create(
-        round_id=round_id, round_seed=seed,
-        clients=[str(i) for i in range(len(vectors))], length=length,
-        neighbours=neighbours, threshold=threshold,
+        round_id=round_id,
+        round_seed=seed,
+        clients=[str(i) for i in range(len(vectors))],
+        length=length,
+        neighbours=neighbours,
+        threshold=threshold,
     )
     outcome = run_round(params, vectors, drop=drop)
-    return SecureSumResult(outcome.total, outcome.included, outcome.dropped, outcome.transcript, outcome.masked)
+    return SecureSumResult(
+        outcome.total, outcome.included, outcome.dropped, outcome.transcript, outcome.masked
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1046,12 +1203,17 @@ def _params_from_transcript(transcript: Mapping[str, Any]) -> MaskingParams:
     if not isinstance(transcript, Mapping) or transcript.get("protocol") != PROTOCOL:
         raise MalformedInput("not a masking transcript")
     if transcript.get("version") != TRANSCRIPT_VERSION:
-        raise MalformedInput(f"masking transcript version {transcript.get('version')!r} is not {TRANSCRIPT_VERSION}")
+        raise MalformedInput(
+            f"masking transcript version {transcript.get('version')!r} is not {TRANSCRIPT_VERSION}"
+        )
     try:
         return MaskingParams.create(
-            round_id=transcript["round"], round_seed=_hex(transcript["round_seed"], "round_seed"),
-            clients=transcript["clients"], length=transcript["length"],
-            neighbours=transcript["neighbours"], threshold=transcript["threshold"],
+            round_id=transcript["round"],
+            round_seed=_hex(transcript["round_seed"], "round_seed"),
+            clients=transcript["clients"],
+            length=transcript["length"],
+            neighbours=transcript["neighbours"],
+            threshold=transcript["threshold"],
         )
     except (KeyError, TypeError) as exc:
         raise MalformedInput(f"masking transcript lacks or mistypes {exc}") from exc
@@ -1059,7 +1221,9 @@ def _params_from_transcript(transcript: Mapping[str, Any]) -> MaskingParams:
         raise MalformedInput(f"masking transcript parameters: {exc}") from exc
 
 
-def recompute_total(transcript: Mapping[str, Any], masked_vectors: Mapping[Any, np.ndarray]) -> np.ndarray:
+def recompute_total(
+    transcript: Mapping[str, Any], masked_vectors: Mapping[Any, np.ndarray]
+) -> np.ndarray:
     """Re-derive the round's uint32 total from the transcript and the survivors' masked vectors.
 
     ``masked_vectors`` maps client names (``str(i)`` for :func:`secure_sum`; int keys are
@@ -1090,27 +1254,42 @@ def recompute_total(transcript: Mapping[str, Any], masked_vectors: Mapping[Any, 
             raise MalformedInput(f"transcript advertisement of unknown client {name!r}")
         entry = adverts[name]
         advert = KeyAdvertisement(
-            params.round_id, index[name],
+            params.round_id,
+            index[name],
             _hex(entry.get("cipher_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
             _hex(entry.get("mask_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
             _hex(entry.get("signature"), f"advertisement of {name!r}", ka.SIGNATURE_BYTES),
         )
-        ka.verify(_hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES), advert.signature,
-                  advert.signed_bytes(), what=f"transcript advertisement of {name!r}")
+        ka.verify(
+            _hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES),
+            advert.signature,
+            advert.signed_bytes(),
+            what=f"transcript advertisement of {name!r}",
+        )
         mask_public[index[name]] = advert.mask_key
 
     seeds = transcript.get("self_mask_seeds")
     keys = transcript.get("dropped_mask_keys")
     if not isinstance(seeds, Mapping) or set(seeds) != {params.clients[i] for i in survivors}:
         raise MalformedInput("transcript 'self_mask_seeds' must hold exactly the survivors' seeds")
-    if not isinstance(keys, Mapping) or set(keys) != {params.clients[i] for i in shared - survivors}:
-        raise MalformedInput("transcript 'dropped_mask_keys' must hold exactly the dropped sharers' keys")
-    self_seeds = {index[n]: _hex(s, f"self-mask seed of {n!r}", SEED_BYTES) for n, s in seeds.items()}
+    if not isinstance(keys, Mapping) or set(keys) != {
+        params.clients[i] for i in shared - survivors
+    }:
+        raise MalformedInput(
+            "transcript 'dropped_mask_keys' must hold exactly the dropped sharers' keys"
+        )
+    self_seeds = {
+        index[n]: _hex(s, f"self-mask seed of {n!r}", SEED_BYTES) for n, s in seeds.items()
+    }
     dropped_keys = {}
     for name, raw in keys.items():
-        key = ka.x25519_private_from_bytes(_hex(raw, f"mask key of {name!r}", ka.KEY_BYTES), what=name)
+        key = ka.x25519_private_from_bytes(
+            _hex(raw, f"mask key of {name!r}", ka.KEY_BYTES), what=name
+        )
         if ka.public_bytes(key) != mask_public[index[name]]:
-            raise AggregateMismatch(f"revealed mask key of {name!r} does not match its advertised public key")
+            raise AggregateMismatch(
+                f"revealed mask key of {name!r} does not match its advertised public key"
+            )
         dropped_keys[index[name]] = key
 
     vectors = {str(k): v for k, v in masked_vectors.items()}
@@ -1123,11 +1302,19 @@ def recompute_total(transcript: Mapping[str, Any], masked_vectors: Mapping[Any, 
     for name in sorted(vectors):
         v = np.asarray(vectors[name])
         if v.dtype != np.uint32 or v.shape != (params.length,):
-            raise MalformedInput(f"masked vector of {name!r} must be uint32 of length {params.length}, got {v.dtype} {v.shape}")
+            raise MalformedInput(
+                f"masked vector of {name!r} must be uint32 of length {params.length}, got {v.dtype} {v.shape}"
+            )
         np.add(total, v, out=total)
     _remove_masks(
-        params, total, self_mask_seeds=self_seeds, dropped_mask_keys=dropped_keys,
-        mask_public_keys=mask_public, shared=shared, survivors=survivors, expander=MaskExpander(),
+        params,
+        total,
+        self_mask_seeds=self_seeds,
+        dropped_mask_keys=dropped_keys,
+        mask_public_keys=mask_public,
+        shared=shared,
+        survivors=survivors,
+        expander=MaskExpander(),
     )
     if hashlib.sha256(total.astype("<u4").tobytes()).hexdigest() != transcript.get("total_sha256"):
         raise AggregateMismatch("recomputed total does not match the transcript's total_sha256")
@@ -1152,7 +1339,9 @@ def decode_submission(blob: bytes, *, client: str) -> np.ndarray:
         raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
     vector = tensors.get(_TENSOR)
     if vector is None or vector.dtype != np.uint32 or vector.ndim != 1 or len(tensors) != 1:
-        raise MalformedInput(f"submission of {client!r} must hold exactly one 1-D uint32 tensor {_TENSOR!r}")
+        raise MalformedInput(
+            f"submission of {client!r} must hold exactly one 1-D uint32 tensor {_TENSOR!r}"
+        )
     return vector
 
 
@@ -1161,7 +1350,9 @@ class MaskingProtocol(AggregationProtocol):
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, codec: FixedPointCodec, *, neighbours: int | None = None, threshold: int | None = None) -> None:
+    def __init__(
+        self, codec: FixedPointCodec, *, neighbours: int | None = None, threshold: int | None = None
+    ) -> None:
         self.codec = codec
         self.neighbours = neighbours
         self.threshold = threshold
@@ -1191,11 +1382,17 @@ class MaskingProtocol(AggregationProtocol):
             raise MalformedInput(f"drop names clients that are not in the round: {unknown}")
         rng = rng if rng is not None else np.random.default_rng()
         params = MaskingParams.create(
-            round_id=round_id, round_seed=round_seed, clients=names, length=length,
-            neighbours=self.neighbours, threshold=self.threshold,
+            round_id=round_id,
+            round_seed=round_seed,
+            clients=names,
+            length=length,
+            neighbours=self.neighbours,
+            threshold=self.threshold,
         )
         encoded = [self.codec.encode(updates[name], rng) for name in names]
-        outcome = run_round(params, encoded, drop={names.index(c): s for c, s in (drop or {}).items()})
+        outcome = run_round(
+            params, encoded, drop={names.index(c): s for c, s in (drop or {}).items()}
+        )
         transcript = {**outcome.transcript, "codec": self.codec.to_json()}
         included = tuple(names[i] for i in outcome.included)
         return AggregationResult(
@@ -1208,7 +1405,9 @@ class MaskingProtocol(AggregationProtocol):
         )
 
 
-def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
+def recompute_from_submissions(
+    transcript: Mapping[str, Any], submissions: Mapping[str, bytes]
+) -> np.ndarray:
     """The auditor's check: decoded float64 total from the transcript and committed blobs."""
     survivors = transcript.get("survivors") if isinstance(transcript, Mapping) else None
     if not isinstance(survivors, list):

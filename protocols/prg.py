@@ -14,6 +14,7 @@ stay in cache and the uint32 add costs a fraction of the AES. numpy's generators
 several times slower, and folding seeds into a 32-bit Mersenne Twister (as Flower does)
 makes masks brute-forceable: never do that.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,9 @@ def new_seed() -> bytes:
 
 def _cipher(seed: bytes) -> CipherContext:
     if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
-        raise MalformedInput(f"mask seed must be {SEED_BYTES} bytes, got {type(seed).__name__} of length {len(seed)}")
+        raise MalformedInput(
+            f"mask seed must be {SEED_BYTES} bytes, got {type(seed).__name__} of length {len(seed)}"
+        )
     return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
 
 
@@ -62,10 +65,14 @@ class MaskExpander:
         self._words = np.frombuffer(self._buffer, dtype=_WORD, count=chunk_words)
         self.words_generated = 0
 
-    def apply(self, target: np.ndarray, *, add: Sequence[bytes] = (), subtract: Sequence[bytes] = ()) -> None:
+    def apply(
+        self, target: np.ndarray, *, add: Sequence[bytes] = (), subtract: Sequence[bytes] = ()
+    ) -> None:
         """``target += Σ PRG(a) − Σ PRG(s)`` modulo 2^32, in place."""
         if target.dtype != np.uint32 or target.ndim != 1 or not target.flags.c_contiguous:
-            raise MalformedInput(f"mask target must be a contiguous 1-D uint32 array, got {target.dtype} {target.shape}")
+            raise MalformedInput(
+                f"mask target must be a contiguous 1-D uint32 array, got {target.dtype} {target.shape}"
+            )
         adders = [_cipher(seed) for seed in add]
         subtractors = [_cipher(seed) for seed in subtract]
         length = target.shape[0]

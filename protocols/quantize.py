@@ -17,6 +17,7 @@ from the float sum of the clipped values by less than ``n * step`` per coordinat
 Overflow: the sum of n levels is at most n * L; that must stay below the modulus 2^32
 or the decoded sum would wrap. ``FixedPointCodec`` refuses such a configuration.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,9 +82,7 @@ class FixedPointCodec:
     def decode_sum(self, total: np.ndarray, summands: int) -> np.ndarray:
         """Decode the uint32 sum of ``summands`` encoded vectors to float64."""
         if not 0 < summands <= self.max_summands:
-            raise MalformedInput(
-                f"summands must be in 1..{self.max_summands}, got {summands}"
-            )
+            raise MalformedInput(f"summands must be in 1..{self.max_summands}, got {summands}")
         t = np.asarray(total)
         if t.dtype != np.uint32 or t.ndim != 1:
             raise MalformedInput(f"expected a 1-D uint32 sum, got {t.dtype} of shape {t.shape}")
@@ -96,18 +95,28 @@ class FixedPointCodec:
 
     def to_json(self) -> dict:
         """The codec's parameters as a JSON object, for transcripts and ledger records."""
-        return {"clip": float(self.clip), "bits": int(self.bits), "max_summands": int(self.max_summands)}
+        return {
+            "clip": float(self.clip),
+            "bits": int(self.bits),
+            "max_summands": int(self.max_summands),
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "FixedPointCodec":
+    def from_json(cls, data: dict) -> FixedPointCodec:
         """Parse :meth:`to_json` output strictly: integers must be JSON integers, not 16.5."""
         try:
             clip, bits, max_summands = data["clip"], data["bits"], data["max_summands"]
         except (KeyError, TypeError) as exc:
-            raise MalformedInput(f"bad fixed-point codec parameters {data!r}: missing {exc}") from exc
+            raise MalformedInput(
+                f"bad fixed-point codec parameters {data!r}: missing {exc}"
+            ) from exc
         for name, value in (("bits", bits), ("max_summands", max_summands)):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise MalformedInput(f"fixed-point codec parameter {name!r} must be an integer, got {value!r}")
+                raise MalformedInput(
+                    f"fixed-point codec parameter {name!r} must be an integer, got {value!r}"
+                )
         if not isinstance(clip, (int, float)) or isinstance(clip, bool):
-            raise MalformedInput(f"fixed-point codec parameter 'clip' must be a number, got {clip!r}")
+            raise MalformedInput(
+                f"fixed-point codec parameter 'clip' must be a number, got {clip!r}"
+            )
         return cls(clip=float(clip), bits=bits, max_summands=max_summands)

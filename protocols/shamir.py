@@ -11,6 +11,7 @@ threshold) and reused by every dealer, so a share costs t-1 big-integer products
 single reduction; Lagrange coefficients at 0 are computed once per set of responders
 (one modular inverse each) and reused for every secret reconstructed from that set.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -59,7 +60,9 @@ def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[int, int]
     if not isinstance(secret, (bytes, bytearray)) or not 0 < len(secret) <= MAX_SECRET_BYTES:
         raise MalformedInput(f"secret must be 1..{MAX_SECRET_BYTES} bytes")
     if not 1 <= threshold <= len(xs):
-        raise MalformedInput(f"threshold {threshold} must be in 1..{len(xs)} (the number of shares)")
+        raise MalformedInput(
+            f"threshold {threshold} must be in 1..{len(xs)} (the number of shares)"
+        )
     xs = tuple(xs)
     _check_abscissas(xs)
     constant = int.from_bytes(secret, "big")

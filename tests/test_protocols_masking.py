@@ -1,4 +1,5 @@
 """SecAgg / SecAgg+ masking: exactness under dropouts, privacy checks, bad input, auditing."""
+
 from __future__ import annotations
 
 import copy
@@ -7,12 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from safetensors.numpy import save as save_safetensors
-from scipy.stats import chisquare
-
 from bfl_private.protocols import keyagreement as ka
 from bfl_private.protocols.base import STAGES
 from bfl_private.protocols.base import recompute_total as dispatch_recompute
@@ -42,6 +37,11 @@ from bfl_private.protocols.masking import (
     secure_sum,
 )
 from bfl_private.protocols.quantize import FixedPointCodec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save as save_safetensors
+from scipy.stats import chisquare
 
 
 def plain_sum(vectors: list[np.ndarray], included) -> np.ndarray:
@@ -69,11 +69,14 @@ def random_vectors(n: int, length: int, seed: int) -> list[np.ndarray]:
 def test_total_is_exact_for_any_graph_and_drop_pattern(n: int, length: int, data) -> None:
     neighbours = data.draw(st.one_of(st.none(), st.integers(2, n - 1)), label="neighbours")
     drop = data.draw(
-        st.dictionaries(st.integers(0, n - 1), st.sampled_from(STAGES), max_size=n // 3), label="drop"
+        st.dictionaries(st.integers(0, n - 1), st.sampled_from(STAGES), max_size=n // 3),
+        label="drop",
     )
     vectors = random_vectors(n, length, data.draw(st.integers(0, 2**31)))
     try:
-        result = secure_sum(vectors, neighbours=neighbours, drop=drop, seed=data.draw(st.integers(0, 2**64)))
+        result = secure_sum(
+            vectors, neighbours=neighbours, drop=drop, seed=data.draw(st.integers(0, 2**64))
+        )
     except TooManyDropouts as abort:
         assert abort.stage in STAGES
         assert abort.available < abort.required
@@ -86,7 +89,9 @@ def test_total_is_exact_for_any_graph_and_drop_pattern(n: int, length: int, data
     assert all(result.dropped[i] in ("advertise", "share") for i in pruned)
     assert set(result.included) == {i for i in range(n) if drop.get(i) in (None, "unmask")} - pruned
     np.testing.assert_array_equal(result.total, plain_sum(vectors, result.included))
-    np.testing.assert_array_equal(recompute_total(result.transcript, result.masked_vectors), result.total)
+    np.testing.assert_array_equal(
+        recompute_total(result.transcript, result.masked_vectors), result.total
+    )
     for client, stage in drop.items():
         assert STAGES.index(result.dropped[client]) <= STAGES.index(stage)
 
@@ -97,7 +102,9 @@ def test_sparse_graph_at_scale_with_dropouts_in_every_stage() -> None:
     result = secure_sum(vectors, neighbours=12, drop=drop, seed=b"s" * 32)
     assert set(range(40)) - set(result.included) == {3, 11, 22}
     np.testing.assert_array_equal(result.total, plain_sum(vectors, result.included))
-    np.testing.assert_array_equal(recompute_total(result.transcript, result.masked_vectors), result.total)
+    np.testing.assert_array_equal(
+        recompute_total(result.transcript, result.masked_vectors), result.total
+    )
 
 
 def test_too_many_dropouts_names_stage_counts_and_clients() -> None:
@@ -130,16 +137,22 @@ def test_a_masked_vector_is_uniform_even_for_a_constant_input() -> None:
 class Round:
     """Parties of one round, driven stage by stage so tests can inject messages."""
 
-    def __init__(self, n: int = 6, *, neighbours: int | None = None, length: int = 8, round_id: int = 7) -> None:
+    def __init__(
+        self, n: int = 6, *, neighbours: int | None = None, length: int = 8, round_id: int = 7
+    ) -> None:
         self.params = MaskingParams.create(
-            round_id=round_id, round_seed=b"r" * 32, clients=[f"c{i}" for i in range(n)],
-            length=length, neighbours=neighbours,
+            round_id=round_id,
+            round_seed=b"r" * 32,
+            clients=[f"c{i}" for i in range(n)],
+            length=length,
+            neighbours=neighbours,
         )
         self.identities = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.keys = [ka.public_bytes(k) for k in self.identities]
         self.server = MaskingServer(self.params, identity_keys=self.keys)
         self.clients = [
-            MaskingClient(i, self.params, identity=self.identities[i], identity_keys=self.keys) for i in range(n)
+            MaskingClient(i, self.params, identity=self.identities[i], identity_keys=self.keys)
+            for i in range(n)
         ]
         self.inputs = random_vectors(n, length, round_id)
 
@@ -159,7 +172,9 @@ class Round:
     def mask(self) -> bytes:
         deliveries = self.share()
         self.deliveries = deliveries
-        self.masked = {i: self.clients[i].mask_input(self.inputs[i], d) for i, d in deliveries.items()}
+        self.masked = {
+            i: self.clients[i].mask_input(self.inputs[i], d) for i, d in deliveries.items()
+        }
         for data in self.masked.values():
             self.server.receive_masked_input(data)
         return self.server.close_mask()
@@ -175,15 +190,22 @@ def test_server_lying_about_the_survivor_set_is_refused() -> None:
     acks = {0: r.clients[0].acknowledge(lie)}
     acks.update({i: r.clients[i].acknowledge(announcement) for i in range(1, 6)})
     signatures = tuple(
-        (i, Acknowledgements.from_bytes(a, Acknowledgements.SINGLE).signatures[0][1]) for i, a in sorted(acks.items())
+        (i, Acknowledgements.from_bytes(a, Acknowledgements.SINGLE).signatures[0][1])
+        for i, a in sorted(acks.items())
     )
-    everyone = Acknowledgements(Acknowledgements.LIST, honest.round_id, 0xFFFFFFFF, signatures).to_bytes()
-    without_5 = Acknowledgements(Acknowledgements.LIST, honest.round_id, 0xFFFFFFFF, signatures[:5]).to_bytes()
+    everyone = Acknowledgements(
+        Acknowledgements.LIST, honest.round_id, 0xFFFFFFFF, signatures
+    ).to_bytes()
+    without_5 = Acknowledgements(
+        Acknowledgements.LIST, honest.round_id, 0xFFFFFFFF, signatures[:5]
+    ).to_bytes()
     # Client 0 sees its peers signed another set; the others see client 0 signed another set.
     with pytest.raises(BadSignature, match="consistency check at client 0: client 1's signature"):
         r.clients[0].unmask(without_5)
     for i in (1, 2):
-        with pytest.raises(BadSignature, match=f"consistency check at client {i}: client 0's signature"):
+        with pytest.raises(
+            BadSignature, match=f"consistency check at client {i}: client 0's signature"
+        ):
             r.clients[i].unmask(everyone)
     # The honest server refuses the lying client's signature too.
     with pytest.raises(BadSignature, match="survivor-set signature of client 0"):
@@ -200,7 +222,9 @@ def test_an_honest_client_never_reveals_both_shares_of_a_peer() -> None:
     assert not {v for v, _ in response.self_mask_shares} & {v for v, _ in response.mask_key_shares}
     with pytest.raises(ReplayedMessage, match="already answered 'unmask'"):
         r.clients[0].unmask(signatures)
-    both = UnmaskResponse(7, 0, response.self_mask_shares[:1], response.self_mask_shares[:1]).to_bytes()
+    both = UnmaskResponse(
+        7, 0, response.self_mask_shares[:1], response.self_mask_shares[:1]
+    ).to_bytes()
     with pytest.raises(MalformedInput, match="reveals both shares"):
         UnmaskResponse.from_bytes(both)
 
@@ -230,7 +254,10 @@ def test_secure_sum_refuses_wrong_dtype_and_length() -> None:
     with pytest.raises(ConfigurationError, match="at least 3 clients"):
         secure_sum(good[:2])
     for bad in (1, 4):  # k = 3 neighbours: t must be in 2..3
-        with pytest.raises(ConfigurationError, match=f"threshold {bad} must satisfy k/2 < t <= k .* choose t in 2..3"):
+        with pytest.raises(
+            ConfigurationError,
+            match=f"threshold {bad} must satisfy k/2 < t <= k .* choose t in 2..3",
+        ):
             secure_sum(good, threshold=bad)
 
 
@@ -286,7 +313,10 @@ def test_advertisement_signed_by_the_wrong_key_is_refused() -> None:
     r = Round(5)
     advert = KeyAdvertisement.from_bytes(r.clients[1].advertise())
     forged = KeyAdvertisement(
-        advert.round_id, advert.sender, advert.cipher_key, advert.mask_key,
+        advert.round_id,
+        advert.sender,
+        advert.cipher_key,
+        advert.mask_key,
         ka.sign(r.identities[2], advert.signed_bytes()),  # client 2 signs as client 1
     ).to_bytes()
     with pytest.raises(BadSignature, match="key advertisement of client 1"):
@@ -302,7 +332,9 @@ def test_tampered_or_misrouted_shares_are_refused_by_the_receiver() -> None:
     delivery = SealedShares.from_bytes(deliveries[0], SealedShares.DELIVERY)
     sender, sealed = delivery.items[0]
     flipped = sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:]
-    tampered = SealedShares(SealedShares.DELIVERY, 7, 0, ((sender, flipped),) + delivery.items[1:]).to_bytes()
+    tampered = SealedShares(
+        SealedShares.DELIVERY, 7, 0, ((sender, flipped),) + delivery.items[1:]
+    ).to_bytes()
     with pytest.raises(BadSignature, match=f"shares from client {sender} to client 0: AES-GCM"):
         r.clients[0].mask_input(r.inputs[0], tampered)
     # A share sealed for client 1 handed to client 2 (relabelled) fails authentication.
@@ -310,7 +342,9 @@ def test_tampered_or_misrouted_shares_are_refused_by_the_receiver() -> None:
     to_2 = SealedShares.from_bytes(deliveries[2], SealedShares.DELIVERY)
     swapped = dict(to_2.items)
     swapped[0] = dict(to_1)[0]
-    relabelled = SealedShares(SealedShares.DELIVERY, 7, 2, tuple(sorted(swapped.items()))).to_bytes()
+    relabelled = SealedShares(
+        SealedShares.DELIVERY, 7, 2, tuple(sorted(swapped.items()))
+    ).to_bytes()
     with pytest.raises(BadSignature, match="shares from client 0 to client 2"):
         r.clients[2].mask_input(r.inputs[2], relabelled)
 
@@ -322,7 +356,9 @@ def test_share_for_the_wrong_round_is_refused() -> None:
     # Round-9 header on round-7 ciphertexts: refused on the header (and the client, having
     # been sent a bad message, stops taking part)...
     with pytest.raises(ReplayedMessage, match="bound to round 9"):
-        r.clients[0].mask_input(r.inputs[0], SealedShares(SealedShares.DELIVERY, 9, 0, replayed.items).to_bytes())
+        r.clients[0].mask_input(
+            r.inputs[0], SealedShares(SealedShares.DELIVERY, 9, 0, replayed.items).to_bytes()
+        )
     # ...and round-8 ciphertexts under a correct round-7 header fail AES-GCM: the key and
     # the associated data are bound to the round.
     later = Round(5, round_id=8)
@@ -331,7 +367,10 @@ def test_share_for_the_wrong_round_is_refused() -> None:
     mixed = dict(SealedShares.from_bytes(deliveries[3], SealedShares.DELIVERY).items)
     mixed[1] = sealed_for_0
     with pytest.raises(BadSignature, match="shares from client 1 to client 3"):
-        r.clients[3].mask_input(r.inputs[3], SealedShares(SealedShares.DELIVERY, 7, 3, tuple(sorted(mixed.items()))).to_bytes())
+        r.clients[3].mask_input(
+            r.inputs[3],
+            SealedShares(SealedShares.DELIVERY, 7, 3, tuple(sorted(mixed.items()))).to_bytes(),
+        )
 
 
 def test_client_refuses_wrong_input_dtype_and_length() -> None:
@@ -382,7 +421,9 @@ def _protocol_round(drop=None):
     codec = FixedPointCodec(clip=1.0, bits=16, max_summands=10)
     rng = np.random.default_rng(5)
     updates = {f"client-{i}": rng.uniform(-1.2, 1.2, 30) for i in range(10)}
-    protocol = MaskingProtocol(codec, neighbours=6, threshold=4)  # slack of two dropouts per neighbourhood
+    protocol = MaskingProtocol(
+        codec, neighbours=6, threshold=4
+    )  # slack of two dropouts per neighbourhood
     result = protocol.aggregate(updates, round_id=3, round_seed=b"seed" * 8, drop=drop, rng=rng)
     return codec, updates, result
 
@@ -396,9 +437,15 @@ def test_masking_protocol_decodes_the_survivors_sum() -> None:
     assert np.all(np.abs(result.total - exact) <= len(result.included) * codec.step)
     import json
 
-    transcript = json.loads(json.dumps(result.transcript))  # JSON-serialisable, survives a round trip
-    np.testing.assert_array_equal(recompute_from_submissions(transcript, result.submissions), result.total)
-    np.testing.assert_array_equal(dispatch_recompute("masking", transcript, result.submissions), result.total)
+    transcript = json.loads(
+        json.dumps(result.transcript)
+    )  # JSON-serialisable, survives a round trip
+    np.testing.assert_array_equal(
+        recompute_from_submissions(transcript, result.submissions), result.total
+    )
+    np.testing.assert_array_equal(
+        dispatch_recompute("masking", transcript, result.submissions), result.total
+    )
 
 
 def test_auditor_detects_tampering() -> None:
@@ -444,11 +491,20 @@ def test_masking_protocol_abort_names_clients() -> None:
     updates = {f"c{i}": np.zeros(4) for i in range(5)}
     with pytest.raises(TooManyDropouts) as info:
         MaskingProtocol(codec).aggregate(
-            updates, round_id=1, round_seed=b"x" * 16, drop={"c0": "mask", "c1": "mask", "c2": "mask"}
+            updates,
+            round_id=1,
+            round_seed=b"x" * 16,
+            drop={"c0": "mask", "c1": "mask", "c2": "mask"},
         )
-    assert info.value.stage == "mask" and info.value.dropped == {"c0": "mask", "c1": "mask", "c2": "mask"}
+    assert info.value.stage == "mask" and info.value.dropped == {
+        "c0": "mask",
+        "c1": "mask",
+        "c2": "mask",
+    }
     with pytest.raises(MalformedInput, match="not in the round"):
-        MaskingProtocol(codec).aggregate(updates, round_id=1, round_seed=b"x" * 16, drop={"zz": "mask"})
+        MaskingProtocol(codec).aggregate(
+            updates, round_id=1, round_seed=b"x" * 16, drop={"zz": "mask"}
+        )
     with pytest.raises(ConfigurationError, match="max_summands"):
         MaskingProtocol(FixedPointCodec(clip=1.0, bits=16, max_summands=4)).aggregate(
             updates, round_id=1, round_seed=b"x" * 16

@@ -1,15 +1,15 @@
 """Mask PRG: AES-128-CTR keystream as uint32, chunked expansion equals the reference."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from bfl_private.protocols.errors import MalformedInput
+from bfl_private.protocols.prg import SEED_BYTES, MaskExpander, expand, new_seed
 from Crypto.Cipher import AES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
-
-from bfl_private.protocols.errors import MalformedInput
-from bfl_private.protocols.prg import SEED_BYTES, MaskExpander, expand, new_seed
 
 
 def test_keystream_matches_an_independent_aes_ctr() -> None:
@@ -27,9 +27,15 @@ def test_keystream_matches_an_independent_aes_ctr() -> None:
     n_sub=st.integers(0, 3),
     data=st.data(),
 )
-def test_chunked_apply_equals_sum_of_reference_masks(length: int, chunk: int, n_add: int, n_sub: int, data) -> None:
-    seeds = [data.draw(st.binary(min_size=SEED_BYTES, max_size=SEED_BYTES)) for _ in range(n_add + n_sub)]
-    start = np.frombuffer(data.draw(st.binary(min_size=4 * length, max_size=4 * length)), dtype=np.uint32).copy()
+def test_chunked_apply_equals_sum_of_reference_masks(
+    length: int, chunk: int, n_add: int, n_sub: int, data
+) -> None:
+    seeds = [
+        data.draw(st.binary(min_size=SEED_BYTES, max_size=SEED_BYTES)) for _ in range(n_add + n_sub)
+    ]
+    start = np.frombuffer(
+        data.draw(st.binary(min_size=4 * length, max_size=4 * length)), dtype=np.uint32
+    ).copy()
     expected = start.astype(np.int64)
     for i, seed in enumerate(seeds):
         expected += expand(seed, length) if i < n_add else -expand(seed, length).astype(np.int64)

@@ -1,13 +1,13 @@
 """FixedPointCodec: error bound, unbiasedness, overflow refusal, exact decoding."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from bfl_private.protocols.errors import ConfigurationError, MalformedInput
 from bfl_private.protocols.quantize import MODULUS, FixedPointCodec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(max_examples=40, deadline=None)
@@ -18,7 +18,9 @@ from bfl_private.protocols.quantize import MODULUS, FixedPointCodec
     length=st.integers(1, 50),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_decoded_sum_within_documented_bound(clip: float, bits: int, n: int, length: int, seed: int) -> None:
+def test_decoded_sum_within_documented_bound(
+    clip: float, bits: int, n: int, length: int, seed: int
+) -> None:
     codec = FixedPointCodec(clip=clip, bits=bits, max_summands=n)
     rng = np.random.default_rng(seed)
     values = rng.uniform(-2 * clip, 2 * clip, size=(n, length))
@@ -68,9 +70,13 @@ def test_largest_legal_configuration_reaches_but_never_wraps_the_modulus() -> No
 
 
 def test_overflow_refused_with_the_exact_limits_to_change() -> None:
-    with pytest.raises(ConfigurationError, match=r"lower bits to at most 30, or max_summands to at most 2\b"):
+    with pytest.raises(
+        ConfigurationError, match=r"lower bits to at most 30, or max_summands to at most 2\b"
+    ):
         FixedPointCodec(clip=1.0, bits=31, max_summands=4)
-    with pytest.raises(ConfigurationError, match=r"lower bits to at most 25, or max_summands to at most 64\b"):
+    with pytest.raises(
+        ConfigurationError, match=r"lower bits to at most 25, or max_summands to at most 64\b"
+    ):
         FixedPointCodec(clip=1.0, bits=26, max_summands=100)
     # The limits it names do work.
     FixedPointCodec(clip=1.0, bits=25, max_summands=100)

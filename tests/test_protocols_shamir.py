@@ -1,4 +1,5 @@
 """Shamir sharing over GF(2^256 + 297): recovery, threshold secrecy, bad shares."""
+
 from __future__ import annotations
 
 import os
@@ -7,12 +8,11 @@ import random
 import gmpy2
 import numpy as np
 import pytest
+from bfl_private.protocols import shamir
+from bfl_private.protocols.errors import MalformedInput, TooManyDropouts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ks_2samp
-
-from bfl_private.protocols import shamir
-from bfl_private.protocols.errors import MalformedInput, TooManyDropouts
 
 
 def _interpolate_at_zero(points: dict[int, int]) -> int:
@@ -51,7 +51,9 @@ def test_any_t_shares_recover_the_secret(secret: bytes, n: int, data) -> None:
 
 def test_fewer_than_t_shares_are_refused() -> None:
     shares = shamir.split(os.urandom(32), threshold=5, xs=range(1, 11))
-    with pytest.raises(TooManyDropouts, match="4 shares cannot recover a secret of threshold 5") as info:
+    with pytest.raises(
+        TooManyDropouts, match="4 shares cannot recover a secret of threshold 5"
+    ) as info:
         shamir.combine({x: shares[x] for x in (1, 2, 3, 4)}, threshold=5, secret_bytes=32)
     assert (info.value.required, info.value.available) == (5, 4)
 
@@ -66,7 +68,10 @@ def test_t_minus_one_shares_reveal_nothing() -> None:
         top_a = [s[x] >> 200 for s in a]
         top_b = [s[x] >> 200 for s in b]
         assert ks_2samp(top_a, top_b).pvalue > 1e-4
-        assert ks_2samp(top_a, np.random.default_rng(x).integers(0, shamir.PRIME >> 200, 400)).pvalue > 1e-4
+        assert (
+            ks_2samp(top_a, np.random.default_rng(x).integers(0, shamir.PRIME >> 200, 400)).pvalue
+            > 1e-4
+        )
     # Interpolating only t-1 shares lands on a random field element, not the secret.
     guess = _interpolate_at_zero({x: a[0][x] for x in (1, 2, 3)})
     assert guess != 0

@@ -220,7 +220,7 @@ def _header(kind: int, round_id: int, party: int) -> bytes:
 class _Reader:
     """Bounds-checked parser: every shortfall or leftover is a MalformedInput naming ``what``."""
 
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes | memoryview, what: str) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MalformedInput(f"{what}: expected bytes, got {type(data).__name__}")
         self.data = memoryview(data).cast("B")
@@ -251,7 +251,7 @@ class _Reader:
         count = self.u32()
         if count * (4 + width) > len(self.data) - self.pos:
             raise MalformedInput(f"{self.what}: claims {count} entries but is truncated")
-        out = []
+        out: list[tuple[int, bytes]] = []
         for _ in range(count):
             ident = self.u32()
             if out and ident <= out[-1][0]:
@@ -358,7 +358,7 @@ class MaskedInput:
             _header(cls.KIND, round_id, sender) + bytes(3) + struct.pack(">I", length),
             dtype=np.uint8,
         )
-        return memoryview(buffer), buffer[cls._PREFIX :].view("<u4")
+        return memoryview(buffer.data), buffer[cls._PREFIX :].view("<u4")
 
     def to_bytes(self) -> bytes:
         message, body = self.frame(self.round_id, self.sender, self.vector.shape[0])
@@ -639,8 +639,10 @@ class MaskingClient:
             s_share = shamir.decode_share(plaintext[8 + shamir.SHARE_BYTES :])
             self._peer_shares[sender] = (b_share, s_share)
         self._require(len(self._peer_shares), "mask", "neighbours delivered shares")
-        assert self._self_seed is not None  # set by share_keys, which _once-guards precede
-        add, subtract = [self._self_seed], []
+        if self._self_seed is None:
+            raise MalformedInput(f"client {self.index} was asked to mask before it shared its keys")
+        add: list[bytes] = [self._self_seed]
+        subtract: list[bytes] = []
         for peer in sorted(self._peer_shares):
             seed = ka.mask_seed(
                 self._mask_key,
@@ -650,10 +652,10 @@ class MaskingClient:
                 b=peer,
             )
             (add if peer > self.index else subtract).append(seed)
-        message, masked = MaskedInput.frame(self.params.round_id, self.index, self.params.length)
+        frame, masked = MaskedInput.frame(self.params.round_id, self.index, self.params.length)
         masked[:] = vector
         self._expander.apply(masked, add=add, subtract=subtract)
-        return message
+        return frame
 
     def acknowledge(self, survivor_set: bytes) -> bytes:
         """Consistency check, part 1: sign the survivor set the server announced."""

@@ -64,13 +64,17 @@ def min_quorum(validators: int) -> int:
 def genesis_keys(payload: Mapping[str, Any], *, where: str = "genesis") -> dict[str, VerifyingKey]:
     """Key id -> verifying key of every participant a genesis payload registers.
 
-    Raises MalformedRecord for an unparsable verifier key and ContractViolation when two
+    Raises MalformedRecord for an unparsable or non-canonical verifier key (so each key has
+    one spelling and one key id in the state) and ContractViolation when two
     participants share a key id (their entries could not be told apart).
     """
     keys: dict[str, VerifyingKey] = {}
     members = [payload["coordinator"], *payload["clients"], *payload["validators"]]
     for member in members:
         key = VerifyingKey.from_vkey(member["vkey"])
+        if key.vkey() != member["vkey"]:
+            raise MalformedRecord(f"{where}: verifier key of {member['id']!r} is not in "
+                                  f"canonical form {key.vkey()!r}")
         if key.key_id_hex in keys:
             raise ContractViolation(f"{where}: key id {key.key_id_hex} of {member['id']!r} "
                                     f"is already registered")

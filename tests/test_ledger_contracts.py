@@ -62,6 +62,7 @@ def test_block_zero_must_be_genesis(tmp_path: Path, federation: Federation) -> N
         ({"quorum": 5}, "outside \\[3, 4\\]"),
         ({"validators": "dup-id"}, "unique across roles"),
         ({"validators": "dup-key"}, "already registered"),
+        ({"validators": "bad-vkey"}, "bad verifier key"),
     ],
 )
 def test_genesis_registry_rules(tmp_path: Path, federation: Federation, change: dict,
@@ -70,6 +71,9 @@ def test_genesis_registry_rules(tmp_path: Path, federation: Federation, change: 
     if change.get("validators") == "dup-id":
         payload["validators"] = [*payload["validators"][:-1],
                                  {**payload["validators"][-1], "id": "client-0"}]
+    elif change.get("validators") == "bad-vkey":
+        payload["validators"] = [*payload["validators"][:-1],
+                                 {**payload["validators"][-1], "vkey": "v+00000000+AAAA"}]
     elif change.get("validators") == "dup-key":
         payload["validators"] = [*payload["validators"][:-1], payload["validators"][0]]
     else:

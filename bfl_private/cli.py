@@ -37,6 +37,7 @@ def main() -> None:
 @click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only).")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory.")
+@click.option("--budget", type=click.FloatRange(0.0, min_open=True), default=None, help="Lifetime ε budget per client (at genesis only; default 3.0).")
 @click.option("--seed", type=int, default=None, help="Seed of data split and initial model (at genesis).")
 @click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Probability that a client vanishes at a random stage.")
 @click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
@@ -79,6 +80,70 @@ def verify_command(directory: Path, as_json: bool) -> None:
     else:
         report.print(Console())
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
+
+
+@main.command("inspect")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def inspect_command(directory: Path) -> None:
+    """Print a ledger's rounds, participants, budgets and balances."""
+    from .ledger.errors import VerificationError
+    from .ledger.inspect import print_summary
+    from .ledger.store import Ledger
+
+    try:
+        with Ledger.open(directory) as ledger:
+            print_summary(ledger, Console())
+    except VerificationError as exc:
+        _fail(f"{directory}: {exc}", 2)
+
+
+@main.command("prove")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--entry", "entry_index", type=click.IntRange(0), default=None, help="Inclusion proof of this log entry.")
+@click.option("--height", type=click.IntRange(0), default=None, help="Block whose checkpoint the inclusion proof is against (default: head).")
+@click.option("--consistency", nargs=2, type=click.IntRange(0), default=None, metavar="OLD NEW", help="Consistency proof between two blocks' checkpoints.")
+def prove_command(directory: Path, entry_index: int | None, height: int | None, consistency: tuple[int, int] | None) -> None:
+    """Print an RFC 9162 inclusion or consistency proof as JSON, with its signed checkpoints."""
+    from .ledger.errors import VerificationError
+    from .ledger.inspect import consistency_proof_record, inclusion_proof_record
+    from .ledger.store import Ledger
+
+    if (entry_index is None) == (consistency is None):
+        _fail("give exactly one of --entry INDEX or --consistency OLD NEW", 2)
+    try:
+        with Ledger.open(directory) as ledger:
+            if entry_index is not None:
+                record = inclusion_proof_record(ledger, entry_index, height=height)
+            else:
+                record = consistency_proof_record(ledger, *consistency)  # type: ignore[misc]
+    except VerificationError as exc:
+        _fail(f"{directory}: {exc}", 2)
+    click.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+@main.command("check-proof")
+@click.argument("record_file", type=click.File("r"))
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Ledger directory whose genesis names the validators that must have signed the checkpoints.")
+def check_proof_command(record_file, directory: Path) -> None:
+    """Check a proof from `bfl-private prove`: validator quorum on its checkpoints, then the Merkle path."""
+    from .ledger.checkpoint import verify_note
+    from .ledger.errors import VerificationError
+    from .ledger.inspect import check_consistency_record, check_inclusion_record
+    from .ledger.store import Ledger
+
+    try:
+        record = json.load(record_file)
+        with Ledger.open(directory) as ledger:
+            state = ledger.state
+            validators, quorum = list(state.validator_keys().values()), state.quorum
+        notes = [record[k] for k in ("checkpoint", "old_checkpoint", "new_checkpoint") if k in record]
+        for note in notes:
+            verify_note(note, verifiers=validators, quorum=quorum)
+        (check_inclusion_record if "entry_index" in record else check_consistency_record)(record)
+    except (VerificationError, KeyError, TypeError, ValueError) as exc:
+        _fail(f"proof does not verify: {type(exc).__name__}: {exc}", EXIT_VERIFICATION_FAILED)
+    click.echo("proof OK: checkpoint signed by a validator quorum and the Merkle path leads to its root")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .coordinator import CommandPlan, Federation, RoundSummary, RunRefused
-from .settings import FederationSettings, ProtocolSettings, TrainingConfig
+from .settings import FederationSettings, ProtocolSettings
 
 DEFAULT_ROUNDS = 5
 
@@ -28,6 +28,7 @@ class RoundOptions:
     model: str | None = None
     protocol: str | None = None
     seed: int | None = None
+    budget: float | None = None
     dropout: float = 0.0
     malicious: int = 0
     skip_exhausted: bool = False
@@ -86,13 +87,15 @@ def _genesis_settings(options: RoundOptions) -> FederationSettings:
         data_seed=options.seed if options.seed is not None else base.data_seed,
         training=dataclasses.replace(base.training, model=options.model or base.training.model),
         protocol=ProtocolSettings(name=options.protocol or base.protocol.name),
+        privacy=dataclasses.replace(base.privacy, lifetime_epsilon=options.budget or base.privacy.lifetime_epsilon),
     )
 
 
 def _check_continuation(settings: FederationSettings, options: RoundOptions) -> None:
     """Genesis-only flags must agree with the federation they would continue."""
     fixed = {"--clients": (options.clients, settings.n_clients), "--dataset": (options.dataset, settings.dataset),
-             "--model": (options.model, settings.training.model), "--seed": (options.seed, settings.data_seed)}
+             "--model": (options.model, settings.training.model), "--seed": (options.seed, settings.data_seed),
+             "--budget": (options.budget, settings.privacy.lifetime_epsilon)}
     for flag, (asked, recorded) in fixed.items():
         if asked is not None and asked != recorded:
             raise RunRefused(f"{flag} {asked} conflicts with the federation's genesis ({recorded}); "

@@ -1353,11 +1353,19 @@ class MaskingProtocol(AggregationProtocol):
     name: ClassVar[str] = PROTOCOL
 
     def __init__(
-        self, codec: FixedPointCodec, *, neighbours: int | None = None, threshold: int | None = None
+        self,
+        codec: FixedPointCodec,
+        *,
+        neighbours: int | None = None,
+        threshold: int | None = None,
+        identities: Mapping[str, Ed25519PrivateKey] | None = None,
     ) -> None:
+        """``identities`` are the clients' registered Ed25519 keys (fresh ones when None),
+        so the transcript's identity keys can be checked against the registry."""
         self.codec = codec
         self.neighbours = neighbours
         self.threshold = threshold
+        self.identities = dict(identities) if identities is not None else None
 
     def aggregate(
         self,
@@ -1391,9 +1399,18 @@ class MaskingProtocol(AggregationProtocol):
             neighbours=self.neighbours,
             threshold=self.threshold,
         )
+        identities = None
+        if self.identities is not None:
+            missing = sorted(set(names) - set(self.identities))
+            if missing:
+                raise ConfigurationError(f"no identity key for clients {missing}")
+            identities = [self.identities[name] for name in names]
         encoded = [self.codec.encode(updates[name], rng) for name in names]
         outcome = run_round(
-            params, encoded, drop={names.index(c): s for c, s in (drop or {}).items()}
+            params,
+            encoded,
+            drop={names.index(c): s for c, s in (drop or {}).items()},
+            identities=identities,
         )
         transcript = {**outcome.transcript, "codec": self.codec.to_json()}
         included = tuple(names[i] for i in outcome.included)

@@ -509,3 +509,20 @@ def test_masking_protocol_abort_names_clients() -> None:
         MaskingProtocol(FixedPointCodec(clip=1.0, bits=16, max_summands=4)).aggregate(
             updates, round_id=1, round_seed=b"x" * 16
         )
+
+
+def test_masking_protocol_uses_registered_identity_keys() -> None:
+    codec = FixedPointCodec(clip=1.0, bits=16, max_summands=4)
+    keys = {f"c{i}": Ed25519PrivateKey.generate() for i in range(4)}
+    updates = {name: np.full(3, 0.25) for name in keys}
+    result = MaskingProtocol(codec, identities=keys).aggregate(
+        updates, round_id=2, round_seed=b"y" * 16
+    )
+    assert result.transcript["identity_keys"] == {
+        n: ka.public_bytes(k).hex() for n, k in keys.items()
+    }
+    np.testing.assert_allclose(result.total, 1.0, atol=4 * codec.step)
+    with pytest.raises(ConfigurationError, match=r"no identity key for clients \['c3'\]"):
+        MaskingProtocol(codec, identities={n: keys[n] for n in ("c0", "c1", "c2")}).aggregate(
+            updates, round_id=2, round_seed=b"y" * 16
+        )

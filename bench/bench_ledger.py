@@ -52,7 +52,9 @@ class _Federation:
         self.validators = [SigningIdentity.generate(f"v{i}") for i in range(_VALIDATORS)]
 
     def genesis(self) -> Entry:
-        member = lambda i: {"id": i.name, "vkey": i.public.vkey()}  # noqa: E731
+        def member(identity: SigningIdentity) -> dict[str, str]:
+            return {"id": identity.name, "vkey": identity.public.vkey()}
+
         return Entry.create(self.coordinator, GENESIS, 0, {
             "federation_id": "bench", "settings": {}, "quorum": 3,
             "rewards": {"reward_per_round": 1000, "penalty_invalid": 1, "penalty_dropout": 1,

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from ledger_fixtures import Federation
 
 from bfl_private.ledger.store import Ledger
@@ -48,7 +49,12 @@ def kill_writer_at_random(directory: Path, config: Path, rng: random.Random) -> 
     return committed[-1]
 
 
-def test_sigkill_mid_write_leaves_a_ledger_that_verifies_and_continues(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kills", [
+    3,
+    pytest.param(20, marks=pytest.mark.slow, id="20-kills"),
+])
+def test_sigkill_mid_write_leaves_a_ledger_that_verifies_and_continues(tmp_path: Path,
+                                                                      kills: int) -> None:
     rng = random.Random(os.getpid())
     federation = Federation(clients=6, budget=1_000.0)
     directory = tmp_path / "ledger"
@@ -56,7 +62,7 @@ def test_sigkill_mid_write_leaves_a_ledger_that_verifies_and_continues(tmp_path:
     config = tmp_path / "federation.json"
     config.write_text(json.dumps({"clients": 6, "budget": 1_000.0,
                                   "seeds": [s.hex() for s in federation.seeds()]}))
-    for _ in range(3):
+    for _ in range(kills):
         last_reported = kill_writer_at_random(directory, config, rng)
         # An auditor reads the directory as the crash left it (WAL and all).
         report = verify_ledger(directory)

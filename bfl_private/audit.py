@@ -30,10 +30,10 @@ from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_c
 from .round_checks import PrivacyHistories, RoundView, check_round_aggregate, check_round_model
 
 CANNOT_PROVE = (
-    "The ledger proves the DP-SGD parameters each client declared (σ, q, steps, C, δ), "
-    "not that the noise was actually drawn or the clipping applied on the client.",
-    "Quality attestations are the validators' own figures on their private held-out data; "
-    "the verifier checks their signatures and the quorum rule, not the figures.",
+    ("The ledger proves the DP-SGD parameters each client declared (σ, q, steps, C, δ), "
+    "not that the noise was actually drawn or the clipping applied on the client."),
+    ("Quality attestations are the validators' own figures on their private held-out data; "
+    "the verifier checks their signatures and the quorum rule, not the figures."),
 )
 
 

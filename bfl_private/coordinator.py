@@ -30,12 +30,12 @@ from .models import build_model, flatten_parameters
 from .privacy.accounting import PrivacyRecord, recorded_epsilon
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.dpsgd import sample_rate_for
-from .privacy.errors import PlanningError, PrivacyError
+from .privacy.errors import PlanningError
 from .privacy.planner import plan_noise_multiplier, planned_records
 from .protocol_setup import build_protocol
-from .round_checks import PrivacyHistories
 from .protocols.base import STAGES, Stage
 from .protocols.errors import TooManyDropouts
+from .round_checks import PrivacyHistories
 from .settings import FederationSettings
 from .validator import Validator
 
@@ -111,7 +111,7 @@ class Federation:
         return (Path(directory) / DATABASE).exists()
 
     @classmethod
-    def create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> "Federation":
+    def create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
         """Generate keys, write the genesis block, and return the new federation.
 
         A failure part-way removes what was created, so a directory never holds keys
@@ -132,7 +132,7 @@ class Federation:
             raise
 
     @classmethod
-    def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> "Federation":
+    def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
         data = load_federated(
             settings.dataset, n_clients=settings.n_clients, partition=settings.partition, alpha=settings.alpha,
             seed=settings.data_seed, n_validators=settings.n_validators, validator_fraction=0.2,
@@ -169,7 +169,7 @@ class Federation:
         return cls(directory, ledger, settings)
 
     @classmethod
-    def open(cls, directory: Path) -> "Federation":
+    def open(cls, directory: Path) -> Federation:
         ledger = Ledger.open(directory)
         settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
         return cls(Path(directory), ledger, settings)

@@ -157,7 +157,7 @@ def load_federated(
     clients = []
     for client, cid in enumerate(client_ids(n_clients)):
         idx = rng.permutation(np.flatnonzero(owner == client))
-        n_val = max(1, int(round(validation_fraction * idx.size)))
+        n_val = max(1, round(validation_fraction * idx.size))
         val, train = idx[:n_val], idx[n_val:]
         clients.append(
             ClientData(

@@ -14,10 +14,10 @@ from torch import nn
 
 from .data import ClientData, Split
 from .fedavg import next_global_model, weighted_payload
-from .settings import PrivacySettings, TrainingConfig
 from .models import build_model, flatten_parameters, load_flat
 from .privacy.accounting import PrivacyRecord
 from .protocols.base import AggregationProtocol, AggregationResult, Stage
+from .settings import PrivacySettings, TrainingConfig
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class RoundView:
     close: Entry
 
     @classmethod
-    def of(cls, entries: Sequence[Entry]) -> "RoundView | None":
+    def of(cls, entries: Sequence[Entry]) -> RoundView | None:
         """The closed round among ``entries`` (one block's worth), or None if none closes."""
         close = next((e for e in entries if e.type == ROUND_CLOSE), None)
         if close is None:

@@ -109,7 +109,7 @@ class FederationSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "FederationSettings":
+    def from_json(cls, data: dict[str, Any]) -> FederationSettings:
         try:
             nested = {
                 "training": TrainingConfig(**data["training"]),

@@ -41,7 +41,7 @@ class Validator:
     def _quality_ppm(self, params: np.ndarray) -> int:
         value = accuracy(self.settings.training.model, params, self.holdout,
                          n_features=self.n_features, n_classes=self.n_classes)
-        return int(round(value * PPM))
+        return round(value * PPM)
 
     def check_round(self, entries: Sequence[Entry], ledger: Ledger) -> RoundView:
         """Recompute the round closed in ``entries`` against the ledger so far."""
@@ -61,7 +61,7 @@ class Validator:
         view = self.check_round(entries, ledger)
         base_quality = self._quality_ppm(get_model(ledger.blobs, view.opened.payload["base_model_cid"]))
         quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
-        tolerance = int(round(self.settings.quality_tolerance * PPM))
+        tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
         return Entry.create(self.identity, ATTESTATION, view.round, {
             "validator": self.identity.name,

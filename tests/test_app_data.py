@@ -9,7 +9,7 @@ from bfl_private.data import DataError, load_federated
 def test_partitions_are_disjoint_and_cover_the_data(name, partition):
     d = load_federated(name, n_clients=7, partition=partition, seed=3)
     rows = [c.train.features for c in d.clients] + [c.validation.features for c in d.clients]
-    rows += list(v.features for v in d.validators) + [d.test.features]
+    rows += [v.features for v in d.validators] + [d.test.features]
     stacked = np.concatenate(rows)
     total = {"breast_cancer": 569, "digits": 1797}[name]
     assert stacked.shape[0] == total

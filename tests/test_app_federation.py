@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from bfl_private.protocols.errors import MalformedInput
+from bfl_private.protocols.plain import PlainProtocol, decode_submission, recompute_from_submissions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -8,10 +10,8 @@ from torch import nn
 from bfl_private.data import load_federated
 from bfl_private.fedavg import fedavg_delta, weighted_payload
 from bfl_private.federation import Aggregator, Client, LocalUpdate, accuracy
-from bfl_private.settings import TrainingConfig
 from bfl_private.models import build_model, flatten_parameters, load_flat, parameter_count
-from bfl_private.protocols.errors import MalformedInput
-from bfl_private.protocols.plain import PlainProtocol, decode_submission, recompute_from_submissions
+from bfl_private.settings import TrainingConfig
 
 
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])

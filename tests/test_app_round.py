@@ -1,0 +1,245 @@
+"""End to end: `bfl-private round` writes a federation that `bfl-private verify` accepts,
+and every kind of tampering — by a file editor or by a colluding coordinator and
+validator quorum — fails the check that names it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bfl_private.ledger.entries import SUBMISSION
+from bfl_private.ledger.errors import ContractViolation
+from bfl_private.ledger.store import DATABASE, Ledger
+from click.testing import CliRunner
+
+import bfl_private.coordinator as coordinator_module
+import bfl_private.federation as federation_module
+from bfl_private.audit import audit
+from bfl_private.cli import main
+from bfl_private.runner import RoundOptions, RunRefused, run_command
+from bfl_private.validator import Validator
+
+SMALL = {"clients": 4, "rounds": 2, "seed": 1}
+
+
+def run(directory: Path, **overrides: object):
+    options = {"epsilon": 1.0, **SMALL, **overrides}
+    return run_command(directory, RoundOptions(**options), quiet=True)
+
+
+def failed_check(directory: Path) -> tuple[int, str, str]:
+    report = audit(directory).report
+    assert not report.ok, "tampered ledger verified"
+    failure = report.failure
+    return failure.number, failure.name, failure.detail
+
+
+@pytest.fixture(scope="module")
+def masking_federation(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("fed") / "ledger"
+    run(directory, protocol="masking")
+    return directory
+
+
+@pytest.fixture
+def copy(masking_federation: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "ledger"
+    shutil.copytree(masking_federation, target)
+    return target
+
+
+@pytest.mark.parametrize("protocol", ["plain", "masking", "paillier", "ckks"])
+def test_round_then_verify_for_each_protocol(tmp_path: Path, protocol: str) -> None:
+    report = run(tmp_path / "fed", protocol=protocol)
+    assert [r.round for r in report.rounds] == [1, 2]
+    assert all(r.status in ("accepted", "rejected") for r in report.rounds)
+    result = audit(tmp_path / "fed")
+    assert result.ok, result.report.render()
+    assert [c.number for c in result.report.checks] == list(range(1, 11))
+    notes = " ".join(result.report.notes)
+    assert "noise was actually drawn" in notes
+    assert ("cannot be proven" in notes) == (protocol == "ckks")
+    epsilons = [c["epsilon"] for c in result.summary["clients"]]
+    assert all(0 < e <= 1.0 + 1e-9 for e in epsilons)
+
+
+def test_continuing_composes_privacy_and_keys_stay_private(copy: Path) -> None:
+    first = {c["id"]: c["epsilon"] for c in audit(copy).summary["clients"]}
+    run(copy, rounds=1)
+    second = {c["id"]: c["epsilon"] for c in audit(copy).summary["clients"]}
+    # Composition is exact and sub-additive: more than before, less than the sum.
+    assert all(first[c] < second[c] < first[c] + 1.0 for c in first)
+    keys = copy / "keys"
+    assert oct(keys.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys.iterdir())
+    auditor_copy = copy.parent / "auditor"
+    shutil.copytree(copy, auditor_copy, ignore=shutil.ignore_patterns("keys"))
+    assert audit(auditor_copy).ok
+
+
+def test_swapped_blob_fails_the_cid_check(copy: Path) -> None:
+    with Ledger.open(copy) as ledger:
+        submissions = [e.payload["blob_cid"] for e in ledger.entries() if e.type == SUBMISSION]
+    first, second = (copy / "blobs" / cid for cid in submissions[:2])
+    first.write_bytes(second.read_bytes())
+    number, name, detail = failed_check(copy)
+    assert (number, name) == (6, "blob CIDs") and submissions[0] in detail
+
+
+def _colluding_validators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validators that co-sign without re-checking: only the auditor is left to catch a lie."""
+    from bfl_private.round_checks import RoundView
+
+    monkeypatch.setattr(Validator, "check_round", lambda self, entries, ledger: RoundView.of(entries))
+
+
+def test_altered_aggregate_fails_the_recomputation(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _colluding_validators(monkeypatch)
+    honest = coordinator_module.put_aggregate
+    monkeypatch.setattr(coordinator_module, "put_aggregate",
+                        lambda blobs, total: honest(blobs, total + np.eye(1, total.shape[0])[0] * 1e-3))
+    run(copy, rounds=1)
+    number, name, detail = failed_check(copy)
+    assert (number, name) == (8, "aggregates recomputed") and "round 3" in detail
+
+
+def test_altered_model_fails_the_model_chain(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _colluding_validators(monkeypatch)
+    honest = federation_module.next_global_model
+    monkeypatch.setattr(federation_module, "next_global_model",
+                        lambda *a, **k: honest(*a, **k) + np.float32(0.01))
+    run(copy, rounds=1)
+    assert failed_check(copy)[:2] == (9, "model chain")
+
+
+def test_lowered_epsilon_claim_fails_the_privacy_check(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _colluding_validators(monkeypatch)
+    honest = coordinator_module.recorded_epsilon
+    with Ledger.open(copy) as ledger:
+        spent = {c: v["epsilon_spent"] for c, v in ledger.state.clients().items()}
+    # Lower, yet still above what the contract has on record, so only recomputation can tell.
+    monkeypatch.setattr(coordinator_module, "recorded_epsilon",
+                        lambda records: (honest(records) + max(spent.values())) / 2)
+    run(copy, rounds=1)
+    number, name, detail = failed_check(copy)
+    assert (number, name) == (10, "privacy claims") and "claimed cumulative ε" in detail
+
+
+def test_replayed_submission_is_refused_by_the_contract(copy: Path) -> None:
+    with Ledger.open(copy) as ledger:
+        old = next(e for e in ledger.entries() if e.type == SUBMISSION and e.round == 1)
+        with pytest.raises(ContractViolation, match="round 1"):
+            ledger.propose([old], time=int(time.time()))
+    # Written into the file behind the ledger's back, the replay breaks the log itself.
+    db = sqlite3.connect(copy / DATABASE)
+    with db:
+        (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
+        db.execute("UPDATE entries SET data = ? WHERE idx = ?", (old.to_bytes(), count - 1))
+    db.close()
+    assert failed_check(copy)[0] in (1, 3)
+
+
+def test_removed_cosignature_below_quorum_fails(copy: Path) -> None:
+    db = sqlite3.connect(copy / DATABASE)
+    with db:
+        (height,) = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        keys = [k for (k,) in db.execute("SELECT key_id FROM cosignatures WHERE height = ?", (height,))]
+        db.execute("DELETE FROM cosignatures WHERE height = ? AND key_id IN (?, ?)", (height, keys[0], keys[1]))
+    db.close()
+    number, name, detail = failed_check(copy)
+    assert (number, name) == (5, "quorum certificates") and f"block {height}" in detail
+
+
+def test_budget_exhaustion_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    directory = tmp_path / "fed"
+    run(directory, budget=1.5, rounds=1)
+    run(directory, rounds=1)  # 1.0 composed with 1.0 stays below 1.5 under PLD
+    before = (directory / DATABASE).read_bytes(), sorted(os.listdir(directory / "blobs"))
+    with pytest.raises(RunRefused, match="would exceed its lifetime privacy budget"):
+        run(directory, rounds=1)
+    assert ((directory / DATABASE).read_bytes(), sorted(os.listdir(directory / "blobs"))) == before
+    assert audit(directory).ok
+    # --skip-exhausted leaves them out instead; with nobody left, the refusal says so.
+    with pytest.raises(RunRefused, match="a round needs 2"):
+        run(directory, rounds=1, skip_exhausted=True)
+
+
+def test_dropouts_close_or_abort_and_the_ledger_verifies(tmp_path: Path) -> None:
+    report = run(tmp_path / "fed", protocol="masking", clients=8, rounds=3, dropout=0.3, seed=11)
+    assert any(r.dropouts for r in report.rounds) or any(r.status == "aborted" for r in report.rounds)
+    assert audit(tmp_path / "fed").ok
+
+
+def test_malicious_client_rejected_in_plain_mode_and_penalised(tmp_path: Path) -> None:
+    report = run(tmp_path / "fed", protocol="plain", malicious=1, rounds=1)
+    (summary,) = report.rounds
+    (culprit, reason), = summary.rejected.items()
+    assert "outside" in reason
+    result = audit(tmp_path / "fed")
+    assert result.ok
+    balances = {c["id"]: c["balance"] for c in result.summary["clients"]}
+    assert balances[culprit] == 0  # penalised, never below zero, never rewarded
+
+
+def test_cli_json_and_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = tmp_path / "fed"
+    result = runner.invoke(main, ["round", "--epsilon", "1.0", "--dir", str(directory), "--clients", "4",
+                                  "--rounds", "1", "--protocol", "plain", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["rounds"][0]["round"] == 1 and 0 <= data["rounds"][0]["test_accuracy"] <= 1
+    assert {c["id"] for c in data["clients"]} == {f"hospital-0{i}" for i in range(4)}
+    assert all(0 < c["epsilon"] <= 1.0 + 1e-9 for c in data["clients"])
+    verify = runner.invoke(main, ["verify", str(directory), "--json"])
+    assert verify.exit_code == 0 and json.loads(verify.stdout)["summary"]["rounds"] == 1
+    for args, message in [
+        (["round", "--dir", str(directory)], "give --epsilon"),
+        (["round", "--epsilon", "-1", "--dir", str(directory)], "must be > 0"),
+        (["round", "--epsilon", "1", "--rounds", "0"], "0 is not in the range"),
+        (["round", "--epsilon", "1", "--dir", str(directory), "--clients", "7"], "conflicts with the federation's genesis"),
+    ]:
+        bad = runner.invoke(main, args)
+        assert bad.exit_code in (2, 3) and message in bad.output, (args, bad.output)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    bad = runner.invoke(main, ["round", "--epsilon", "1", "--dir", str(afile)])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_kill_9_mid_round_leaves_a_verifiable_ledger_that_continues(tmp_path: Path) -> None:
+    directory = tmp_path / "fed"
+    run(directory, rounds=1, budget=50.0)
+    command = [sys.executable, "-m", "bfl_private.cli", "round", "--epsilon", "3", "--rounds", "50",
+               "--dir", str(directory), "--json"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            db = sqlite3.connect(f"file:{directory / DATABASE}?mode=ro", uri=True)
+            (height,) = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+            db.close()
+            if height >= 3:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # somewhere inside the next round
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert audit(directory).ok
+    with Ledger.open(directory) as ledger:
+        height_after_crash = ledger.height
+        assert ledger.state.open_round is None or ledger.state.open_round.get("status") != "open"
+    run(directory, rounds=1, epsilon=1.0)
+    with Ledger.open(directory) as ledger:
+        assert ledger.height == height_after_crash + 1
+    assert audit(directory).ok

@@ -263,6 +263,9 @@ class _Audit:
             raise ChainError(f"the last block ends at entry {size}, but {len(self.entries)} "
                              f"entries are stored (log truncated or extended)")
         trusted = self.trusted()
+        if trusted is not None and trusted.origin != origin:
+            raise ChainError(f"the trusted checkpoint is for log {trusted.origin!r}, this "
+                             f"ledger is {origin!r}")
         if trusted is not None and trusted.size > size:
             raise ChainError(f"the trusted checkpoint has {trusted.size} entries, this ledger "
                              f"only {size}: it was truncated")

@@ -16,6 +16,7 @@ from ledger_fixtures import Federation, build_ledger
 
 from bfl_private.ledger.blocks import BlockHeader
 from bfl_private.ledger.canonical import canonical_bytes
+from bfl_private.ledger.checkpoint import Checkpoint, sign_note
 from bfl_private.ledger.contracts import LedgerState
 from bfl_private.ledger.entries import SUBMISSION, Entry
 from bfl_private.ledger.errors import (
@@ -366,3 +367,12 @@ def test_random_bit_flips_in_the_database_file(pristine, tmp_path: Path) -> None
         report = run_checks(target)  # any failure is a VerificationError inside the report
         if inside:
             assert not report.ok, f"flip at byte {position} inside an entry went unnoticed"
+
+
+def test_trusted_checkpoint_of_another_log(pristine) -> None:
+    directory, federation = pristine
+    with Ledger.open(directory) as ledger:
+        head = ledger.head
+    other = Checkpoint("bfl-private/other-fed", head.size, head.root).body()
+    note = sign_note(other, list(federation.validators.values()))
+    expect_failure(directory, 2, ChainError, match="other-fed", trusted_checkpoint=note)

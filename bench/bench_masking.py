@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 from bfl_private.protocols.errors import TooManyDropouts
-from bfl_private.protocols.masking import neighbour_graph, secure_sum
+from bfl_private.protocols.masking import secure_sum
+from bfl_private.protocols.masking_graph import neighbour_graph
 from bfl_private.protocols.prg import DEFAULT_CHUNK_WORDS, new_seed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 

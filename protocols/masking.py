@@ -43,6 +43,10 @@ object: parameters, graph seed, signed key advertisements, revealed self-mask se
 survivors, revealed mask keys of dropped clients, survivor and dropout sets, SHA-256 of
 the total). :func:`recompute_total` re-derives the total bit for bit from it and the
 masked vectors; the server uses the very same unmasking routine.
+
+Modules: :mod:`.masking_graph` (parameters, graph), :mod:`.masking_messages` (typed
+messages and their canonical encoding), :mod:`.keyagreement`, :mod:`.shamir`,
+:mod:`.prg`; this module holds the parties, the runner and the auditor's path.
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,404 +75,24 @@ from .errors import (
     ReplayedMessage,
     TooManyDropouts,
 )
+from .masking_graph import MaskingParams
+from .masking_messages import (
+    SERVER,
+    Acknowledgements,
+    KeyAdvertisement,
+    MaskedInput,
+    SealedShares,
+    SurvivorSet,
+    UnmaskResponse,
+    check_round,
+    share_associated_data,
+    survivor_payload,
+)
 from .prg import SEED_BYTES, MaskExpander
 from .quantize import FixedPointCodec
 
 PROTOCOL = "masking"
 TRANSCRIPT_VERSION = 1
-SERVER = 0xFFFFFFFF
-"""The party number of the server in message headers."""
-
-# ---------------------------------------------------------------------------------------
-# Parameters and the neighbour graph
-
-
-def default_threshold(neighbours: int) -> int:
-    """t = floor(2k/3) + 1 (see the module docstring for the rule)."""
-    return 2 * neighbours // 3 + 1
-
-
-def _permutation(n: int, seed: bytes) -> list[int]:
-    """Fisher–Yates driven by SHA-256 in counter mode: stable across library versions."""
-    order = list(range(n))
-    counter = 0
-    pool = b""
-
-    def draw() -> int:
-        nonlocal counter, pool
-        if len(pool) < 8:
-            pool += hashlib.sha256(
-                b"bfl-private/secagg/v1/graph" + seed + counter.to_bytes(8, "big")
-            ).digest()
-            counter += 1
-        value, pool = int.from_bytes(pool[:8], "big"), pool[8:]
-        return value
-
-    for i in range(n - 1, 0, -1):
-        bound = (1 << 64) - (1 << 64) % (i + 1)  # rejection sampling: no modulo bias
-        value = draw()
-        while value >= bound:
-            value = draw()
-        j = value % (i + 1)
-        order[i], order[j] = order[j], order[i]
-    return order
-
-
-def neighbour_graph(n: int, k: int, seed: bytes) -> tuple[tuple[int, ...], ...]:
-    """Sorted neighbour lists of the Harary graph H(k, n) on a seed-permuted ring."""
-    if k >= n - 1:
-        return tuple(tuple(v for v in range(n) if v != u) for u in range(n))
-    ring = _permutation(n, seed)
-    adjacent: list[set[int]] = [set() for _ in range(n)]
-
-    def join(p: int, q: int) -> None:
-        a, b = ring[p % n], ring[q % n]
-        adjacent[a].add(b)
-        adjacent[b].add(a)
-
-    for p in range(n):
-        for d in range(1, k // 2 + 1):
-            join(p, p + d)
-    if k % 2:
-        half = (n + 1) // 2
-        for p in range(half):
-            join(p, p + half)
-    return tuple(tuple(sorted(s)) for s in adjacent)
-
-
-@dataclass(frozen=True)
-class MaskingParams:
-    """Public parameters of one masking round, fixed before the first message."""
-
-    round_id: int
-    round_seed: bytes
-    clients: tuple[str, ...]
-    """Client names; a client's index in this tuple is its party number."""
-    length: int
-    neighbours: int
-    threshold: int
-    complete: bool
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        round_id: int,
-        round_seed: bytes,
-        clients: Sequence[str],
-        length: int,
-        neighbours: int | None = None,
-        threshold: int | None = None,
-    ) -> MaskingParams:
-        """Validate and fix the round's parameters (see the module docstring for k and t)."""
-        n = len(clients)
-        if len(set(clients)) != n:
-            raise ConfigurationError("client names must be distinct")
-        if n < 3:
-            raise ConfigurationError(
-                f"masking needs at least 3 clients (threshold >= 2 of >= 2 neighbours), got {n}"
-            )
-        if not 0 <= round_id < 1 << 64:
-            raise ConfigurationError(f"round_id must fit in 64 bits, got {round_id}")
-        if not isinstance(round_seed, (bytes, bytearray)) or len(round_seed) < 16:
-            raise ConfigurationError("round_seed must be at least 16 bytes")
-        if length < 1:
-            raise ConfigurationError(f"vector length must be >= 1, got {length}")
-        if neighbours is not None and neighbours < 2:
-            raise ConfigurationError(
-                f"neighbours must be >= 2 (or None for the complete graph), got {neighbours}"
-            )
-        complete = neighbours is None or neighbours >= n - 1
-        k = n - 1 if complete else int(neighbours)  # type: ignore[arg-type]
-        t = default_threshold(k) if threshold is None else int(threshold)
-        if not (max(2, k // 2 + 1) <= t <= k):
-            raise ConfigurationError(
-                f"threshold {t} must satisfy k/2 < t <= k and t >= 2 for k = {k} neighbours: "
-                f"choose t in {max(2, k // 2 + 1)}..{k}"
-            )
-        return cls(round_id, bytes(round_seed), tuple(clients), int(length), k, t, complete)
-
-    @cached_property
-    def graph(self) -> tuple[tuple[int, ...], ...]:
-        return neighbour_graph(len(self.clients), self.neighbours, self.round_seed)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round_id,
-            "round_seed": self.round_seed.hex(),
-            "clients": list(self.clients),
-            "length": self.length,
-            "neighbours": None if self.complete else self.neighbours,
-            "threshold": self.threshold,
-        }
-
-
-# ---------------------------------------------------------------------------------------
-# Wire format: MAGIC ‖ kind u8 ‖ round u64 ‖ party u32 ‖ body, all integers big-endian,
-# id lists strictly increasing (so each message has exactly one encoding).
-
-_MAGIC = b"BSA1"
-_HEADER = struct.Struct(">4sBQI")
-_SEALED_SHARE_BYTES = ka.NONCE_BYTES + 8 + 2 * shamir.SHARE_BYTES + ka.TAG_BYTES
-
-
-def _header(kind: int, round_id: int, party: int) -> bytes:
-    return _HEADER.pack(_MAGIC, kind, round_id, party)
-
-
-class _Reader:
-    """Bounds-checked parser: every shortfall or leftover is a MalformedInput naming ``what``."""
-
-    def __init__(self, data: bytes | memoryview, what: str) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise MalformedInput(f"{what}: expected bytes, got {type(data).__name__}")
-        self.data = memoryview(data).cast("B")
-        self.pos = 0
-        self.what = what
-
-    def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.data):
-            raise MalformedInput(
-                f"{self.what}: truncated at byte {self.pos} (needs {n} more, has {len(self.data) - self.pos})"
-            )
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
-
-    def header(self, kind: int) -> tuple[int, int]:
-        magic, got, round_id, party = _HEADER.unpack(self.take(_HEADER.size))
-        if magic != _MAGIC or got != kind:
-            raise MalformedInput(
-                f"{self.what}: not a message of this kind (magic {magic!r}, kind {got}, expected {kind})"
-            )
-        return round_id, party
-
-    def items(self, width: int) -> tuple[tuple[int, bytes], ...]:
-        count = self.u32()
-        if count * (4 + width) > len(self.data) - self.pos:
-            raise MalformedInput(f"{self.what}: claims {count} entries but is truncated")
-        out: list[tuple[int, bytes]] = []
-        for _ in range(count):
-            ident = self.u32()
-            if out and ident <= out[-1][0]:
-                raise MalformedInput(f"{self.what}: party {ident} listed twice or out of order")
-            out.append((ident, bytes(self.take(width))))
-        return tuple(out)
-
-    def ids(self) -> tuple[int, ...]:
-        return tuple(ident for ident, _ in self.items(0))
-
-    def done(self) -> None:
-        if self.pos != len(self.data):
-            raise MalformedInput(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
-
-
-def _pack_items(items: Sequence[tuple[int, bytes]]) -> bytes:
-    return struct.pack(">I", len(items)) + b"".join(
-        struct.pack(">I", i) + data for i, data in items
-    )
-
-
-def _pack_ids(ids: Sequence[int]) -> bytes:
-    return _pack_items([(i, b"") for i in sorted(ids)])
-
-
-@dataclass(frozen=True)
-class KeyAdvertisement:
-    """Stage 1, client -> server -> neighbours: the two public keys, signed."""
-
-    KIND: ClassVar[int] = 1
-    round_id: int
-    sender: int
-    cipher_key: bytes
-    mask_key: bytes
-    signature: bytes
-
-    def signed_bytes(self) -> bytes:
-        return _header(self.KIND, self.round_id, self.sender) + self.cipher_key + self.mask_key
-
-    def to_bytes(self) -> bytes:
-        return self.signed_bytes() + self.signature
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> KeyAdvertisement:
-        r = _Reader(data, "key advertisement")
-        round_id, sender = r.header(cls.KIND)
-        keys = bytes(r.take(2 * ka.KEY_BYTES))
-        signature = bytes(r.take(ka.SIGNATURE_BYTES))
-        r.done()
-        return cls(round_id, sender, keys[: ka.KEY_BYTES], keys[ka.KEY_BYTES :], signature)
-
-
-@dataclass(frozen=True)
-class SealedShares:
-    """Stage 2: sealed share pairs, from a sender (kind 2) or delivered to a receiver (kind 3).
-
-    ``party`` is the sender of a bundle or the receiver of a delivery; ``items`` maps the
-    other end (receiver, resp. sender) to the sealed (b-share, s-share) pair.
-    """
-
-    kind: int
-    round_id: int
-    party: int
-    items: tuple[tuple[int, bytes], ...]
-
-    BUNDLE: ClassVar[int] = 2
-    DELIVERY: ClassVar[int] = 3
-
-    def to_bytes(self) -> bytes:
-        return _header(self.kind, self.round_id, self.party) + _pack_items(self.items)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, kind: int) -> SealedShares:
-        r = _Reader(data, "share bundle" if kind == cls.BUNDLE else "share delivery")
-        round_id, party = r.header(kind)
-        items = r.items(_SEALED_SHARE_BYTES)
-        r.done()
-        return cls(kind, round_id, party, items)
-
-
-@dataclass(frozen=True)
-class MaskedInput:
-    """Stage 3, client -> server: the masked uint32 vector.
-
-    Layout: header ‖ 3 zero bytes ‖ length u32 ‖ length little-endian uint32 words; the
-    padding puts the words on a 4-byte boundary so both ends use them in place.
-    """
-
-    KIND: ClassVar[int] = 4
-    _PREFIX: ClassVar[int] = _HEADER.size + 3 + 4
-    round_id: int
-    sender: int
-    vector: np.ndarray
-
-    @classmethod
-    def frame(cls, round_id: int, sender: int, length: int) -> tuple[memoryview, np.ndarray]:
-        """A message buffer and the uint32 view of its body, to mask the input in place.
-
-        Building the message where the vector is computed avoids copying megabytes into
-        a fresh ``bytes`` object (whose page faults cost more than the copy).
-        """
-        buffer = np.empty(cls._PREFIX + 4 * length, dtype=np.uint8)
-        buffer[: cls._PREFIX] = np.frombuffer(
-            _header(cls.KIND, round_id, sender) + bytes(3) + struct.pack(">I", length),
-            dtype=np.uint8,
-        )
-        return memoryview(buffer.data), buffer[cls._PREFIX :].view("<u4")
-
-    def to_bytes(self) -> bytes:
-        message, body = self.frame(self.round_id, self.sender, self.vector.shape[0])
-        body[:] = self.vector
-        return message.tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes | memoryview) -> MaskedInput:
-        r = _Reader(data, "masked input")
-        round_id, sender = r.header(cls.KIND)
-        if bytes(r.take(3)) != bytes(3):
-            raise MalformedInput(f"masked input of client {sender}: padding bytes must be zero")
-        length = r.u32()
-        vector = np.frombuffer(r.take(4 * length), dtype="<u4")
-        r.done()
-        return cls(round_id, sender, vector)
-
-
-@dataclass(frozen=True)
-class SurvivorSet:
-    """Stage 4, server -> clients: U3, the clients whose masked input arrived."""
-
-    KIND: ClassVar[int] = 5
-    round_id: int
-    survivors: tuple[int, ...]
-
-    def to_bytes(self) -> bytes:
-        return _header(self.KIND, self.round_id, SERVER) + _pack_ids(self.survivors)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SurvivorSet:
-        r = _Reader(data, "survivor set")
-        round_id, _ = r.header(cls.KIND)
-        survivors = r.ids()
-        r.done()
-        return cls(round_id, survivors)
-
-
-@dataclass(frozen=True)
-class Acknowledgements:
-    """Stage 4: one client's signature over U3 (kind 6), or the server's list of them (kind 7)."""
-
-    kind: int
-    round_id: int
-    party: int
-    signatures: tuple[tuple[int, bytes], ...]
-
-    SINGLE: ClassVar[int] = 6
-    LIST: ClassVar[int] = 7
-
-    def to_bytes(self) -> bytes:
-        return _header(self.kind, self.round_id, self.party) + _pack_items(self.signatures)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, kind: int) -> Acknowledgements:
-        r = _Reader(data, "survivor-set signature" if kind == cls.SINGLE else "signature list")
-        round_id, party = r.header(kind)
-        signatures = r.items(ka.SIGNATURE_BYTES)
-        r.done()
-        if kind == cls.SINGLE and [i for i, _ in signatures] != [party]:
-            raise MalformedInput(
-                f"survivor-set signature of client {party} must carry exactly its own signature"
-            )
-        return cls(kind, round_id, party, signatures)
-
-
-@dataclass(frozen=True)
-class UnmaskResponse:
-    """Stage 4, client -> server: b-shares of surviving and s-shares of dropped neighbours."""
-
-    KIND: ClassVar[int] = 8
-    round_id: int
-    sender: int
-    self_mask_shares: tuple[tuple[int, bytes], ...]
-    mask_key_shares: tuple[tuple[int, bytes], ...]
-
-    def to_bytes(self) -> bytes:
-        return (
-            _header(self.KIND, self.round_id, self.sender)
-            + _pack_items(self.self_mask_shares)
-            + _pack_items(self.mask_key_shares)
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> UnmaskResponse:
-        r = _Reader(data, "unmask response")
-        round_id, sender = r.header(cls.KIND)
-        b_shares = r.items(shamir.SHARE_BYTES)
-        s_shares = r.items(shamir.SHARE_BYTES)
-        r.done()
-        if {i for i, _ in b_shares} & {i for i, _ in s_shares}:
-            raise MalformedInput(
-                f"unmask response of client {sender} reveals both shares of one peer"
-            )
-        return cls(round_id, sender, b_shares, s_shares)
-
-
-def _survivor_payload(round_id: int, survivors: Sequence[int]) -> bytes:
-    return b"survivors" + struct.pack(">Q", round_id) + _pack_ids(survivors)
-
-
-def _share_associated(round_id: int, sender: int, receiver: int) -> bytes:
-    return b"shares" + struct.pack(">QII", round_id, sender, receiver)
-
-
-def _check_round(params: MaskingParams, round_id: int, what: str) -> None:
-    if round_id != params.round_id:
-        raise ReplayedMessage(
-            f"{what} is bound to round {round_id}, this is round {params.round_id}"
-        )
-
 
 # ---------------------------------------------------------------------------------------
 # Unmasking: shared by the server and by the public recomputation.
@@ -593,7 +216,9 @@ class MaskingClient:
                 (
                     peer,
                     ka.seal(
-                        key, plaintext, _share_associated(self.params.round_id, self.index, peer)
+                        key,
+                        plaintext,
+                        share_associated_data(self.params.round_id, self.index, peer),
                     ),
                 )
             )
@@ -613,7 +238,7 @@ class MaskingClient:
                 f"input of client {self.index} has length {vector.shape[0]}, expected {self.params.length}"
             )
         message = SealedShares.from_bytes(delivery, SealedShares.DELIVERY)
-        _check_round(self.params, message.round_id, f"share delivery to client {self.index}")
+        check_round(self.params, message.round_id, f"share delivery to client {self.index}")
         if message.party != self.index:
             raise MalformedInput(
                 f"share delivery addressed to client {message.party} reached client {self.index}"
@@ -631,7 +256,10 @@ class MaskingClient:
                 receiver=self.index,
             )
             plaintext = ka.open_sealed(
-                key, sealed, _share_associated(self.params.round_id, sender, self.index), what=what
+                key,
+                sealed,
+                share_associated_data(self.params.round_id, sender, self.index),
+                what=what,
             )
             if struct.unpack(">II", plaintext[:8]) != (sender, self.index):
                 raise MalformedInput(f"{what}: sealed payload names another sender or receiver")
@@ -661,7 +289,7 @@ class MaskingClient:
         """Consistency check, part 1: sign the survivor set the server announced."""
         self._once("acknowledge")
         message = SurvivorSet.from_bytes(survivor_set)
-        _check_round(self.params, message.round_id, "survivor set")
+        check_round(self.params, message.round_id, "survivor set")
         survivors = frozenset(message.survivors)
         if self.index not in survivors:
             raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
@@ -672,7 +300,7 @@ class MaskingClient:
         self._require(len(survivors), "unmask", "survivors announced")
         self._survivors = message.survivors
         signature = ka.sign(
-            self._identity, _survivor_payload(self.params.round_id, message.survivors)
+            self._identity, survivor_payload(self.params.round_id, message.survivors)
         )
         return Acknowledgements(
             Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
@@ -686,8 +314,8 @@ class MaskingClient:
             )
         self._once("unmask")
         message = Acknowledgements.from_bytes(signature_list, Acknowledgements.LIST)
-        _check_round(self.params, message.round_id, "signature list")
-        payload = _survivor_payload(self.params.round_id, self._survivors)
+        check_round(self.params, message.round_id, "signature list")
+        payload = survivor_payload(self.params.round_id, self._survivors)
         verified = 0
         for signer, signature in message.signatures:
             if signer not in self._survivors:
@@ -730,7 +358,7 @@ def _verify_advertisement(
     params: MaskingParams, identity_keys: Sequence[bytes], data: bytes
 ) -> KeyAdvertisement:
     advert = KeyAdvertisement.from_bytes(data)
-    _check_round(params, advert.round_id, f"key advertisement of client {advert.sender}")
+    check_round(params, advert.round_id, f"key advertisement of client {advert.sender}")
     if advert.sender >= len(params.clients):
         raise MalformedInput(f"key advertisement from unknown client {advert.sender}")
     ka.verify(
@@ -883,7 +511,7 @@ class MaskingServer:
     def receive_shares(self, data: bytes) -> None:
         self._expect("share", "share bundle")
         bundle = SealedShares.from_bytes(data, SealedShares.BUNDLE)
-        _check_round(self.params, bundle.round_id, f"share bundle of client {bundle.party}")
+        check_round(self.params, bundle.round_id, f"share bundle of client {bundle.party}")
         self._admit(bundle.party, self.advertised, self._bundles, "share bundle")
         expected = [v for v in self.params.graph[bundle.party] if v in self.advertised]
         if [v for v, _ in bundle.items] != expected:
@@ -914,7 +542,7 @@ class MaskingServer:
     def receive_masked_input(self, data: bytes | memoryview) -> None:
         self._expect("mask", "masked input")
         message = MaskedInput.from_bytes(data)
-        _check_round(self.params, message.round_id, f"masked input of client {message.sender}")
+        check_round(self.params, message.round_id, f"masked input of client {message.sender}")
         self._admit(message.sender, self.shared, self._masked, "masked input")
         if message.vector.shape[0] != self.params.length:
             raise MalformedInput(
@@ -943,7 +571,7 @@ class MaskingServer:
     def receive_acknowledgement(self, data: bytes) -> None:
         self._expect("acknowledge", "survivor-set signature")
         message = Acknowledgements.from_bytes(data, Acknowledgements.SINGLE)
-        _check_round(
+        check_round(
             self.params, message.round_id, f"survivor-set signature of client {message.party}"
         )
         self._admit(message.party, self.survivors, self._acks, "survivor-set signature")
@@ -951,7 +579,7 @@ class MaskingServer:
         ka.verify(
             self.identity_keys[message.party],
             signature,
-            _survivor_payload(self.params.round_id, sorted(self.survivors)),
+            survivor_payload(self.params.round_id, sorted(self.survivors)),
             what=f"survivor-set signature of client {message.party}",
         )
         self._acks[message.party] = signature
@@ -970,7 +598,7 @@ class MaskingServer:
     def receive_unmask(self, data: bytes) -> None:
         self._expect("unmask", "unmask response")
         response = UnmaskResponse.from_bytes(data)
-        _check_round(self.params, response.round_id, f"unmask response of client {response.sender}")
+        check_round(self.params, response.round_id, f"unmask response of client {response.sender}")
         self._admit(response.sender, self.acknowledged, self._responses, "unmask response")
         peers = [v for v in self.params.graph[response.sender] if v in self.shared]
         expected_b = [v for v in peers if v in self.survivors]
@@ -1450,8 +1078,6 @@ __all__ = [
     "MaskingProtocol",
     "MaskingServer",
     "SecureSumResult",
-    "default_threshold",
-    "neighbour_graph",
     "recompute_from_submissions",
     "recompute_total",
     "run_round",

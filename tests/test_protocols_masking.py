@@ -20,21 +20,21 @@ from bfl_private.protocols.errors import (
     TooManyDropouts,
 )
 from bfl_private.protocols.masking import (
-    Acknowledgements,
-    KeyAdvertisement,
-    MaskedInput,
     MaskingClient,
-    MaskingParams,
     MaskingProtocol,
     MaskingServer,
-    SealedShares,
-    SurvivorSet,
-    UnmaskResponse,
-    default_threshold,
-    neighbour_graph,
     recompute_from_submissions,
     recompute_total,
     secure_sum,
+)
+from bfl_private.protocols.masking_graph import MaskingParams, default_threshold, neighbour_graph
+from bfl_private.protocols.masking_messages import (
+    Acknowledgements,
+    KeyAdvertisement,
+    MaskedInput,
+    SealedShares,
+    SurvivorSet,
+    UnmaskResponse,
 )
 from bfl_private.protocols.quantize import FixedPointCodec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -1,0 +1,289 @@
+"""Typed messages of the masking protocol and their one canonical byte encoding.
+
+Every message is ``MAGIC ‖ kind u8 ‖ round u64 ‖ party u32 ‖ body``, integers big-endian,
+id lists strictly increasing, so each message has exactly one encoding and anything else
+(truncation, trailing bytes, disorder, a duplicate entry, a foreign kind) is refused on
+receipt with a :class:`MalformedInput` naming the message and the byte offset.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from . import keyagreement as ka
+from . import shamir
+from .errors import MalformedInput, ReplayedMessage
+from .masking_graph import MaskingParams
+
+SERVER = 0xFFFFFFFF
+"""The party number of the server in message headers."""
+
+# Wire format: MAGIC ‖ kind u8 ‖ round u64 ‖ party u32 ‖ body, all integers big-endian,
+# id lists strictly increasing (so each message has exactly one encoding).
+
+_MAGIC = b"BSA1"
+_HEADER = struct.Struct(">4sBQI")
+_SEALED_SHARE_BYTES = ka.NONCE_BYTES + 8 + 2 * shamir.SHARE_BYTES + ka.TAG_BYTES
+
+
+def _header(kind: int, round_id: int, party: int) -> bytes:
+    return _HEADER.pack(_MAGIC, kind, round_id, party)
+
+
+class _Reader:
+    """Bounds-checked parser: every shortfall or leftover is a MalformedInput naming ``what``."""
+
+    def __init__(self, data: bytes | memoryview, what: str) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MalformedInput(f"{what}: expected bytes, got {type(data).__name__}")
+        self.data = memoryview(data).cast("B")
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > len(self.data):
+            raise MalformedInput(
+                f"{self.what}: truncated at byte {self.pos} (needs {n} more, has {len(self.data) - self.pos})"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def header(self, kind: int) -> tuple[int, int]:
+        magic, got, round_id, party = _HEADER.unpack(self.take(_HEADER.size))
+        if magic != _MAGIC or got != kind:
+            raise MalformedInput(
+                f"{self.what}: not a message of this kind (magic {magic!r}, kind {got}, expected {kind})"
+            )
+        return round_id, party
+
+    def items(self, width: int) -> tuple[tuple[int, bytes], ...]:
+        count = self.u32()
+        if count * (4 + width) > len(self.data) - self.pos:
+            raise MalformedInput(f"{self.what}: claims {count} entries but is truncated")
+        out: list[tuple[int, bytes]] = []
+        for _ in range(count):
+            ident = self.u32()
+            if out and ident <= out[-1][0]:
+                raise MalformedInput(f"{self.what}: party {ident} listed twice or out of order")
+            out.append((ident, bytes(self.take(width))))
+        return tuple(out)
+
+    def ids(self) -> tuple[int, ...]:
+        return tuple(ident for ident, _ in self.items(0))
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise MalformedInput(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _pack_items(items: Sequence[tuple[int, bytes]]) -> bytes:
+    return struct.pack(">I", len(items)) + b"".join(
+        struct.pack(">I", i) + data for i, data in items
+    )
+
+
+def _pack_ids(ids: Sequence[int]) -> bytes:
+    return _pack_items([(i, b"") for i in sorted(ids)])
+
+
+@dataclass(frozen=True)
+class KeyAdvertisement:
+    """Stage 1, client -> server -> neighbours: the two public keys, signed."""
+
+    KIND: ClassVar[int] = 1
+    round_id: int
+    sender: int
+    cipher_key: bytes
+    mask_key: bytes
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return _header(self.KIND, self.round_id, self.sender) + self.cipher_key + self.mask_key
+
+    def to_bytes(self) -> bytes:
+        return self.signed_bytes() + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyAdvertisement:
+        r = _Reader(data, "key advertisement")
+        round_id, sender = r.header(cls.KIND)
+        keys = bytes(r.take(2 * ka.KEY_BYTES))
+        signature = bytes(r.take(ka.SIGNATURE_BYTES))
+        r.done()
+        return cls(round_id, sender, keys[: ka.KEY_BYTES], keys[ka.KEY_BYTES :], signature)
+
+
+@dataclass(frozen=True)
+class SealedShares:
+    """Stage 2: sealed share pairs, from a sender (kind 2) or delivered to a receiver (kind 3).
+
+    ``party`` is the sender of a bundle or the receiver of a delivery; ``items`` maps the
+    other end (receiver, resp. sender) to the sealed (b-share, s-share) pair.
+    """
+
+    kind: int
+    round_id: int
+    party: int
+    items: tuple[tuple[int, bytes], ...]
+
+    BUNDLE: ClassVar[int] = 2
+    DELIVERY: ClassVar[int] = 3
+
+    def to_bytes(self) -> bytes:
+        return _header(self.kind, self.round_id, self.party) + _pack_items(self.items)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: int) -> SealedShares:
+        r = _Reader(data, "share bundle" if kind == cls.BUNDLE else "share delivery")
+        round_id, party = r.header(kind)
+        items = r.items(_SEALED_SHARE_BYTES)
+        r.done()
+        return cls(kind, round_id, party, items)
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Stage 3, client -> server: the masked uint32 vector.
+
+    Layout: header ‖ 3 zero bytes ‖ length u32 ‖ length little-endian uint32 words; the
+    padding puts the words on a 4-byte boundary so both ends use them in place.
+    """
+
+    KIND: ClassVar[int] = 4
+    _PREFIX: ClassVar[int] = _HEADER.size + 3 + 4
+    round_id: int
+    sender: int
+    vector: np.ndarray
+
+    @classmethod
+    def frame(cls, round_id: int, sender: int, length: int) -> tuple[memoryview, np.ndarray]:
+        """A message buffer and the uint32 view of its body, to mask the input in place.
+
+        Building the message where the vector is computed avoids copying megabytes into
+        a fresh ``bytes`` object (whose page faults cost more than the copy).
+        """
+        buffer = np.empty(cls._PREFIX + 4 * length, dtype=np.uint8)
+        buffer[: cls._PREFIX] = np.frombuffer(
+            _header(cls.KIND, round_id, sender) + bytes(3) + struct.pack(">I", length),
+            dtype=np.uint8,
+        )
+        return memoryview(buffer.data), buffer[cls._PREFIX :].view("<u4")
+
+    def to_bytes(self) -> bytes:
+        message, body = self.frame(self.round_id, self.sender, self.vector.shape[0])
+        body[:] = self.vector
+        return message.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> MaskedInput:
+        r = _Reader(data, "masked input")
+        round_id, sender = r.header(cls.KIND)
+        if bytes(r.take(3)) != bytes(3):
+            raise MalformedInput(f"masked input of client {sender}: padding bytes must be zero")
+        length = r.u32()
+        vector = np.frombuffer(r.take(4 * length), dtype="<u4")
+        r.done()
+        return cls(round_id, sender, vector)
+
+
+@dataclass(frozen=True)
+class SurvivorSet:
+    """Stage 4, server -> clients: U3, the clients whose masked input arrived."""
+
+    KIND: ClassVar[int] = 5
+    round_id: int
+    survivors: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return _header(self.KIND, self.round_id, SERVER) + _pack_ids(self.survivors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SurvivorSet:
+        r = _Reader(data, "survivor set")
+        round_id, _ = r.header(cls.KIND)
+        survivors = r.ids()
+        r.done()
+        return cls(round_id, survivors)
+
+
+@dataclass(frozen=True)
+class Acknowledgements:
+    """Stage 4: one client's signature over U3 (kind 6), or the server's list of them (kind 7)."""
+
+    kind: int
+    round_id: int
+    party: int
+    signatures: tuple[tuple[int, bytes], ...]
+
+    SINGLE: ClassVar[int] = 6
+    LIST: ClassVar[int] = 7
+
+    def to_bytes(self) -> bytes:
+        return _header(self.kind, self.round_id, self.party) + _pack_items(self.signatures)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: int) -> Acknowledgements:
+        r = _Reader(data, "survivor-set signature" if kind == cls.SINGLE else "signature list")
+        round_id, party = r.header(kind)
+        signatures = r.items(ka.SIGNATURE_BYTES)
+        r.done()
+        if kind == cls.SINGLE and [i for i, _ in signatures] != [party]:
+            raise MalformedInput(
+                f"survivor-set signature of client {party} must carry exactly its own signature"
+            )
+        return cls(kind, round_id, party, signatures)
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Stage 4, client -> server: b-shares of surviving and s-shares of dropped neighbours."""
+
+    KIND: ClassVar[int] = 8
+    round_id: int
+    sender: int
+    self_mask_shares: tuple[tuple[int, bytes], ...]
+    mask_key_shares: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        return (
+            _header(self.KIND, self.round_id, self.sender)
+            + _pack_items(self.self_mask_shares)
+            + _pack_items(self.mask_key_shares)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskResponse:
+        r = _Reader(data, "unmask response")
+        round_id, sender = r.header(cls.KIND)
+        b_shares = r.items(shamir.SHARE_BYTES)
+        s_shares = r.items(shamir.SHARE_BYTES)
+        r.done()
+        if {i for i, _ in b_shares} & {i for i, _ in s_shares}:
+            raise MalformedInput(
+                f"unmask response of client {sender} reveals both shares of one peer"
+            )
+        return cls(round_id, sender, b_shares, s_shares)
+
+
+def survivor_payload(round_id: int, survivors: Sequence[int]) -> bytes:
+    return b"survivors" + struct.pack(">Q", round_id) + _pack_ids(survivors)
+
+
+def share_associated_data(round_id: int, sender: int, receiver: int) -> bytes:
+    return b"shares" + struct.pack(">QII", round_id, sender, receiver)
+
+
+def check_round(params: MaskingParams, round_id: int, what: str) -> None:
+    if round_id != params.round_id:
+        raise ReplayedMessage(
+            f"{what} is bound to round {round_id}, this is round {params.round_id}"
+        )

@@ -118,12 +118,16 @@ def train_dp(
         raise ConfigurationError(f"features must be (n, d) and labels (n,), got {x.shape} and {y.shape}")
     if not np.all(np.isfinite(x)):
         raise ConfigurationError("features contain NaN or infinity")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise ConfigurationError(f"labels must be non-negative integers, got dtype {y.dtype}")
     if optimizer not in OPTIMIZERS:
         raise ConfigurationError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigurationError(f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, got {grad_sample_mode!r}")
     if not (math.isfinite(learning_rate) and learning_rate > 0) or not 0 <= momentum < 1:
         raise ConfigurationError(f"need learning_rate > 0 and 0 <= momentum < 1, got {learning_rate!r}, {momentum!r}")
+    if optimizer == "adam" and momentum:
+        raise ConfigurationError("momentum applies to optimizer='sgd' only (Adam keeps its own moments)")
     # The record validates σ, q, steps, C, δ and the accountant before any training.
     record = PrivacyRecord(
         noise_multiplier=noise_multiplier,

@@ -85,6 +85,7 @@ def test_empty_poisson_batches_still_take_noisy_steps() -> None:
         ({"sample_rate": 1 / 80}, ConfigurationError, r"expected batch size n·q = 60·0.0125 < 1"),
         ({"grad_sample_mode": "ew"}, ConfigurationError, "grad_sample_mode must be one of"),
         ({"optimizer": "lbfgs"}, ConfigurationError, "optimizer must be one of"),
+        ({"optimizer": "adam", "momentum": 0.9}, ConfigurationError, "momentum applies to optimizer='sgd' only"),
         ({"learning_rate": float("nan")}, ConfigurationError, "need learning_rate > 0"),
         ({"noise_multiplier": 0.0}, MalformedPrivacyRecord, "noise_multiplier must be > 0"),
         ({"steps": 0}, MalformedPrivacyRecord, "steps must be an integer >= 1"),
@@ -103,6 +104,8 @@ def test_bad_data_is_refused() -> None:
     kwargs = dict(noise_multiplier=1.0, clipping_norm=1.0, sample_rate=0.2, steps=5, learning_rate=0.1, seed=0)
     with pytest.raises(ConfigurationError, match=r"features must be \(n, d\)"):
         train_dp(build_model("logreg", 5, 2), x, y[:-1], **kwargs)
+    with pytest.raises(ConfigurationError, match="labels must be non-negative integers"):
+        train_dp(build_model("logreg", 5, 2), x, y.astype(np.float32), **kwargs)
     x[3, 2] = np.nan
     with pytest.raises(ConfigurationError, match="NaN or infinity"):
         train_dp(build_model("logreg", 5, 2), x, y, **kwargs)

@@ -62,6 +62,13 @@ def check_delta(delta: Any, *, where: str) -> float:
     return float(delta)
 
 
+def resolve_interval(accountant: str, value_discretization_interval: float | None) -> float | None:
+    """The PLD discretisation to use: the default when PLD is asked for without one; as given otherwise."""
+    if accountant == "pld" and value_discretization_interval is None:
+        return DEFAULT_PLD_DISCRETIZATION
+    return value_discretization_interval
+
+
 def check_accountant(accountant: str, value_discretization_interval: float | None, *, where: str) -> None:
     """Accountant name and parameters that :func:`cumulative_epsilon` can honour exactly."""
     if accountant not in ACCOUNTANTS:
@@ -90,13 +97,17 @@ class PrivacyRecord:
     clipping_norm: float
     delta: float = DEFAULT_DELTA
     accountant: str = "pld"
-    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION
+    value_discretization_interval: float | None = None
+    """PLD only; None means :data:`DEFAULT_PLD_DISCRETIZATION` for PLD (stored explicitly) and stays None for RDP."""
     mechanism: str = MECHANISM
     neighboring_relation: str = NEIGHBORING_RELATION
     library: str = LIBRARY
     library_version: str = field(default=LIBRARY_VERSION)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "value_discretization_interval", resolve_interval(self.accountant, self.value_discretization_interval)
+        )
         _validate(self.to_json(), where="PrivacyRecord")
         for name in ("noise_multiplier", "sample_rate", "clipping_norm", "delta"):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -202,8 +213,9 @@ def _event(mechanisms: Mechanisms) -> dp_accounting.DpEvent:
     )
 
 
-def make_accountant(accountant: str = "pld", *, value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION) -> dp_accounting.PrivacyAccountant:
+def make_accountant(accountant: str = "pld", *, value_discretization_interval: float | None = None) -> dp_accounting.PrivacyAccountant:
     """A fresh ``dp-accounting`` accountant (add/remove-one neighbouring relation)."""
+    value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="accountant")
     relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     if accountant == "pld":
@@ -225,15 +237,17 @@ def cumulative_epsilon(
     *,
     delta: float,
     accountant: str = "pld",
-    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION,
+    value_discretization_interval: float | None = None,
 ) -> float:
     """ε at ``delta`` of the composition of every record in ``records`` (0.0 for none).
 
-    For ``accountant="rdp"`` pass ``value_discretization_interval=None``.
+    ``value_discretization_interval`` is the PLD accountant's (None: the default);
+    it must stay None for RDP.
     Results are memoised on the canonical history: the planner, the budget check and
     the verifier ask for the same histories many times.
     """
     delta = check_delta(delta, where="cumulative_epsilon")
+    value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="cumulative_epsilon")
     return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval)
 

@@ -29,7 +29,7 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .accounting import DEFAULT_DELTA, DEFAULT_PLD_DISCRETIZATION, PrivacyRecord
+from .accounting import DEFAULT_DELTA, PrivacyRecord
 from .errors import ConfigurationError, PrivacyError
 
 OPTIMIZERS = ("sgd", "adam")
@@ -40,7 +40,8 @@ break the accounting (an empty batch must still release pure noise)."""
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 """Fastest correct mode for the Linear/Tanh models in ``bfl_private.models``, measured in
 ``bench/bench_dpsgd.py``: hooks compute a Linear layer's per-sample gradients with one
-einsum; functorch's vmap costs about twice as much per step on these tiny batches."""
+einsum; functorch's vmap took 1.7-2.1x as long per epoch on these tiny batches, and
+ghost clipping (two backward passes) about 2.3x per step."""
 
 
 def sample_rate_for(n_records: int, *, batch_size: int) -> float:
@@ -102,7 +103,7 @@ def train_dp(
     momentum: float = 0.0,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     accountant: str = "pld",
-    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION,
+    value_discretization_interval: float | None = None,
     opacus_accountant: str = "prv",
 ) -> DPTrainingResult:
     """Train a copy of ``model`` for ``steps`` DP-SGD steps on (``features``, ``labels``).

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 import dp_accounting
 
 from .accounting import (
-    DEFAULT_PLD_DISCRETIZATION,
     PrivacyRecord,
     check_accountant,
     check_delta,
     cumulative_epsilon,
     history_event,
     make_accountant,
+    resolve_interval,
 )
 from .errors import ConfigurationError, PlanningError
 
@@ -49,7 +49,7 @@ def planned_records(
     clipping_norm: float = 1.0,
     delta: float,
     accountant: str = "pld",
-    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION,
+    value_discretization_interval: float | None = None,
 ) -> list[PrivacyRecord]:
     """The records ``rounds`` rounds of DP-SGD with these parameters will write."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -75,7 +75,7 @@ def plan_noise_multiplier(
     rounds: int,
     history: Sequence[PrivacyRecord] = (),
     accountant: str = "pld",
-    value_discretization_interval: float | None = DEFAULT_PLD_DISCRETIZATION,
+    value_discretization_interval: float | None = None,
     tolerance: float = 1e-4,
 ) -> float:
     """The smallest σ (within ``tolerance``) with ``cumulative_epsilon(history + planned) <= target_epsilon``.
@@ -87,6 +87,7 @@ def plan_noise_multiplier(
     if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < float("inf")):
         raise ConfigurationError(f"target_epsilon must be a positive finite number, got {target_epsilon!r}")
     delta = check_delta(delta, where="plan_noise_multiplier")
+    value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="plan_noise_multiplier")
     if not 0 < tolerance < 0.1:
         raise ConfigurationError(f"tolerance must be in (0, 0.1), got {tolerance!r}")

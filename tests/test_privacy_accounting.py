@@ -62,7 +62,7 @@ def test_full_batch_gaussian_matches_closed_form(sigma: float, steps: int) -> No
     expected = analytic_gaussian_epsilon(sigma / math.sqrt(steps), DELTA)
     pld = cumulative_epsilon([record(sigma, 1.0, steps)], delta=DELTA)
     assert expected <= pld <= expected * 1.002  # PLD is a pessimistic, tight bound
-    rdp = cumulative_epsilon([record(sigma, 1.0, steps)], delta=DELTA, accountant="rdp", value_discretization_interval=None)
+    rdp = cumulative_epsilon([record(sigma, 1.0, steps)], delta=DELTA, accountant="rdp")
     assert rdp >= pld
 
 
@@ -78,7 +78,7 @@ def test_heterogeneous_history_matches_accountant_fed_event_by_event() -> None:
     rdp_engine = __import__("dp_accounting").rdp.RdpAccountant()
     for r in HISTORY:
         rdp_engine.compose(history_event([r]))
-    rdp = cumulative_epsilon(HISTORY, delta=DELTA, accountant="rdp", value_discretization_interval=None)
+    rdp = cumulative_epsilon(HISTORY, delta=DELTA, accountant="rdp")
     assert rdp == pytest.approx(rdp_engine.get_epsilon(DELTA), rel=1e-9)
 
 
@@ -105,7 +105,7 @@ def test_bad_delta_and_accountant_are_refused() -> None:
     with pytest.raises(MalformedPrivacyRecord, match="accountant must be one of"):
         cumulative_epsilon(HISTORY, delta=DELTA, accountant="moments")
     with pytest.raises(MalformedPrivacyRecord, match="must be null for 'rdp'"):
-        cumulative_epsilon(HISTORY, delta=DELTA, accountant="rdp")
+        cumulative_epsilon(HISTORY, delta=DELTA, accountant="rdp", value_discretization_interval=1e-3)
 
 
 def test_record_json_round_trips_exactly() -> None:

@@ -17,8 +17,7 @@ def spend(sigma: float, *, q: float, steps: int, rounds: int, history=(), **kwar
         noise_multiplier=sigma, sample_rate=q, steps_per_round=steps, rounds=rounds, delta=DELTA, **kwargs
     )
     acc = kwargs.get("accountant", "pld")
-    vdi = kwargs.get("value_discretization_interval", 1e-3)
-    return cumulative_epsilon(records, delta=DELTA, accountant=acc, value_discretization_interval=vdi)
+    return cumulative_epsilon(records, delta=DELTA, accountant=acc)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,7 +45,7 @@ def test_plan_never_overshoots_and_lands_within_one_percent(target, q, steps, ro
 
 
 def test_rdp_plan_never_overshoots() -> None:
-    kwargs = {"accountant": "rdp", "value_discretization_interval": None}
+    kwargs = {"accountant": "rdp"}
     sigma = plan_noise_multiplier(target_epsilon=1.0, delta=DELTA, sample_rate=0.2, steps_per_round=10, rounds=5, **kwargs)
     achieved = spend(sigma, q=0.2, steps=10, rounds=5, **kwargs)
     assert 0.99 <= achieved <= 1.0

@@ -39,15 +39,14 @@ import numpy as np
 from bfl_private.protocols.masking import secure_sum
 from bfl_private.protocols.masking_graph import default_threshold
 from bfl_private.protocols.quantize import FixedPointCodec
-
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.client import Client, NumPyClient
-from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.compat.common import recorddict_compat as compat
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
 from flwr.server import ServerConfig
@@ -136,7 +135,7 @@ class _VectorClient(NumPyClient):
     def __init__(self, vector: np.ndarray) -> None:
         self.vector = vector
 
-    def fit(self, parameters, config):  # noqa: ANN001, ANN201 - Flower's NumPyClient signature
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         return [self.vector], 1, {}
 
 

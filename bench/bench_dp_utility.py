@@ -44,7 +44,7 @@ class Recipe:
     server_learning_rate: float = 1.0
     epsilon: float = 1.0
     delta: float = 1e-5
-    update_bound: float = 10.0
+    update_bound: float = 1.0
     """Per-coordinate bound of a weighted update (the secure-aggregation encoding range)."""
     accountant: str = "pld"
 

@@ -65,3 +65,21 @@ class StorageError(VerificationError):
 
 class SemanticCheckError(VerificationError):
     """A semantic hook (aggregate, model, epsilon recomputation) found a false claim."""
+
+
+class EVMError(VerificationError):
+    """Base class of failures on the EVM chain that anchors the ledger (ledger.chain)."""
+
+
+class ChainRevert(EVMError):
+    """A contract call reverted (eth-tester's TransactionFailed or a node's
+    ContractLogicError); the message carries the contract's reason."""
+
+
+class ChainUnavailable(EVMError):
+    """No node answers at the URL, or no anchor contract runs at the address."""
+
+
+class ChainMismatch(EVMError):
+    """What the chain holds (anchored headers, finality, epsilon, balances) differs from
+    the ledger."""

@@ -1,0 +1,23 @@
+"""Named errors of the Flower transport, inside the protocols' error tree.
+
+A ClientApp that raises one of these answers the ServerApp with a Flower error reply
+whose reason names the class and the message; the server counts that hospital as a
+dropout of the stage, exactly as if it had vanished.
+"""
+from __future__ import annotations
+
+from ..protocols.errors import MalformedInput, ProtocolError, ReplayedMessage
+
+
+class StageMessageError(MalformedInput):
+    """A stage message that is malformed: a missing or mistyped field, a foreign round or
+    federation, a round opening not signed by the coordinator, an unknown client."""
+
+
+class OutOfOrderMessage(ReplayedMessage):
+    """A stage message that does not follow the stage this hospital completed last
+    (a replay, a skipped stage, or a stage of a round it never opened)."""
+
+
+class HospitalConfigError(ProtocolError, ValueError):
+    """A SuperNode's node config, key, genesis or data file that cannot be used."""

@@ -1,0 +1,371 @@
+"""One hospital's side of the round: its identity key, its data, its privacy history.
+
+A SuperNode is started with a node config naming the hospital's folder (see
+:mod:`.setup` for how an operator exports one per hospital)::
+
+    hospital-dir   folder with identity.ed25519 (0600, raw 32-byte Ed25519 seed),
+                   genesis.json (the federation's signed genesis entry) and the
+                   hospital's privacy-history.json (created on first training)
+    data-path      optional: the hospital's records, .npz or .csv (default:
+                   hospital-dir/data.npz)
+    partition-id, num-partitions
+                   optional, demos: use this partition of the federation's bundled
+                   dataset instead of a data file
+
+Data files. NPZ: ``features`` (n, d) float and ``labels`` (n,) integer, loaded without
+pickle. CSV: a header row, d feature columns, the last column the integer label. Features
+must be standardised with the federation's agreed statistics (as :mod:`bfl_private.data`
+does for the bundled datasets); labels must lie in the federation's label space.
+
+Each handler takes the stage's fields and this hospital's saved round state and returns
+the reply fields and the new state; nothing here imports ``flwr``, and torch is imported
+only in the ``mask`` stage, where the hospital trains.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+
+from ..data import DATASETS, Split, load_federated
+from ..fedavg import weighted_payload
+from ..ledger.canonical import canonical_bytes
+from ..ledger.cid import cid_for
+from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
+from ..ledger.errors import VerificationError
+from ..ledger.identity import SigningIdentity, VerifyingKey
+from ..privacy.accounting import PrivacyRecord, recorded_epsilon
+from ..privacy.errors import BudgetExceeded, PrivacyError
+from ..protocols.errors import ConfigurationError
+from ..protocols.masking import encode_submission
+from ..protocols.masking_graph import MaskingParams
+from ..protocols.masking_messages import MaskedInput
+from ..protocols.quantize import FixedPointCodec
+from ..settings import FederationSettings, SettingsError
+from .errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
+from .masking_state import PersistentMaskingClient
+from .stages import REQUEST_FIELDS, STAGES, check_fields
+
+IDENTITY_FILE = "identity.ed25519"
+GENESIS_FILE = "genesis.json"
+DATA_FILE = "data.npz"
+HISTORY_FILE = "privacy-history.json"
+ROUND_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What a hospital knows of its federation: the genesis entry's public registry."""
+
+    federation_id: str
+    settings: FederationSettings
+    coordinator: VerifyingKey
+    clients: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def from_genesis(cls, data: bytes, *, where: str) -> Registry:
+        """Parse the genesis entry and check its signature under the coordinator key it names."""
+        try:
+            entry = Entry.from_bytes(data, where=where)
+            if entry.type != GENESIS:
+                raise HospitalConfigError(f"{where}: a {entry.type} entry, not the genesis entry")
+            coordinator = VerifyingKey.from_vkey(entry.payload["coordinator"]["vkey"])
+            entry.verify(coordinator, where=where)
+            settings = FederationSettings.from_json(entry.payload["settings"])
+        except (VerificationError, SettingsError) as exc:
+            raise HospitalConfigError(f"{where}: {exc}") from exc
+        return cls(entry.payload["federation_id"], settings, coordinator,
+                   {c["id"]: c for c in entry.payload["clients"]})
+
+    def key(self, client: str) -> VerifyingKey:
+        if client not in self.clients:
+            raise StageMessageError(f"client {client!r} is not registered in federation {self.federation_id}")
+        return VerifyingKey.from_vkey(self.clients[client]["vkey"])
+
+    def n_classes(self) -> int:
+        """Size of the federation's label space (its dataset's classes)."""
+        return int(np.max(DATASETS[self.settings.dataset]().target)) + 1
+
+
+def load_data_file(path: Path, *, n_classes: int) -> Split:
+    """A hospital's records from .npz (``features``, ``labels``) or .csv (label last)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if set(archive.files) != {"features", "labels"}:
+                    raise HospitalConfigError(f"{path}: expected arrays 'features' and 'labels', found {sorted(archive.files)}")
+                features, labels = archive["features"], archive["labels"]
+        elif path.suffix == ".csv":
+            table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+            features, labels = table[:, :-1], table[:, -1]
+            if not np.array_equal(labels, np.round(labels)):
+                raise HospitalConfigError(f"{path}: the last column (label) must hold integers")
+        else:
+            raise HospitalConfigError(f"{path}: data files are .npz or .csv, got {path.suffix or 'no suffix'}")
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, HospitalConfigError):
+            raise
+        raise HospitalConfigError(f"{path}: cannot read data: {exc}") from exc
+    if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0] or labels.shape[0] < 1:
+        raise HospitalConfigError(f"{path}: features {features.shape} and labels {labels.shape} must be (n, d) and (n,), n >= 1")
+    if not np.issubdtype(features.dtype, np.number) or not np.all(np.isfinite(features)):
+        raise HospitalConfigError(f"{path}: features must be finite numbers")
+    if not np.issubdtype(labels.dtype, np.number) or labels.min() < 0 or labels.max() >= n_classes:
+        raise HospitalConfigError(f"{path}: labels must be integers in 0..{n_classes - 1}")
+    return Split(features.astype(np.float32), labels.astype(np.int64))
+
+
+def _config(node_config: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = node_config.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise HospitalConfigError(f"node config {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _RoundState:
+    round: int
+    done: str
+    open: bytes
+    seed: bytes
+    length: int
+    client: bytes
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes({"v": ROUND_STATE_VERSION, "round": self.round, "done": self.done,
+                                "open": self.open.hex(), "seed": self.seed.hex(), "length": self.length,
+                                "client": self.client.decode("utf-8")})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _RoundState:
+        try:
+            s = json.loads(data)
+            if s["v"] != ROUND_STATE_VERSION or s["done"] not in STAGES:
+                raise StageMessageError(f"saved round state has version {s['v']!r} or stage {s['done']!r}")
+            return cls(int(s["round"]), s["done"], bytes.fromhex(s["open"]), bytes.fromhex(s["seed"]),
+                       int(s["length"]), s["client"].encode("utf-8"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, StageMessageError):
+                raise
+            raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+class Hospital:
+    """One federation client on its own machine."""
+
+    def __init__(self, *, raw_key: bytes, registry: Registry, data: Callable[[], Split], history_path: Path) -> None:
+        """``data`` loads the records when first needed (only the ``mask`` stage trains)."""
+        key = Ed25519PrivateKey.from_private_bytes(raw_key)
+        public = key.public_key().public_bytes_raw()
+        names = [c for c in registry.clients if registry.key(c).public_bytes() == public]
+        if len(names) != 1:
+            raise HospitalConfigError(f"the identity key is not registered in federation {registry.federation_id}")
+        self.name = names[0]
+        self._key = key
+        self.identity = SigningIdentity.from_private_bytes(self.name, raw_key)
+        self.registry = registry
+        self._load_data = data
+        self.history_path = Path(history_path)
+
+    @cached_property
+    def data(self) -> Split:
+        return self._load_data()
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> Hospital:
+        """Load the hospital named by a SuperNode's node config (see the module docstring)."""
+        folder = Path(_config(node_config, "hospital-dir", str))
+        key_path = folder / IDENTITY_FILE
+        try:
+            if key_path.stat().st_mode & 0o077:
+                raise HospitalConfigError(f"{key_path} is readable by others; chmod 600 {key_path}")
+            raw_key = key_path.read_bytes()
+            genesis = (folder / GENESIS_FILE).read_bytes()
+        except OSError as exc:
+            raise HospitalConfigError(f"hospital-dir {folder}: {exc}") from exc
+        if len(raw_key) != 32:
+            raise HospitalConfigError(f"{key_path} must hold a raw 32-byte Ed25519 seed, has {len(raw_key)} bytes")
+        registry = Registry.from_genesis(genesis, where=str(folder / GENESIS_FILE))
+        history = folder / HISTORY_FILE
+        if "partition-id" in node_config:
+            settings = registry.settings
+            partitions = _config(node_config, "num-partitions", int)
+            pid = _config(node_config, "partition-id", int)
+            if partitions != settings.n_clients or not 0 <= pid < partitions:
+                raise HospitalConfigError(f"partition-id {pid} of num-partitions {partitions}: the federation has "
+                                          f"{settings.n_clients} partitions (0..{settings.n_clients - 1})")
+            hospital: Hospital
+
+            def partition() -> Split:
+                part = load_federated(settings.dataset, n_clients=settings.n_clients, partition=settings.partition,
+                                      alpha=settings.alpha, seed=settings.data_seed,
+                                      n_validators=settings.n_validators, validator_fraction=0.2).clients[pid]
+                if hospital.name != part.client_id:
+                    raise HospitalConfigError(f"partition {pid} belongs to {part.client_id}, the key to {hospital.name}")
+                return part.train
+
+            hospital = cls(raw_key=raw_key, registry=registry, data=partition, history_path=history)
+            return hospital
+        data_path = Path(_config(node_config, "data-path", str)) if "data-path" in node_config else folder / DATA_FILE
+        return cls(raw_key=raw_key, registry=registry, history_path=history,
+                   data=lambda: load_data_file(data_path, n_classes=registry.n_classes()))
+
+    # --- privacy history -------------------------------------------------------------
+
+    def history(self) -> list[PrivacyRecord]:
+        """Every DP training this hospital has released an update of, oldest first."""
+        if not self.history_path.exists():
+            return []
+        try:
+            records = json.loads(self.history_path.read_text())
+            return [PrivacyRecord.from_json(r, where=f"{self.history_path} record {i}") for i, r in enumerate(records)]
+        except (OSError, ValueError, TypeError, PrivacyError) as exc:
+            raise HospitalConfigError(f"{self.history_path}: unreadable privacy history: {exc}") from exc
+
+    def _record_spend(self, record: PrivacyRecord) -> None:
+        records = [r.to_json() for r in self.history()] + [record.to_json()]
+        temporary = self.history_path.with_name(self.history_path.name + ".tmp")
+        temporary.write_text(json.dumps(records, indent=1))
+        os.replace(temporary, self.history_path)
+
+    # --- stages ----------------------------------------------------------------------
+
+    def handle(self, fields: Mapping[str, Any], state: bytes | None) -> tuple[dict[str, Any], bytes | None]:
+        """Answer one stage message; returns the reply fields and the state to keep (None: round over).
+
+        Raises :class:`StageMessageError` for a malformed message, :class:`OutOfOrderMessage`
+        for one that does not follow this hospital's last stage, and the protocol's named
+        errors (bad signature, too many dropouts, exceeded budget) otherwise.
+        """
+        stage = fields.get("stage") if isinstance(fields, Mapping) else None
+        if stage not in STAGES:
+            raise StageMessageError(f"{self.name}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        fields = check_fields(fields, REQUEST_FIELDS[stage], where=f"{stage} request to {self.name}")
+        if fields["federation"] != self.registry.federation_id:
+            raise StageMessageError(f"{stage} request to {self.name} is for federation {fields['federation']!r}, "
+                                    f"this hospital belongs to {self.registry.federation_id!r}")
+        saved = _RoundState.from_bytes(state) if state is not None else None
+        if stage == "advertise":
+            if saved is not None and fields["round"] <= saved.round:
+                raise OutOfOrderMessage(f"{self.name}: advertise request for round {fields['round']} after round "
+                                        f"{saved.round} was opened here")
+            return self._advertise(fields)
+        if saved is None:
+            raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}, no round is open here")
+        expected = STAGES[STAGES.index(saved.done) + 1] if saved.done != STAGES[-1] else None
+        if fields["round"] != saved.round or stage != expected:
+            raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}; this hospital "
+                                    f"expects {expected} of round {saved.round}")
+        opened = self._opening(saved.open, saved.round)
+        params = self._params(opened, saved.seed, saved.length)
+        client = PersistentMaskingClient.from_state(saved.client, params, identity=self._key,
+                                                    identity_keys=self._identity_keys(params))
+        if stage == "share":
+            reply = {"shares": client.share_keys(fields["advertisements"])}
+        elif stage == "mask":
+            reply = self._mask(client, opened, fields)
+        elif stage == "acknowledge":
+            reply = {"acknowledgement": client.acknowledge(fields["survivors"])}
+        else:
+            return {"unmask": client.unmask(fields["signatures"])}, None
+        return reply, _RoundState(saved.round, stage, saved.open, saved.seed, saved.length, client.to_state()).to_bytes()
+
+    def _opening(self, data: bytes, round_id: int) -> Entry:
+        where = f"round opening sent to {self.name}"
+        try:
+            entry = Entry.from_bytes(data, where=where)
+            entry.verify(self.registry.coordinator, where=where)
+        except VerificationError as exc:
+            raise StageMessageError(str(exc)) from exc
+        if entry.type != ROUND_OPEN or entry.round != round_id:
+            raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round}, expected round_open of round {round_id}")
+        if entry.payload["protocol"] != "masking":
+            raise StageMessageError(f"{where}: protocol {entry.payload['protocol']!r}; over Flower this release runs masking")
+        if self.name not in entry.payload["participants"]:
+            raise StageMessageError(f"{where}: {self.name} is not among the participants")
+        return entry
+
+    def _params(self, opened: Entry, seed: bytes, length: int) -> MaskingParams:
+        try:
+            return MaskingParams.create(round_id=opened.round, round_seed=seed, clients=opened.payload["participants"],
+                                        length=length, neighbours=opened.payload["protocol_params"].get("neighbours"))
+        except (ConfigurationError, TypeError) as exc:
+            raise StageMessageError(f"round {opened.round} parameters sent to {self.name}: {exc}") from exc
+
+    def _identity_keys(self, params: MaskingParams) -> list[bytes]:
+        return [self.registry.key(c).public_bytes() for c in params.clients]
+
+    def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        opened = self._opening(fields["round-open"], fields["round"])
+        params = self._params(opened, fields["round-seed"], fields["length"])
+        client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
+                                         identity_keys=self._identity_keys(params))
+        reply = {"client": self.name, "advertisement": client.advertise()}
+        state = _RoundState(opened.round, "advertise", fields["round-open"], fields["round-seed"],
+                            fields["length"], client.to_state())
+        return reply, state.to_bytes()
+
+    def _base_model(self, opened: Entry, blob: bytes, length: int) -> np.ndarray:
+        where = f"base model of round {opened.round} sent to {self.name}"
+        if cid_for(blob) != opened.payload["base_model_cid"]:
+            raise StageMessageError(f"{where}: CID {cid_for(blob)} is not the opening's {opened.payload['base_model_cid']}")
+        try:
+            tensors = load_safetensors(blob)
+        except (SafetensorError, ValueError) as exc:
+            raise StageMessageError(f"{where}: not a safetensors blob: {exc}") from exc
+        params = tensors.get("params")
+        if set(tensors) != {"params"} or params.dtype != np.float32 or params.shape != (length - 1,):
+            raise StageMessageError(f"{where}: expected one float32 tensor 'params' of {length - 1} values")
+        return params
+
+    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
+        from ..data import ClientData
+        from ..federation import Client, train_private
+        from ..privacy.planner import planned_records
+
+        settings = self.registry.settings
+        base = self._base_model(opened, fields["model"], client.params.length)
+        sigma = opened.payload["privacy_plan"]["noise_multipliers"].get(self.name)
+        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
+            raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
+        records = len(self.data)
+        privacy = settings.privacy
+        rate = privacy.sample_rate  # the federation's Poisson rate, as the coordinator plans it
+        planned = planned_records(noise_multiplier=sigma, sample_rate=rate, steps_per_round=settings.training.local_steps,
+                                  rounds=1, clipping_norm=privacy.clipping_norm, delta=privacy.delta,
+                                  accountant=privacy.accountant)[0]
+        history = self.history()
+        spent = recorded_epsilon(history) if history else 0.0
+        projected = recorded_epsilon(history + [planned])
+        budget = float(self.registry.clients[self.name]["epsilon_budget"])
+        if projected > budget:
+            raise BudgetExceeded(self.name, spent=spent, projected=projected, budget=budget)
+        empty = Split(np.zeros((0, self.data.features.shape[1]), np.float32), np.zeros(0, np.int64))
+        local = Client(ClientData(self.name, self.data, empty), n_features=self.data.features.shape[1],
+                       n_classes=self.registry.n_classes())
+        update = train_private(local, base, settings.training, privacy, noise_multiplier=float(sigma),
+                               sample_rate=rate, seed=secrets.randbits(31))
+        max_records = max(int(c["data_weight"]) for c in self.registry.clients.values())
+        vector = weighted_payload(update.delta, records=records, max_records=max_records,
+                                  bound=settings.training.update_bound)
+        codec = FixedPointCodec.from_json(dict(opened.payload["protocol_params"]["codec"]))
+        frame = bytes(client.mask_input(codec.encode(vector, np.random.default_rng()), fields["delivery"]))
+        blob = encode_submission(MaskedInput.from_bytes(frame).vector)
+        submission = Entry.create(self.identity, SUBMISSION, opened.round, {
+            "client": self.name, "blob_cid": cid_for(blob), "data_weight": records,
+            "privacy": update.privacy.to_json(),
+        })
+        self._record_spend(update.privacy)  # the update leaves this machine now: its ε is spent
+        return {"masked-input": frame, "submission": submission.to_bytes()}

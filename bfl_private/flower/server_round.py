@@ -1,0 +1,268 @@
+"""The server side of one private round when the hospitals are remote.
+
+The ServerApp drives this with Flower's grid; tests and the benchmark drive it with
+:class:`LoopbackTransport`. Either way the round writes exactly the ledger records that
+:meth:`bfl_private.coordinator.Federation.run_round` writes in-process — ``round_open``,
+each survivor's ``submission`` (signed here by the hospital itself, on its own machine),
+``round_close`` with the unmasking transcript, the validators' attestations and a block
+with their quorum certificate — or an ``abort`` when too few hospitals remain, so
+``bfl-private verify`` checks it unchanged.
+
+A hospital that does not answer a stage within the transport's timeout, answers with an
+error, or answers with anything that fails a check (a named error is logged) is a dropout
+from that stage on, as in :func:`bfl_private.protocols.masking.run_round`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..artifacts import put_aggregate, put_model
+from ..coordinator import COORDINATOR, CommandPlan, Federation, RoundSummary
+from ..fedavg import next_global_model
+from ..ledger.cid import cid_for
+from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from ..ledger.errors import VerificationError
+from ..ledger.identity import VerifyingKey
+from ..privacy.accounting import PrivacyRecord, recorded_epsilon
+from ..privacy.errors import PrivacyError
+from ..protocol_setup import build_protocol
+from ..protocols.errors import ProtocolError, TooManyDropouts
+from ..protocols.masking import PROTOCOL, MaskingServer, encode_submission
+from ..protocols.masking_graph import MaskingParams
+from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
+from .errors import StageMessageError
+from .stages import check_reply, request
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A node's error reply: why it could not answer (Flower's error reason)."""
+
+    reason: str
+
+
+class Transport(Protocol):
+    """Delivers one stage's requests to nodes and collects their replies."""
+
+    def nodes(self) -> list[int]:
+        """The nodes currently connected."""
+        ...
+
+    def exchange(self, stage: str, requests: Mapping[int, Mapping[str, Any]], *,
+                 round_id: int) -> Mapping[int, Mapping[str, Any] | Failure]:
+        """Send each node its request; return the replies that came back in time
+        (a node absent from the result did not answer)."""
+        ...
+
+
+def _entry_failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class FlowerRound:
+    """One round over a transport; :meth:`run` returns the same summary as the coordinator."""
+
+    def __init__(self, federation: Federation, plan: CommandPlan, transport: Transport, *,
+                 log: Callable[[str], None] = lambda line: None) -> None:
+        self.federation = federation
+        self.plan = plan
+        self.transport = transport
+        self.log = log
+        self.round_id = federation.ledger.state.last_round + 1
+        self.participants = sorted(plan.clients)
+        self.node_of: dict[str, int] = {}
+        self.failures: dict[str, str] = {}
+
+    # --- exchanges --------------------------------------------------------------------
+
+    def _exchange(self, stage: str, requests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Send each client its request; return the well-formed replies by client name."""
+        by_node = {self.node_of[c]: r for c, r in requests.items()}
+        client_of = {n: c for c, n in self.node_of.items()}
+        replies = self.transport.exchange(stage, by_node, round_id=self.round_id)
+        good: dict[str, dict[str, Any]] = {}
+        for node, reply in replies.items():
+            client = client_of.get(node)
+            if client is None or node not in by_node:
+                continue
+            if isinstance(reply, Failure):
+                self.failures[client] = f"{stage}: {reply.reason}"
+                self.log(f"round {self.round_id}: {client} failed at stage {stage}: {reply.reason}")
+                continue
+            try:
+                good[client] = check_reply(stage, reply, where=f"{stage} reply of {client}")
+            except StageMessageError as exc:
+                self.failures[client] = f"{stage}: {exc}"
+                self.log(f"round {self.round_id}: refused the {stage} reply of {client}: {exc}")
+        self.log(f"round {self.round_id}: stage {stage} answered by {len(good)} of {len(requests)}")
+        return good
+
+    def _receive(self, stage: str, client: str, receive: Callable[[], None]) -> None:
+        try:
+            receive()
+        except (ProtocolError, VerificationError, PrivacyError) as exc:
+            self.failures[client] = f"{stage}: {_entry_failure(exc)}"
+            self.log(f"round {self.round_id}: refused the {stage} message of {client}: {_entry_failure(exc)}")
+
+    # --- the round --------------------------------------------------------------------
+
+    def run(self) -> RoundSummary:
+        started = time.perf_counter()
+        fed = self.federation
+        settings = fed.settings
+        state = fed.ledger.state
+        aggregation = build_protocol(PROTOCOL, settings, fed.keys, max_summands=len(self.participants))
+        masking = aggregation.protocol
+        base_cid = state.model_cid
+        base = fed.current_model()
+        seed = fed._round_seed(self.round_id)
+        coordinator = fed.identity(COORDINATOR)
+        opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
+            "participants": self.participants,
+            "protocol": PROTOCOL,
+            "protocol_params": aggregation.public_parameters(),
+            "base_model_cid": base_cid,
+            "privacy_plan": {"epsilon_this_command": self.plan.epsilon, "rounds_this_command": self.plan.rounds,
+                             "noise_multipliers": {c: p.noise_multiplier for c, p in self.plan.clients.items()}},
+        })
+        params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
+                                      length=base.shape[0] + 1, neighbours=masking.neighbours,
+                                      threshold=masking.threshold)
+        registry = state.clients()
+        keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
+        server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
+        submissions: dict[str, Entry] = {}
+        records: dict[str, PrivacyRecord] = {}
+        try:
+            advertise = self._request("advertise", round_open=opened.to_bytes(), round_seed=seed, length=params.length)
+            for client, reply in self._advertise(advertise).items():
+                self._receive("advertise", client, lambda r=reply: self._check_advertisement(server, r))
+            adverts = server.close_advertise()
+            self.log(f"round {self.round_id}: stage advertise closed")
+            names = params.clients
+            replies = self._exchange("share", {names[i]: self._request("share", advertisements=a)
+                                               for i, a in adverts.items()})
+            for client, reply in replies.items():
+                self._receive("share", client, lambda r=reply: server.receive_shares(r["shares"]))
+            deliveries = server.close_share()
+            self.log(f"round {self.round_id}: stage share closed")
+            model_blob = fed.ledger.blobs.get(base_cid)
+            replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d, model=model_blob)
+                                              for i, d in deliveries.items()})
+            for client, reply in replies.items():
+                def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
+                    entry, record = self._check_submission(client, reply, keys[client], registry[client])
+                    server.receive_masked_input(reply["masked-input"])
+                    submissions[client], records[client] = entry, record
+                self._receive("mask", client, receive)
+            announcement = server.close_mask()
+            self.log(f"round {self.round_id}: stage mask closed")
+            replies = self._exchange("acknowledge", {names[i]: self._request("acknowledge", survivors=announcement)
+                                                     for i in sorted(server.survivors)})
+            for client, reply in replies.items():
+                self._receive("acknowledge", client,
+                              lambda r=reply: server.receive_acknowledgement(r["acknowledgement"]))
+            signatures = server.close_acknowledge()
+            self.log(f"round {self.round_id}: stage acknowledge closed")
+            replies = self._exchange("unmask", {names[i]: self._request("unmask", signatures=signatures)
+                                                for i in sorted(server.acknowledged)})
+            for client, reply in replies.items():
+                self._receive("unmask", client, lambda r=reply: server.receive_unmask(r["unmask"]))
+            outcome = server.finish()
+        except TooManyDropouts as exc:
+            dropped = server.dropped()
+            survivors = [c for i, c in enumerate(params.clients) if i not in dropped]
+            fed._commit([opened, Entry.create(coordinator, ABORT, self.round_id, {
+                "stage": exc.stage or "unknown", "reason": str(exc), "survivors": survivors,
+                "cumulative_epsilon": {},
+            })])
+            self.log(f"round {self.round_id}: aborted at stage {exc.stage}: {exc}")
+            gone = tuple(sorted(set(self.participants) - set(survivors)))
+            return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
+                                time.perf_counter() - started)
+        included = tuple(params.clients[i] for i in outcome.included)
+        codec = masking.codec
+        total = codec.decode_sum(outcome.total, len(included))
+        transcript = {**outcome.transcript, "codec": codec.to_json()}
+        new_params = next_global_model(base, total, server_learning_rate=settings.training.server_learning_rate)
+        histories = fed.histories()
+        entries = [opened]
+        claims: dict[str, float] = {}
+        for client in included:
+            fed.ledger.blobs.put(encode_submission(outcome.masked[params.clients.index(client)]))
+            entries.append(submissions[client])
+            claims[client] = recorded_epsilon(histories[client] + [records[client]])
+        model_cid = put_model(fed.ledger.blobs, new_params)
+        dropouts = sorted(set(self.participants) - set(included))
+        entries.append(Entry.create(coordinator, ROUND_CLOSE, self.round_id, {
+            "aggregate_cid": put_aggregate(fed.ledger.blobs, total),
+            "new_model_cid": model_cid,
+            "transcript_cid": fed.ledger.blobs.put_json(transcript),
+            "survivors": list(included),
+            "dropouts": dropouts,
+            "rejected": {},
+            "cumulative_epsilon": claims,
+        }))
+        entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
+        fed._commit(entries)
+        accepted = fed.ledger.state.model_cid == model_cid
+        self.log(f"round {self.round_id}: closed with {len(included)} survivors, dropouts {dropouts}")
+        return RoundSummary(self.round_id, "accepted" if accepted else "rejected",
+                            fed.test_accuracy(new_params if accepted else base), included, tuple(dropouts), {},
+                            time.perf_counter() - started)
+
+    def _advertise(self, advertise: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Ask every connected node; each answers with its hospital's name and signed keys.
+
+        The name is only a claim: the advertisement must verify under that hospital's
+        registered key, and a second node claiming a taken name is refused.
+        """
+        self.node_of = {f"node {n}": n for n in self.transport.nodes()}
+        replies = self._exchange("advertise", {name: advertise for name in self.node_of})
+        self.node_of = {}
+        claimed: dict[str, dict[str, Any]] = {}
+        for node_name, reply in replies.items():
+            client = reply["client"]
+            if client not in self.participants or client in claimed:
+                self.log(f"round {self.round_id}: {node_name} claims {client!r}, which is not an open seat of the round")
+                continue
+            claimed[client] = reply
+            self.node_of[client] = int(node_name.removeprefix("node "))
+        self.failures = {}
+        return claimed
+
+    def _check_advertisement(self, server: MaskingServer, reply: Mapping[str, Any]) -> None:
+        client = reply["client"]
+        advert = KeyAdvertisement.from_bytes(reply["advertisement"])
+        if advert.sender != self.participants.index(client):
+            raise StageMessageError(f"{client} sent the advertisement of party {advert.sender}, "
+                                    f"its party number is {self.participants.index(client)}")
+        server.receive_advertisement(reply["advertisement"])
+
+    def _check_submission(self, client: str, reply: Mapping[str, Any], key: VerifyingKey,
+                          registered: Mapping[str, Any]) -> tuple[Entry, PrivacyRecord]:
+        """The hospital's signed submission must name its masked input's blob and the planned σ."""
+        where = f"submission of {client} in round {self.round_id}"
+        entry = Entry.from_bytes(reply["submission"], where=where)
+        entry.verify(key, where=where)
+        if entry.type != SUBMISSION or entry.round != self.round_id or entry.payload["client"] != client:
+            raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round} for {entry.payload.get('client')!r}")
+        vector = MaskedInput.from_bytes(reply["masked-input"]).vector
+        if entry.payload["blob_cid"] != cid_for(encode_submission(vector)):
+            raise StageMessageError(f"{where}: blob_cid does not name the masked input that came with it")
+        if entry.payload["data_weight"] > int(registered["data_weight"]):
+            raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} exceeds the registered "
+                                    f"{registered['data_weight']}")
+        record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
+        planned = self.plan.clients[client]
+        if (record.noise_multiplier, record.sample_rate) != (planned.noise_multiplier, planned.sample_rate):
+            raise StageMessageError(f"{where}: trained with σ={record.noise_multiplier!r}, q={record.sample_rate!r}; "
+                                    f"the round planned σ={planned.noise_multiplier!r}, q={planned.sample_rate!r}")
+        return entry, record
+
+    def _request(self, stage: str, **fields: Any) -> dict[str, Any]:
+        return request(stage, federation=self.federation.ledger.genesis().payload["federation_id"],
+                       round_id=self.round_id, **fields)

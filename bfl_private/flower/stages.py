@@ -1,0 +1,78 @@
+"""The stages of a masking round over Flower and the fields each message carries.
+
+One Flower message exchange per protocol stage (Bonawitz et al., CCS 2017, with the
+consistency check): ``advertise`` → ``share`` → ``mask`` (local DP-SGD, then the masked
+input) → ``acknowledge`` → ``unmask``. Every message is one ``ConfigRecord`` named
+:data:`RECORD` holding the stage, the federation id, the round and the stage's fields;
+protocol messages travel as their canonical bytes (:mod:`bfl_private.protocols.masking_messages`),
+ledger entries as their RFC 8785 bytes, the model as its safetensors blob. Nothing is
+pickled, and each field is checked for presence and type before it is parsed.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import StageMessageError
+
+RECORD = "bfl"
+"""Name of the ConfigRecord in every message's RecordDict."""
+
+STAGES = ("advertise", "share", "mask", "acknowledge", "unmask")
+
+MESSAGE_TYPES = {
+    "advertise": "query.advertise",
+    "share": "query.share",
+    "mask": "train.mask",  # the stage in which the hospital trains with DP-SGD
+    "acknowledge": "query.acknowledge",
+    "unmask": "query.unmask",
+}
+
+_HEADER = {"stage": str, "federation": str, "round": int}
+
+REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
+    "advertise": {"round-open": bytes, "round-seed": bytes, "length": int},
+    "share": {"advertisements": list},
+    "mask": {"delivery": bytes, "model": bytes},
+    "acknowledge": {"survivors": bytes},
+    "unmask": {"signatures": bytes},
+}
+
+REPLY_FIELDS: Mapping[str, Mapping[str, type]] = {
+    "advertise": {"client": str, "advertisement": bytes},
+    "share": {"shares": bytes},
+    "mask": {"masked-input": bytes, "submission": bytes},
+    "acknowledge": {"acknowledgement": bytes},
+    "unmask": {"unmask": bytes},
+}
+
+
+def request(stage: str, *, federation: str, round_id: int, **fields: Any) -> dict[str, Any]:
+    """A stage request's fields (the ConfigRecord's content), checked against the spec."""
+    payload = {"stage": stage, "federation": federation, "round": round_id,
+               **{k.replace("_", "-"): v for k, v in fields.items()}}
+    return check_fields(payload, REQUEST_FIELDS[stage], where=f"{stage} request")
+
+
+def check_fields(payload: Mapping[str, Any], spec: Mapping[str, type], *, where: str,
+                 header: bool = True) -> dict[str, Any]:
+    """``payload`` must hold exactly the spec's fields (plus the header), each of its type."""
+    expected = {**(_HEADER if header else {}), **spec}
+    if not isinstance(payload, Mapping):
+        raise StageMessageError(f"{where}: expected a record of fields, got {type(payload).__name__}")
+    missing, extra = sorted(set(expected) - set(payload)), sorted(set(payload) - set(expected))
+    if missing or extra:
+        raise StageMessageError(f"{where}: fields {sorted(payload)}; missing {missing}, unexpected {extra}")
+    for name, kind in expected.items():
+        value = payload[name]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise StageMessageError(f"{where}: field {name!r} must be an integer, got {type(value).__name__}")
+        if not isinstance(value, kind):
+            raise StageMessageError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+        if kind is list and not all(isinstance(item, bytes) for item in value):
+            raise StageMessageError(f"{where}: field {name!r} must be a list of bytes")
+    return dict(payload)
+
+
+def check_reply(stage: str, payload: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    return check_fields(payload, REPLY_FIELDS[stage], where=where, header=False)

@@ -62,7 +62,7 @@ def _commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on: CPU, cores, OS, Python, package versions, load."""
+    """What the figures were measured on: CPU, cores, OS, Python, package versions."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -75,7 +75,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "packages": versions,
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -85,6 +84,7 @@ def run_suite(name: str, *, quick: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # other work on the machine when it started
         "rows": [],
         "error": None,
     }
@@ -119,6 +119,7 @@ def _load(path: Path, *, quick: bool) -> dict[str, Any]:
 # One markdown table for every suite: case, figure, baseline, ratio.
 
 _UNIT_HINTS = ("_s", "per_s", "_ms", "us_per", "per_1e5", "per_param", "accuracy_mean", "seconds")
+_BASELINE_PREFIXES = ("baseline_", "nonprivate_", "floor_")
 _NOT_CASE = {"suite", "baseline", "ratio", "error", "aborted", "traceback"}
 
 
@@ -129,8 +130,8 @@ def _fmt(value: Any) -> str:
 
 
 def _is_figure(key: str, value: Any) -> bool:
-    return isinstance(value, float) and not key.startswith("baseline") and "ratio" not in key and any(
-        hint in key for hint in _UNIT_HINTS)
+    return (isinstance(value, float) and not key.startswith(_BASELINE_PREFIXES) and "ratio" not in key
+            and any(hint in key for hint in _UNIT_HINTS))
 
 
 def row_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -138,7 +139,8 @@ def row_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
 
     A row may name these explicitly (``case``, ``figure``); otherwise the case is its
     ``name`` (with ``scheme``) or its non-float settings, the figure its first measured
-    quantity, the baseline its ``baseline`` label with the first ``baseline_*`` figure.
+    quantity, the baseline its ``baseline`` label with its first baseline figure
+    (``baseline_*``, ``nonprivate_*``, ``floor_*``).
     """
     if "case" in row:
         case = str(row["case"])
@@ -152,7 +154,8 @@ def row_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
         return case, f"aborted: {row['aborted']}", str(row.get("baseline", "")), ""
     figures = [f"{k} = {_fmt(v)}" for k, v in row.items() if _is_figure(k, v)]
     figure = str(row["figure"]) if "figure" in row else (figures[0] if figures else "")
-    base_figures = [f"{_fmt(v)}" for k, v in row.items() if k.startswith("baseline_") and isinstance(v, float)]
+    base_figures = [f"{k.removeprefix('baseline_')} = {_fmt(v)}" for k, v in row.items()
+                    if k.startswith(_BASELINE_PREFIXES) and isinstance(v, float)]
     baseline = str(row.get("baseline", ""))
     if base_figures:
         baseline = f"{baseline}: {base_figures[0]}" if baseline else base_figures[0]

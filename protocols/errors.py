@@ -3,6 +3,7 @@
 Each failure is a narrow subclass, so callers can tell a malformed peer message from a
 round that cannot be completed; messages name what failed and where.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -70,3 +71,17 @@ class HeadroomExceeded(ConfigurationError):
 
 class DecryptionProofError(AggregateMismatch):
     """A published decryption (plaintext m, randomness r) does not open its ciphertext."""
+
+
+class BadShare(AggregateMismatch):
+    """A secret reconstructed from revealed Shamir shares fails its owner's check.
+
+    Raised when a survivor's self-mask seed does not hash to the commitment its owner
+    signed (or a dropped client's mask key does not match its advertised public key)
+    and no ``threshold`` of the revealed shares tried yield a secret that passes (bad
+    shares that could be skipped do not raise). ``client`` names the owner of the secret.
+    """
+
+    def __init__(self, message: str, *, client: str) -> None:
+        super().__init__(message)
+        self.client = client

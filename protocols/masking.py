@@ -11,7 +11,10 @@ Stages (a client may stop answering after any of them):
    for masks), signed with its Ed25519 identity key. Survivors: U1.
 2. ``share`` — u picks a fresh self-mask seed b_u, Shamir-shares b_u and its mask private
    key s_u among its neighbours in U1 (threshold t) and sends each share AES-GCM-sealed
-   under k_u→v. Survivors: U2.
+   under k_u→v. The same bundle carries u's commitment to its seed,
+   c_u = SHA-256("bfl-private/secagg/v1/self-mask-commitment" ‖ round ‖ u ‖ b_u), signed
+   with u's identity key together with the round and u's index; the server verifies the
+   signature on receipt and keeps (c_u, signature). Survivors: U2.
 3. ``mask`` — u sends y_u = x_u + PRG(b_u) + Σ_{v∈N(u)∩U2, v>u} PRG(s_uv)
    − Σ_{v∈N(u)∩U2, v<u} PRG(s_uv)  (mod 2^32). Survivors: U3, whose inputs are summed.
 4. ``unmask`` — the server announces U3; each client signs it (consistency check) and,
@@ -20,7 +23,14 @@ Stages (a client may stop answering after any of them):
    is Bonawitz's check verbatim, in SecAgg+ the neighbours are the parties whose views
    decide which share of each peer is revealed), reveals for each neighbour v either
    v's b-share (v ∈ U3) or v's s-share (v ∈ U2 \\ U3), never both. The server
-   reconstructs b_v for v ∈ U3 and s_v for v ∈ U2 \\ U3, and removes the masks.
+   reconstructs b_v for v ∈ U3 and s_v for v ∈ U2 \\ U3, checks each b_v against v's
+   signed commitment c_v and each s_v against v's advertised public key S_v, and removes
+   the masks. A secret that fails its check means a bad share (a share holder, or the
+   owner itself, cheated): the server retries other t-subsets of the shares it holds
+   (while more than t arrived, up to a bounded number of subsets), names the holders
+   whose shares disagree with the passing subset (:attr:`MaskingOutcome.bad_shares`;
+   a bad share never used is not noticed, nor needed) and goes on with the exact sum,
+   or aborts with :class:`BadShare` naming the owner when no subset passes.
 
 Graph and threshold rule. ``neighbours=None`` is the complete graph (SecAgg, k = N-1).
 Otherwise every client has k neighbours on a Harary graph H(k, N) laid on a ring in the
@@ -39,10 +49,18 @@ prunes such clients after ``advertise`` and ``share``; after ``mask`` and during
 is smaller than t or some needed secret has fewer than t shares.
 
 Public recomputation. ``MaskingServer.finish`` returns the unmasking transcript (a JSON
-object: parameters, graph seed, signed key advertisements, revealed self-mask seeds of
-survivors, revealed mask keys of dropped clients, survivor and dropout sets, SHA-256 of
-the total). :func:`recompute_total` re-derives the total bit for bit from it and the
-masked vectors; the server uses the very same unmasking routine.
+object: parameters, graph seed, identity keys, signed key advertisements, the survivors'
+signed self-mask seed commitments, revealed self-mask seeds of survivors, revealed mask
+keys of dropped clients, survivor and dropout sets, SHA-256 of the total).
+:func:`recompute_total` re-derives the total bit for bit from it and the masked vectors,
+after checking every advertisement and commitment signature under the client's identity
+key, that every revealed seed hashes to its owner's commitment and that every revealed
+mask key matches its advertised public key; so neither the server nor a share holder can
+substitute a seed or key without the auditor noticing (the transcript's ``identity_keys``
+are themselves the server's claim: an auditor compares them with the registered keys).
+Transcript version 2 added ``self_mask_commitments`` (name -> commitment, signature);
+version-1 transcripts, which lack them, are refused. The server uses the very same
+unmasking routine.
 
 Modules: :mod:`.masking_graph` (parameters, graph), :mod:`.masking_messages` (typed
 messages and their canonical encoding), :mod:`.keyagreement`, :mod:`.shamir`,
@@ -51,10 +69,12 @@ messages and their canonical encoding), :mod:`.keyagreement`, :mod:`.shamir`,
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -70,6 +90,7 @@ from . import shamir
 from .base import STAGES, AggregationProtocol, AggregationResult, Stage, check_updates
 from .errors import (
     AggregateMismatch,
+    BadShare,
     ConfigurationError,
     MalformedInput,
     ReplayedMessage,
@@ -77,6 +98,7 @@ from .errors import (
 )
 from .masking_graph import MaskingParams
 from .masking_messages import (
+    COMMITMENT_BYTES,
     SERVER,
     Acknowledgements,
     KeyAdvertisement,
@@ -85,6 +107,8 @@ from .masking_messages import (
     SurvivorSet,
     UnmaskResponse,
     check_round,
+    commitment_payload,
+    self_mask_commitment,
     share_associated_data,
     survivor_payload,
 )
@@ -92,7 +116,8 @@ from .prg import SEED_BYTES, MaskExpander
 from .quantize import FixedPointCodec
 
 PROTOCOL = "masking"
-TRANSCRIPT_VERSION = 1
+TRANSCRIPT_VERSION = 2
+"""2: survivors' signed self-mask seed commitments (``self_mask_commitments``)."""
 
 # ---------------------------------------------------------------------------------------
 # Unmasking: shared by the server and by the public recomputation.
@@ -121,6 +146,55 @@ def _remove_masks(
                 # y_u carries +PRG(s_uv) when v > u and -PRG(s_uv) when v < u.
                 (subtract if v > u else add).append(seed)
     expander.apply(total, add=add, subtract=subtract)
+
+
+_SUBSET_TRIES = 1024
+"""Most t-subsets of the shares the server tries for one secret that failed its check."""
+
+
+def _reconstruct_checked(
+    shares: Mapping[int, int],
+    *,
+    threshold: int,
+    secret_bytes: int,
+    valid: Callable[[bytes], bool],
+) -> tuple[bytes, tuple[int, ...]] | None:
+    """Recover a secret that passes ``valid`` from shares of which some may be bad.
+
+    Tries the ``threshold`` smallest abscissas first (the honest case: one combine),
+    then t-subsets leaving out 1, 2, ... of the shares, up to :data:`_SUBSET_TRIES`.
+    Returns the secret and the abscissas whose shares disagree with it (a share off the
+    polynomial moves the interpolated secret, since every Lagrange coefficient at 0 is
+    non-zero), or None when no subset tried passes.
+    """
+    xs = sorted(shares)
+
+    def attempt(subset: Sequence[int]) -> bytes | None:
+        try:
+            secret = shamir.combine(
+                {x: shares[x] for x in subset}, threshold=threshold, secret_bytes=secret_bytes
+            )
+        except MalformedInput:  # interpolates to a value wider than the secret
+            return None
+        return secret if valid(secret) else None
+
+    secret = attempt(xs[:threshold])
+    if secret is not None:
+        return secret, ()
+    tries = 1
+    for left_out in range(1, len(xs) - threshold + 1):
+        # Leaving out e of the t + e smallest abscissas gives every distinct t-subset once.
+        window = xs[: threshold + left_out]
+        for excluded in itertools.combinations(window, left_out):
+            if tries >= _SUBSET_TRIES:
+                return None
+            tries += 1
+            subset = [x for x in window if x not in excluded]
+            secret = attempt(subset)
+            if secret is not None:
+                bad = tuple(x for x in xs if x not in subset and attempt(subset[1:] + [x]) is None)
+                return secret, bad
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,8 +296,17 @@ class MaskingClient:
                     ),
                 )
             )
+        commitment = self_mask_commitment(self.params.round_id, self.index, self._self_seed)
+        signature = ka.sign(
+            self._identity, commitment_payload(self.params.round_id, self.index, commitment)
+        )
         return SealedShares(
-            SealedShares.BUNDLE, self.params.round_id, self.index, tuple(items)
+            SealedShares.BUNDLE,
+            self.params.round_id,
+            self.index,
+            tuple(items),
+            commitment,
+            signature,
         ).to_bytes()
 
     def mask_input(self, vector: np.ndarray, delivery: bytes) -> memoryview:
@@ -381,6 +464,8 @@ class MaskingOutcome:
     transcript: dict[str, Any]
     masked: Mapping[int, np.ndarray] = field(repr=False)
     """Every survivor's masked vector as received: the round's public submissions."""
+    bad_shares: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """Owner of a secret -> share holders whose revealed share of it was bad (skipped)."""
 
 
 class MaskingServer:
@@ -401,6 +486,7 @@ class MaskingServer:
         self.adverts: dict[int, KeyAdvertisement] = {}
         self.advertised: frozenset[int] = frozenset()
         self._bundles: dict[int, SealedShares] = {}
+        self.bad_shares: dict[int, tuple[int, ...]] = {}
         self.shared: frozenset[int] = frozenset()
         self._masked: dict[int, np.ndarray] = {}
         self._total = np.zeros(params.length, dtype=np.uint32)
@@ -519,6 +605,12 @@ class MaskingServer:
                 f"share bundle of client {bundle.party} is addressed to {[v for v, _ in bundle.items]}, "
                 f"expected its live neighbours {expected}"
             )
+        ka.verify(
+            self.identity_keys[bundle.party],
+            bundle.signature,
+            commitment_payload(self.params.round_id, bundle.party, bundle.commitment),
+            what=f"self-mask commitment of client {bundle.party}",
+        )
         self._bundles[bundle.party] = bundle
 
     def close_share(self) -> dict[int, bytes]:
@@ -632,19 +724,59 @@ class MaskingServer:
                     raise self._abort(
                         "unmask", len(shares), f"shares to unmask client {self.params.clients[v]!r}"
                     )
-        self_seeds = {
-            v: shamir.combine(s, threshold=t, secret_bytes=SEED_BYTES) for v, s in b_shares.items()
-        }
-        dropped_keys = {}
-        for v, shares in s_shares.items():
-            raw = shamir.combine(shares, threshold=t, secret_bytes=ka.KEY_BYTES)
-            key = ka.x25519_private_from_bytes(raw, what=f"reconstructed mask key of client {v}")
-            if ka.public_bytes(key) != self.adverts[v].mask_key:
-                raise AggregateMismatch(
-                    f"reconstructed mask key of client {self.params.clients[v]!r} does not match its advertised key: "
-                    "a share holder sent a bad share"
+        names = self.params.clients
+        round_id = self.params.round_id
+
+        def reconstruct(
+            v: int,
+            shares: dict[int, int],
+            size: int,
+            valid: Callable[[bytes], bool],
+            what: str,
+            check: str,
+        ) -> bytes:
+            found = _reconstruct_checked(shares, threshold=t, secret_bytes=size, valid=valid)
+            if found is None:
+                raise BadShare(
+                    f"round {round_id}: reconstructed {what} of client {names[v]!r} does not match its "
+                    f"{check}, and no {t} of the {len(shares)} revealed shares tried yield one that "
+                    "does: a share holder sent a bad share (or the client dealt inconsistent shares)",
+                    client=names[v],
                 )
-            dropped_keys[v] = raw
+            secret, bad = found
+            if bad:
+                self.bad_shares[v] = tuple(x - 1 for x in bad)
+            return secret
+
+        def seed_matches(seed: bytes, v: int) -> bool:
+            return self_mask_commitment(round_id, v, seed) == self._bundles[v].commitment
+
+        def key_matches(raw: bytes, v: int) -> bool:
+            key = ka.x25519_private_from_bytes(raw, what=f"reconstructed mask key of client {v}")
+            return ka.public_bytes(key) == self.adverts[v].mask_key
+
+        self_seeds = {
+            v: reconstruct(
+                v,
+                shares,
+                SEED_BYTES,
+                functools.partial(seed_matches, v=v),
+                "self-mask seed",
+                "signed commitment",
+            )
+            for v, shares in sorted(b_shares.items())
+        }
+        dropped_keys = {
+            v: reconstruct(
+                v,
+                shares,
+                ka.KEY_BYTES,
+                functools.partial(key_matches, v=v),
+                "mask key",
+                "advertised key",
+            )
+            for v, shares in sorted(s_shares.items())
+        }
         total = self._total.copy()
         _remove_masks(
             self.params,
@@ -659,7 +791,6 @@ class MaskingServer:
             survivors=self.survivors,
             expander=self._expander,
         )
-        names = self.params.clients
         transcript: dict[str, Any] = {
             "protocol": PROTOCOL,
             "version": TRANSCRIPT_VERSION,
@@ -676,6 +807,13 @@ class MaskingServer:
             "shared": [names[v] for v in sorted(self.shared)],
             "survivors": [names[v] for v in sorted(self.survivors)],
             "dropped": {names[v]: stage for v, stage in sorted(self.dropped().items())},
+            "self_mask_commitments": {
+                names[v]: {
+                    "commitment": self._bundles[v].commitment.hex(),
+                    "signature": self._bundles[v].signature.hex(),
+                }
+                for v in sorted(self.survivors)
+            },
             "self_mask_seeds": {names[v]: seed.hex() for v, seed in sorted(self_seeds.items())},
             "dropped_mask_keys": {names[v]: raw.hex() for v, raw in sorted(dropped_keys.items())},
             "total_sha256": hashlib.sha256(total.astype("<u4").tobytes()).hexdigest(),
@@ -686,6 +824,7 @@ class MaskingServer:
             dropped=self.dropped(),
             transcript=transcript,
             masked=dict(self._masked),
+            bad_shares=dict(self.bad_shares),
         )
 
 
@@ -857,10 +996,12 @@ def recompute_total(
     """Re-derive the round's uint32 total from the transcript and the survivors' masked vectors.
 
     ``masked_vectors`` maps client names (``str(i)`` for :func:`secure_sum`; int keys are
-    accepted and converted) to uint32 vectors. Checks the advertisement signatures, that
-    each revealed mask key matches its advertised public key, and that the result hashes
-    to the transcript's ``total_sha256``; raises :class:`MalformedInput`,
-    :class:`BadSignature` or :class:`AggregateMismatch` otherwise.
+    accepted and converted) to uint32 vectors. Checks the advertisement signatures, each
+    survivor's self-mask commitment signature under its identity key and that its
+    revealed seed hashes to that commitment, that each revealed mask key matches its
+    advertised public key, and that the result hashes to the transcript's
+    ``total_sha256``; raises :class:`MalformedInput`, :class:`BadSignature` or
+    :class:`AggregateMismatch` (naming the client) otherwise.
     """
     params = _params_from_transcript(transcript)
     index = {name: i for i, name in enumerate(params.clients)}
@@ -911,6 +1052,30 @@ def recompute_total(
     self_seeds = {
         index[n]: _hex(s, f"self-mask seed of {n!r}", SEED_BYTES) for n, s in seeds.items()
     }
+    commitments = transcript.get("self_mask_commitments")
+    if not isinstance(commitments, Mapping) or set(commitments) != set(seeds):
+        raise MalformedInput(
+            "transcript 'self_mask_commitments' must hold exactly the survivors' commitments"
+        )
+    for name in sorted(commitments):
+        entry = commitments[name]
+        if not isinstance(entry, Mapping):
+            raise MalformedInput(f"transcript self-mask commitment of {name!r} is not an object")
+        where = f"self-mask commitment of {name!r}"
+        commitment = _hex(entry.get("commitment"), where, COMMITMENT_BYTES)
+        ka.verify(
+            _hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES),
+            _hex(entry.get("signature"), where, ka.SIGNATURE_BYTES),
+            commitment_payload(params.round_id, index[name], commitment),
+            what=f"transcript {where}",
+        )
+        if (
+            self_mask_commitment(params.round_id, index[name], self_seeds[index[name]])
+            != commitment
+        ):
+            raise AggregateMismatch(
+                f"revealed self-mask seed of {name!r} does not match its signed commitment"
+            )
     dropped_keys = {}
     for name, raw in keys.items():
         key = ka.x25519_private_from_bytes(

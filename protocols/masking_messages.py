@@ -4,10 +4,15 @@ Every message is ``MAGIC ‖ kind u8 ‖ round u64 ‖ party u32 ‖ body``, int
 id lists strictly increasing, so each message has exactly one encoding and anything else
 (truncation, trailing bytes, disorder, a duplicate entry, a foreign kind) is refused on
 receipt with a :class:`MalformedInput` naming the message and the byte offset.
+
+The share bundle (kind 2) also carries the sender's commitment to its self-mask seed,
+``SHA-256("bfl-private/secagg/v1/self-mask-commitment" ‖ round u64 ‖ client u32 ‖ b_u)``,
+and its Ed25519 signature over :func:`commitment_payload` (round and sender bound in).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from . import keyagreement as ka
 from . import shamir
 from .errors import MalformedInput, ReplayedMessage
 from .masking_graph import MaskingParams
+from .prg import SEED_BYTES
 
 SERVER = 0xFFFFFFFF
 """The party number of the server in message headers."""
@@ -29,6 +35,9 @@ SERVER = 0xFFFFFFFF
 _MAGIC = b"BSA1"
 _HEADER = struct.Struct(">4sBQI")
 _SEALED_SHARE_BYTES = ka.NONCE_BYTES + 8 + 2 * shamir.SHARE_BYTES + ka.TAG_BYTES
+COMMITMENT_BYTES = 32
+"""Width of a self-mask seed commitment (SHA-256)."""
+_COMMITMENT_TAG = b"bfl-private/secagg/v1/self-mask-commitment"
 
 
 def _header(kind: int, round_id: int, party: int) -> bytes:
@@ -128,26 +137,52 @@ class SealedShares:
 
     ``party`` is the sender of a bundle or the receiver of a delivery; ``items`` maps the
     other end (receiver, resp. sender) to the sealed (b-share, s-share) pair.
+
+    A bundle ends with the sender's self-mask seed ``commitment`` (32 bytes) and its
+    ``signature`` (64 bytes) over :func:`commitment_payload`; a delivery carries neither
+    (both empty). Any other width is refused, so the encoding stays canonical.
     """
 
     kind: int
     round_id: int
     party: int
     items: tuple[tuple[int, bytes], ...]
+    commitment: bytes = b""
+    signature: bytes = b""
 
     BUNDLE: ClassVar[int] = 2
     DELIVERY: ClassVar[int] = 3
 
     def to_bytes(self) -> bytes:
-        return _header(self.kind, self.round_id, self.party) + _pack_items(self.items)
+        if self.kind == self.BUNDLE:
+            if (
+                len(self.commitment) != COMMITMENT_BYTES
+                or len(self.signature) != ka.SIGNATURE_BYTES
+            ):
+                raise MalformedInput(
+                    f"share bundle of client {self.party} needs a {COMMITMENT_BYTES}-byte commitment and a "
+                    f"{ka.SIGNATURE_BYTES}-byte signature, got {len(self.commitment)} and {len(self.signature)}"
+                )
+        elif self.commitment or self.signature:
+            raise MalformedInput("a share delivery carries no commitment or signature")
+        return (
+            _header(self.kind, self.round_id, self.party)
+            + _pack_items(self.items)
+            + self.commitment
+            + self.signature
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, kind: int) -> SealedShares:
         r = _Reader(data, "share bundle" if kind == cls.BUNDLE else "share delivery")
         round_id, party = r.header(kind)
         items = r.items(_SEALED_SHARE_BYTES)
+        commitment = signature = b""
+        if kind == cls.BUNDLE:
+            commitment = bytes(r.take(COMMITMENT_BYTES))
+            signature = bytes(r.take(ka.SIGNATURE_BYTES))
         r.done()
-        return cls(kind, round_id, party, items)
+        return cls(kind, round_id, party, items, commitment, signature)
 
 
 @dataclass(frozen=True)
@@ -276,6 +311,24 @@ class UnmaskResponse:
 
 def survivor_payload(round_id: int, survivors: Sequence[int]) -> bytes:
     return b"survivors" + struct.pack(">Q", round_id) + _pack_ids(survivors)
+
+
+def self_mask_commitment(round_id: int, client: int, seed: bytes) -> bytes:
+    """SHA-256(tag ‖ round u64 ‖ client u32 ‖ b_u): binds a self-mask seed to its owner and round."""
+    if len(seed) != SEED_BYTES:
+        raise MalformedInput(
+            f"self-mask seed of client {client} must be {SEED_BYTES} bytes, got {len(seed)}"
+        )
+    return hashlib.sha256(_COMMITMENT_TAG + struct.pack(">QI", round_id, client) + seed).digest()
+
+
+def commitment_payload(round_id: int, client: int, commitment: bytes) -> bytes:
+    """What a client signs over its self-mask seed commitment (round and sender bound in)."""
+    if len(commitment) != COMMITMENT_BYTES:
+        raise MalformedInput(
+            f"self-mask commitment of client {client} must be {COMMITMENT_BYTES} bytes, got {len(commitment)}"
+        )
+    return b"self-mask commitment" + struct.pack(">QI", round_id, client) + commitment
 
 
 def share_associated_data(round_id: int, sender: int, receiver: int) -> bytes:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from bfl_private.protocols import keyagreement as ka
+from bfl_private.protocols import masking as masking_module
+from bfl_private.protocols import shamir
 from bfl_private.protocols.base import STAGES
 from bfl_private.protocols.base import recompute_total as dispatch_recompute
 from bfl_private.protocols.errors import (
     AggregateMismatch,
+    BadShare,
     BadSignature,
     ConfigurationError,
     MalformedInput,
@@ -35,10 +40,13 @@ from bfl_private.protocols.masking_messages import (
     SealedShares,
     SurvivorSet,
     UnmaskResponse,
+    commitment_payload,
+    self_mask_commitment,
 )
+from bfl_private.protocols.prg import MaskExpander
 from bfl_private.protocols.quantize import FixedPointCodec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 from scipy.stats import chisquare
@@ -526,3 +534,251 @@ def test_masking_protocol_uses_registered_identity_keys() -> None:
         MaskingProtocol(codec, identities={n: keys[n] for n in ("c0", "c1", "c2")}).aggregate(
             updates, round_id=2, round_seed=b"y" * 16
         )
+
+
+# -- self-mask seed commitments: binding the revealed b_u to what client u used -----------
+
+
+def _claimed_total(result, victim: str, fake: bytes) -> np.ndarray:
+    """The total a lying server would publish after swapping the victim's seed for ``fake``."""
+    real = bytes.fromhex(result.transcript["self_mask_seeds"][victim])
+    total = result.total.copy()
+    MaskExpander().apply(total, add=[real], subtract=[fake])
+    return total
+
+
+def _forge_seed(result, victim: str, fake: bytes) -> dict:
+    forged = copy.deepcopy(result.transcript)
+    forged["self_mask_seeds"][victim] = fake.hex()
+    total = _claimed_total(result, victim, fake)
+    forged["total_sha256"] = hashlib.sha256(total.astype("<u4").tobytes()).hexdigest()
+    return forged
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(4, 9), data=st.data())
+def test_a_substituted_self_mask_seed_is_rejected_naming_the_client(n: int, data) -> None:
+    neighbours = data.draw(st.one_of(st.none(), st.integers(3, n - 1)), label="neighbours")
+    vectors = random_vectors(n, 16, n)
+    result = secure_sum(
+        vectors, neighbours=neighbours, seed=data.draw(st.integers(0, 2**64)), round_id=4
+    )
+    victim = data.draw(st.sampled_from(result.transcript["survivors"]), label="victim")
+    fake = data.draw(st.binary(min_size=16, max_size=16), label="fake seed")
+    assume(fake.hex() != result.transcript["self_mask_seeds"][victim])
+    forged = _forge_seed(result, victim, fake)
+    with pytest.raises(
+        AggregateMismatch,
+        match=f"self-mask seed of '{victim}' does not match its signed commitment",
+    ):
+        recompute_total(forged, result.masked_vectors)
+    # Re-committing to the fake seed does not help: the client never signed that commitment.
+    entry = forged["self_mask_commitments"][victim]
+    entry["commitment"] = self_mask_commitment(4, int(victim), fake).hex()
+    with pytest.raises(BadSignature, match=f"transcript self-mask commitment of '{victim}'"):
+        recompute_total(forged, result.masked_vectors)
+    # Nor does signing it with another client's key (the server knows no client's key).
+    other = next(name for name in result.transcript["survivors"] if name != victim)
+    entry["signature"] = forged["self_mask_commitments"][other]["signature"]
+    with pytest.raises(BadSignature, match=f"transcript self-mask commitment of '{victim}'"):
+        recompute_total(forged, result.masked_vectors)
+
+
+def test_the_seed_swap_attack_is_real_without_the_commitment_check(monkeypatch) -> None:
+    """Sanity check of the attack above: with the hash check patched out, the auditor
+    reproduces the lying server's total; with it, the forgery is refused."""
+    result = secure_sum(random_vectors(5, 12, 9), seed=1, round_id=4)
+    fake = os.urandom(16)
+    forged = _forge_seed(result, "2", fake)
+    committed = bytes.fromhex(result.transcript["self_mask_commitments"]["2"]["commitment"])
+    real_commit = masking_module.self_mask_commitment
+    monkeypatch.setattr(
+        masking_module,
+        "self_mask_commitment",
+        lambda r, i, seed: committed if seed == fake else real_commit(r, i, seed),
+    )
+    lie = recompute_total(forged, result.masked_vectors)
+    np.testing.assert_array_equal(lie, _claimed_total(result, "2", fake))
+    assert not np.array_equal(lie, result.total)
+    monkeypatch.undo()
+    with pytest.raises(AggregateMismatch, match="'2' does not match its signed commitment"):
+        recompute_total(forged, result.masked_vectors)
+
+
+def test_transcript_commitments_must_be_present_signed_and_well_formed() -> None:
+    result = secure_sum(random_vectors(5, 6, 3), seed=2, round_id=4)
+    np.testing.assert_array_equal(
+        recompute_total(result.transcript, result.masked_vectors), result.total
+    )
+    missing = copy.deepcopy(result.transcript)
+    del missing["self_mask_commitments"]["1"]
+    with pytest.raises(MalformedInput, match="exactly the survivors' commitments"):
+        recompute_total(missing, result.masked_vectors)
+    unsigned = copy.deepcopy(result.transcript)
+    unsigned["self_mask_commitments"]["1"]["signature"] = bytes(64).hex()
+    with pytest.raises(BadSignature, match="transcript self-mask commitment of '1'"):
+        recompute_total(unsigned, result.masked_vectors)
+    swapped = copy.deepcopy(result.transcript)  # 0's genuine signed commitment passed off as 1's
+    swapped["self_mask_commitments"]["1"] = swapped["self_mask_commitments"]["0"]
+    with pytest.raises(BadSignature, match="transcript self-mask commitment of '1'"):
+        recompute_total(swapped, result.masked_vectors)
+    short = copy.deepcopy(result.transcript)
+    short["self_mask_commitments"]["3"]["commitment"] = bytes(31).hex()
+    with pytest.raises(MalformedInput, match="self-mask commitment of '3': expected 32 bytes"):
+        recompute_total(short, result.masked_vectors)
+    old = copy.deepcopy(result.transcript)
+    old["version"] = 1
+    with pytest.raises(MalformedInput, match="version 1"):
+        recompute_total(old, result.masked_vectors)
+
+
+def test_share_bundle_commitment_is_signed_bound_and_canonical() -> None:
+    r = Round(5)
+    views = r.advertise()
+    bundles = {i: r.clients[i].share_keys(v) for i, v in views.items()}
+    genuine = SealedShares.from_bytes(bundles[1], SealedShares.BUNDLE)
+    assert len(genuine.commitment) == 32 and len(genuine.signature) == 64
+    assert genuine.to_bytes() == bundles[1]  # one canonical encoding
+    payload = commitment_payload(7, 1, genuine.commitment)
+    forgeries = {
+        "signed by client 2": replace(genuine, signature=ka.sign(r.identities[2], payload)),
+        "unsigned": replace(genuine, signature=bytes(64)),
+        "another commitment": replace(genuine, commitment=os.urandom(32)),
+        "signed for round 8": replace(
+            genuine,
+            signature=ka.sign(r.identities[1], commitment_payload(8, 1, genuine.commitment)),
+        ),
+        "signed for client 0": replace(
+            genuine,
+            signature=ka.sign(r.identities[1], commitment_payload(7, 0, genuine.commitment)),
+        ),
+    }
+    for forged in forgeries.values():
+        with pytest.raises(BadSignature, match="self-mask commitment of client 1"):
+            r.server.receive_shares(forged.to_bytes())
+    with pytest.raises(MalformedInput, match="share bundle: truncated"):
+        r.server.receive_shares(bundles[1][:-65])  # commitment cut short
+    with pytest.raises(MalformedInput, match="32-byte commitment"):
+        replace(genuine, commitment=genuine.commitment[:31]).to_bytes()
+    with pytest.raises(MalformedInput, match="share delivery carries no commitment"):
+        SealedShares(
+            SealedShares.DELIVERY, 7, 0, (), genuine.commitment, genuine.signature
+        ).to_bytes()
+    for data in bundles.values():  # refused forgeries left no trace: the genuine bundles pass
+        r.server.receive_shares(data)
+    deliveries = r.server.close_share()
+    assert all(
+        not SealedShares.from_bytes(d, SealedShares.DELIVERY).commitment
+        for d in deliveries.values()
+    )
+
+
+def _round_with_bad_shares(
+    n: int, neighbours: int | None, bad: dict[int, int], owner: int, *, drop_mask=()
+):
+    """Run a round in which each holder w in ``bad`` shifts its revealed share of ``owner``.
+
+    The shift is crafted (delta times the inverse of w's Lagrange coefficient in the
+    server's first reconstruction), so the reconstructed secret moves by exactly delta and
+    still has the width of a seed: only the commitment check can catch it.
+    """
+    r = Round(n, neighbours=neighbours)
+    deliveries = r.share()
+    for i, d in deliveries.items():
+        if i not in drop_mask:
+            r.server.receive_masked_input(r.clients[i].mask_input(r.inputs[i], d))
+    announcement = r.server.close_mask()
+    for i in sorted(r.server.survivors):
+        r.server.receive_acknowledgement(r.clients[i].acknowledge(announcement))
+    signatures = r.server.close_acknowledge()
+    t = r.params.threshold
+    xs = tuple(sorted(w + 1 for w in r.params.graph[owner] if w in r.server.acknowledged))
+    used = xs[:t]
+    for i in sorted(r.server.acknowledged):
+        data = r.clients[i].unmask(signatures)
+        if i in bad:
+            response = UnmaskResponse.from_bytes(data)
+            subset = used if i + 1 in used else used[:-1] + (i + 1,)
+            lam = shamir.lagrange_at_zero(tuple(sorted(subset)))[sorted(subset).index(i + 1)]
+            shift = bad[i] * pow(lam, -1, shamir.PRIME)
+
+            def moved(items, shift=shift):
+                return tuple(
+                    (v, shamir.encode_share((shamir.decode_share(s) + shift) % shamir.PRIME))
+                    if v == owner
+                    else (v, s)
+                    for v, s in items
+                )
+
+            data = replace(
+                response,
+                self_mask_shares=moved(response.self_mask_shares),
+                mask_key_shares=moved(response.mask_key_shares),
+            ).to_bytes()
+        r.server.receive_unmask(data)
+    return r, used
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(6, 10), data=st.data())
+def test_a_bad_share_of_a_self_mask_seed_is_skipped_or_named(n: int, data) -> None:
+    neighbours = data.draw(st.one_of(st.none(), st.integers(5, n - 1)), label="neighbours")
+    k = n - 1 if neighbours is None else neighbours
+    params = MaskingParams.create(
+        round_id=7,
+        round_seed=b"r" * 32,
+        clients=[f"c{i}" for i in range(n)],
+        length=8,
+        neighbours=neighbours,
+    )
+    owner = data.draw(st.integers(0, n - 1), label="owner")
+    holders = sorted(params.graph[owner])
+    slack = len(holders) - params.threshold
+    count = data.draw(st.integers(1, slack + 1), label="bad holders")
+    cheats = data.draw(
+        st.lists(st.sampled_from(holders), min_size=count, max_size=count, unique=True)
+    )
+    bad = {w: data.draw(st.integers(1, 2**64), label=f"delta of {w}") for w in cheats}
+    r, used = _round_with_bad_shares(n, neighbours, bad, owner)
+    assert k >= params.threshold
+    if count > slack:  # fewer than t honest shares: no subset passes, the round aborts
+        with pytest.raises(
+            BadShare, match=f"self-mask seed of client 'c{owner}' does not match"
+        ) as info:
+            r.server.finish()
+        assert info.value.client == f"c{owner}"
+        return
+    outcome = r.server.finish()
+    np.testing.assert_array_equal(outcome.total, plain_sum(r.inputs, range(n)))
+    np.testing.assert_array_equal(
+        recompute_total(outcome.transcript, {f"c{i}": v for i, v in outcome.masked.items()}),
+        outcome.total,
+    )
+    named = set(outcome.bad_shares.get(owner, ()))
+    if {w + 1 for w in bad} & set(used):  # the first reconstruction failed: all cheats named
+        assert named == set(bad)
+    else:  # the bad shares were never needed
+        assert named == set()
+
+
+def test_a_bad_share_with_no_spare_share_aborts_naming_the_client() -> None:
+    # Complete graph of 4: k = 3, t = 3, no spare share of anyone's seed.
+    r, _ = _round_with_bad_shares(4, None, {1: 5}, 0)
+    with pytest.raises(
+        BadShare, match="self-mask seed of client 'c0' does not match its signed commitment"
+    ):
+        r.server.finish()
+
+
+def test_a_bad_share_of_a_dropped_mask_key_is_skipped() -> None:
+    # Client 0 drops before masking; holder 1 shifts its revealed share of s_0.
+    r, used = _round_with_bad_shares(8, None, {1: 1}, 0, drop_mask=(0,))
+    assert 2 in used
+    outcome = r.server.finish()
+    assert outcome.included == tuple(range(1, 8))
+    np.testing.assert_array_equal(outcome.total, plain_sum(r.inputs, range(1, 8)))
+    assert outcome.bad_shares == {0: (1,)}
+    np.testing.assert_array_equal(
+        recompute_total(outcome.transcript, {f"c{i}": v for i, v in outcome.masked.items()}),
+        outcome.total,
+    )

@@ -189,6 +189,8 @@ class AnchorContract:
         self.w3 = w3
         self.address = to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
+        self.gas_limit = w3.eth.get_block("latest")["gasLimit"]
+        """Gas limit of every write: the node's block gas limit (see :func:`_send`)."""
         self.gas_used: list[tuple[str, int]] = []
         """(function, gas) of every transaction this object sent, oldest first."""
 
@@ -220,7 +222,8 @@ class AnchorContract:
         return cls(w3, address, artifact)
 
     def _transact(self, name: str, *args: Any, sender: str) -> dict[str, Any]:
-        receipt = _send(self.w3, name, getattr(self.contract.functions, name)(*args), sender)
+        receipt = _send(self.w3, name, getattr(self.contract.functions, name)(*args), sender,
+                        gas=self.gas_limit)
         self.gas_used.append((name, receipt["gasUsed"]))
         return receipt
 
@@ -309,10 +312,21 @@ class AnchorContract:
         return self._call("balanceOf", address)
 
 
-def _send(w3: Web3, name: str, call: Any, sender: str) -> dict[str, Any]:
-    """Send one transaction from ``sender`` and wait for it; ChainRevert if it reverts."""
+def _send(w3: Web3, name: str, call: Any, sender: str, *, gas: int | None = None
+          ) -> dict[str, Any]:
+    """Send one transaction from ``sender`` and wait for it; ChainRevert if it reverts.
+
+    With ``gas`` given, the call is first run once as ``eth_call`` (a revert raises there
+    with the contract's reason on every backend) and then sent with that gas limit,
+    instead of letting web3 estimate gas: py-evm's estimator re-executes the call a dozen
+    times in a binary search, which made estimation most of the in-process cost.
+    """
+    transaction: dict[str, Any] = {"from": to_checksum_address(sender)}
     try:
-        tx_hash = call.transact({"from": to_checksum_address(sender)})
+        if gas is not None:
+            call.call(transaction)
+            transaction["gas"] = gas
+        tx_hash = call.transact(transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
     except (ContractLogicError, TransactionFailed) as exc:
         raise ChainRevert(f"{name}: reverted: {_reason(exc)}") from None

@@ -13,10 +13,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from web3 import Web3
 
-from bfl_private.ledger.chain import connect
+from bfl_private.chain_sync import sync
+from bfl_private.ledger.chain import connect, in_process
 from bfl_private.ledger.errors import ChainUnavailable
 from bfl_private.runner import RoundOptions, run_command
 
@@ -39,6 +42,26 @@ def federation_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def federation(federation_template: Path, tmp_path: Path) -> Path:
     """A private copy of the session's ledger (tests add chain.json to it)."""
     return Path(shutil.copytree(federation_template, tmp_path / "federation"))
+
+
+@pytest.fixture(scope="session")
+def _synced_template(federation_template: Path, tmp_path_factory: pytest.TempPathFactory
+                     ) -> tuple[Path, Web3, Any]:
+    directory = Path(shutil.copytree(federation_template,
+                                     tmp_path_factory.mktemp("chain-synced") / "federation"))
+    w3 = in_process()
+    sync(directory, w3=w3)
+    tester = w3.provider.ethereum_tester  # type: ignore[attr-defined]
+    return directory, w3, tester.take_snapshot()
+
+
+@pytest.fixture
+def synced(_synced_template: tuple[Path, Web3, Any], tmp_path: Path) -> tuple[Path, Web3]:
+    """A copy of the session's ledger already anchored on an in-process chain (the chain
+    is rolled back to that point for every test)."""
+    directory, w3, snapshot = _synced_template
+    w3.provider.ethereum_tester.revert_to_snapshot(snapshot)  # type: ignore[attr-defined]
+    return Path(shutil.copytree(directory, tmp_path / "federation")), w3
 
 
 def _anvil_binary() -> str | None:

@@ -30,22 +30,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
-from ..data import DATASETS, Split, load_federated
 from ..fedavg import weighted_payload
 from ..ledger.canonical import canonical_bytes
 from ..ledger.cid import cid_for
 from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import SigningIdentity, VerifyingKey
-from ..privacy.accounting import PrivacyRecord, recorded_epsilon
-from ..privacy.errors import BudgetExceeded, PrivacyError
 from ..protocols.errors import ConfigurationError
 from ..protocols.masking import encode_submission
 from ..protocols.masking_graph import MaskingParams
@@ -55,6 +52,10 @@ from ..settings import FederationSettings, SettingsError
 from .errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
 from .masking_state import PersistentMaskingClient
 from .stages import REQUEST_FIELDS, STAGES, check_fields
+
+if TYPE_CHECKING:  # scikit-learn and dp-accounting load only in the stage that trains
+    from ..data import Split
+    from ..privacy.accounting import PrivacyRecord
 
 IDENTITY_FILE = "identity.ed25519"
 GENESIS_FILE = "genesis.json"
@@ -94,11 +95,15 @@ class Registry:
 
     def n_classes(self) -> int:
         """Size of the federation's label space (its dataset's classes)."""
+        from ..data import DATASETS
+
         return int(np.max(DATASETS[self.settings.dataset]().target)) + 1
 
 
 def load_data_file(path: Path, *, n_classes: int) -> Split:
     """A hospital's records from .npz (``features``, ``labels``) or .csv (label last)."""
+    from ..data import Split
+
     path = Path(path)
     try:
         if path.suffix == ".npz":
@@ -208,9 +213,12 @@ class Hospital:
             hospital: Hospital
 
             def partition() -> Split:
+                from ..data import load_federated
+
+                # the split Federation makes from the genesis settings (tests hold the two equal)
                 part = load_federated(settings.dataset, n_clients=settings.n_clients, partition=settings.partition,
                                       alpha=settings.alpha, seed=settings.data_seed,
-                                      n_validators=settings.n_validators, validator_fraction=0.2).clients[pid]
+                                      n_validators=settings.n_validators).clients[pid]
                 if hospital.name != part.client_id:
                     raise HospitalConfigError(f"partition {pid} belongs to {part.client_id}, the key to {hospital.name}")
                 return part.train
@@ -225,6 +233,9 @@ class Hospital:
 
     def history(self) -> list[PrivacyRecord]:
         """Every DP training this hospital has released an update of, oldest first."""
+        from ..privacy.accounting import PrivacyRecord
+        from ..privacy.errors import PrivacyError
+
         if not self.history_path.exists():
             return []
         try:
@@ -331,8 +342,10 @@ class Hospital:
 
     def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
-        from ..data import ClientData
+        from ..data import ClientData, Split
         from ..federation import Client, train_private
+        from ..privacy.accounting import recorded_epsilon
+        from ..privacy.errors import BudgetExceeded
         from ..privacy.planner import planned_records
 
         settings = self.registry.settings

@@ -1,0 +1,128 @@
+"""The federation's ServerApp (Flower 1.42 Message API): coordinator, aggregator, ledger.
+
+``flwr run`` starts it with the run config of ``flower_app/pyproject.toml`` (kebab-case
+keys, override with ``--run-config``):
+
+    federation-dir   the federation directory (ledger, blobs, coordinator and validator
+                     keys), as created by ``python -m bfl_private.flower.setup``
+    epsilon          privacy budget (ε) this run may spend per hospital
+    rounds           rounds in this run
+    protocol         aggregation protocol; ``masking`` (SecAgg / SecAgg+) over Flower
+    min-nodes        SuperNodes to wait for before the first round (0: one per hospital)
+    node-wait        seconds to wait for them
+    stage-timeout    seconds a stage waits for replies; a hospital silent that long is a dropout
+    skip-exhausted   leave out hospitals whose lifetime budget cannot afford the run
+
+Each round is :class:`~.server_round.FlowerRound`, one ``grid.send_and_receive`` per stage.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from ..coordinator import Federation, RunRefused
+from .server_round import Failure, FlowerRound
+from .stages import MESSAGE_TYPES, RECORD
+
+logger = logging.getLogger("flwr")
+
+app = ServerApp()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    federation_dir: Path
+    epsilon: float
+    rounds: int
+    min_nodes: int
+    node_wait: float
+    stage_timeout: float
+    skip_exhausted: bool
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Check the run config; a bad value is a :class:`RunRefused` naming the key."""
+        def get(key: str, kind: type | tuple[type, ...], check=lambda v: True, rule: str = "") -> Any:
+            value = config.get(key)
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or not check(value):
+                raise RunRefused(f"run config {key!r} must be {rule or getattr(kind, '__name__', kind)}, got {value!r}")
+            return value
+
+        protocol = get("protocol", str)
+        if protocol != "masking":
+            raise RunRefused(f"run config 'protocol' is {protocol!r}; over Flower this release runs 'masking'")
+        return cls(
+            federation_dir=Path(get("federation-dir", str, bool, "a directory path")),
+            epsilon=float(get("epsilon", (int, float), lambda v: v > 0, "a number > 0")),
+            rounds=get("rounds", int, lambda v: 1 <= v <= 1000, "an integer in 1..1000"),
+            min_nodes=get("min-nodes", int, lambda v: v >= 0, "an integer >= 0"),
+            node_wait=float(get("node-wait", (int, float), lambda v: v >= 0, "a number >= 0")),
+            stage_timeout=float(get("stage-timeout", (int, float), lambda v: v > 0, "a number > 0")),
+            skip_exhausted=get("skip-exhausted", bool),
+        )
+
+
+class GridTransport:
+    """Our stage messages over a Flower grid: one ConfigRecord per message."""
+
+    def __init__(self, grid: Grid, *, timeout: float) -> None:
+        self.grid = grid
+        self.timeout = timeout
+
+    def nodes(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def exchange(self, stage: str, requests: Mapping[int, Mapping[str, Any]], *,
+                 round_id: int) -> dict[int, Mapping[str, Any] | Failure]:
+        messages = [Message(RecordDict({RECORD: ConfigRecord(dict(fields))}), node, MESSAGE_TYPES[stage],
+                            group_id=str(round_id))
+                    for node, fields in requests.items()]
+        replies: dict[int, Mapping[str, Any] | Failure] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                replies[node] = Failure(reply.error.reason)
+            elif RECORD not in reply.content or not isinstance(reply.content[RECORD], ConfigRecord):
+                replies[node] = Failure(f"reply without the {RECORD!r} ConfigRecord")
+            else:
+                replies[node] = dict(reply.content[RECORD])
+        return replies
+
+
+def _wait_for_nodes(grid: Grid, count: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while (connected := len(grid.get_node_ids())) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return connected
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)
+    federation = Federation.open(settings.federation_dir)
+    try:
+        plan = federation.plan(epsilon=settings.epsilon, rounds=settings.rounds,
+                               skip_exhausted=settings.skip_exhausted)
+        for client, reason in plan.left_out.items():
+            logger.warning("bfl-private: %s left out: %s", client, reason)
+        wanted = settings.min_nodes or len(plan.clients)
+        connected = _wait_for_nodes(grid, wanted, settings.node_wait)
+        logger.info("bfl-private: %d SuperNodes connected (%d wanted), %d hospitals planned",
+                    connected, wanted, len(plan.clients))
+        transport = GridTransport(grid, timeout=settings.stage_timeout)
+        for _ in range(settings.rounds):
+            summary = FlowerRound(federation, plan, transport, log=lambda line: logger.info("bfl-private %s", line)).run()
+            logger.info("bfl-private round %d: %s, test accuracy %.4f, survivors %d, dropouts %s, %.2f s",
+                        summary.round, summary.status, summary.test_accuracy, len(summary.survivors),
+                        list(summary.dropouts), summary.seconds)
+        logger.info("bfl-private: ledger %s (check it with: bfl-private verify %s)",
+                    settings.federation_dir, settings.federation_dir)
+    finally:
+        federation.close()

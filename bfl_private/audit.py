@@ -13,6 +13,9 @@ adds the semantic checks that need the protocols' and the accountant's maths:
                                   averaged aggregate, bit for bit
     10  privacy claims            every cumulative ε recomputed from the raw DP-SGD
                                   parameters of the client's whole history (dp-accounting)
+    11  anchored on chain         with ``--chain URL``: every block header final on the
+                                  EVM contract with equal fields, on-chain ε, budgets and
+                                  balances equal to the ledger's (bfl_private.chain_sync)
 
 It reads only the directory it is given (never ``keys/``) and imports no torch. What a
 ledger cannot prove is said in the report's notes.
@@ -139,10 +142,15 @@ def _summary(directory: Path, report: VerificationReport) -> dict[str, Any]:
         }
 
 
-def audit(directory: Path | str, *, trusted_checkpoint: str | None = None) -> AuditReport:
+def audit(directory: Path | str, *, trusted_checkpoint: str | None = None,
+          chain_url: str | None = None, contract: str | None = None) -> AuditReport:
     directory = Path(directory)
-    report = run_checks(directory, hooks=[AggregateHook(), ModelChainHook(), PrivacyHook()],
-                        trusted_checkpoint=trusted_checkpoint)
+    hooks: list[VerifierHook] = [AggregateHook(), ModelChainHook(), PrivacyHook()]
+    if chain_url is not None:
+        from .chain_sync import chain_hook  # web3 lives behind this import (chain extra)
+
+        hooks.append(chain_hook(directory, chain_url, contract))
+    report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint)
     for note in CANNOT_PROVE:
         report.notes.append(note)
     return AuditReport(report, _summary(directory, report))

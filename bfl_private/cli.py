@@ -16,6 +16,7 @@ from .settings import PROTOCOLS
 
 EXIT_REFUSED = 3
 EXIT_VERIFICATION_FAILED = 1
+EXIT_CHAIN = 4
 
 
 def _fail(message: str, code: int) -> None:
@@ -43,12 +44,14 @@ def main() -> None:
 @click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
 @click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
 def round_command(**options: object) -> None:
     """Run federated rounds; create the federation in --dir first if it is new."""
     from .runner import RoundOptions, RunRefused, run_command  # torch lives behind this import
 
     directory: Path = options.pop("directory")  # type: ignore[assignment]
     as_json: bool = options.pop("as_json")  # type: ignore[assignment]
+    chain_url: str | None = options.pop("chain_url")  # type: ignore[assignment]
     if options["epsilon"] is None:
         _fail("give --epsilon E: the privacy budget (ε) this command may spend per client", 2)
     if not options["epsilon"] > 0:  # type: ignore[operator]
@@ -61,20 +64,54 @@ def round_command(**options: object) -> None:
         _fail(str(exc), EXIT_REFUSED)
     except PermissionError as exc:
         _fail(f"cannot use --dir {directory}: {exc}", 2)
+    anchored = None if chain_url is None else _sync_chain(directory, chain_url)
     if as_json:
-        click.echo(json.dumps(report.to_json(), sort_keys=True))
+        click.echo(json.dumps({**report.to_json(), **({"chain": anchored} if anchored else {})},
+                              sort_keys=True))
     else:
         report.print(Console())
+        if anchored:
+            Console().print(f"Anchored on chain {anchored['chain_id']}: contract {anchored['contract']}, "
+                            f"blocks {anchored['anchored']}, rounds settled {anchored['settled']}, "
+                            f"gas {anchored['gas']}", highlight=False)
+
+
+def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
+    """Anchor the ledger's new blocks on the EVM node at ``url`` (the rounds stay recorded
+    if this fails; the next ``round --chain`` catches up). Exits on failure."""
+    from .ledger.errors import VerificationError
+
+    try:
+        from .chain_sync import sync
+    except ImportError as exc:
+        _fail(f"--chain needs the chain extra (pip install 'bfl-private[chain]'): {exc}", 2)
+        return None
+    try:
+        return sync(directory, url).to_json()
+    except VerificationError as exc:
+        _fail(f"chain {url}: {type(exc).__name__}: {exc} (the rounds are recorded; run "
+              f"again with --chain to catch up)", EXIT_CHAIN)
+        return None
 
 
 @main.command("verify")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_command(directory: Path, as_json: bool) -> None:
+@click.option("--chain", "chain_url", default=None, metavar="URL", help="Also check every block is final on the EVM anchor and its ε and balances equal the ledger's.")
+@click.option("--contract", default=None, metavar="ADDRESS", help="The anchor contract (default: the one DIR/chain.json records).")
+def verify_command(directory: Path, as_json: bool, chain_url: str | None, contract: str | None) -> None:
     """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds."""
     from .audit import audit
+    from .ledger.errors import VerificationError
 
-    report = audit(directory)
+    if contract is not None and chain_url is None:
+        _fail("--contract needs --chain URL", 2)
+    try:
+        report = audit(directory, chain_url=chain_url, contract=contract)
+    except ImportError as exc:
+        _fail(f"--chain needs the chain extra (pip install 'bfl-private[chain]'): {exc}", 2)
+    except VerificationError as exc:
+        _fail(f"chain {chain_url}: {type(exc).__name__}: {exc}", EXIT_VERIFICATION_FAILED)
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True))
     else:

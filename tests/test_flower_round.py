@@ -121,10 +121,10 @@ class _TamperingTransport(LoopbackTransport):
 def test_a_submission_that_does_not_name_its_masked_input_is_refused(shared) -> None:
     federation, hospitals, plan = shared
     victim = sorted(h.name for h in hospitals.values())[1]
-    lines: list[str] = []
-    summary = FlowerRound(federation, plan, _TamperingTransport(hospitals, victim), log=lines.append).run()
+    driver = FlowerRound(federation, plan, _TamperingTransport(hospitals, victim))
+    summary = driver.run()
     assert summary.dropouts == (victim,)
-    assert any(f"refused the mask message of {victim}" in line and "blob_cid" in line for line in lines)
+    assert set(driver.failures) == {victim} and "blob_cid does not name the masked input" in driver.failures[victim]
     assert audit(federation.directory).ok
 
 

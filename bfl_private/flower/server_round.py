@@ -75,30 +75,36 @@ class FlowerRound:
         self.participants = sorted(plan.clients)
         self.node_of: dict[str, int] = {}
         self.failures: dict[str, str] = {}
+        """Why each hospital (or unnamed node) stopped counting: its error or our refusal."""
 
     # --- exchanges --------------------------------------------------------------------
 
-    def _exchange(self, stage: str, requests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Send each client its request; return the well-formed replies by client name."""
-        by_node = {self.node_of[c]: r for c, r in requests.items()}
-        client_of = {n: c for c, n in self.node_of.items()}
-        replies = self.transport.exchange(stage, by_node, round_id=self.round_id)
-        good: dict[str, dict[str, Any]] = {}
+    def _send(self, stage: str, requests: Mapping[int, Mapping[str, Any]],
+              label: Mapping[int, str]) -> dict[int, dict[str, Any]]:
+        """One exchange with the nodes in ``requests``; the well-formed replies by node."""
+        replies = self.transport.exchange(stage, requests, round_id=self.round_id)
+        good: dict[int, dict[str, Any]] = {}
         for node, reply in replies.items():
-            client = client_of.get(node)
-            if client is None or node not in by_node:
+            if node not in requests:
                 continue
+            who = label[node]
             if isinstance(reply, Failure):
-                self.failures[client] = f"{stage}: {reply.reason}"
-                self.log(f"round {self.round_id}: {client} failed at stage {stage}: {reply.reason}")
+                self.failures[who] = f"{stage}: {reply.reason}"
+                self.log(f"round {self.round_id}: {who} failed at stage {stage}: {reply.reason}")
                 continue
             try:
-                good[client] = check_reply(stage, reply, where=f"{stage} reply of {client}")
+                good[node] = check_reply(stage, reply, where=f"{stage} reply of {who}")
             except StageMessageError as exc:
-                self.failures[client] = f"{stage}: {exc}"
-                self.log(f"round {self.round_id}: refused the {stage} reply of {client}: {exc}")
+                self.failures[who] = f"{stage}: {exc}"
+                self.log(f"round {self.round_id}: refused the {stage} reply of {who}: {exc}")
         self.log(f"round {self.round_id}: stage {stage} answered by {len(good)} of {len(requests)}")
         return good
+
+    def _exchange(self, stage: str, requests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Send each client (by name) its request; return the well-formed replies by name."""
+        client_of = {n: c for c, n in self.node_of.items()}
+        replies = self._send(stage, {self.node_of[c]: r for c, r in requests.items()}, client_of)
+        return {client_of[node]: reply for node, reply in replies.items()}
 
     def _receive(self, stage: str, client: str, receive: Callable[[], None]) -> None:
         try:
@@ -220,18 +226,17 @@ class FlowerRound:
         The name is only a claim: the advertisement must verify under that hospital's
         registered key, and a second node claiming a taken name is refused.
         """
-        self.node_of = {f"node {n}": n for n in self.transport.nodes()}
-        replies = self._exchange("advertise", {name: advertise for name in self.node_of})
-        self.node_of = {}
+        nodes = self.transport.nodes()
+        replies = self._send("advertise", {n: advertise for n in nodes}, {n: f"node {n}" for n in nodes})
         claimed: dict[str, dict[str, Any]] = {}
-        for node_name, reply in replies.items():
+        for node, reply in replies.items():
             client = reply["client"]
             if client not in self.participants or client in claimed:
-                self.log(f"round {self.round_id}: {node_name} claims {client!r}, which is not an open seat of the round")
+                self.failures[f"node {node}"] = f"advertise: claims {client!r}, not an open seat of the round"
+                self.log(f"round {self.round_id}: node {node} claims {client!r}, which is not an open seat of the round")
                 continue
             claimed[client] = reply
-            self.node_of[client] = int(node_name.removeprefix("node "))
-        self.failures = {}
+            self.node_of[client] = node
         return claimed
 
     def _check_advertisement(self, server: MaskingServer, reply: Mapping[str, Any]) -> None:

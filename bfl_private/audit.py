@@ -30,7 +30,13 @@ from rich.table import Table
 
 from .ledger.entries import ATTESTATION, GENESIS
 from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
-from .round_checks import PrivacyHistories, RoundView, check_round_aggregate, check_round_model
+from .round_checks import (
+    PrivacyHistories,
+    RoundView,
+    check_round_aggregate,
+    check_round_model,
+    registered_client_keys,
+)
 
 CANNOT_PROVE = (
     ("The ledger proves the DP-SGD parameters each client declared (σ, q, steps, C, δ), "
@@ -47,7 +53,7 @@ class AggregateHook(VerifierHook):
         view = RoundView.of(context.entries)
         if view is None:
             return
-        check_round_aggregate(view, context.blobs)
+        check_round_aggregate(view, context.blobs, registered_keys=registered_client_keys(context.state_before))
         if view.opened.payload["protocol"] == "ckks":
             context.note(f"round {view.round}: CKKS — the sum ciphertext was recomputed; its decryption "
                          "cannot be proven (CKKS has no verifiable decryption)")

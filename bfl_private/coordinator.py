@@ -29,8 +29,8 @@ from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
 from .privacy.accounting import PrivacyRecord, recorded_epsilon
 from .privacy.budget import split_by_budget, validate_delta
-from .privacy.dpsgd import sample_rate_for
-from .privacy.errors import PlanningError
+from .privacy.dpsgd import check_opacus_sample_rate
+from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier, planned_records
 from .protocol_setup import build_protocol
 from .protocols.base import STAGES, Stage
@@ -93,7 +93,6 @@ class Federation:
             alpha=settings.alpha,
             seed=settings.data_seed,
             n_validators=settings.n_validators,
-            validator_fraction=0.2,
         )
         self.clients = {
             c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
@@ -135,7 +134,7 @@ class Federation:
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
         data = load_federated(
             settings.dataset, n_clients=settings.n_clients, partition=settings.partition, alpha=settings.alpha,
-            seed=settings.data_seed, n_validators=settings.n_validators, validator_fraction=0.2,
+            seed=settings.data_seed, n_validators=settings.n_validators,
         )
         for client in data.clients:
             validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
@@ -207,25 +206,16 @@ class Federation:
         lifetime budget cannot afford the command, unless ``skip_exhausted``.
         """
         privacy = self.settings.privacy
-        steps = self.settings.training.local_steps
-        sigma_for_rate: dict[float, float] = {}
-        plans: dict[str, ClientPlan] = {}
-        planned: dict[str, list[PrivacyRecord]] = {}
-        for client_id, client in self.clients.items():
-            rate = sample_rate_for(client.records, batch_size=self.settings.training.batch_size)
-            if rate not in sigma_for_rate:
-                try:
-                    sigma_for_rate[rate] = plan_noise_multiplier(
-                        target_epsilon=epsilon, delta=privacy.delta, sample_rate=rate,
-                        steps_per_round=steps, rounds=rounds, accountant=privacy.accountant,
-                    )
-                except PlanningError as exc:
-                    raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds for {client_id}: {exc}") from exc
-            plans[client_id] = ClientPlan(sigma_for_rate[rate], rate)
-            planned[client_id] = planned_records(
-                noise_multiplier=sigma_for_rate[rate], sample_rate=rate, steps_per_round=steps, rounds=rounds,
-                clipping_norm=privacy.clipping_norm, delta=privacy.delta, accountant=privacy.accountant,
+        try:
+            check_opacus_sample_rate(privacy.sample_rate)
+            sigma = plan_noise_multiplier(
+                target_epsilon=epsilon, delta=privacy.delta, sample_rate=privacy.sample_rate,
+                steps_per_round=self.settings.training.local_steps, rounds=rounds, accountant=privacy.accountant,
             )
+        except PrivacyError as exc:
+            raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds: {exc}") from exc
+        client_plan = ClientPlan(sigma, privacy.sample_rate)
+        planned = {c: self._planned_records(client_plan, rounds) for c in self.clients}
         admitted, left_out = split_by_budget(planned, histories=self.histories(), budgets=self.budgets())
         if left_out and not skip_exhausted:
             first, *others = left_out.values()
@@ -236,15 +226,15 @@ class Federation:
                              f"Every other client's lifetime budget is exhausted")
         reasons = {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
                    for c, s in left_out.items()}
-        return CommandPlan(epsilon, rounds, {c: plans[c] for c in sorted(admitted)}, reasons)
+        return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, reasons)
 
-    def _planned_record(self, client_plan: ClientPlan) -> PrivacyRecord:
+    def _planned_records(self, client_plan: ClientPlan, rounds: int) -> list[PrivacyRecord]:
         privacy = self.settings.privacy
         return planned_records(
             noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
-            steps_per_round=self.settings.training.local_steps, rounds=1, clipping_norm=privacy.clipping_norm,
+            steps_per_round=self.settings.training.local_steps, rounds=rounds, clipping_norm=privacy.clipping_norm,
             delta=privacy.delta, accountant=privacy.accountant,
-        )[0]
+        )
 
     # --- one round --------------------------------------------------------------------
 
@@ -267,7 +257,7 @@ class Federation:
         round_id = state.last_round + 1
         participants = sorted(plan.clients)
         coordinator = self.identity(COORDINATOR)
-        aggregation = build_protocol(protocol, self.settings, self.keys, max_summands=len(participants))
+        aggregation = build_protocol(protocol, self.settings, self.keys, participants=participants)
         base_cid = state.model_cid
         base = self.current_model()
         seed = self._round_seed(round_id)
@@ -320,7 +310,7 @@ class Federation:
         histories = self.histories()
         # A faulty client trained nothing, but it still claims the planned parameters; the
         # ledger records the claim (it cannot prove noise either way, see the audit notes).
-        records = {c: self._planned_record(plan.clients[c]) for c in faulty}
+        records = {c: self._planned_records(plan.clients[c], 1)[0] for c in faulty}
         records.update({u.client_id: u.privacy for u in updates})
         claims: dict[str, float] = {}
         for client_id in result.included:

@@ -134,7 +134,7 @@ def train_private(
     result = train_dp(
         model, client.data.train.features, client.data.train.labels,
         noise_multiplier=noise_multiplier, clipping_norm=privacy.clipping_norm, sample_rate=sample_rate,
-        steps=config.local_steps, learning_rate=config.learning_rate, seed=seed, delta=privacy.delta,
-        accountant=privacy.accountant,
+        steps=config.local_steps, learning_rate=config.learning_rate, optimizer=config.optimizer, seed=seed,
+        delta=privacy.delta, accountant=privacy.accountant,
     )
     return LocalUpdate(client.client_id, flatten_parameters(result.model) - global_params, client.records, result.record)

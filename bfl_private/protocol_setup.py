@@ -6,6 +6,7 @@ receives only the public key or context (see the modules' trust-model docstrings
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,12 @@ def _key_holder(keys: Keyring, name: str, load, generate):
         return holder
 
 
-def build_protocol(name: str, settings: FederationSettings, keys: Keyring, *, max_summands: int) -> ProtocolSetup:
+def build_protocol(
+    name: str, settings: FederationSettings, keys: Keyring, *, participants: Sequence[str]
+) -> ProtocolSetup:
+    """The protocol for a round among ``participants`` (in the simulation every party's
+    keys are at hand; masking signs with the clients' registered identity keys)."""
+    max_summands = len(participants)
     bound = settings.training.update_bound
     codec = FixedPointCodec(clip=bound, bits=settings.protocol.bits, max_summands=max_summands)
     if name == "plain":
@@ -56,10 +62,13 @@ def build_protocol(name: str, settings: FederationSettings, keys: Keyring, *, ma
 
         return ProtocolSetup(PlainProtocol(bound=bound), {"bound": bound}, bound)
     if name == "masking":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         from .protocols.masking import MaskingProtocol
 
         k = settings.protocol.neighbours
-        protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None)
+        identities = {c: Ed25519PrivateKey.from_private_bytes(keys.identity(c).private_bytes()) for c in participants}
+        protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
         from .protocols.paillier import PaillierKeyHolder, PaillierProtocol, public_key_to_json

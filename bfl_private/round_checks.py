@@ -15,8 +15,10 @@ import numpy as np
 from .artifacts import get_aggregate, get_model
 from .fedavg import next_global_model
 from .ledger.blobstore import BlobStore
+from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
+from .ledger.identity import VerifyingKey
 from .privacy.accounting import PrivacyRecord, verify_claim
 from .privacy.errors import PrivacyError
 from .protocols.base import recompute_total
@@ -99,12 +101,33 @@ class RoundView:
         return cls(close.round, opened, submissions, close)
 
 
-def check_round_aggregate(view: RoundView, blobs: BlobStore) -> np.ndarray:
-    """The posted aggregate is the protocol's recomputation from the committed blobs; returns it."""
+def check_transcript_identities(
+    transcript: Mapping[str, Any], registered: Mapping[str, bytes], *, where: str
+) -> None:
+    """Identity keys a transcript vouches with (masking's signed advertisements and seed
+    commitments) must be the clients' keys registered at genesis, or a server could sign
+    its own substitutes."""
+    claimed = transcript.get("identity_keys")
+    if claimed is None:
+        return
+    if not isinstance(claimed, Mapping):
+        raise SemanticCheckError(f"{where}: transcript 'identity_keys' is not a mapping")
+    for client, key in sorted(claimed.items()):
+        if client not in registered:
+            raise SemanticCheckError(f"{where}: transcript names {client!r}, who is not a registered client")
+        if not isinstance(key, str) or key != registered[client].hex():
+            raise SemanticCheckError(f"{where}: transcript identity key of {client!r} is not its registered key")
+
+
+def check_round_aggregate(view: RoundView, blobs: BlobStore, *, registered_keys: Mapping[str, bytes]) -> np.ndarray:
+    """The posted aggregate is the protocol's recomputation from the committed blobs, under
+    the registered identities; returns it."""
     total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
+    transcript = blobs.get_json(view.close.payload["transcript_cid"])
+    check_transcript_identities(transcript, registered_keys, where=f"round {view.round}")
     check_aggregate(
         protocol=view.opened.payload["protocol"],
-        transcript=blobs.get_json(view.close.payload["transcript_cid"]),
+        transcript=transcript,
         submissions={c: blobs.get(e.payload["blob_cid"]) for c, e in view.submissions.items()},
         claimed_total=total,
         where=f"round {view.round}",
@@ -146,3 +169,8 @@ class PrivacyHistories:
         for entry in entries:
             if entry.type in (ROUND_CLOSE, ABORT):
                 check_epsilon_claims(self.records, entry.payload["cumulative_epsilon"], where=f"round {entry.round}")
+
+
+def registered_client_keys(state: LedgerState) -> dict[str, bytes]:
+    """Client id -> raw Ed25519 public key, as registered at genesis."""
+    return {c: VerifyingKey.from_vkey(v["vkey"]).public_bytes() for c, v in state.clients().items()}

@@ -14,7 +14,7 @@ from rich.table import Table
 from .coordinator import CommandPlan, Federation, RoundSummary, RunRefused
 from .settings import FederationSettings, ProtocolSettings
 
-DEFAULT_ROUNDS = 5
+DEFAULT_ROUNDS = 40
 
 __all__ = ["RoundOptions", "RunRefused", "RunReport", "run_command"]
 

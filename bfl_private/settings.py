@@ -30,15 +30,19 @@ class TrainingConfig:
     """Local training and update-encoding settings shared by every client."""
 
     model: str = "logreg"
-    local_steps: int = 20
+    local_steps: int = 3
     batch_size: int = 16
-    learning_rate: float = 0.5
+    """Mini-batch size of non-private training (DP-SGD samples with ``PrivacySettings.sample_rate``)."""
+    optimizer: str = "adam"
+    learning_rate: float = 0.05
     update_bound: float = 1.0
     """Each coordinate of a client's weighted update is clipped to [-bound, bound]."""
     server_learning_rate: float = 1.0
 
     def __post_init__(self) -> None:
         _positive(self, "local_steps", "batch_size", "learning_rate", "update_bound", "server_learning_rate")
+        if self.optimizer not in ("sgd", "adam"):
+            raise SettingsError(f"TrainingConfig.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,12 @@ class FederationSettings:
     alpha: float = 0.5
     data_seed: int = 0
     n_validators: int = 4
-    quality_tolerance: float = 0.02
-    """A round whose model is worse than the previous one by more than this is rejected."""
+    quality_tolerance: float = 0.1
+    """A round whose model is worse than the previous one by more than this is rejected.
+
+    It must exceed the sampling noise of a validator's small hold-out (about a dozen
+    records here, where one record is 8 points): the gate is there to stop garbage and
+    poisoned updates, which cost far more, not to veto ordinary DP noise."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)

@@ -24,7 +24,13 @@ from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import SigningIdentity
 from .ledger.store import Ledger, ProposedBlock
-from .round_checks import PrivacyHistories, RoundView, check_round_aggregate, check_round_model
+from .round_checks import (
+    PrivacyHistories,
+    RoundView,
+    check_round_aggregate,
+    check_round_model,
+    registered_client_keys,
+)
 from .settings import FederationSettings
 
 PPM = 1_000_000
@@ -48,7 +54,7 @@ class Validator:
         view = RoundView.of(entries)
         if view is None:
             raise SemanticCheckError("no closed round to check among the proposed entries")
-        check_round_aggregate(view, ledger.blobs)
+        check_round_aggregate(view, ledger.blobs, registered_keys=registered_client_keys(ledger.state))
         check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
         histories = PrivacyHistories()
         histories.add(ledger.entries())

@@ -243,3 +243,17 @@ def test_kill_9_mid_round_leaves_a_verifiable_ledger_that_continues(tmp_path: Pa
     with Ledger.open(directory) as ledger:
         assert ledger.height == height_after_crash + 1
     assert audit(directory).ok
+
+
+def test_masking_transcript_with_unregistered_identity_keys_fails(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that runs masking under keys of its own choosing (so it can sign fake
+    advertisements and seed commitments) is caught: the keys are not the registered ones."""
+    from bfl_private.protocols.masking import MaskingProtocol
+
+    _colluding_validators(monkeypatch)
+    honest_init = MaskingProtocol.__init__
+    monkeypatch.setattr(MaskingProtocol, "__init__",
+                        lambda self, codec, **kw: honest_init(self, codec, **{**kw, "identities": None}))
+    run(copy, rounds=1)
+    number, name, detail = failed_check(copy)
+    assert (number, name) == (8, "aggregates recomputed") and "not its registered key" in detail

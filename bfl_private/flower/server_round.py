@@ -28,11 +28,12 @@ from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..privacy.accounting import PrivacyRecord, recorded_epsilon
 from ..privacy.errors import PrivacyError
-from ..protocol_setup import build_protocol
 from ..protocols.errors import ProtocolError, TooManyDropouts
 from ..protocols.masking import PROTOCOL, MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
+from ..protocols.quantize import FixedPointCodec
+from ..settings import FederationSettings
 from .errors import StageMessageError
 from .stages import check_reply, request
 
@@ -56,6 +57,15 @@ class Transport(Protocol):
         """Send each node its request; return the replies that came back in time
         (a node absent from the result did not answer)."""
         ...
+
+
+def masking_parameters(settings: FederationSettings, participants: int) -> tuple[FixedPointCodec, int | None]:
+    """The codec and neighbour degree a masking round posts, as :mod:`bfl_private.protocol_setup`
+    chooses them, without any client key: the hospitals hold their own."""
+    codec = FixedPointCodec(clip=settings.training.update_bound, bits=settings.protocol.bits,
+                            max_summands=participants)
+    k = settings.protocol.neighbours
+    return codec, k if k is None or k < participants else None
 
 
 def _entry_failure(exc: Exception) -> str:
@@ -120,8 +130,7 @@ class FlowerRound:
         fed = self.federation
         settings = fed.settings
         state = fed.ledger.state
-        aggregation = build_protocol(PROTOCOL, settings, fed.keys, max_summands=len(self.participants))
-        masking = aggregation.protocol
+        codec, neighbours = masking_parameters(settings, len(self.participants))
         base_cid = state.model_cid
         base = fed.current_model()
         seed = fed._round_seed(self.round_id)
@@ -129,14 +138,13 @@ class FlowerRound:
         opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
             "participants": self.participants,
             "protocol": PROTOCOL,
-            "protocol_params": aggregation.public_parameters(),
+            "protocol_params": {"codec": codec.to_json(), "neighbours": neighbours},
             "base_model_cid": base_cid,
             "privacy_plan": {"epsilon_this_command": self.plan.epsilon, "rounds_this_command": self.plan.rounds,
                              "noise_multipliers": {c: p.noise_multiplier for c, p in self.plan.clients.items()}},
         })
         params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
-                                      length=base.shape[0] + 1, neighbours=masking.neighbours,
-                                      threshold=masking.threshold)
+                                      length=base.shape[0] + 1, neighbours=neighbours)
         registry = state.clients()
         keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
         server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
@@ -190,7 +198,6 @@ class FlowerRound:
             return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
                                 time.perf_counter() - started)
         included = tuple(params.clients[i] for i in outcome.included)
-        codec = masking.codec
         total = codec.decode_sum(outcome.total, len(included))
         transcript = {**outcome.transcript, "codec": codec.to_json()}
         new_params = next_global_model(base, total, server_learning_rate=settings.training.server_learning_rate)

@@ -3,7 +3,8 @@
 The operator keeps the federation directory (ledger, blob store, the coordinator's and
 validators' keys) on the ServerApp's machine and hands each hospital its own bundle:
 
-    OUT/hospital-03/identity.ed25519    its Ed25519 identity key (0600), nobody else's
+    OUT/hospital-03/identity.ed25519    its Ed25519 identity key (0600), moved out of the
+                                        federation directory: the server keeps no hospital key
     OUT/hospital-03/genesis.json        the signed genesis entry: the public registry
     OUT/hospital-03/data.npz            its records (the demo partition; replace with real data)
     OUT/hospital-03/privacy-history.json  what it has spent so far, from the ledger
@@ -35,7 +36,11 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def export_hospitals(federation: Federation, out_dir: Path) -> dict[str, Path]:
-    """Write each client's bundle under ``out_dir``; returns the folder of each client."""
+    """Write each client's bundle under ``out_dir``; returns the folder of each client.
+
+    Each hospital's identity key is moved, not copied: afterwards the federation
+    directory (the ServerApp's side) holds no hospital's secret.
+    """
     out_dir = Path(out_dir)
     genesis = federation.ledger.genesis().to_bytes()
     histories = federation.histories()
@@ -43,7 +48,12 @@ def export_hospitals(federation: Federation, out_dir: Path) -> dict[str, Path]:
     for client_id, client in federation.clients.items():
         folder = out_dir / client_id
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(folder / IDENTITY_FILE, federation.identity(client_id).private_bytes())
+        key_file = federation.keys.directory / f"{client_id}.ed25519"  # Keyring.new_identity's name
+        if key_file.exists():
+            _write_private(folder / IDENTITY_FILE, federation.identity(client_id).private_bytes())
+            key_file.unlink()
+        elif not (folder / IDENTITY_FILE).exists():
+            raise FileNotFoundError(f"no identity key of {client_id}: neither {key_file} nor {folder / IDENTITY_FILE}")
         (folder / GENESIS_FILE).write_bytes(genesis)
         train = client.data.train
         np.savez(folder / DATA_FILE, features=train.features, labels=train.labels)

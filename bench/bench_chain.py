@@ -1,0 +1,166 @@
+"""EVM anchor: gas per round against the number of clients N and the model size D, and
+wall time per anchored round, on an in-process EVM (eth-tester + py-evm).
+
+Gas is the EVM's own deterministic count, so the figures are the same on anvil, Besu or
+mainnet for the same bytecode; only the times depend on the backend.
+
+* gas vs N: a synthetic federation of N clients and 4 validators (quorum 3) posts one
+  round: ``propose_header`` + 4 ``approve_header`` + ``settle_round`` with all N clients
+  surviving and spending ε. Baseline: the same round at the smallest N; target linear or
+  better in N (the marginal gas per client is reported).
+* gas vs D: real ledgers from ``run_command`` (3 clients, 1 round, plain protocol) with
+  models of different sizes, anchored by ``chain_sync.sync``; the round's gas must not
+  move with D (only hashes and integers go on chain). Baseline: the smallest model.
+* time per anchored round: wall time of those transactions in-process, against the
+  embedded contract's replay of the same block (``LedgerState.apply_block``) timed in the
+  same process.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bfl_private.chain_sync import sync
+from bfl_private.ledger.blocks import GENESIS_PREV, BlockHeader
+from bfl_private.ledger.chain import (
+    AccountMap,
+    AnchorContract,
+    Settlement,
+    client_address,
+    epsilon_fixed,
+    in_process,
+    settlement_of,
+)
+from bfl_private.ledger.contracts import LedgerState
+from bfl_private.ledger.store import Ledger
+
+REWARDS = {"reward_per_round": 1000, "penalty_invalid": 100, "penalty_dropout": 10,
+           "validator_reward": 10}
+ROUND_CALLS = ("propose_header", "approve_header", "settle_round")
+
+
+def _synthetic_round(clients: int) -> tuple[int, float]:
+    """Gas and seconds of one anchored round (block 1, round 1) with ``clients`` survivors."""
+    w3 = in_process()
+    owner, validators = w3.eth.accounts[0], w3.eth.accounts[1:5]
+    anchor = AnchorContract.deploy(w3, deployer=owner, quorum=3, validators=validators,
+                                   rewards=REWARDS)
+    addresses = [client_address("bench", f"c{i}") for i in range(clients)]
+    anchor.register_clients({a: epsilon_fixed(3.0) for a in addresses}, sender=owner)
+    genesis = BlockHeader("bfl-private/bench", 0, 1, bytes(32), GENESIS_PREV, bytes(32), 0)
+    anchor.propose_header(genesis, sender=owner)
+    for v in validators:
+        anchor.approve_header(genesis, validator=v)
+    header = BlockHeader("bfl-private/bench", 1, 2 + clients + 5, bytes([1]) * 32,
+                         genesis.hash(), bytes([2]) * 32, 1)
+    before = len(anchor.gas_used)
+    start = time.perf_counter()
+    anchor.propose_header(header, sender=owner)
+    for v in validators:
+        anchor.approve_header(header, validator=v)
+    anchor.settle_round(header, Settlement(
+        round=1, closed=True, epsilon={a: epsilon_fixed(0.5) for a in addresses},
+        survivors=[(a, 100) for a in addresses],
+        attestations=[(v, True, 900_000) for v in validators]), sender=owner)
+    seconds = time.perf_counter() - start
+    return sum(g for _, g in anchor.gas_used[before:]), seconds
+
+
+def _real_round(directory: Path, model: str, dataset: str) -> dict:
+    """A one-round real ledger anchored by sync: model size, round gas, times."""
+    from bfl_private.artifacts import get_model
+    from bfl_private.runner import RoundOptions, run_command
+
+    run_command(directory, RoundOptions(epsilon=1.0, clients=3, rounds=1, seed=1,
+                                        protocol="plain", model=model, dataset=dataset),
+                quiet=True)
+    report = sync(directory, w3=in_process())
+    round_gas = [g for name, g in report.gas if name in ROUND_CALLS]
+    with Ledger.open(directory) as ledger:
+        genesis_calls = 1 + len(ledger.block(0).signatures)  # block 0: propose + approvals
+        dimension = int(get_model(ledger.blobs, ledger.state.model_cid).size)
+        block = ledger.block(1)
+        entries = ledger.entries(block.first_entry, block.header.size)
+        before = LedgerState.empty().apply_block(ledger.entries(0, 1), first_index=0)
+        start = time.perf_counter()
+        before.apply_block(entries, first_index=block.first_entry)
+        replay = time.perf_counter() - start
+    return {"dimension": dimension, "gas": sum(round_gas[genesis_calls:]), "replay_s": replay}
+
+
+def _anchored_round_seconds(directory: Path) -> float:
+    """Wall time of anchoring block 1 and settling round 1 of ``directory`` in-process."""
+    w3 = in_process()
+    with Ledger.open(directory) as ledger:
+        state, block0, block1 = ledger.state, ledger.block(0), ledger.block(1)
+        entries = ledger.entries(block1.first_entry, block1.header.size)
+    owner, accounts = w3.eth.accounts[0], w3.eth.accounts[1:1 + len(state.validators())]
+    mapping = AccountMap.for_federation(state.federation_id, validator_ids=list(state.validators()),
+                                        client_ids=list(state.clients()),
+                                        validator_accounts=accounts)
+    anchor = AnchorContract.deploy(w3, deployer=owner, quorum=state.quorum,
+                                   validators=[mapping.validators[v] for v in sorted(mapping.validators)],
+                                   rewards=state.as_dict()["rewards"])
+    anchor.register_clients({a: epsilon_fixed(3.0) for a in mapping.clients.values()}, sender=owner)
+    anchor.propose_header(block0.header, sender=owner)
+    for account in accounts:
+        anchor.approve_header(block0.header, validator=account)
+    settlement = settlement_of(entries, mapping)
+    assert settlement is not None
+    start = time.perf_counter()
+    anchor.propose_header(block1.header, sender=owner)
+    for account in accounts:
+        anchor.approve_header(block1.header, validator=account)
+    anchor.settle_round(block1.header, settlement, sender=owner)
+    return time.perf_counter() - start
+
+
+def run(*, quick: bool) -> list[dict]:
+    rows: list[dict] = []
+    sizes = (4, 16, 64) if quick else (4, 16, 64, 256)
+    measured = {n: _synthetic_round(n) for n in sizes}
+    base_n = sizes[0]
+    base_gas = measured[base_n][0]
+    for n in sizes:
+        gas, seconds = measured[n]
+        marginal = (gas - base_gas) / (n - base_n) if n != base_n else 0.0
+        rows.append({"name": f"gas per round, N={n} clients", "gas": gas,
+                     "baseline": f"N={base_n}", "baseline_gas": base_gas,
+                     "ratio": gas / base_gas,
+                     "note": f"{marginal:,.0f} gas per extra client; {seconds:.2f} s in-process"})
+    models = (("logreg", "breast_cancer"), ("mlp", "digits"))
+    with tempfile.TemporaryDirectory() as tmp:
+        real = {m: _real_round(Path(tmp) / m, m, d) for m, d in models}
+        small = real[models[0][0]]
+        for model, dataset in models:
+            r = real[model]
+            rows.append({"name": f"gas per round, D={r['dimension']:,} ({model}, {dataset})",
+                         "gas": r["gas"], "baseline": f"D={small['dimension']:,}",
+                         "baseline_gas": small["gas"], "ratio": r["gas"] / small["gas"],
+                         "note": "real ledger, 3 clients, 4 validators"})
+        directory = Path(tmp) / models[0][0]
+        seconds = _anchored_round_seconds(directory)
+        replay = small["replay_s"]
+        rows.append({"name": "time per anchored round (in-process py-evm)", "seconds": seconds,
+                     "baseline": "embedded contract replay of the same block",
+                     "baseline_seconds": replay, "ratio": seconds / replay,
+                     "note": "propose + 4 approvals + settle, each a mined transaction"})
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = ["| measure | figure | baseline | ratio | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "gas" in r:
+            lines.append(f"| {r['name']} | {r['gas']:,} gas | {r['baseline']}: "
+                         f"{r['baseline_gas']:,} gas | {r['ratio']:.2f}x | {r['note']} |")
+        else:
+            lines.append(f"| {r['name']} | {r['seconds'] * 1e3:.1f} ms | {r['baseline']}: "
+                         f"{r['baseline_seconds'] * 1e3:.2f} ms | {r['ratio']:.0f}x | {r['note']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(_markdown(run(quick="--quick" in sys.argv)))

@@ -48,6 +48,7 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
         folders = export_hospitals(federation, tmp_path / "hospitals")
     finally:
         federation.close()
+    assert not any((fed_dir / "keys").glob("hospital-*")), "the ServerApp's side must hold no hospital key"
     nodes = [{"hospital-dir": str(folder)} for folder in folders.values()]
     victim = sorted(folders)[VICTIM]
     run = {"federation-dir": str(fed_dir), "epsilon": 1.0, "node-wait": 120.0, "stage-timeout": 60.0}

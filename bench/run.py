@@ -53,12 +53,15 @@ def _cpu_model() -> str:
 
 
 def _commit() -> str | None:
+    """HEAD, with ``-dirty`` when tracked files differ from it (the figures are of the working tree)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
-                             text=True, timeout=10, check=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCH_DIR,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return f"{head}-dirty" if head and changed else head or None
 
 
 def machine() -> dict[str, Any]:

@@ -108,16 +108,17 @@ def run(*, quick: bool) -> list[dict]:
         baseline = statistics.median(_in_process(root / "in-process", hospitals, rounds))
         measured = {"in-process": baseline,
                     "loopback": statistics.median(_loopback(root / "loopback", hospitals, rounds))}
-        flower_wall = None
+        extra: dict[str, dict] = {}
         if not quick:
-            times, flower_wall = _flower(root / "flower", hospitals, rounds)
+            times, wall = _flower(root / "flower", hospitals, rounds)
             measured["flower"] = statistics.median(times)
+            extra["flower"] = {"flwr_run_wall_s": round(wall, 1)}
         for mode, seconds in measured.items():
             rows.append({
                 "suite": "flower", "mode": mode, "hospitals": hospitals, "timed_rounds": timed,
                 "round_s": round(seconds, 3), "baseline": "in-process round, same settings",
                 "ratio": round(seconds / baseline, 2),
-                **({"flwr_run_wall_s": round(flower_wall, 1)} if mode == "flower" else {}),
+                **extra.get(mode, {}),
             })
     return rows
 

@@ -32,6 +32,8 @@ def handle(stage: str, message: Message, context: Context) -> Message:
         raise StageMessageError(f"{MESSAGE_TYPES[stage]} message carries stage {fields.get('stage')!r}")
     hospital = Hospital.from_node_config(context.node_config)
     saved = context.state[STATE]["state"] if STATE in context.state else None
+    if saved is not None and not isinstance(saved, bytes):
+        raise StageMessageError(f"the saved round state in Context.state is {type(saved).__name__}, not bytes")
     reply, state = hospital.handle(fields, saved)
     if state is None:
         if STATE in context.state:

@@ -336,7 +336,7 @@ class Hospital:
         except (SafetensorError, ValueError) as exc:
             raise StageMessageError(f"{where}: not a safetensors blob: {exc}") from exc
         params = tensors.get("params")
-        if set(tensors) != {"params"} or params.dtype != np.float32 or params.shape != (length - 1,):
+        if set(tensors) != {"params"} or params is None or params.dtype != np.float32 or params.shape != (length - 1,):
             raise StageMessageError(f"{where}: expected one float32 tensor 'params' of {length - 1} values")
         return params
 
@@ -370,6 +370,8 @@ class Hospital:
                        n_classes=self.registry.n_classes())
         update = train_private(local, base, settings.training, privacy, noise_multiplier=float(sigma),
                                sample_rate=rate, seed=secrets.randbits(31))
+        if update.privacy is None:
+            raise HospitalConfigError(f"{self.name}: DP-SGD returned no privacy record; nothing is sent")
         max_records = max(int(c["data_weight"]) for c in self.registry.clients.values())
         vector = weighted_payload(update.delta, records=records, max_records=max_records,
                                   bound=settings.training.update_bound)

@@ -88,7 +88,7 @@ class GridTransport:
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                replies[node] = Failure(reply.error.reason)
+                replies[node] = Failure(reply.error.reason or f"error code {reply.error.code}")
             elif RECORD not in reply.content or not isinstance(reply.content[RECORD], ConfigRecord):
                 replies[node] = Failure(f"reply without the {RECORD!r} ConfigRecord")
             else:
@@ -98,7 +98,7 @@ class GridTransport:
 
 def _wait_for_nodes(grid: Grid, count: int, seconds: float) -> int:
     deadline = time.monotonic() + seconds
-    while (connected := len(grid.get_node_ids())) < count and time.monotonic() < deadline:
+    while (connected := len(list(grid.get_node_ids()))) < count and time.monotonic() < deadline:
         time.sleep(0.5)
     return connected
 

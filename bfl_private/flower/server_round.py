@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from ..artifacts import put_aggregate, put_model
@@ -153,14 +154,14 @@ class FlowerRound:
         try:
             advertise = self._request("advertise", round_open=opened.to_bytes(), round_seed=seed, length=params.length)
             for client, reply in self._advertise(advertise).items():
-                self._receive("advertise", client, lambda r=reply: self._check_advertisement(server, r))
+                self._receive("advertise", client, partial(self._check_advertisement, server, reply))
             adverts = server.close_advertise()
             self.log(f"round {self.round_id}: stage advertise closed")
             names = params.clients
             replies = self._exchange("share", {names[i]: self._request("share", advertisements=a)
                                                for i, a in adverts.items()})
             for client, reply in replies.items():
-                self._receive("share", client, lambda r=reply: server.receive_shares(r["shares"]))
+                self._receive("share", client, partial(server.receive_shares, reply["shares"]))
             deliveries = server.close_share()
             self.log(f"round {self.round_id}: stage share closed")
             model_blob = fed.ledger.blobs.get(base_cid)
@@ -177,14 +178,13 @@ class FlowerRound:
             replies = self._exchange("acknowledge", {names[i]: self._request("acknowledge", survivors=announcement)
                                                      for i in sorted(server.survivors)})
             for client, reply in replies.items():
-                self._receive("acknowledge", client,
-                              lambda r=reply: server.receive_acknowledgement(r["acknowledgement"]))
+                self._receive("acknowledge", client, partial(server.receive_acknowledgement, reply["acknowledgement"]))
             signatures = server.close_acknowledge()
             self.log(f"round {self.round_id}: stage acknowledge closed")
             replies = self._exchange("unmask", {names[i]: self._request("unmask", signatures=signatures)
                                                 for i in sorted(server.acknowledged)})
             for client, reply in replies.items():
-                self._receive("unmask", client, lambda r=reply: server.receive_unmask(r["unmask"]))
+                self._receive("unmask", client, partial(server.receive_unmask, reply["unmask"]))
             outcome = server.finish()
         except TooManyDropouts as exc:
             dropped = server.dropped()

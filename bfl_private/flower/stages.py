@@ -69,7 +69,7 @@ def check_fields(payload: Mapping[str, Any], spec: Mapping[str, type], *, where:
             raise StageMessageError(f"{where}: field {name!r} must be an integer, got {type(value).__name__}")
         if not isinstance(value, kind):
             raise StageMessageError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-        if kind is list and not all(isinstance(item, bytes) for item in value):
+        if isinstance(value, list) and not all(isinstance(item, bytes) for item in value):
             raise StageMessageError(f"{where}: field {name!r} must be a list of bytes")
     return dict(payload)
 

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bfl_private.chain_sync import sync
 from bfl_private.ledger.blocks import GENESIS_PREV, BlockHeader
 from bfl_private.ledger.chain import (
     AccountMap,
@@ -35,6 +34,8 @@ from bfl_private.ledger.chain import (
 )
 from bfl_private.ledger.contracts import LedgerState
 from bfl_private.ledger.store import Ledger
+
+from bfl_private.chain_sync import sync
 
 REWARDS = {"reward_per_round": 1000, "penalty_invalid": 100, "penalty_dropout": 10,
            "validator_reward": 10}

@@ -61,7 +61,7 @@ CLIENT_BATCH = 200
 """Clients registered per transaction (keeps each well under a 30M block gas limit)."""
 
 
-def epsilon_fixed(value: float | int) -> int:
+def epsilon_fixed(value: float) -> int:
     """``ceil(value x 10^9)`` of the decimal the canonical JSON spells for ``value``.
 
     Rounding up means the chain never under-reports a spend. MalformedRecord for a bool,
@@ -289,7 +289,7 @@ class AnchorContract:
 
     def validators(self) -> list[str]:
         """Validator accounts in registration order (sorted ledger validator ids)."""
-        accounts = []
+        accounts: list[str] = []
         while True:
             try:
                 accounts.append(self._call("validators", len(accounts)))

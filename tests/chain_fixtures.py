@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bfl_private.ledger.chain import connect, in_process
+from bfl_private.ledger.errors import ChainUnavailable
 from web3 import Web3
 
 from bfl_private.chain_sync import sync
-from bfl_private.ledger.chain import connect, in_process
-from bfl_private.ledger.errors import ChainUnavailable
 from bfl_private.runner import RoundOptions, run_command
 
 LEDGER_OPTIONS = RoundOptions(epsilon=1.0, clients=5, rounds=3, seed=3, protocol="plain",

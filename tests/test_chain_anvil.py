@@ -10,22 +10,22 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_fixtures import anvil_url, federation, federation_template  # noqa: F401  (fixtures)
+from bfl_private.ledger.chain import AnchorContract, Settlement, connect, epsilon_fixed
+from bfl_private.ledger.errors import ChainRevert
+from bfl_private.ledger.store import Ledger
 from click.testing import CliRunner
 
 from bfl_private.chain_sync import read_chain_file, sync
 from bfl_private.cli import EXIT_VERIFICATION_FAILED, main
-from bfl_private.ledger.chain import AnchorContract, Settlement, connect, epsilon_fixed
-from bfl_private.ledger.errors import ChainRevert
-from bfl_private.ledger.store import Ledger
 
+pytest_plugins = ("chain_fixtures",)
 
 def _verify(directory: Path, url: str, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     result = CliRunner().invoke(main, ["verify", str(directory), "--json", "--chain", url, *extra])
     return result.exit_code, json.loads(result.output)
 
 
-def test_round_command_anchors_and_verify_checks_the_chain(anvil_url: str,  # noqa: F811
+def test_round_command_anchors_and_verify_checks_the_chain(anvil_url: str,
                                                           tmp_path: Path) -> None:
     directory = tmp_path / "federation"
     result = CliRunner().invoke(main, [
@@ -47,14 +47,14 @@ def test_round_command_anchors_and_verify_checks_the_chain(anvil_url: str,  # no
                                                  **record["validators"]}.items()} == balances
 
 
-def test_below_quorum_and_reverts_on_a_real_node(anvil_url: str,  # noqa: F811
-                                                 federation: Path) -> None:  # noqa: F811
+def test_below_quorum_and_reverts_on_a_real_node(anvil_url: str,
+                                                 federation: Path) -> None:
     report = sync(federation, anvil_url)
     w3 = connect(anvil_url)
     anchor = AnchorContract.at(w3, report.contract)
     with Ledger.open(federation) as ledger:
         head = ledger.block(ledger.height)  # type: ignore[arg-type]
-        client = sorted(ledger.state.clients())[0]
+        client = min(ledger.state.clients())
         budget = ledger.state.clients()[client]["epsilon_budget"]
     record = read_chain_file(federation)
     assert record is not None

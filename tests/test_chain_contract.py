@@ -8,9 +8,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 import vyper
 from bfl_private.ledger.blocks import GENESIS_PREV, BlockHeader
 from bfl_private.ledger.chain import (
@@ -26,6 +23,8 @@ from bfl_private.ledger.chain import (
 )
 from bfl_private.ledger.contracts import PPM, _median_ppm
 from bfl_private.ledger.errors import ChainRevert, ChainUnavailable, MalformedRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REWARDS = {"reward_per_round": 1000, "penalty_invalid": 100, "penalty_dropout": 10,
            "validator_reward": 10}

@@ -8,15 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_fixtures import (  # noqa: F401  (fixtures)
-    _synced_template,
-    federation,
-    federation_template,
-    synced,
-)
-from web3 import Web3
-
-from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync
 from bfl_private.ledger.chain import (
     AccountMap,
     AnchorContract,
@@ -35,9 +26,13 @@ from bfl_private.ledger.errors import (
 )
 from bfl_private.ledger.store import Ledger
 from bfl_private.ledger.verify import run_checks
-from bfl_private.keyring import Keyring
-from bfl_private.coordinator import COORDINATOR
+from web3 import Web3
 
+from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync
+from bfl_private.coordinator import COORDINATOR
+from bfl_private.keyring import Keyring
+
+pytest_plugins = ("chain_fixtures",)
 
 def _verify_on_chain(directory: Path, w3, address: str):  # type: ignore[no-untyped-def]
     with Ledger.open(directory) as ledger:
@@ -141,14 +136,14 @@ def test_unanchored_block_is_named(federation: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_tokens_moved_on_chain_are_named(synced: tuple[Path, Web3]) -> None:
-    federation, w3 = synced
-    record = read_chain_file(federation)
+    directory, w3 = synced
+    record = read_chain_file(directory)
     assert record is not None
     giver, taker = record["validators"]["validator-0"], record["validators"]["validator-1"]
     anchor = AnchorContract.at(w3, record["contract"])
     w3.eth.wait_for_transaction_receipt(
         anchor.contract.functions.transfer(taker, 5).transact({"from": giver}))
-    failure = _verify_on_chain(federation, w3, anchor.address).failure
+    failure = _verify_on_chain(directory, w3, anchor.address).failure
     assert failure is not None and failure.error_type == "ChainMismatch"
     assert "validator 'validator-0' balance" in failure.detail
     assert "validator 'validator-1' balance" in failure.detail
@@ -157,20 +152,20 @@ def test_tokens_moved_on_chain_are_named(synced: tuple[Path, Web3]) -> None:
 def test_epsilon_past_budget_reverts_on_chain_as_the_ledger_refuses(
         synced: tuple[Path, Web3]) -> None:
     """The same over-budget round_close: the embedded contract refuses it, the chain reverts."""
-    federation, w3 = synced
-    with Ledger.open(federation) as ledger:
+    directory, w3 = synced
+    with Ledger.open(directory) as ledger:
         last = ledger.block(ledger.height)  # type: ignore[arg-type]
         before = ledger.block(ledger.height - 1)  # type: ignore[operator]
         entries = ledger.entries(last.first_entry, last.header.size)
         state_before = _state_at(ledger, before.height)
-        record = read_chain_file(federation)
+        record = read_chain_file(directory)
     assert record is not None
     close = next(e for e in entries if e.type == ROUND_CLOSE)
-    client = sorted(close.payload["cumulative_epsilon"])[0]
+    client = min(close.payload["cumulative_epsilon"])
     budget = state_before.clients()[client]["epsilon_budget"]
     payload = {**close.payload,
                "cumulative_epsilon": {**close.payload["cumulative_epsilon"], client: budget + 0.25}}
-    forged = Entry.create(Keyring(federation).identity(COORDINATOR), ROUND_CLOSE, close.round,
+    forged = Entry.create(Keyring(directory).identity(COORDINATOR), ROUND_CLOSE, close.round,
                           payload)
     forged_entries = [forged if e is close else e for e in entries]
     with pytest.raises(ContractViolation, match="exceeds its lifetime budget"):
@@ -201,16 +196,16 @@ def _state_at(ledger: Ledger, height: int):  # type: ignore[no-untyped-def]
 
 
 def test_chain_file_for_another_chain_is_refused(synced: tuple[Path, Web3]) -> None:
-    federation, w3 = synced
-    assert sync(federation, w3=w3).anchored == []
-    path = federation / CHAIN_FILE
+    directory, w3 = synced
+    assert sync(directory, w3=w3).anchored == []
+    path = directory / CHAIN_FILE
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "chain_id": 1}))
     with pytest.raises(ChainMismatch, match="names chain 1"):
-        sync(federation, w3=in_process())
+        sync(directory, w3=in_process())
     path.write_text("{")
     with pytest.raises(MalformedRecord, match=CHAIN_FILE):
-        sync(federation, w3=in_process())
+        sync(directory, w3=in_process())
     path.write_text(json.dumps({"version": 1, "contract": "0x00"}))
     with pytest.raises(MalformedRecord, match="missing chain_id"):
-        sync(federation, w3=in_process())
+        sync(directory, w3=in_process())

@@ -86,6 +86,7 @@ class Federation:
         self.ledger = ledger
         self.settings = settings
         self.keys = Keyring(directory)
+        self._histories = PrivacyHistories()
         self.data: FederatedDataset = load_federated(
             settings.dataset,
             n_clients=settings.n_clients,
@@ -183,9 +184,8 @@ class Federation:
 
     def histories(self) -> dict[str, list[PrivacyRecord]]:
         """Each client's privacy records, in log order, from its signed submissions."""
-        histories = PrivacyHistories()
-        histories.add(self.ledger.entries())
-        return {c: histories.records.get(c, []) for c in self.clients}
+        self._histories.sync(self.ledger)
+        return {c: list(self._histories.records.get(c, [])) for c in self.clients}
 
     def budgets(self) -> dict[str, float]:
         return {c: float(v["epsilon_budget"]) for c, v in self.ledger.state.clients().items()}

@@ -19,6 +19,7 @@ from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
+from .ledger.store import Ledger
 from .privacy.accounting import PrivacyRecord, verify_claim
 from .privacy.errors import PrivacyError
 from .protocols.base import recompute_total
@@ -153,6 +154,8 @@ class PrivacyHistories:
 
     def __init__(self) -> None:
         self.records: dict[str, list[PrivacyRecord]] = {}
+        self.size = 0
+        """Log entries consumed by :meth:`sync`."""
 
     def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
         for offset, entry in enumerate(entries):
@@ -163,6 +166,21 @@ class PrivacyHistories:
                 except PrivacyError as exc:
                     raise SemanticCheckError(str(exc)) from exc
                 self.records.setdefault(entry.payload["client"], []).append(record)
+
+    def sync(self, ledger: Ledger) -> PrivacyHistories:
+        """Add only the entries the ledger committed since the last sync (no re-reading)."""
+        if ledger.size > self.size:
+            self.add(ledger.entries(self.size), first_index=self.size)
+            self.size = ledger.size
+        return self
+
+    def extended(self, entries: Sequence[Entry]) -> PrivacyHistories:
+        """A copy with ``entries`` (a proposed, uncommitted block) added."""
+        copy = PrivacyHistories()
+        copy.records = {c: list(r) for c, r in self.records.items()}
+        copy.size = self.size
+        copy.add(entries, first_index=self.size)
+        return copy
 
     def check_claims(self, entries: Sequence[Entry]) -> None:
         """Every ε claim of a close or abort among ``entries`` (already added) must recompute."""

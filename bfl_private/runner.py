@@ -112,6 +112,11 @@ def client_summaries(federation: Federation) -> list[dict[str, Any]]:
 
 
 def run_command(directory: Path, options: RoundOptions, *, quiet: bool = False) -> RunReport:
+    import torch
+
+    # The models are tiny: handing each small op to a second thread costs more than the
+    # maths, and on a busy 2-core machine it thrashes (backward took 47 ms instead of <1 ms).
+    torch.set_num_threads(1)
     directory = Path(directory)
     created = not Federation.exists(directory)
     if created:

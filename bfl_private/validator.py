@@ -43,6 +43,7 @@ class Validator:
         self.settings = settings
         self.n_features = data.n_features
         self.n_classes = data.n_classes
+        self.histories = PrivacyHistories()
 
     def _quality_ppm(self, params: np.ndarray) -> int:
         value = accuracy(self.settings.training.model, params, self.holdout,
@@ -56,10 +57,7 @@ class Validator:
             raise SemanticCheckError("no closed round to check among the proposed entries")
         check_round_aggregate(view, ledger.blobs, registered_keys=registered_client_keys(ledger.state))
         check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
-        histories = PrivacyHistories()
-        histories.add(ledger.entries())
-        histories.add(entries)
-        histories.check_claims(entries)
+        self.histories.sync(ledger).extended(entries).check_claims(entries)
         return view
 
     def attest(self, entries: Sequence[Entry], ledger: Ledger) -> Entry:

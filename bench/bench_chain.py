@@ -11,12 +11,13 @@ mainnet for the same bytecode; only the times depend on the backend.
 * gas vs D: real ledgers from ``run_command`` (3 clients, 1 round, plain protocol) with
   models of different sizes, anchored by ``chain_sync.sync``; the round's gas must not
   move with D (only hashes and integers go on chain). Baseline: the smallest model.
-* time per anchored round: wall time of those transactions in-process, against the
-  embedded contract's replay of the same block (``LedgerState.apply_block``) timed in the
-  same process.
+* time per anchored round: wall time of those transactions in-process (and on the node
+  at ``$BFL_CHAIN_URL`` when set, e.g. anvil), against the embedded contract's replay of
+  the same block (``LedgerState.apply_block``) timed in the same process.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -28,17 +29,20 @@ from bfl_private.ledger.chain import (
     AnchorContract,
     Settlement,
     client_address,
+    connect,
     epsilon_fixed,
     in_process,
     settlement_of,
 )
 from bfl_private.ledger.contracts import LedgerState
 from bfl_private.ledger.store import Ledger
+from web3 import Web3
 
 from bfl_private.chain_sync import sync
 
 REWARDS = {"reward_per_round": 1000, "penalty_invalid": 100, "penalty_dropout": 10,
            "validator_reward": 10}
+CHAIN_URL_ENV = "BFL_CHAIN_URL"
 ROUND_CALLS = ("propose_header", "approve_header", "settle_round")
 
 
@@ -91,9 +95,8 @@ def _real_round(directory: Path, model: str, dataset: str) -> dict:
     return {"dimension": dimension, "gas": sum(round_gas[genesis_calls:]), "replay_s": replay}
 
 
-def _anchored_round_seconds(directory: Path) -> float:
-    """Wall time of anchoring block 1 and settling round 1 of ``directory`` in-process."""
-    w3 = in_process()
+def _anchored_round_seconds(directory: Path, w3: Web3) -> float:
+    """Wall time of anchoring block 1 and settling round 1 of ``directory`` on ``w3``."""
     with Ledger.open(directory) as ledger:
         state, block0, block1 = ledger.state, ledger.block(0), ledger.block(1)
         entries = ledger.entries(block1.first_entry, block1.header.size)
@@ -142,12 +145,16 @@ def run(*, quick: bool) -> list[dict]:
                          "baseline_gas": small["gas"], "ratio": r["gas"] / small["gas"],
                          "note": "real ledger, 3 clients, 4 validators"})
         directory = Path(tmp) / models[0][0]
-        seconds = _anchored_round_seconds(directory)
+        nodes = [("in-process py-evm", in_process())]
+        if os.environ.get(CHAIN_URL_ENV):
+            nodes.append(("anvil at " + os.environ[CHAIN_URL_ENV], connect(os.environ[CHAIN_URL_ENV])))
         replay = small["replay_s"]
-        rows.append({"name": "time per anchored round (in-process py-evm)", "seconds": seconds,
-                     "baseline": "embedded contract replay of the same block",
-                     "baseline_seconds": replay, "ratio": seconds / replay,
-                     "note": "propose + 4 approvals + settle, each a mined transaction"})
+        for label, w3 in nodes:
+            seconds = _anchored_round_seconds(directory, w3)
+            rows.append({"name": f"time per anchored round ({label})", "seconds": seconds,
+                         "baseline": "embedded contract replay of the same block",
+                         "baseline_seconds": replay, "ratio": seconds / replay,
+                         "note": "propose + 4 approvals + settle, each a mined transaction"})
     return rows
 
 

@@ -76,11 +76,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_node(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connect(url, timeout=2)
+            return
+        except ChainUnavailable:
+            gone = process is not None and process.poll() is not None
+            if gone or time.monotonic() > deadline:
+                raise RuntimeError(f"no Ethereum node answers at {url}") from None
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def anvil_url() -> Iterator[str]:
     """A real node on loopback: the one CI started, or an anvil this fixture starts."""
     url = os.environ.get(CHAIN_URL_ENV)
     if url:
+        _wait_for_node(url)
         yield url
         return
     binary = _anvil_binary()
@@ -93,15 +107,7 @@ def anvil_url() -> Iterator[str]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                connect(url, timeout=2)
-                break
-            except ChainUnavailable:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"anvil did not start on {url}") from None
-                time.sleep(0.2)
+        _wait_for_node(url, process)
         yield url
     finally:
         process.terminate()

@@ -138,6 +138,10 @@ def sync(directory: Path | str, url: str | None = None, *, w3: Web3 | None = Non
             deployer, deployed = record["deployer"], False
         report = SyncReport(anchor.address, w3.eth.chain_id, deployed)
         state = ledger.state
+        unmapped = sorted((set(state.clients()) - set(mapping.clients))
+                          | (set(state.validators()) - set(mapping.validators)))
+        if unmapped:
+            raise MalformedRecord(f"{directory / CHAIN_FILE}: no account for {unmapped}")
         if anchor.anchored() == 0:
             budgets = {mapping.clients[c]: epsilon_fixed(r["epsilon_budget"])
                        for c, r in state.clients().items()

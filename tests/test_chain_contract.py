@@ -182,6 +182,14 @@ def test_budget_rules(chain: Chain) -> None:
         sender=chain.owner)
     assert chain.anchor.epsilon_spent(c0) == 3_000_000_000
     assert chain.anchor.epsilon_spent(c1) == 500_000_000
+    events = chain.anchor.contract.events
+    spent = [(e.args.client, e.args.round, e.args.cumulative)
+             for e in events.EpsilonSpent().get_logs(from_block=0)]
+    assert sorted(spent) == sorted([(c0, 1, 3_000_000_000), (c1, 1, 500_000_000)])
+    finalised = events.HeaderFinalised().get_logs(from_block=0)
+    assert [(e.args.header_hash, e.args.height) for e in finalised] == [(header.hash(), 0)]
+    (settled,) = events.RoundSettled().get_logs(from_block=0)
+    assert (settled.args.round, settled.args.closed, settled.args.minted) == (1, False, 0)
     with pytest.raises(ChainRevert, match="round is not the next one"):  # replay
         chain.anchor.settle_round(header, Settlement(round=1, closed=False), sender=chain.owner)
     second = chain.header()

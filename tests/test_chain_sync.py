@@ -209,3 +209,6 @@ def test_chain_file_for_another_chain_is_refused(synced: tuple[Path, Web3]) -> N
     path.write_text(json.dumps({"version": 1, "contract": "0x00"}))
     with pytest.raises(MalformedRecord, match="missing chain_id"):
         sync(directory, w3=in_process())
+    path.write_text(json.dumps({**record, "clients": {}}))
+    with pytest.raises(MalformedRecord, match="no account for"):
+        sync(directory, w3=w3)

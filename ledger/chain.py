@@ -228,7 +228,12 @@ class AnchorContract:
         return receipt
 
     def _call(self, name: str, *args: Any) -> Any:
-        return getattr(self.contract.functions, name)(*args).call()
+        try:
+            return getattr(self.contract.functions, name)(*args).call()
+        except (ContractLogicError, TransactionFailed):
+            raise
+        except (Web3Exception, OSError) as exc:
+            raise ChainUnavailable(f"reading {name} from {self.address}: {exc}") from None
 
     # --- writes -------------------------------------------------------------------------
 
@@ -242,8 +247,7 @@ class AnchorContract:
 
     def propose_header(self, header: BlockHeader, *, sender: str) -> None:
         """Anchor ``header`` (not final until a validator quorum approves it)."""
-        self._transact("propose_header", header.hash(), header.height,
-                       bytes(32) if header.height == 0 else header.prev_hash,
+        self._transact("propose_header", header.hash(), header.height, header.prev_hash,
                        header.size, header.root, header.state_root, sender=sender)
 
     def approve_header(self, header: BlockHeader, *, validator: str) -> None:
@@ -330,6 +334,8 @@ def _send(w3: Web3, name: str, call: Any, sender: str, *, gas: int | None = None
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
     except (ContractLogicError, TransactionFailed) as exc:
         raise ChainRevert(f"{name}: reverted: {_reason(exc)}") from None
+    except (Web3Exception, OSError) as exc:  # node gone, RPC error, receipt timeout
+        raise ChainUnavailable(f"{name}: {type(exc).__name__}: {exc}") from None
     if receipt["status"] != 1:
         raise ChainRevert(f"{name}: transaction {tx_hash.hex()} reverted")
     return dict(receipt)
@@ -340,8 +346,7 @@ def check_header(anchored: AnchoredHeader | None, header: BlockHeader) -> None:
     where = f"block {header.height} header {header.hash().hex()}"
     if anchored is None:
         raise ChainMismatch(f"{where} is not anchored on chain")
-    expected = (header.height, bytes(32) if header.height == 0 else header.prev_hash,
-                header.size, header.root, header.state_root)
+    expected = (header.height, header.prev_hash, header.size, header.root, header.state_root)
     found = (anchored.height, anchored.prev_hash, anchored.log_size, anchored.merkle_root,
              anchored.state_root)
     names = ("height", "prev hash", "log size", "Merkle root", "state root")

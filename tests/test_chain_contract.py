@@ -17,6 +17,7 @@ from bfl_private.ledger.chain import (
     Settlement,
     client_address,
     compile_contract,
+    connect,
     epsilon_fixed,
     in_process,
     load_artifact,
@@ -166,6 +167,13 @@ def test_deploy_refuses_a_quorum_below_two_thirds() -> None:
 def test_contract_at_another_address_is_refused(chain: Chain) -> None:
     with pytest.raises(ChainUnavailable, match="no bfl_anchor contract"):
         AnchorContract.at(chain.w3, chain.owner)
+    with pytest.raises(ChainUnavailable, match="cannot read code"):
+        AnchorContract.at(chain.w3, "0x00")
+
+
+def test_no_node_is_named() -> None:
+    with pytest.raises(ChainUnavailable, match="no Ethereum JSON-RPC node answers"):
+        connect("http://127.0.0.1:9", timeout=2)
 
 
 def test_budget_rules(chain: Chain) -> None:

@@ -47,10 +47,11 @@ def _machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     dates = sorted({e["date"][:10] for e in results["suites"].values() if e.get("date")})
     commits = sorted({e["commit"] for e in results["suites"].values() if e.get("commit")})
+    commit = commits[0] if len(commits) == 1 else "per suite in `bench/results.json`"
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
     mode = "quick (CI) settings" if results["quick"] else "full settings"
     return (f"Measured with {mode} on {m['cpu']} ({m['cores']} cores), {m['platform']}, Python {m['python']}; "
-            f"{packages}; {', '.join(dates)}, commit {', '.join(commits) or 'unknown'}.")
+            f"{packages}; {', '.join(dates)}, commit {commit or 'unknown'}.")
 
 
 def flower_table(results: dict[str, Any]) -> str:

@@ -121,7 +121,7 @@ def _load(path: Path, *, quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------
 # One markdown table for every suite: case, figure, baseline, ratio.
 
-_UNIT_HINTS = ("_s", "per_s", "_ms", "us_per", "per_1e5", "per_param", "accuracy_mean", "seconds")
+_UNIT_HINTS = ("_s", "per_s", "_ms", "us_per", "per_1e5", "per_param", "accuracy_mean", "seconds", "gas")
 _BASELINE_PREFIXES = ("baseline_", "nonprivate_", "floor_")
 _NOT_CASE = {"suite", "baseline", "ratio", "error", "aborted", "traceback"}
 
@@ -129,12 +129,18 @@ _NOT_CASE = {"suite", "baseline", "ratio", "error", "aborted", "traceback"}
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if _is_number(value):
+        return f"{value:,}"
     return str(value)
 
 
 def _is_figure(key: str, value: Any) -> bool:
-    return (isinstance(value, float) and not key.startswith(_BASELINE_PREFIXES) and "ratio" not in key
+    return (_is_number(value) and not key.startswith(_BASELINE_PREFIXES) and "ratio" not in key
             and any(hint in key for hint in _UNIT_HINTS))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def row_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -158,7 +164,7 @@ def row_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
     figures = [f"{k} = {_fmt(v)}" for k, v in row.items() if _is_figure(k, v)]
     figure = str(row["figure"]) if "figure" in row else (figures[0] if figures else "")
     base_figures = [f"{k.removeprefix('baseline_')} = {_fmt(v)}" for k, v in row.items()
-                    if k.startswith(_BASELINE_PREFIXES) and isinstance(v, float)]
+                    if k.startswith(_BASELINE_PREFIXES) and _is_number(v)]
     baseline = str(row.get("baseline", ""))
     if base_figures:
         baseline = f"{baseline}: {base_figures[0]}" if baseline else base_figures[0]

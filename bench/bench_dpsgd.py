@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
+from bfl_private.privacy.dpsgd import GRAD_SAMPLE_MODES, train_dp
 from torch import nn
 
 from bfl_private.data import load_federated
 from bfl_private.models import build_model
-from bfl_private.privacy.dpsgd import GRAD_SAMPLE_MODES, train_dp
 
 
 def _plain_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch: int, steps: int, seed: int) -> None:

@@ -34,7 +34,7 @@ from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier, planned_records
 from .protocol_setup import build_protocol
 from .protocols.base import STAGES, Stage
-from .protocols.errors import TooManyDropouts
+from .protocols.errors import BadShare, TooManyDropouts
 from .round_checks import PrivacyHistories
 from .settings import FederationSettings
 from .validator import Validator
@@ -238,7 +238,7 @@ class Federation:
 
     # --- one round --------------------------------------------------------------------
 
-    def _round_seed(self, round_id: int) -> bytes:
+    def round_seed(self, round_id: int) -> bytes:
         """Public randomness for the round (e.g. SecAgg+'s graph): bound to the chain's head."""
         return hashlib.sha256(self.ledger.head.hash() + round_id.to_bytes(8, "big")).digest()
 
@@ -260,7 +260,7 @@ class Federation:
         aggregation = build_protocol(protocol, self.settings, self.keys, participants=participants)
         base_cid = state.model_cid
         base = self.current_model()
-        seed = self._round_seed(round_id)
+        seed = self.round_seed(round_id)
         entries = [Entry.create(coordinator, ROUND_OPEN, round_id, {
             "participants": participants,
             "protocol": protocol,
@@ -297,13 +297,16 @@ class Federation:
             new_params, result = aggregator.aggregate(
                 base, updates, round_id=round_id, round_seed=seed, drop=drop, payloads=substitutes
             )
-        except TooManyDropouts as exc:
+        except (TooManyDropouts, BadShare) as exc:
+            # Too few parties left, or a share holder cheated so no seed set checks out:
+            # either way nothing can be unmasked, and the abort is what gets recorded.
             gone = sorted(drop)
+            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
             entries.append(Entry.create(coordinator, ABORT, round_id, {
-                "stage": exc.stage or "unknown", "reason": str(exc),
+                "stage": stage or "unknown", "reason": str(exc),
                 "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": {},
             }))
-            self._commit(entries)
+            self.commit_block(entries)
             return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), {},
                                 time.perf_counter() - started)
 
@@ -334,13 +337,13 @@ class Federation:
         }))
         attestations = [v.attest(entries, self.ledger) for v in self.validators]
         entries.extend(attestations)
-        self._commit(entries)
+        self.commit_block(entries)
         accepted = self.ledger.state.model_cid == model_cid
         accuracy = self.test_accuracy(new_params if accepted else base)
         return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
                             tuple(dropouts), dict(result.rejected), time.perf_counter() - started)
 
-    def _commit(self, entries: list[Entry]) -> None:
+    def commit_block(self, entries: list[Entry]) -> None:
         """Propose the round's block; each validator co-signs only after re-checking it."""
         head_time = self.ledger.head.time if self.ledger.head else 0
         proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))

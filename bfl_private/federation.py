@@ -41,10 +41,11 @@ def accuracy(model_kind: str, params: np.ndarray, split: Split, *, n_features: i
     return float(np.mean(predicted == split.labels))
 
 
-def _sgd(model: nn.Module, split: Split, config: TrainingConfig, generator: torch.Generator) -> None:
+def _local_training(model: nn.Module, split: Split, config: TrainingConfig, generator: torch.Generator) -> None:
     features = torch.from_numpy(split.features)
     labels = torch.from_numpy(split.labels)
-    optimiser = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    optimiser = optimizer_class(model.parameters(), lr=config.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(config.local_steps):
         batch = torch.randint(len(split), (min(config.batch_size, len(split)),), generator=generator)
@@ -71,11 +72,11 @@ class Client:
         return len(self.data.train)
 
     def train(self, global_params: np.ndarray, config: TrainingConfig, *, seed: int) -> LocalUpdate:
-        """Non-private local SGD from the global model."""
+        """Non-private local training (the config's optimizer) from the global model."""
         model = build_model(config.model, self.n_features, self.n_classes)
         load_flat(model, global_params)
         generator = torch.Generator().manual_seed(seed)
-        _sgd(model, self.data.train, config, generator)
+        _local_training(model, self.data.train, config, generator)
         return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, self.records)
 
 

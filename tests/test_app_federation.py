@@ -35,7 +35,7 @@ def test_load_flat_refuses_wrong_shape_and_nan():
 
 def test_fedavg_one_local_step_equals_direct_weighted_average():
     data = load_federated(n_clients=5, seed=2)
-    config = TrainingConfig(local_steps=1, batch_size=4, learning_rate=0.1, update_bound=10.0)
+    config = TrainingConfig(local_steps=1, batch_size=4, optimizer="sgd", learning_rate=0.1, update_bound=10.0)
     params = flatten_parameters(build_model("logreg", data.n_features, data.n_classes, seed=0))
     clients = [Client(c, n_features=data.n_features, n_classes=data.n_classes) for c in data.clients]
     updates = [c.train(params, config, seed=i) for i, c in enumerate(clients)]
@@ -100,7 +100,7 @@ def test_non_private_federation_reaches_096_on_breast_cancer():
     accuracies = []
     for seed in range(3):
         data = load_federated(seed=seed)
-        config = TrainingConfig()
+        config = TrainingConfig(optimizer="sgd", local_steps=20, learning_rate=0.5)
         clients = [Client(c, n_features=data.n_features, n_classes=data.n_classes) for c in data.clients]
         params = flatten_parameters(build_model("logreg", data.n_features, data.n_classes, seed=seed))
         agg = Aggregator(PlainProtocol(bound=config.update_bound), max(len(c.data.train) for c in clients), config)

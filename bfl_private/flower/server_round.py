@@ -29,7 +29,7 @@ from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..privacy.accounting import PrivacyRecord, recorded_epsilon
 from ..privacy.errors import PrivacyError
-from ..protocols.errors import ProtocolError, TooManyDropouts
+from ..protocols.errors import BadShare, ProtocolError, TooManyDropouts
 from ..protocols.masking import PROTOCOL, MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
@@ -134,7 +134,7 @@ class FlowerRound:
         codec, neighbours = masking_parameters(settings, len(self.participants))
         base_cid = state.model_cid
         base = fed.current_model()
-        seed = fed._round_seed(self.round_id)
+        seed = fed.round_seed(self.round_id)
         coordinator = fed.identity(COORDINATOR)
         opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
             "participants": self.participants,
@@ -186,14 +186,15 @@ class FlowerRound:
             for client, reply in replies.items():
                 self._receive("unmask", client, partial(server.receive_unmask, reply["unmask"]))
             outcome = server.finish()
-        except TooManyDropouts as exc:
+        except (TooManyDropouts, BadShare) as exc:
             dropped = server.dropped()
             survivors = [c for i, c in enumerate(params.clients) if i not in dropped]
-            fed._commit([opened, Entry.create(coordinator, ABORT, self.round_id, {
-                "stage": exc.stage or "unknown", "reason": str(exc), "survivors": survivors,
+            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
+            fed.commit_block([opened, Entry.create(coordinator, ABORT, self.round_id, {
+                "stage": stage or "unknown", "reason": str(exc), "survivors": survivors,
                 "cumulative_epsilon": {},
             })])
-            self.log(f"round {self.round_id}: aborted at stage {exc.stage}: {exc}")
+            self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
             gone = tuple(sorted(set(self.participants) - set(survivors)))
             return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
                                 time.perf_counter() - started)
@@ -220,7 +221,7 @@ class FlowerRound:
             "cumulative_epsilon": claims,
         }))
         entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
-        fed._commit(entries)
+        fed.commit_block(entries)
         accepted = fed.ledger.state.model_cid == model_cid
         self.log(f"round {self.round_id}: closed with {len(included)} survivors, dropouts {dropouts}")
         return RoundSummary(self.round_id, "accepted" if accepted else "rejected",

@@ -1,7 +1,7 @@
 """End to end: the operator's command and the auditor's verification, as users run them.
 
 1. ``bfl-private round --epsilon 1.0`` on the defaults (10 hospitals, breast cancer,
-   masking SecAgg+, 5 rounds, 4 validators, a fresh ledger), run as a subprocess of the
+   masking SecAgg+, 40 rounds, 4 validators, a fresh ledger), run as a subprocess of the
    real console script in a temporary directory: wall seconds and CPU seconds (children's
    rusage), after one warm-up import. Baseline, timed in the same run: the same command
    with ``--protocol plain`` (same DP training, ledger and validators; no secure

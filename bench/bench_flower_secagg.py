@@ -235,17 +235,7 @@ def run(*, quick: bool) -> list[dict]:
     return [measure(n, length, dropout) for n, length in grid for dropout in (0.0, 0.1)]
 
 
-def _table(rows: list[dict]) -> str:
-    lines = ["| N | D | k | t | dropout | ours CPU s | Flower SecAgg+ CPU s | Flower / ours |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        head = f"| {r['n']} | {r['d']:.0e} | {r['neighbours']} | {r['threshold']} | {r['dropout']:.0%} |"
-        if "aborted" in r:
-            lines.append(f"{head} aborted: {r['aborted']} | | |")
-        else:
-            lines.append(f"{head} {r['cpu_s']:.3f} | {r['baseline_cpu_s']:.3f} | {r['ratio']:.1f}x |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
-    print(_table(run(quick="--quick" in sys.argv[1:])))
+    from bench.report import flower_table
+
+    print(flower_table({"suites": {"flower_secagg": {"rows": run(quick="--quick" in sys.argv[1:])}}}))

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .errors import ConfigurationError, MalformedInput
+from .errors import ConfigurationError, MalformedInput, ProtocolError, TooManyDropouts
 
 Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
@@ -99,6 +99,34 @@ def check_updates(updates: Mapping[str, np.ndarray]) -> int:
             raise MalformedInput(f"update of client {client!r} has non-finite values")
     assert length is not None
     return length
+
+
+def one_shot_submitters(
+    updates: Mapping[str, np.ndarray], drop: Mapping[str, Stage] | None
+) -> tuple[list[str], tuple[str, ...]]:
+    """(submitters, dropped) of a one-message protocol such as HE, which needs no recovery:
+    a client dropped before ``unmask`` never submits; one dropped at ``unmask`` already has."""
+    drop = drop or {}
+    dropped = tuple(sorted(c for c, stage in drop.items() if c in updates and stage != "unmask"))
+    return [c for c in sorted(updates) if c not in dropped], dropped
+
+
+def receive_submissions(
+    blobs: Mapping[str, bytes], decode: Callable[[str, bytes], Any], *, round_id: int, drop: Mapping[str, Stage] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check every blob on receipt: (decoded, rejected with the reason). Raises
+    TooManyDropouts when nothing valid arrived."""
+    received: dict[str, Any] = {}
+    rejected: dict[str, str] = {}
+    for client, blob in blobs.items():
+        try:
+            received[client] = decode(client, blob)
+        except ProtocolError as exc:
+            rejected[client] = str(exc)
+    if not received:
+        raise TooManyDropouts(f"round {round_id}: no valid submission among {len(blobs)} submitters",
+                              stage="mask", required=1, available=0, dropped=dict(drop or {}))
+    return received, rejected
 
 
 def recompute_total(

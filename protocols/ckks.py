@@ -76,13 +76,19 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from .base import AggregationProtocol, AggregationResult, Stage, check_updates
+from .base import (
+    AggregationProtocol,
+    AggregationResult,
+    Stage,
+    check_updates,
+    one_shot_submitters,
+    receive_submissions,
+)
 from .errors import (
     AggregateMismatch,
     ConfigurationError,
     HeadroomExceeded,
     MalformedInput,
-    ProtocolError,
     ReplayedMessage,
     TooManyDropouts,
     WrongKey,
@@ -394,23 +400,16 @@ class CkksProtocol(AggregationProtocol):
         ``round_seed`` and ``rng`` are unused: CKKS draws its noise inside SEAL.
         """
         length = check_updates(updates)
-        drop = drop or {}
-        dropped = tuple(sorted(c for c, stage in drop.items() if c in updates and stage != "unmask"))
-        submitters = [c for c in sorted(updates) if c not in dropped]
+        submitters, dropped = one_shot_submitters(updates, drop)
         if len(submitters) > self.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed max_summands {self.max_summands}")
         blobs = {c: encrypt_update(updates[c], context=self.context, public_context=self.public_context,
                                    clip=self.clip) for c in submitters}
-        received, rejected = {}, {}
-        for client, blob in blobs.items():
-            try:
-                received[client] = decode_submission(blob, context=self.context, public_context=self.public_context,
-                                                     length=length, client=client)
-            except ProtocolError as exc:
-                rejected[client] = str(exc)
-        if not received:
-            raise TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients",
-                                  stage="mask", required=1, available=0, dropped=dict(drop))
+        received, rejected = receive_submissions(
+            blobs, lambda client, blob: decode_submission(blob, context=self.context, public_context=self.public_context,
+                                                          length=length, client=client),
+            round_id=round_id, drop=drop,
+        )
         included = sorted(received)
         claimed = _digests(add([received[c] for c in included]))
         submissions = {c: blobs[c] for c in included}

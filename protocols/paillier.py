@@ -56,14 +56,20 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from .base import AggregationProtocol, AggregationResult, Stage, check_updates
+from .base import (
+    AggregationProtocol,
+    AggregationResult,
+    Stage,
+    check_updates,
+    one_shot_submitters,
+    receive_submissions,
+)
 from .errors import (
     AggregateMismatch,
     ConfigurationError,
     DecryptionProofError,
     HeadroomExceeded,
     MalformedInput,
-    ProtocolError,
     ReplayedMessage,
     SlotOverflow,
     TooManyDropouts,
@@ -561,9 +567,7 @@ class PaillierProtocol(AggregationProtocol):
         """
         length = check_updates(updates)
         layout = self.layout(length)
-        drop = drop or {}
-        dropped = tuple(sorted(c for c, stage in drop.items() if c in updates and stage != "unmask"))
-        submitters = [c for c in sorted(updates) if c not in dropped]
+        submitters, dropped = one_shot_submitters(updates, drop)
         if len(submitters) > layout.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed the codec's max_summands {layout.max_summands}")
         blobs = {
@@ -571,16 +575,10 @@ class PaillierProtocol(AggregationProtocol):
                                    layout=layout, rng=rng, workers=self.workers)
             for client in submitters
         }
-        received: dict[str, list[int]] = {}
-        rejected: dict[str, str] = {}
-        for client, blob in blobs.items():
-            try:
-                received[client] = decode_submission(blob, public_key=self.public_key, layout=layout, client=client)
-            except ProtocolError as exc:
-                rejected[client] = str(exc)
-        if not received:
-            raise TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients",
-                                  stage="mask", required=1, available=0, dropped=dict(drop))
+        received, rejected = receive_submissions(
+            blobs, lambda client, blob: decode_submission(blob, public_key=self.public_key, layout=layout, client=client),
+            round_id=round_id, drop=drop,
+        )
         included = sorted(received)
         claimed = add(self.public_key, (received[c] for c in included))
         submissions = {c: blobs[c] for c in included}

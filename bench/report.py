@@ -86,6 +86,13 @@ def e2e_table(results: dict[str, Any]) -> str:
                          f"| {r['ratio']:.2f}x |")
     if error:
         lines.append(f"| suite failed: {error} | | | |")
+    accuracy_rows, accuracy_error = _suite(results, "round_accuracy")
+    for r in accuracy_rows:
+        lines.append(f"| {r['case']}: test accuracy | {r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f} "
+                     f"(max ε {r['max_epsilon']:.4f}, {r['seconds_per_command']:.0f} s per command) | "
+                     f"{r['baseline']} | {r['ratio']:.3f}x |")
+    if accuracy_error:
+        lines.append(f"| suite round_accuracy failed: {accuracy_error} | | | |")
     return "\n".join(lines)
 
 

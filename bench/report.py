@@ -129,7 +129,10 @@ def results_section(utility: dict[str, Any]) -> str:
          f"{s['training']['learning_rate']:g}, sample rate q = {s['privacy']['sample_rate']:g}, clipping norm "
          f"{s['privacy']['clipping_norm']:g}, δ = {s['privacy']['delta']:g}, {s['privacy']['accountant'].upper()} "
          f"accountant); mean ± sd over {len(utility['seeds'])} seeds. Reference lines: the same training without "
-         "clipping or noise, federated and centralised. From `notebooks/02_privacy_utility.ipynb`."),
+         "clipping or noise, federated and centralised. From `notebooks/02_privacy_utility.ipynb`. "
+         "The notebook's loop is plain DP FedAvg; the full `bfl-private round` command adds the validators' "
+         "quality gate (a round much worse than the previous model is rejected and the old model kept), whose "
+         "accuracy over the same seeds is the last row of the End-to-end table above."),
         f"![test accuracy against ε]({UTILITY_FIGURE})",
         "| ε per hospital | test accuracy | largest ε spent |\n|---|---|---|",
     ]

@@ -11,12 +11,11 @@ hospital of the federation (n≈33, q=1/2). Times are the best of ``repeats`` ru
 """
 from __future__ import annotations
 
-import time
-
 import torch
 from bfl_private.privacy.dpsgd import GRAD_SAMPLE_MODES, train_dp
 from torch import nn
 
+from bench import best_time
 from bfl_private.data import load_federated
 from bfl_private.models import build_model
 
@@ -38,15 +37,6 @@ def _plain_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch: 
                 break
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def run(*, quick: bool) -> list[dict]:
     default_threads = torch.get_num_threads()
     pool = load_federated("breast_cancer", n_clients=1, partition="iid", seed=0).clients[0].train
@@ -63,13 +53,13 @@ def run(*, quick: bool) -> list[dict]:
             x, y = torch.from_numpy(split.features), torch.from_numpy(split.labels)
             for kind in ("logreg", "mlp"):
                 model = build_model(kind, x.shape[1], 2)
-                plain = _best(lambda: _plain_epochs(model, x, y, batch=max(1, round(q * n)), steps=steps, seed=0), repeats)
+                plain = best_time(lambda: _plain_epochs(model, x, y, batch=max(1, round(q * n)), steps=steps, seed=0), repeats)
                 for mode in GRAD_SAMPLE_MODES:
                     def dp() -> None:
                         train_dp(model, split.features, split.labels, noise_multiplier=1.0, clipping_norm=1.0,
                                  sample_rate=q, steps=steps, learning_rate=0.1, seed=0, grad_sample_mode=mode)
                     dp()  # warm-up (first call imports and builds Opacus's hooks)
-                    private = _best(dp, repeats)
+                    private = best_time(dp, repeats)
                     rows.append({
                         "suite": "dpsgd", "data": f"{name} n={n} q=1/{batches}", "model": kind, "threads": threads,
                         "grad_sample_mode": mode, "dp_ms_per_epoch": 1e3 * private / epochs,

@@ -27,15 +27,7 @@ import tenseal as ts
 from bfl_private.protocols import ckks, paillier
 from bfl_private.protocols.quantize import FixedPointCodec
 
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls: the least disturbed by other load on the machine."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+from bench import best_time
 
 
 def bench_paillier(*, quick: bool) -> list[dict]:
@@ -59,9 +51,9 @@ def bench_paillier(*, quick: bool) -> list[dict]:
 
     timings: dict[str, list[float]] = {"unpacked": [], "packed_1": [], "packed_n": []}
     for _ in range(3 if quick else 5):  # interleaved, so all three see the same load
-        timings["unpacked"].append(_best(unpacked, 1) / len(single))  # seconds per value
-        timings["packed_1"].append(_best(packed(1), 1) / layout.length)
-        timings["packed_n"].append(_best(packed(cores), 1) / layout.length)
+        timings["unpacked"].append(best_time(unpacked, 1) / len(single))  # seconds per value
+        timings["packed_1"].append(best_time(packed(1), 1) / layout.length)
+        timings["packed_n"].append(best_time(packed(cores), 1) / layout.length)
     t_unpacked, t_packed_1, t_packed_n = (min(timings[k]) for k in ("unpacked", "packed_1", "packed_n"))
     blobs = {f"c{i}": paillier.encrypt_update(v, public_key=pk, codec=codec, layout=layout) for i, v in enumerate(vectors)}
     started = time.perf_counter()
@@ -135,8 +127,8 @@ def bench_ckks(*, quick: bool) -> list[dict]:
     for name, (raw, ours) in pairs.items():
         raw_times, our_times = [], []
         for _ in range(repeats):  # interleaved, so both see the same load
-            raw_times.append(_best(raw, 1))
-            our_times.append(_best(ours, 1))
+            raw_times.append(best_time(raw, 1))
+            our_times.append(best_time(ours, 1))
         t_raw, t_ours = min(raw_times), min(our_times)
         rows.append({"suite": "he", "scheme": "ckks-8192", "name": name, "baseline": "raw TenSEAL calls",
                      "seconds_per_1e5": t_ours * per, "baseline_seconds_per_1e5": t_raw * per,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import get_model, put_aggregate, put_model
-from .data import FederatedDataset, load_federated
+from .data import FederatedDataset, federation_data
 from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
 from .keyring import Keyring
 from .ledger.contracts import min_quorum
@@ -87,14 +87,7 @@ class Federation:
         self.settings = settings
         self.keys = Keyring(directory)
         self._histories = PrivacyHistories()
-        self.data: FederatedDataset = load_federated(
-            settings.dataset,
-            n_clients=settings.n_clients,
-            partition=settings.partition,
-            alpha=settings.alpha,
-            seed=settings.data_seed,
-            n_validators=settings.n_validators,
-        )
+        self.data: FederatedDataset = federation_data(settings)
         self.clients = {
             c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
             for c in self.data.clients
@@ -133,10 +126,7 @@ class Federation:
 
     @classmethod
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
-        data = load_federated(
-            settings.dataset, n_clients=settings.n_clients, partition=settings.partition, alpha=settings.alpha,
-            seed=settings.data_seed, n_validators=settings.n_validators,
-        )
+        data = federation_data(settings)
         for client in data.clients:
             validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
         keys = Keyring(directory)

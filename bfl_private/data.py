@@ -13,10 +13,14 @@ The pipeline is deterministic for a seed:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
+
+if TYPE_CHECKING:
+    from .settings import FederationSettings
 
 DATASETS = {"breast_cancer": load_breast_cancer, "digits": load_digits}
 PARTITIONS = ("iid", "dirichlet")
@@ -175,4 +179,16 @@ def load_federated(
         clients=tuple(clients),
         validators=validators,
         test=Split(standardise(test_x), test_y),
+    )
+
+
+def federation_data(settings: FederationSettings) -> FederatedDataset:
+    """The split a federation's genesis settings fix: every party re-derives the same one."""
+    return load_federated(
+        settings.dataset,
+        n_clients=settings.n_clients,
+        partition=settings.partition,
+        alpha=settings.alpha,
+        seed=settings.data_seed,
+        n_validators=settings.n_validators,
     )

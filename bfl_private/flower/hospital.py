@@ -213,12 +213,9 @@ class Hospital:
             hospital: Hospital
 
             def partition() -> Split:
-                from ..data import load_federated
+                from ..data import federation_data
 
-                # the split Federation makes from the genesis settings (tests hold the two equal)
-                part = load_federated(settings.dataset, n_clients=settings.n_clients, partition=settings.partition,
-                                      alpha=settings.alpha, seed=settings.data_seed,
-                                      n_validators=settings.n_validators).clients[pid]
+                part = federation_data(settings).clients[pid]
                 if hospital.name != part.client_id:
                     raise HospitalConfigError(f"partition {pid} belongs to {part.client_id}, the key to {hospital.name}")
                 return part.train

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..ed25519 import verify_signature
 from .errors import MalformedRecord, SignatureError
 
 #: Signature type byte of Ed25519 in C2SP signed notes.
@@ -62,12 +63,11 @@ def _b64decode(text: str, what: str) -> bytes:
 class VerifyingKey:
     """A named Ed25519 public key: the identity other parties check signatures against."""
 
-    __slots__ = ("_key", "_key_id", "_name", "_raw")
+    __slots__ = ("_key_id", "_name", "_raw")
 
     def __init__(self, name: str, key: Ed25519PublicKey) -> None:
         """Prefer :meth:`from_public_bytes`; this wraps an existing ``cryptography`` key."""
         self._name = check_key_name(name)
-        self._key = key
         self._raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self._key_id = key_id_for(self._name, self._raw)
 
@@ -157,7 +157,7 @@ class VerifyingKey:
                 f"{SIGNATURE_SIZE} bytes"
             )
         try:
-            self._key.verify(bytes(signature), bytes(data))
+            verify_signature(self._raw, bytes(signature), bytes(data))
         except InvalidSignature:
             raise SignatureError(
                 f"signature by {self._name} (key id {self.key_id_hex}) does not verify "

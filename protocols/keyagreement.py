@@ -20,7 +20,7 @@ import struct
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from ..ed25519 import verify_signature
 from .errors import BadSignature, MalformedInput
 from .prg import SEED_BYTES
 
@@ -65,17 +66,6 @@ def x25519_public_from_bytes(data: bytes, *, what: str) -> X25519PublicKey:
             f"{what}: X25519 public key must be {KEY_BYTES} bytes, got {len(data)}"
         )
     return X25519PublicKey.from_public_bytes(data)
-
-
-def ed25519_public_from_bytes(data: bytes, *, what: str) -> Ed25519PublicKey:
-    if len(data) != KEY_BYTES:
-        raise MalformedInput(
-            f"{what}: Ed25519 public key must be {KEY_BYTES} bytes, got {len(data)}"
-        )
-    try:
-        return Ed25519PublicKey.from_public_bytes(data)
-    except ValueError as exc:
-        raise MalformedInput(f"{what}: not an Ed25519 public key: {exc}") from exc
 
 
 def agree(private: X25519PrivateKey, peer_public: bytes, *, what: str) -> bytes:
@@ -133,13 +123,16 @@ def sign(identity: Ed25519PrivateKey, message: bytes) -> bytes:
 
 def verify(identity_public: bytes, signature: bytes, message: bytes, *, what: str) -> None:
     """Raise :class:`BadSignature` unless ``signature`` is the identity key's over ``message``."""
-    key = ed25519_public_from_bytes(identity_public, what=what)
+    if len(identity_public) != KEY_BYTES:
+        raise MalformedInput(
+            f"{what}: Ed25519 public key must be {KEY_BYTES} bytes, got {len(identity_public)}"
+        )
     if len(signature) != SIGNATURE_BYTES:
         raise MalformedInput(
             f"{what}: signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}"
         )
     try:
-        key.verify(signature, DOMAIN + message)
+        verify_signature(identity_public, signature, DOMAIN + message)
     except InvalidSignature:
         raise BadSignature(
             f"{what}: Ed25519 signature does not verify under the client's identity key"

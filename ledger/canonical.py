@@ -2,30 +2,103 @@
 
 A signature or a hash over JSON is only meaningful if there is exactly one byte string
 per value; RFC 8785 fixes key order (UTF-16 code units, §3.2.3), number formatting
-(ECMAScript, §3.2.2.3) and string escaping (§3.2.2.2). Serialisation is delegated to the
-``rfc8785`` package. Parsing is strict in the other direction: bytes are accepted only if
-they are *already* canonical, so two different byte strings can never carry one record.
+(ECMAScript, §3.2.2.3) and string escaping (§3.2.2.2). Parsing is strict in the other
+direction: bytes are accepted only if they are *already* canonical, so two different byte
+strings can never carry one record.
+
+Serialisation walks the value here and leaves the two delicate parts to reference code:
+string escaping to the standard library's C ``encode_basestring`` (its escape set is
+exactly §3.2.2.2's: ``"``, ``\\``, and U+0000–U+001F with the five short forms) and
+number formatting of floats to the ``rfc8785`` package. The ``rfc8785`` package alone
+does the whole walk in Python a token at a time, and the ledger re-encodes its contract
+state every block: this is several times faster, and a property test checks it byte for
+byte against ``rfc8785.dumps``.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import rfc8785
 
 from .errors import MalformedRecord
 
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _utf16_order(key: str) -> bytes:
+    return key.encode("utf-16-be")
+
+
+def _encode(obj: Any, out: Callable[[str], None]) -> None:
+    if isinstance(obj, str):
+        out(encode_basestring(obj))
+    elif obj is None:
+        out("null")
+    elif obj is True:
+        out("true")
+    elif obj is False:
+        out("false")
+    elif isinstance(obj, int):
+        if abs(obj) > _MAX_SAFE_INTEGER:
+            raise MalformedRecord(
+                f"value cannot be canonicalised as RFC 8785 JSON: integer {obj} is beyond ±(2^53 - 1)"
+            )
+        out(int.__repr__(obj))
+    elif isinstance(obj, float):
+        try:
+            out(rfc8785.dumps(float(obj)).decode("ascii"))
+        except rfc8785.CanonicalizationError as exc:
+            raise MalformedRecord(f"value cannot be canonicalised as RFC 8785 JSON: {exc}") from None
+    elif isinstance(obj, dict):
+        try:
+            keys = sorted(obj, key=_utf16_order)
+        except AttributeError:
+            raise MalformedRecord(
+                f"value cannot be canonicalised as RFC 8785 JSON: object keys must be strings, got {list(obj)!r}"
+            ) from None
+        except UnicodeEncodeError as exc:
+            raise MalformedRecord(
+                f"value cannot be canonicalised as RFC 8785 JSON: an object key is not valid Unicode ({exc.reason})"
+            ) from None
+        out("{")
+        for position, key in enumerate(keys):
+            if position:
+                out(",")
+            out(encode_basestring(key))
+            out(":")
+            _encode(obj[key], out)
+        out("}")
+    elif isinstance(obj, (list, tuple)):
+        out("[")
+        for position, item in enumerate(obj):
+            if position:
+                out(",")
+            _encode(item, out)
+        out("]")
+    else:
+        raise MalformedRecord(
+            f"value cannot be canonicalised as RFC 8785 JSON: unsupported type {type(obj).__name__}"
+        )
+
 
 def canonical_bytes(obj: Any) -> bytes:
     """RFC 8785 bytes of ``obj`` (dicts with str keys, lists/tuples, str, int, float, bool, None).
 
     Raises :class:`MalformedRecord` for what JCS cannot represent: NaN or infinities
-    (RFC 8785 §3.2.2.3 / I-JSON), integers beyond ±2^53 - 1, non-string keys, other types.
+    (RFC 8785 §3.2.2.3 / I-JSON), integers beyond ±2^53 - 1, non-string keys, strings
+    that are not Unicode scalar values (lone surrogates), other types.
     """
+    parts: list[str] = []
+    _encode(obj, parts.append)
     try:
-        return rfc8785.dumps(obj)
-    except rfc8785.CanonicalizationError as exc:
-        raise MalformedRecord(f"value cannot be canonicalised as RFC 8785 JSON: {exc}") from None
+        return "".join(parts).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedRecord(
+            f"value cannot be canonicalised as RFC 8785 JSON: a string is not valid Unicode ({exc.reason})"
+        ) from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -39,9 +112,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"non-JSON constant {name}")
-
-
-_MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def _parse_int(text: str) -> int | float:
@@ -79,8 +149,8 @@ def parse_canonical(data: bytes, *, where: str) -> Any:
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedRecord(f"{where}: not valid JSON: {exc}") from None
     try:
-        again = rfc8785.dumps(value)
-    except rfc8785.CanonicalizationError as exc:
+        again = canonical_bytes(value)
+    except MalformedRecord as exc:
         raise MalformedRecord(f"{where}: JSON outside the RFC 8785 domain: {exc}") from None
     if again != data:
         raise MalformedRecord(

@@ -5,11 +5,11 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
+import rfc8785
 from bfl_private.ledger.canonical import canonical_bytes, parse_canonical
 from bfl_private.ledger.errors import MalformedRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # RFC 8785 §3.2.2 example: input as a producer might write it, and its canonical form.
 RFC8785_INPUT = (
@@ -103,3 +103,21 @@ def test_round_trip_and_uniqueness(value) -> None:
     if spaced != data:
         with pytest.raises(MalformedRecord):
             parse_canonical(spaced, where="property")
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_serialisation_matches_the_reference_rfc8785_package_byte_for_byte(value) -> None:
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\ud800", {"\udfff": 1}, [1, "ok", "x\ud83d"], 2**53, -(2**53), {"a": [math.nan]}, (1, math.inf)],
+)
+def test_refusals_match_the_reference_rfc8785_package(value) -> None:
+    # The reference lets a lone surrogate in a key escape as UnicodeEncodeError; we name it.
+    with pytest.raises((rfc8785.CanonicalizationError, UnicodeEncodeError)):
+        rfc8785.dumps(value)
+    with pytest.raises(MalformedRecord, match="cannot be canonicalised"):
+        canonical_bytes(value)

@@ -42,7 +42,6 @@ An aborted round mints and penalises nothing; it records the privacy spent.
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -96,6 +95,16 @@ def _median_ppm(values: Sequence[int]) -> int:
     return (ordered[mid - 1] + ordered[mid]) // 2
 
 
+def _json_copy(value: Any) -> Any:
+    """Deep copy of a JSON value; several times faster than copy.deepcopy on the state,
+    which is copied every block."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
+
+
 class LedgerState:
     """The contract state after some prefix of the log; immutable, canonical, hashable.
 
@@ -134,7 +143,7 @@ class LedgerState:
 
     def as_dict(self) -> dict[str, Any]:
         """A deep copy of the state as plain JSON values (for display and hooks)."""
-        return copy.deepcopy(self._data)
+        return _json_copy(self._data)
 
     # --- read access --------------------------------------------------------------------
 
@@ -173,22 +182,22 @@ class LedgerState:
     @property
     def open_round(self) -> dict[str, Any] | None:
         """The round in progress (status ``open`` or ``closed``), a copy; None if none."""
-        return copy.deepcopy(self._get("round"))
+        return _json_copy(self._get("round"))
 
     def clients(self) -> dict[str, dict[str, Any]]:
         """Client id -> registration, ``epsilon_spent`` and ``balance`` (a copy)."""
-        return copy.deepcopy(self._get("clients"))
+        return _json_copy(self._get("clients"))
 
     def validators(self) -> dict[str, dict[str, Any]]:
         """Validator id -> registration and ``balance`` (a copy)."""
-        return copy.deepcopy(self._get("validators"))
+        return _json_copy(self._get("validators"))
 
     def rounds(self) -> list[dict[str, Any]]:
         """Summary of every finished round, oldest first (a copy): outcome, counts of
         participants / survivors / dropouts / rejected, attestations, model and quality,
         tokens minted. Per-client detail stays in the entries, so the state (hashed every
         block) grows with rounds by a constant, not by the number of clients."""
-        return copy.deepcopy(self._get("rounds"))
+        return _json_copy(self._get("rounds"))
 
     def balances(self) -> dict[str, int]:
         """Token balance of every client and validator."""
@@ -219,7 +228,7 @@ class LedgerState:
         this state unchanged either way. Signatures are checked by the caller
         (:func:`~bfl_private.ledger.entries.verify_signatures` with :meth:`keys`).
         """
-        data = copy.deepcopy(self._data)
+        data = _json_copy(self._data)
         if not data and (len(entries) != 1 or entries[0].type != GENESIS):
             raise ContractViolation(
                 f"entry {first_index}: block 0 must hold exactly one genesis entry"

@@ -18,10 +18,11 @@ Stages (a client may stop answering after any of them):
 3. ``mask`` — u sends y_u = x_u + PRG(b_u) + Σ_{v∈N(u)∩U2, v>u} PRG(s_uv)
    − Σ_{v∈N(u)∩U2, v<u} PRG(s_uv)  (mod 2^32). Survivors: U3, whose inputs are summed.
 4. ``unmask`` — the server announces U3; each client signs it (consistency check) and,
-   once it holds at least t signatures of its neighbours over the *same* U3 (every
-   neighbour's signature in the server's list must verify; in the complete graph this
-   is Bonawitz's check verbatim, in SecAgg+ the neighbours are the parties whose views
-   decide which share of each peer is revealed), reveals for each neighbour v either
+   once it holds t valid signatures of its neighbours over the *same* U3 (it checks
+   neighbours' signatures in the server's list until t have verified, and refuses the
+   list if one of those it checks fails; Bonawitz checks every signature, but t
+   agreeing neighbours are the whole guarantee, and in SecAgg+ the neighbours are the
+   parties whose views decide which share of each peer is revealed), reveals for each neighbour v either
    v's b-share (v ∈ U3) or v's s-share (v ∈ U2 \\ U3), never both. The server
    reconstructs b_v for v ∈ U3 and s_v for v ∈ U2 \\ U3, checks each b_v against v's
    signed commitment c_v and each s_v against v's advertised public key S_v, and removes

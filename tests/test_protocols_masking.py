@@ -220,6 +220,36 @@ def test_server_lying_about_the_survivor_set_is_refused() -> None:
         r.server.receive_acknowledgement(acks[0])
 
 
+def test_consistency_check_needs_t_valid_neighbour_signatures_and_stops_there() -> None:
+    r = Round(7)  # complete graph: 6 neighbours each, t = 5
+    t = r.params.threshold
+    announcement = r.mask()
+    acks = {c.index: c.acknowledge(announcement) for c in r.clients}
+    genuine = {
+        i: Acknowledgements.from_bytes(a, Acknowledgements.SINGLE).signatures[0][1]
+        for i, a in acks.items()
+    }
+    forged = bytes(64)
+
+    def signature_list(bad: set[int]) -> bytes:
+        items = tuple((i, forged if i in bad else genuine[i]) for i in sorted(genuine))
+        return Acknowledgements(Acknowledgements.LIST, 7, 0xFFFFFFFF, items).to_bytes()
+
+    # Client 0 checks neighbours 1..t first: a forgery among them is refused by name ...
+    with pytest.raises(BadSignature, match="consistency check at client 0: client 3's signature"):
+        r.clients[0].unmask(signature_list({3}))
+    # ... while one after the t-th neighbour adds nothing to the guarantee and is not checked.
+    last = max(genuine)
+    response = UnmaskResponse.from_bytes(r.clients[1].unmask(signature_list({last})))
+    assert [v for v, _ in response.self_mask_shares] == [v for v in range(7) if v != 1]
+    # Fewer than t neighbours' signatures: the client stays silent.
+    short = Acknowledgements(
+        Acknowledgements.LIST, 7, 0xFFFFFFFF, tuple((i, genuine[i]) for i in range(t - 1))
+    ).to_bytes()
+    with pytest.raises(TooManyDropouts, match="valid survivor-set signatures"):
+        r.clients[2].unmask(short)
+
+
 def test_an_honest_client_never_reveals_both_shares_of_a_peer() -> None:
     r = Round(6)
     announcement = r.mask()

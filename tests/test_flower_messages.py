@@ -162,7 +162,7 @@ def test_masking_state_round_trips_exactly(recorded) -> None:
     for stage in ("advertise", "share", "mask", "acknowledge"):
         saved = _RoundState.from_bytes(recorder.after[stage][NODE])
         hospital = hospitals[NODE]
-        opened = hospital._opening(saved.open, saved.round)
+        opened = hospital._opening(saved.open, saved.round, stage=stage)
         params = hospital._params(opened, saved.seed, saved.length)
         client = PersistentMaskingClient.from_state(saved.client, params, identity=hospital._key,
                                                     identity_keys=hospital._identity_keys(params))
@@ -290,7 +290,7 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded) -> Non
 
 
 @pytest.mark.parametrize(("key", "value", "why"), [
-    ("protocol", "paillier", "runs 'masking'"),
+    ("protocol", "plain", "one of 'masking', 'paillier', 'ckks'"),
     ("epsilon", -1.0, "epsilon"),
     ("rounds", True, "rounds"),
     ("stage-timeout", 0, "stage-timeout"),

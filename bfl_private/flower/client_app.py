@@ -1,4 +1,5 @@
-"""The hospital's ClientApp (Flower 1.42 Message API): one handler per protocol stage.
+"""The hospital's ClientApp (Flower 1.42 Message API): one handler per protocol stage
+(masking's five, and ``encrypt``, the one stage of a Paillier or CKKS round).
 
 Flower starts a fresh ``flwr-clientapp`` process for every message, so the hospital is
 loaded from the SuperNode's node config each time (:meth:`Hospital.from_node_config`) and
@@ -57,6 +58,13 @@ def share(message: Message, context: Context) -> Message:
 def mask(message: Message, context: Context) -> Message:
     """DP-SGD on the hospital's records, then its masked input and signed submission."""
     return handle("mask", message, context)
+
+
+@app.train("encrypt")
+def encrypt(message: Message, context: Context) -> Message:
+    """A Paillier or CKKS round: DP-SGD, then the update encrypted under the key holder's
+    public key, and the signed submission."""
+    return handle("encrypt", message, context)
 
 
 @app.query("acknowledge")

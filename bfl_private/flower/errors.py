@@ -14,6 +14,12 @@ class StageMessageError(MalformedInput):
     federation, a round opening not signed by the coordinator, an unknown client."""
 
 
+class PublicKeyMessageError(StageMessageError):
+    """A Paillier public key or CKKS public context in an ``encrypt`` request that does not
+    parse, holds a secret key, or is not the key material the signed round opening names.
+    Refused before the hospital trains, so it costs no privacy budget."""
+
+
 class OutOfOrderMessage(ReplayedMessage):
     """A stage message that does not follow the stage this hospital completed last
     (a replay, a skipped stage, or a stage of a round it never opened)."""

@@ -18,8 +18,17 @@ must be standardised with the federation's agreed statistics (as :mod:`bfl_priva
 does for the bundled datasets); labels must lie in the federation's label space.
 
 Each handler takes the stage's fields and this hospital's saved round state and returns
-the reply fields and the new state; nothing here imports ``flwr``, and torch is imported
-only in the ``mask`` stage, where the hospital trains.
+the reply fields and the new state; nothing here imports ``flwr``. Torch, Opacus and
+scikit-learn are imported only in the stage that trains (``mask``, or ``encrypt`` in a
+Paillier or CKKS round), and the HE libraries only when a round uses them, so each
+ClientApp process (Flower starts one per message) starts fast.
+
+In a Paillier or CKKS round the hospital receives only public key material (the Paillier
+public key or the CKKS public context, checked against what the coordinator's signed
+round opening names before anything is trained), encrypts its update with the
+in-process client step (:func:`bfl_private.protocols.paillier.encrypt_update`,
+:func:`bfl_private.protocols.ckks.encrypt_update`), and signs the submission with its own
+identity key. The key holder stays with the ServerApp.
 """
 from __future__ import annotations
 
@@ -43,15 +52,15 @@ from ..ledger.cid import cid_for
 from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import SigningIdentity, VerifyingKey
-from ..protocols.errors import ConfigurationError
+from ..protocols.errors import ConfigurationError, ProtocolError
 from ..protocols.masking import encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import MaskedInput
 from ..protocols.quantize import FixedPointCodec
 from ..settings import FederationSettings, SettingsError
-from .errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
+from .errors import HospitalConfigError, OutOfOrderMessage, PublicKeyMessageError, StageMessageError
 from .masking_state import PersistentMaskingClient
-from .stages import REQUEST_FIELDS, STAGES, check_fields
+from .stages import ALL_STAGES, HE_STAGES, PROTOCOL_STAGES, REQUEST_FIELDS, STAGES, check_fields
 
 if TYPE_CHECKING:  # scikit-learn and dp-accounting load only in the stage that trains
     from ..data import Split
@@ -166,6 +175,40 @@ class _RoundState:
             raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Submitted:
+    """A one-shot (HE) round whose ``encrypt`` request this hospital answered: only the
+    round is kept, so a replayed request cannot make it train and spend ε again."""
+
+    round: int
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes({"v": ROUND_STATE_VERSION, "round": self.round, "done": HE_STAGES[-1]})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _Submitted:
+        try:
+            s = json.loads(data)
+            if set(s) != {"v", "round", "done"} or s["v"] != ROUND_STATE_VERSION or s["done"] not in HE_STAGES \
+                    or isinstance(s["round"], bool) or not isinstance(s["round"], int):
+                raise StageMessageError(f"saved one-shot round state {sorted(s)} is not a version "
+                                        f"{ROUND_STATE_VERSION} record of a submitted round")
+            return cls(s["round"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, StageMessageError):
+                raise
+            raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _saved_state(data: bytes) -> _RoundState | _Submitted:
+    """The saved state of the last round this hospital took part in, of either kind."""
+    try:
+        done = json.loads(data).get("done")
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
+    return _Submitted.from_bytes(data) if done in HE_STAGES else _RoundState.from_bytes(data)
+
+
 class Hospital:
     """One federation client on its own machine."""
 
@@ -257,25 +300,28 @@ class Hospital:
         errors (bad signature, too many dropouts, exceeded budget) otherwise.
         """
         stage = fields.get("stage") if isinstance(fields, Mapping) else None
-        if stage not in STAGES:
-            raise StageMessageError(f"{self.name}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        if stage not in ALL_STAGES:
+            raise StageMessageError(f"{self.name}: unknown stage {stage!r}; stages are {', '.join(ALL_STAGES)}")
         fields = check_fields(fields, REQUEST_FIELDS[stage], where=f"{stage} request to {self.name}")
         if fields["federation"] != self.registry.federation_id:
             raise StageMessageError(f"{stage} request to {self.name} is for federation {fields['federation']!r}, "
                                     f"this hospital belongs to {self.registry.federation_id!r}")
-        saved = _RoundState.from_bytes(state) if state is not None else None
-        if stage == "advertise":
+        saved = _saved_state(state) if state is not None else None
+        if stage in ("advertise", "encrypt"):  # the stages that open a round
             if saved is not None and fields["round"] <= saved.round:
-                raise OutOfOrderMessage(f"{self.name}: advertise request for round {fields['round']} after round "
+                raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']} after round "
                                         f"{saved.round} was opened here")
-            return self._advertise(fields)
+            return self._advertise(fields) if stage == "advertise" else self._encrypt(fields)
         if saved is None:
             raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}, no round is open here")
+        if isinstance(saved, _Submitted):
+            raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}; this hospital's "
+                                    f"part of round {saved.round} (one-shot) ended with its encrypted submission")
         expected = STAGES[STAGES.index(saved.done) + 1] if saved.done != STAGES[-1] else None
         if fields["round"] != saved.round or stage != expected:
             raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}; this hospital "
                                     f"expects {expected} of round {saved.round}")
-        opened = self._opening(saved.open, saved.round)
+        opened = self._opening(saved.open, saved.round, stage=stage)
         params = self._params(opened, saved.seed, saved.length)
         client = PersistentMaskingClient.from_state(saved.client, params, identity=self._key,
                                                     identity_keys=self._identity_keys(params))
@@ -289,7 +335,8 @@ class Hospital:
             return {"unmask": client.unmask(fields["signatures"])}, None
         return reply, _RoundState(saved.round, stage, saved.open, saved.seed, saved.length, client.to_state()).to_bytes()
 
-    def _opening(self, data: bytes, round_id: int) -> Entry:
+    def _opening(self, data: bytes, round_id: int, *, stage: str) -> Entry:
+        """The coordinator's signed round opening, for a protocol that has ``stage``."""
         where = f"round opening sent to {self.name}"
         try:
             entry = Entry.from_bytes(data, where=where)
@@ -298,8 +345,11 @@ class Hospital:
             raise StageMessageError(str(exc)) from exc
         if entry.type != ROUND_OPEN or entry.round != round_id:
             raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round}, expected round_open of round {round_id}")
-        if entry.payload["protocol"] != "masking":
-            raise StageMessageError(f"{where}: protocol {entry.payload['protocol']!r}; over Flower this release runs masking")
+        protocol = entry.payload["protocol"]
+        if stage not in PROTOCOL_STAGES.get(protocol, ()):
+            runs = [p for p, stages in PROTOCOL_STAGES.items() if stage in stages]
+            raise StageMessageError(f"{where}: protocol {protocol!r}, but a {stage} request belongs to a "
+                                    f"{' or '.join(runs)} round")
         if self.name not in entry.payload["participants"]:
             raise StageMessageError(f"{where}: {self.name} is not among the participants")
         return entry
@@ -315,7 +365,7 @@ class Hospital:
         return [self.registry.key(c).public_bytes() for c in params.clients]
 
     def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        opened = self._opening(fields["round-open"], fields["round"])
+        opened = self._opening(fields["round-open"], fields["round"], stage="advertise")
         params = self._params(opened, fields["round-seed"], fields["length"])
         client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
                                          identity_keys=self._identity_keys(params))
@@ -324,7 +374,8 @@ class Hospital:
                             fields["length"], client.to_state())
         return reply, state.to_bytes()
 
-    def _base_model(self, opened: Entry, blob: bytes, length: int) -> np.ndarray:
+    def _base_model(self, opened: Entry, blob: bytes, length: int | None) -> np.ndarray:
+        """The opening's base model (its CID binds it); ``length`` the payload length when known."""
         where = f"base model of round {opened.round} sent to {self.name}"
         if cid_for(blob) != opened.payload["base_model_cid"]:
             raise StageMessageError(f"{where}: CID {cid_for(blob)} is not the opening's {opened.payload['base_model_cid']}")
@@ -333,12 +384,20 @@ class Hospital:
         except (SafetensorError, ValueError) as exc:
             raise StageMessageError(f"{where}: not a safetensors blob: {exc}") from exc
         params = tensors.get("params")
-        if set(tensors) != {"params"} or params is None or params.dtype != np.float32 or params.shape != (length - 1,):
-            raise StageMessageError(f"{where}: expected one float32 tensor 'params' of {length - 1} values")
+        size = "" if length is None else f" of {length - 1} values"
+        if set(tensors) != {"params"} or params is None or params.dtype != np.float32 or params.ndim != 1 \
+                or (length is not None and params.shape != (length - 1,)):
+            raise StageMessageError(f"{where}: expected one float32 vector 'params'{size}")
         return params
 
-    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
+    def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, PrivacyRecord]:
+        """DP-SGD on this hospital's records within its lifetime budget, from ``base``.
+
+        Returns the weighted payload (the update vector every protocol protects), the
+        record count it is weighted by, and the privacy record of the training. Refuses
+        (BudgetExceeded) before training when the planned σ would take the hospital past
+        its budget.
+        """
         from ..data import ClientData, Split
         from ..federation import Client, train_private
         from ..privacy.accounting import recorded_epsilon
@@ -346,7 +405,6 @@ class Hospital:
         from ..privacy.planner import planned_records
 
         settings = self.registry.settings
-        base = self._base_model(opened, fields["model"], client.params.length)
         sigma = opened.payload["privacy_plan"]["noise_multipliers"].get(self.name)
         if not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
             raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
@@ -372,12 +430,79 @@ class Hospital:
         max_records = max(int(c["data_weight"]) for c in self.registry.clients.values())
         vector = weighted_payload(update.delta, records=records, max_records=max_records,
                                   bound=settings.training.update_bound)
+        return vector, records, update.privacy
+
+    def _submit(self, opened: Entry, blob: bytes, records: int, privacy: PrivacyRecord) -> bytes:
+        """Sign the submission naming ``blob``, and count its ε as spent: the update leaves now."""
+        submission = Entry.create(self.identity, SUBMISSION, opened.round, {
+            "client": self.name, "blob_cid": cid_for(blob), "data_weight": records,
+            "privacy": privacy.to_json(),
+        })
+        self._record_spend(privacy)
+        return submission.to_bytes()
+
+    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
+        base = self._base_model(opened, fields["model"], client.params.length)
+        vector, records, privacy = self._train(opened, base)
         codec = FixedPointCodec.from_json(dict(opened.payload["protocol_params"]["codec"]))
         frame = bytes(client.mask_input(codec.encode(vector, np.random.default_rng()), fields["delivery"]))
         blob = encode_submission(MaskedInput.from_bytes(frame).vector)
-        submission = Entry.create(self.identity, SUBMISSION, opened.round, {
-            "client": self.name, "blob_cid": cid_for(blob), "data_weight": records,
-            "privacy": update.privacy.to_json(),
-        })
-        self._record_spend(update.privacy)  # the update leaves this machine now: its ε is spent
-        return {"masked-input": frame, "submission": submission.to_bytes()}
+        return {"masked-input": frame, "submission": self._submit(opened, blob, records, privacy)}
+
+    def _encrypt(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """A one-shot HE round: check the key material, train, encrypt, sign."""
+        opened = self._opening(fields["round-open"], fields["round"], stage="encrypt")
+        base = self._base_model(opened, fields["model"], None)
+        length = base.shape[0] + 1  # the update and its weight, as the coordinator aggregates them
+        protocol = opened.payload["protocol"]
+        params = opened.payload["protocol_params"]
+        # the key material is checked before training, so a bad message costs no ε
+        if protocol == "paillier":
+            encrypt = self._paillier_encryptor(params, fields["public-key"], length)
+        else:
+            encrypt = self._ckks_encryptor(params, fields["public-key"])
+        vector, records, privacy = self._train(opened, base)
+        blob = encrypt(vector)
+        reply = {"client": self.name, "ciphertext": blob, "submission": self._submit(opened, blob, records, privacy)}
+        return reply, _Submitted(opened.round).to_bytes()
+
+    def _paillier_encryptor(self, params: Mapping[str, Any], message: bytes,
+                            length: int) -> Callable[[np.ndarray], bytes]:
+        """The in-process client step under the Paillier public key in ``message``, which
+        must be the key the round opening names."""
+        from ..protocols.paillier import PackingLayout, encrypt_update, key_id, public_key_from_json
+
+        where = f"Paillier public key sent to {self.name}"
+        try:
+            key = public_key_from_json(json.loads(message))
+        except (ValueError, TypeError, ProtocolError) as exc:  # not JSON, not a key, a wrong fingerprint
+            raise PublicKeyMessageError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        try:
+            named = public_key_from_json(params["public_key"])
+            codec = FixedPointCodec.from_json(dict(params["codec"]))
+            layout = PackingLayout.for_codec(key_bits=key.n.bit_length(), codec=codec, length=length)
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            raise StageMessageError(f"round opening's Paillier parameters sent to {self.name}: {exc}") from exc
+        if key.n != named.n:
+            raise PublicKeyMessageError(f"{where}: key {key_id(key).hex()[:16]}... is not the key "
+                                        f"{key_id(named).hex()[:16]}... that the round opening names")
+        return lambda vector: encrypt_update(vector, public_key=key, codec=codec, layout=layout,
+                                             rng=np.random.default_rng())
+
+    def _ckks_encryptor(self, params: Mapping[str, Any], message: bytes) -> Callable[[np.ndarray], bytes]:
+        """The in-process client step under the CKKS public context in ``message``, which
+        must hash to the context the round opening names (checked before TenSEAL parses it)."""
+        from ..protocols.ckks import context_id, encrypt_update, load_public_context
+
+        where = f"CKKS public context sent to {self.name}"
+        named = params.get("context_sha256")
+        if context_id(message).hex() != named:
+            raise PublicKeyMessageError(f"{where}: SHA-256 {context_id(message).hex()[:16]}... is not the context "
+                                        f"{str(named)[:16]}... that the round opening names")
+        try:
+            context = load_public_context(message)
+            clip = float(params["clip"])
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            raise PublicKeyMessageError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        return lambda vector: encrypt_update(vector, context=context, public_context=message, clip=clip)

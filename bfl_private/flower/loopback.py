@@ -3,7 +3,8 @@
 It runs the very code a SuperNode runs (:meth:`Hospital.handle`, with the state kept
 between stages as Flower keeps ``Context.state``), so tests and the benchmark exercise
 the Flower round without network. A hospital listed in ``drop`` stops answering from
-that stage on; one whose handler raises answers with a :class:`Failure` carrying the
+that stage on (stages are ordered by :data:`~.stages.STAGE_POSITION`, so in an HE round
+a hospital dropped at ``mask`` or earlier never answers ``encrypt``); one whose handler raises answers with a :class:`Failure` carrying the
 error's name and message, as Flower's error reply does.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..privacy.errors import PrivacyError
 from ..protocols.errors import ProtocolError
 from .hospital import Hospital
 from .server_round import Failure
-from .stages import STAGES
+from .stages import STAGE_POSITION
 
 
 class LoopbackTransport:
@@ -29,7 +30,7 @@ class LoopbackTransport:
 
     def _answers(self, node: int, stage: str) -> bool:
         gone = self.drop.get(self.hospitals[node].name)
-        return gone is None or STAGES.index(stage) < STAGES.index(gone)
+        return gone is None or STAGE_POSITION[stage] < STAGE_POSITION[gone]
 
     def exchange(self, stage: str, requests: Mapping[int, Mapping[str, Any]], *,
                  round_id: int) -> dict[int, Mapping[str, Any] | Failure]:

@@ -2,15 +2,22 @@
 
 The ServerApp drives this with Flower's grid; tests and the benchmark drive it with
 :class:`LoopbackTransport`. Either way the round writes exactly the ledger records that
-:meth:`bfl_private.coordinator.Federation.run_round` writes in-process — ``round_open``,
-each survivor's ``submission`` (signed here by the hospital itself, on its own machine),
-``round_close`` with the unmasking transcript, the validators' attestations and a block
-with their quorum certificate — or an ``abort`` when too few hospitals remain, so
-``bfl-private verify`` checks it unchanged.
+:meth:`bfl_private.coordinator.Federation.run_round` writes in-process for the same
+protocol — ``round_open``, each survivor's ``submission`` (signed by the hospital itself,
+on its own machine), ``round_close`` with the protocol's transcript, the validators'
+attestations and a block with their quorum certificate — or an ``abort`` when too few
+hospitals remain, so ``bfl-private verify`` checks it unchanged.
+
+Protocols: ``masking`` (five stages, :data:`~.stages.STAGES`), and the one-shot
+homomorphic ``paillier`` and ``ckks`` (one ``encrypt`` stage; the federation's key holder
+stays on this side, built by :func:`~bfl_private.protocol_setup.build_protocol` as
+in-process, and decrypts only the sum, see :mod:`.one_shot`).
 
 A hospital that does not answer a stage within the transport's timeout, answers with an
 error, or answers with anything that fails a check (a named error is logged) is a dropout
-from that stage on, as in :func:`bfl_private.protocols.masking.run_round`.
+from that stage on, as in :func:`bfl_private.protocols.masking.run_round`. In an HE round
+a hospital whose signed submission checks out but whose ciphertext does not decode is
+*rejected* (recorded with the reason), as in-process.
 """
 from __future__ import annotations
 
@@ -20,8 +27,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..artifacts import put_aggregate, put_model
-from ..coordinator import COORDINATOR, CommandPlan, Federation, RoundSummary
+from ..coordinator import COORDINATOR, CommandPlan, Federation, RoundSummary, RunRefused
 from ..fedavg import next_global_model
 from ..ledger.cid import cid_for
 from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
@@ -29,14 +38,17 @@ from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..privacy.accounting import PrivacyRecord, recorded_epsilon
 from ..privacy.errors import PrivacyError
-from ..protocols.errors import BadShare, ProtocolError, TooManyDropouts
-from ..protocols.masking import PROTOCOL, MaskingServer, encode_submission
+from ..protocol_setup import ProtocolSetup, build_protocol
+from ..protocols.base import AggregationResult
+from ..protocols.errors import BadShare, ProtocolError, ReplayedMessage, TooManyDropouts
+from ..protocols.masking import MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import FixedPointCodec
 from ..settings import FederationSettings
+from . import one_shot
 from .errors import StageMessageError
-from .stages import check_reply, request
+from .stages import PROTOCOL_STAGES, check_reply, request
 
 
 @dataclass(frozen=True)
@@ -73,20 +85,35 @@ def _entry_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _RoundAborted(Exception):
+    """Too few hospitals remain (or a share holder cheated): the round records an abort."""
+
+    def __init__(self, cause: TooManyDropouts | BadShare, survivors: list[str]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.survivors = survivors
+
+
 class FlowerRound:
     """One round over a transport; :meth:`run` returns the same summary as the coordinator."""
 
     def __init__(self, federation: Federation, plan: CommandPlan, transport: Transport, *,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
+        if protocol not in PROTOCOL_STAGES:
+            raise RunRefused(f"protocol {protocol!r} does not run over Flower; these do: {', '.join(PROTOCOL_STAGES)}")
         self.federation = federation
         self.plan = plan
         self.transport = transport
+        self.protocol = protocol
         self.log = log
         self.round_id = federation.ledger.state.last_round + 1
         self.participants = sorted(plan.clients)
         self.node_of: dict[str, int] = {}
         self.failures: dict[str, str] = {}
         """Why each hospital (or unnamed node) stopped counting: its error or our refusal."""
+        self.submissions: dict[str, Entry] = {}
+        """Each hospital's signed submission entry, once it passed the checks."""
+        self.records: dict[str, PrivacyRecord] = {}
 
     # --- exchanges --------------------------------------------------------------------
 
@@ -131,29 +158,86 @@ class FlowerRound:
         fed = self.federation
         settings = fed.settings
         state = fed.ledger.state
-        codec, neighbours = masking_parameters(settings, len(self.participants))
         base_cid = state.model_cid
         base = fed.current_model()
-        seed = fed.round_seed(self.round_id)
+        length = base.shape[0] + 1  # the update and its weight (see fedavg.weighted_payload)
+        setup: ProtocolSetup | None = None
+        if self.protocol == "masking":  # the hospitals hold their own keys: only the public parameters here
+            codec, neighbours = masking_parameters(settings, len(self.participants))
+            public: dict[str, Any] = {"codec": codec.to_json(), "neighbours": neighbours}
+        else:  # the federation's key holder, exactly as in-process; hospitals get its public key only
+            setup = build_protocol(self.protocol, settings, fed.keys, participants=self.participants)
+            public = setup.public_parameters()
         coordinator = fed.identity(COORDINATOR)
         opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
             "participants": self.participants,
-            "protocol": PROTOCOL,
-            "protocol_params": {"codec": codec.to_json(), "neighbours": neighbours},
+            "protocol": self.protocol,
+            "protocol_params": public,
             "base_model_cid": base_cid,
             "privacy_plan": {"epsilon_this_command": self.plan.epsilon, "rounds_this_command": self.plan.rounds,
                              "noise_multipliers": {c: p.noise_multiplier for c, p in self.plan.clients.items()}},
         })
+        try:
+            if setup is None:
+                result = self._masking(opened, codec, neighbours, length)
+            else:
+                result = self._one_shot(opened, setup, length)
+        except _RoundAborted as aborted:
+            exc = aborted.cause
+            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
+            fed.commit_block([opened, Entry.create(coordinator, ABORT, self.round_id, {
+                "stage": stage or "unknown", "reason": str(exc), "survivors": aborted.survivors,
+                "cumulative_epsilon": {},
+            })])
+            self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
+            gone = tuple(sorted(set(self.participants) - set(aborted.survivors)))
+            return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
+                                time.perf_counter() - started)
+        return self._close(opened, base, result, started)
+
+    def _close(self, opened: Entry, base: np.ndarray, result: AggregationResult, started: float) -> RoundSummary:
+        """Commit the included hospitals' own signed submissions, the new model and the close."""
+        fed = self.federation
+        new_params = next_global_model(base, result.total, server_learning_rate=fed.settings.training.server_learning_rate)
+        histories = fed.histories()
+        entries = [opened]
+        claims: dict[str, float] = {}
+        for client in result.included:
+            fed.ledger.blobs.put(result.submissions[client])
+            entries.append(self.submissions[client])
+            claims[client] = recorded_epsilon(histories[client] + [self.records[client]])
+        model_cid = put_model(fed.ledger.blobs, new_params)
+        dropouts = sorted(set(self.participants) - set(result.included) - set(result.rejected))
+        entries.append(Entry.create(fed.identity(COORDINATOR), ROUND_CLOSE, self.round_id, {
+            "aggregate_cid": put_aggregate(fed.ledger.blobs, result.total),
+            "new_model_cid": model_cid,
+            "transcript_cid": fed.ledger.blobs.put_json(dict(result.transcript)),
+            "survivors": list(result.included),
+            "dropouts": dropouts,
+            "rejected": dict(result.rejected),
+            "cumulative_epsilon": claims,
+        }))
+        entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
+        fed.commit_block(entries)
+        accepted = fed.ledger.state.model_cid == model_cid
+        rejected = f", rejected {sorted(result.rejected)}" if result.rejected else ""
+        self.log(f"round {self.round_id}: closed with {len(result.included)} survivors, dropouts {dropouts}{rejected}")
+        return RoundSummary(self.round_id, "accepted" if accepted else "rejected",
+                            fed.test_accuracy(new_params if accepted else base), tuple(result.included),
+                            tuple(dropouts), dict(result.rejected), time.perf_counter() - started)
+
+    def _masking(self, opened: Entry, codec: FixedPointCodec, neighbours: int | None, length: int) -> AggregationResult:
+        """The five masking stages; the unmasked total of the survivors."""
+        fed = self.federation
+        seed = fed.round_seed(self.round_id)
         params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
-                                      length=base.shape[0] + 1, neighbours=neighbours)
-        registry = state.clients()
+                                      length=length, neighbours=neighbours)
+        registry = fed.ledger.state.clients()
         keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
         server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
-        submissions: dict[str, Entry] = {}
-        records: dict[str, PrivacyRecord] = {}
         try:
             advertise = self._request("advertise", round_open=opened.to_bytes(), round_seed=seed, length=params.length)
-            for client, reply in self._advertise(advertise).items():
+            for client, reply in self._claim("advertise", advertise).items():
                 self._receive("advertise", client, partial(self._check_advertisement, server, reply))
             adverts = server.close_advertise()
             self.log(f"round {self.round_id}: stage advertise closed")
@@ -164,14 +248,15 @@ class FlowerRound:
                 self._receive("share", client, partial(server.receive_shares, reply["shares"]))
             deliveries = server.close_share()
             self.log(f"round {self.round_id}: stage share closed")
-            model_blob = fed.ledger.blobs.get(base_cid)
+            model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
             replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d, model=model_blob)
                                               for i, d in deliveries.items()})
             for client, reply in replies.items():
                 def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
-                    entry, record = self._check_submission(client, reply, keys[client], registry[client])
+                    blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
+                    entry, record = self._check_submission(client, reply, blob, keys[client], registry[client])
                     server.receive_masked_input(reply["masked-input"])
-                    submissions[client], records[client] = entry, record
+                    self.submissions[client], self.records[client] = entry, record
                 self._receive("mask", client, receive)
             announcement = server.close_mask()
             self.log(f"round {self.round_id}: stage mask closed")
@@ -188,59 +273,53 @@ class FlowerRound:
             outcome = server.finish()
         except (TooManyDropouts, BadShare) as exc:
             dropped = server.dropped()
-            survivors = [c for i, c in enumerate(params.clients) if i not in dropped]
-            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
-            fed.commit_block([opened, Entry.create(coordinator, ABORT, self.round_id, {
-                "stage": stage or "unknown", "reason": str(exc), "survivors": survivors,
-                "cumulative_epsilon": {},
-            })])
-            self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
-            gone = tuple(sorted(set(self.participants) - set(survivors)))
-            return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
-                                time.perf_counter() - started)
+            raise _RoundAborted(exc, [c for i, c in enumerate(params.clients) if i not in dropped]) from exc
         included = tuple(params.clients[i] for i in outcome.included)
-        total = codec.decode_sum(outcome.total, len(included))
-        transcript = {**outcome.transcript, "codec": codec.to_json()}
-        new_params = next_global_model(base, total, server_learning_rate=settings.training.server_learning_rate)
-        histories = fed.histories()
-        entries = [opened]
-        claims: dict[str, float] = {}
-        for client in included:
-            fed.ledger.blobs.put(encode_submission(outcome.masked[params.clients.index(client)]))
-            entries.append(submissions[client])
-            claims[client] = recorded_epsilon(histories[client] + [records[client]])
-        model_cid = put_model(fed.ledger.blobs, new_params)
-        dropouts = sorted(set(self.participants) - set(included))
-        entries.append(Entry.create(coordinator, ROUND_CLOSE, self.round_id, {
-            "aggregate_cid": put_aggregate(fed.ledger.blobs, total),
-            "new_model_cid": model_cid,
-            "transcript_cid": fed.ledger.blobs.put_json(transcript),
-            "survivors": list(included),
-            "dropouts": dropouts,
-            "rejected": {},
-            "cumulative_epsilon": claims,
-        }))
-        entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
-        fed.commit_block(entries)
-        accepted = fed.ledger.state.model_cid == model_cid
-        self.log(f"round {self.round_id}: closed with {len(included)} survivors, dropouts {dropouts}")
-        return RoundSummary(self.round_id, "accepted" if accepted else "rejected",
-                            fed.test_accuracy(new_params if accepted else base), included, tuple(dropouts), {},
-                            time.perf_counter() - started)
+        return AggregationResult(
+            protocol=self.protocol, total=codec.decode_sum(outcome.total, len(included)), included=included,
+            submissions={c: encode_submission(outcome.masked[params.clients.index(c)]) for c in included},
+            transcript={**outcome.transcript, "codec": codec.to_json()})
 
-    def _advertise(self, advertise: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Ask every connected node; each answers with its hospital's name and signed keys.
+    def _one_shot(self, opened: Entry, setup: ProtocolSetup, length: int) -> AggregationResult:
+        """The ``encrypt`` stage of a Paillier or CKKS round, then the key holder's decryption."""
+        fed = self.federation
+        registry = fed.ledger.state.clients()
+        request = self._request("encrypt", round_open=opened.to_bytes(),
+                                public_key=one_shot.public_key_material(setup),
+                                model=fed.ledger.blobs.get(opened.payload["base_model_cid"]))
+        blobs: dict[str, bytes] = {}
+        for client, reply in self._claim("encrypt", request).items():
+            def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
+                blob = reply["ciphertext"]
+                entry, record = self._check_submission(client, reply, blob, VerifyingKey.from_vkey(
+                    registry[client]["vkey"]), registry[client])
+                first = next((c for c, b in blobs.items() if b == blob), None)
+                if first is not None:  # the key holder would refuse the whole sum: refuse the copy alone
+                    raise ReplayedMessage(f"the ciphertext of {client} repeats that of {first}")
+                blobs[client] = blob
+                self.submissions[client], self.records[client] = entry, record
+            self._receive("encrypt", client, receive)
+        self.log(f"round {self.round_id}: stage encrypt closed")
+        dropped = {c: "mask" for c in self.participants if c not in blobs}  # never submitted (see STAGE_POSITION)
+        try:
+            return one_shot.finish(setup, blobs, round_id=self.round_id, length=length, dropped=dropped)
+        except (TooManyDropouts, BadShare) as exc:
+            raise _RoundAborted(exc, sorted(blobs)) from exc
 
-        The name is only a claim: the advertisement must verify under that hospital's
+    def _claim(self, stage: str, request: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Ask every connected node (the round's first stage); each answers with its
+        hospital's name and a message signed with that hospital's key.
+
+        The name is only a claim: the signed message must verify under that hospital's
         registered key, and a second node claiming a taken name is refused.
         """
         nodes = self.transport.nodes()
-        replies = self._send("advertise", {n: advertise for n in nodes}, {n: f"node {n}" for n in nodes})
+        replies = self._send(stage, {n: request for n in nodes}, {n: f"node {n}" for n in nodes})
         claimed: dict[str, dict[str, Any]] = {}
         for node, reply in replies.items():
             client = reply["client"]
             if client not in self.participants or client in claimed:
-                self.failures[f"node {node}"] = f"advertise: claims {client!r}, not an open seat of the round"
+                self.failures[f"node {node}"] = f"{stage}: claims {client!r}, not an open seat of the round"
                 self.log(f"round {self.round_id}: node {node} claims {client!r}, which is not an open seat of the round")
                 continue
             claimed[client] = reply
@@ -255,17 +334,18 @@ class FlowerRound:
                                     f"its party number is {self.participants.index(client)}")
         server.receive_advertisement(reply["advertisement"])
 
-    def _check_submission(self, client: str, reply: Mapping[str, Any], key: VerifyingKey,
+    def _check_submission(self, client: str, reply: Mapping[str, Any], blob: bytes, key: VerifyingKey,
                           registered: Mapping[str, Any]) -> tuple[Entry, PrivacyRecord]:
-        """The hospital's signed submission must name its masked input's blob and the planned σ."""
+        """The hospital's signed submission must name ``blob`` (what the ledger will commit:
+        its masked input or its ciphertexts) and the planned σ."""
         where = f"submission of {client} in round {self.round_id}"
         entry = Entry.from_bytes(reply["submission"], where=where)
         entry.verify(key, where=where)
         if entry.type != SUBMISSION or entry.round != self.round_id or entry.payload["client"] != client:
             raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round} for {entry.payload.get('client')!r}")
-        vector = MaskedInput.from_bytes(reply["masked-input"]).vector
-        if entry.payload["blob_cid"] != cid_for(encode_submission(vector)):
-            raise StageMessageError(f"{where}: blob_cid does not name the masked input that came with it")
+        if entry.payload["blob_cid"] != cid_for(blob):
+            what = "masked input" if self.protocol == "masking" else "ciphertext"
+            raise StageMessageError(f"{where}: blob_cid does not name the {what} that came with it")
         if entry.payload["data_weight"] > int(registered["data_weight"]):
             raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} exceeds the registered "
                                     f"{registered['data_weight']}")

@@ -1,8 +1,11 @@
-"""The stages of a masking round over Flower and the fields each message carries.
+"""The stages of a private round over Flower and the fields each message carries.
 
-One Flower message exchange per protocol stage (Bonawitz et al., CCS 2017, with the
-consistency check): ``advertise`` → ``share`` → ``mask`` (local DP-SGD, then the masked
-input) → ``acknowledge`` → ``unmask``. Every message is one ``ConfigRecord`` named
+One Flower message exchange per protocol stage. Masking (Bonawitz et al., CCS 2017, with
+the consistency check): ``advertise`` → ``share`` → ``mask`` (local DP-SGD, then the masked
+input) → ``acknowledge`` → ``unmask``. Paillier and CKKS are one-shot: a single ``encrypt``
+stage carries the round opening, the key holder's public key material and the model, and
+the hospital answers with its signed, encrypted update (local DP-SGD first); the key
+holder stays with the ServerApp and decrypts only the sum. Every message is one ``ConfigRecord`` named
 :data:`RECORD` holding the stage, the federation id, the round and the stage's fields;
 protocol messages travel as their canonical bytes (:mod:`bfl_private.protocols.masking_messages`),
 ledger entries as their RFC 8785 bytes, the model as its safetensors blob. Nothing is
@@ -19,6 +22,21 @@ RECORD = "bfl"
 """Name of the ConfigRecord in every message's RecordDict."""
 
 STAGES = ("advertise", "share", "mask", "acknowledge", "unmask")
+"""The masking round's stages, in order."""
+
+HE_STAGES = ("encrypt",)
+"""The stages of a one-shot homomorphic round (Paillier, CKKS)."""
+
+PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier": HE_STAGES, "ckks": HE_STAGES}
+"""The protocols that run over Flower and their stages."""
+
+ALL_STAGES = STAGES + HE_STAGES
+
+STAGE_POSITION: Mapping[str, int] = {**{s: i for i, s in enumerate(STAGES)}, "encrypt": STAGES.index("mask")}
+"""Where each stage falls in a round, for dropouts "from stage X on": ``encrypt`` is where
+masking's ``mask`` is (the hospital trains and sends its protected update), so a hospital
+gone at ``advertise``, ``share`` or ``mask`` never submits in an HE round and one gone only
+at ``acknowledge`` or ``unmask`` already has, as :func:`bfl_private.protocols.base.one_shot_submitters` counts it."""
 
 MESSAGE_TYPES = {
     "advertise": "query.advertise",
@@ -26,6 +44,7 @@ MESSAGE_TYPES = {
     "mask": "train.mask",  # the stage in which the hospital trains with DP-SGD
     "acknowledge": "query.acknowledge",
     "unmask": "query.unmask",
+    "encrypt": "train.encrypt",  # DP-SGD, then the update encrypted under the key holder's public key
 }
 
 _HEADER = {"stage": str, "federation": str, "round": int}
@@ -36,6 +55,9 @@ REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
     "mask": {"delivery": bytes, "model": bytes},
     "acknowledge": {"survivors": bytes},
     "unmask": {"signatures": bytes},
+    # public-key: Paillier, the RFC 8785 JSON of the public key (n, key_id); CKKS, TenSEAL's
+    # serialised public context (public key only). Both must be what round-open names.
+    "encrypt": {"round-open": bytes, "public-key": bytes, "model": bytes},
 }
 
 REPLY_FIELDS: Mapping[str, Mapping[str, type]] = {
@@ -44,6 +66,9 @@ REPLY_FIELDS: Mapping[str, Mapping[str, type]] = {
     "mask": {"masked-input": bytes, "submission": bytes},
     "acknowledge": {"acknowledgement": bytes},
     "unmask": {"unmask": bytes},
+    # ciphertext: the submission blob exactly as the ledger commits it (its CID is the
+    # signed submission's blob_cid)
+    "encrypt": {"client": str, "ciphertext": bytes, "submission": bytes},
 }
 
 

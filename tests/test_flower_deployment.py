@@ -1,6 +1,12 @@
-"""End to end over a real Flower deployment on 127.0.0.1: SuperLink, five SuperNodes,
-``flwr run`` for two private rounds, ``bfl-private verify``, then a SuperNode killed in
-the middle of a round: the round closes with the survivors and the ledger still verifies.
+"""End to end over a real Flower deployment on 127.0.0.1: SuperLink, four SuperNodes,
+``flwr run`` for two Paillier rounds (the key holder stays in the ServerApp's federation
+directory), ``bfl-private verify``, then a masking round in which a SuperNode is killed
+mid-round: the round closes with the survivors and the ledger still verifies.
+
+Time goes to Flower's per-message process start (every stage message starts a fresh
+``flwr-clientapp`` on each SuperNode), the SuperNodes' fixed 3 s poll, and the stage in
+which the killed SuperNode never answers: that stage waits its whole timeout, so the
+light stages get a short ``stage-timeout`` and only training gets a long ``train-timeout``.
 """
 from __future__ import annotations
 
@@ -13,18 +19,19 @@ import pytest
 
 pytest.importorskip("flwr", reason="Flower is the optional extra bfl-private[flower] (flwr==1.42.0)")
 
-from bfl_private.ledger.entries import ABORT, ROUND_CLOSE
+from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN
 from bfl_private.ledger.store import Ledger
 
 from bfl_private.coordinator import Federation
 from bfl_private.flower.deployment import LoopbackDeployment
 from bfl_private.flower.setup import export_hospitals
+from bfl_private.protocol_setup import PAILLIER_KEY
 from bfl_private.settings import FederationSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-HOSPITALS = 5
-VICTIM = 4
+HOSPITALS = 4
+VICTIM = 3
 
 
 def _verify(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -51,16 +58,22 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
     assert not any((fed_dir / "keys").glob("hospital-*")), "the ServerApp's side must hold no hospital key"
     nodes = [{"hospital-dir": str(folder)} for folder in folders.values()]
     victim = sorted(folders)[VICTIM]
-    run = {"federation-dir": str(fed_dir), "epsilon": 1.0, "node-wait": 120.0, "stage-timeout": 60.0}
+    # a light stage answers in seconds here; training gets minutes on a slow machine
+    run = {"federation-dir": str(fed_dir), "epsilon": 1.0, "node-wait": 120.0, "stage-timeout": 20.0,
+           "train-timeout": 300.0}
 
     with LoopbackDeployment(tmp_path / "flower", nodes) as flower:
-        output = flower.run({**run, "rounds": 2}, timeout=420)
-        assert "round 2: closed with 5 survivors" in output, output[-3000:]
+        output = flower.run({**run, "protocol": "paillier", "rounds": 2}, timeout=420)
+        assert f"round 2: closed with {HOSPITALS} survivors" in output, output[-3000:]
         verified = _verify(fed_dir)
         assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
         for round_id in (1, 2):
-            close = _round_entries(fed_dir, round_id)[ROUND_CLOSE]
-            assert close["survivors"] == sorted(folders) and close["dropouts"] == []
+            entries = _round_entries(fed_dir, round_id)
+            assert entries[ROUND_OPEN]["protocol"] == "paillier"
+            assert entries[ROUND_CLOSE]["survivors"] == sorted(folders) and entries[ROUND_CLOSE]["dropouts"] == []
+        assert (fed_dir / "keys" / PAILLIER_KEY).exists(), "the key holder is the ServerApp's federation directory"
+        for folder in folders.values():  # the hospitals got the public key only
+            assert not any(PAILLIER_KEY in p.name for p in folder.iterdir())
 
         def kill_mid_round(line: str) -> None:
             # the log line arrives while the hospitals share keys: the victim vanishes before
@@ -68,7 +81,7 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
             if "round 3: stage advertise closed" in line:
                 flower.kill_node(VICTIM)
 
-        output = flower.run({**run, "rounds": 1}, timeout=420, on_line=kill_mid_round)
+        output = flower.run({**run, "protocol": "masking", "rounds": 1}, timeout=420, on_line=kill_mid_round)
         assert flower.supernodes[VICTIM] is None, "the SuperNode was never killed:\n" + output[-3000:]
 
     entries = _round_entries(fed_dir, 3)

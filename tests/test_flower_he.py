@@ -311,6 +311,7 @@ def test_the_run_config_accepts_the_he_protocols() -> None:
     from bfl_private.flower.server_app import RunSettings
 
     config = {"federation-dir": "fed", "epsilon": 1.0, "rounds": 2, "min-nodes": 0,
-              "node-wait": 10.0, "stage-timeout": 30.0, "skip-exhausted": False}
+              "node-wait": 10.0, "stage-timeout": 30.0, "train-timeout": 60.0,
+              "skip-exhausted": False}
     for protocol in ("masking", *PROTOCOLS):
         assert RunSettings.from_run_config({**config, "protocol": protocol}).protocol == protocol

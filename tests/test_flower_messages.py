@@ -294,6 +294,7 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded) -> Non
     ("epsilon", -1.0, "epsilon"),
     ("rounds", True, "rounds"),
     ("stage-timeout", 0, "stage-timeout"),
+    ("train-timeout", -1, "train-timeout"),
     ("federation-dir", "", "federation-dir"),
 ])
 def test_run_config_is_checked(key: str, value: Any, why: str) -> None:
@@ -302,7 +303,8 @@ def test_run_config_is_checked(key: str, value: Any, why: str) -> None:
     from bfl_private.flower.server_app import RunSettings
 
     config = {"federation-dir": "fed", "epsilon": 1.0, "rounds": 2, "protocol": "masking", "min-nodes": 0,
-              "node-wait": 10.0, "stage-timeout": 30.0, "skip-exhausted": False}
+              "node-wait": 10.0, "stage-timeout": 30.0, "train-timeout": 60.0,
+              "skip-exhausted": False}
     assert RunSettings.from_run_config(config).rounds == 2
     with pytest.raises(RunRefused, match=why):
         RunSettings.from_run_config({**config, key: value})

@@ -12,7 +12,12 @@ keys, override with ``--run-config``):
                      directory; hospitals get only its public key); ``plain`` is refused
     min-nodes        SuperNodes to wait for before the first round (0: one per hospital)
     node-wait        seconds to wait for them
-    stage-timeout    seconds a stage waits for replies; a hospital silent that long is a dropout
+    stage-timeout    seconds a stage without training waits for replies; a hospital silent
+                     that long is a dropout
+    train-timeout    the same for the stage in which hospitals train (``mask``, ``encrypt``).
+                     A dead SuperNode costs the timeout of the stage it died in (the
+                     SuperLink notices it only after two missed 30 s heartbeats), so the
+                     light stages keep a short one
     skip-exhausted   leave out hospitals whose lifetime budget cannot afford the run
 
 Each round is :class:`~.server_round.FlowerRound`, one message exchange per stage.
@@ -31,7 +36,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..coordinator import Federation, RunRefused
 from .server_round import Failure, FlowerRound
-from .stages import MESSAGE_TYPES, PROTOCOL_STAGES, RECORD
+from .stages import MESSAGE_TYPES, PROTOCOL_STAGES, RECORD, TRAINING_STAGES
 
 logger = logging.getLogger("flwr")
 
@@ -47,6 +52,7 @@ class RunSettings:
     min_nodes: int
     node_wait: float
     stage_timeout: float
+    train_timeout: float
     skip_exhausted: bool
 
     @classmethod
@@ -68,6 +74,7 @@ class RunSettings:
             min_nodes=get("min-nodes", int, lambda v: v >= 0, "an integer >= 0"),
             node_wait=float(get("node-wait", (int, float), lambda v: v >= 0, "a number >= 0")),
             stage_timeout=float(get("stage-timeout", (int, float), lambda v: v > 0, "a number > 0")),
+            train_timeout=float(get("train-timeout", (int, float), lambda v: v > 0, "a number > 0")),
             skip_exhausted=get("skip-exhausted", bool),
         )
 
@@ -80,9 +87,10 @@ between pulls, which adds up to 3 s to every stage; pulling is a cheap local cal
 class GridTransport:
     """Our stage messages over a Flower grid: one ConfigRecord per message."""
 
-    def __init__(self, grid: Grid, *, timeout: float, poll: float = POLL_SECONDS) -> None:
+    def __init__(self, grid: Grid, *, timeout: float, train_timeout: float, poll: float = POLL_SECONDS) -> None:
         self.grid = grid
         self.timeout = timeout
+        self.train_timeout = train_timeout
         self.poll = poll
 
     def nodes(self) -> list[int]:
@@ -94,7 +102,8 @@ class GridTransport:
                             group_id=str(round_id))
                     for node, fields in requests.items()]
         replies: dict[int, Mapping[str, Any] | Failure] = {}
-        for reply in self._send_and_receive(messages):
+        timeout = self.train_timeout if stage in TRAINING_STAGES else self.timeout
+        for reply in self._send_and_receive(messages, timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 replies[node] = Failure(reply.error.reason or f"error code {reply.error.code}")
@@ -104,11 +113,11 @@ class GridTransport:
                 replies[node] = dict(reply.content[RECORD])
         return replies
 
-    def _send_and_receive(self, messages: list[Message]) -> list[Message]:
+    def _send_and_receive(self, messages: list[Message], timeout: float) -> list[Message]:
         """``Grid.send_and_receive`` with a short poll: push, then pull until every reply
         is in or the stage's timeout has passed (the missing nodes are its dropouts)."""
         waiting = set(self.grid.push_messages(messages))
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         received: list[Message] = []
         while waiting:
             replies = list(self.grid.pull_messages(waiting))
@@ -140,7 +149,7 @@ def main(grid: Grid, context: Context) -> None:
         connected = _wait_for_nodes(grid, wanted, settings.node_wait)
         logger.info("bfl-private: %d SuperNodes connected (%d wanted), %d hospitals planned",
                     connected, wanted, len(plan.clients))
-        transport = GridTransport(grid, timeout=settings.stage_timeout)
+        transport = GridTransport(grid, timeout=settings.stage_timeout, train_timeout=settings.train_timeout)
         for _ in range(settings.rounds):
             summary = FlowerRound(federation, plan, transport, protocol=settings.protocol,
                                   log=lambda line: logger.info("bfl-private %s", line)).run()

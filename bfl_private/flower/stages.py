@@ -32,6 +32,10 @@ PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier":
 
 ALL_STAGES = STAGES + HE_STAGES
 
+TRAINING_STAGES = ("mask", "encrypt")
+"""The stages in which a hospital trains (DP-SGD) before it answers: they get the run's
+``train-timeout``, the others the much shorter ``stage-timeout``."""
+
 STAGE_POSITION: Mapping[str, int] = {**{s: i for i, s in enumerate(STAGES)}, "encrypt": STAGES.index("mask")}
 """Where each stage falls in a round, for dropouts "from stage X on": ``encrypt`` is where
 masking's ``mask`` is (the hospital trains and sends its protected update), so a hospital

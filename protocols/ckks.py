@@ -405,10 +405,24 @@ class CkksProtocol(AggregationProtocol):
             raise HeadroomExceeded(f"{len(submitters)} clients exceed max_summands {self.max_summands}")
         blobs = {c: encrypt_update(updates[c], context=self.context, public_context=self.public_context,
                                    clip=self.clip) for c in submitters}
+        return self.aggregate_submissions(blobs, round_id=round_id, length=length,
+                                          dropped={c: (drop or {})[c] for c in dropped})
+
+    def aggregate_submissions(self, blobs: Mapping[str, bytes], *, round_id: int, length: int,
+                              dropped: Mapping[str, Stage]) -> AggregationResult:
+        """The aggregator's and key holder's half of :meth:`aggregate`, for submissions
+        encrypted wherever the clients are (in this process, or on Flower nodes).
+
+        Every blob is checked on receipt (one that does not decode is rejected with the
+        reason), the valid ones are added, and the key holder decrypts only the sum it
+        recomputes itself. ``dropped`` names the clients that never submitted.
+        """
+        if len(blobs) > self.max_summands:
+            raise HeadroomExceeded(f"{len(blobs)} submissions exceed max_summands {self.max_summands}")
         received, rejected = receive_submissions(
             blobs, lambda client, blob: decode_submission(blob, context=self.context, public_context=self.public_context,
                                                           length=length, client=client),
-            round_id=round_id, drop=drop,
+            round_id=round_id, drop=dropped,
         )
         included = sorted(received)
         claimed = _digests(add([received[c] for c in included]))
@@ -430,7 +444,7 @@ class CkksProtocol(AggregationProtocol):
             "decryption_provable": False,
         }
         return AggregationResult(protocol=self.name, total=decryption.total, included=tuple(included),
-                                 dropped=dropped, rejected=rejected, submissions=submissions,
+                                 dropped=tuple(sorted(dropped)), rejected=rejected, submissions=submissions,
                                  transcript=transcript, decryption_provable=False)
 
 

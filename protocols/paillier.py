@@ -575,9 +575,25 @@ class PaillierProtocol(AggregationProtocol):
                                    layout=layout, rng=rng, workers=self.workers)
             for client in submitters
         }
+        return self.aggregate_submissions(blobs, round_id=round_id, length=length,
+                                          dropped={c: (drop or {})[c] for c in dropped})
+
+    def aggregate_submissions(
+        self, blobs: Mapping[str, bytes], *, round_id: int, length: int, dropped: Mapping[str, Stage]
+    ) -> AggregationResult:
+        """The aggregator's and key holder's half of :meth:`aggregate`, for submissions
+        encrypted wherever the clients are (in this process, or on Flower nodes).
+
+        Every blob is checked on receipt (one that does not decode is rejected with the
+        reason), the valid ones are added, and the key holder decrypts only the sum it
+        recomputes itself. ``dropped`` names the clients that never submitted.
+        """
+        layout = self.layout(length)
+        if len(blobs) > layout.max_summands:
+            raise HeadroomExceeded(f"{len(blobs)} submissions exceed the codec's max_summands {layout.max_summands}")
         received, rejected = receive_submissions(
             blobs, lambda client, blob: decode_submission(blob, public_key=self.public_key, layout=layout, client=client),
-            round_id=round_id, drop=drop,
+            round_id=round_id, drop=dropped,
         )
         included = sorted(received)
         claimed = add(self.public_key, (received[c] for c in included))
@@ -599,7 +615,7 @@ class PaillierProtocol(AggregationProtocol):
             protocol=self.name,
             total=total,
             included=tuple(included),
-            dropped=dropped,
+            dropped=tuple(sorted(dropped)),
             rejected=rejected,
             submissions=submissions,
             transcript=transcript,

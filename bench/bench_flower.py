@@ -1,7 +1,8 @@
 """Round time over Flower on loopback against the in-process round, same settings.
 
-Three ways to run the same private masking round (DP-SGD with Opacus, SecAgg with the
-consistency check, the ledger block with validator attestations), each on a fresh
+For each protocol that runs over Flower (masking; Paillier and CKKS, whose key holder
+stays with the coordinator), three ways to run the same private round (DP-SGD with
+Opacus, the protocol, the ledger block with validator attestations), each on a fresh
 federation created with identical settings and plan:
 
 * ``in-process`` — :meth:`Federation.run_round`, the baseline (ratio 1);
@@ -13,10 +14,12 @@ federation created with identical settings and plan:
   round's opening to its committed block, so Flower's start-up is excluded (reported
   apart as the ``flwr run`` wall time).
 
-Timings are medians over the rounds after one untimed warm-up round per mode; all three run in this process's machine one after
-the other, so their ratio is comparable even when the machine is shared.
+Timings are medians over the rounds after one untimed warm-up round per mode (it also
+creates the HE key holder); all modes run in this process's machine one after the other,
+so their ratio is comparable even when the machine is shared. Each row's baseline is the
+in-process round of the same protocol.
 
-    python -m bench.bench_flower          # 5 hospitals, 2 timed rounds per mode, with Flower
+    python -m bench.bench_flower          # 5 hospitals, 2 timed rounds per mode and protocol, with Flower
     python -m bench.bench_flower --quick  # CI: 3 hospitals, 1 timed round, in-process vs loopback
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bfl_private.flower.setup import export_hospitals
 from bfl_private.settings import FederationSettings
 
 EPSILON = 1.0
+PROTOCOLS = ("masking", "paillier", "ckks")
 WARM_UP = 1
 """Rounds run first and not timed in every mode (first use of Opacus, caches, processes)."""
 ROUND_LINE = re.compile(r"bfl-private round (\d+): (\w+), .* ([0-9.]+) s$")
@@ -49,30 +53,31 @@ def _federation(directory: Path, hospitals: int) -> Federation:
     return Federation.create(directory, dataclasses.replace(base, n_clients=hospitals), model_seed=0)
 
 
-def _in_process(directory: Path, hospitals: int, rounds: int) -> list[float]:
+def _in_process(directory: Path, protocol: str, hospitals: int, rounds: int) -> list[float]:
     federation = _federation(directory, hospitals)
     try:
         plan = federation.plan(epsilon=EPSILON, rounds=rounds, skip_exhausted=False)
         rng = np.random.default_rng(0)
-        return [federation.run_round(plan, protocol="masking", dropout=0.0, malicious=0, rng=rng).seconds
+        return [federation.run_round(plan, protocol=protocol, dropout=0.0, malicious=0, rng=rng).seconds
                 for _ in range(rounds)][WARM_UP:]
     finally:
         federation.close()
 
 
-def _loopback(directory: Path, hospitals: int, rounds: int) -> list[float]:
+def _loopback(directory: Path, protocol: str, hospitals: int, rounds: int) -> list[float]:
     federation = _federation(directory / "federation", hospitals)
     try:
         folders = export_hospitals(federation, directory / "hospitals")
         nodes = {i: Hospital.from_node_config({"hospital-dir": str(f)}) for i, f in enumerate(folders.values())}
         plan = federation.plan(epsilon=EPSILON, rounds=rounds, skip_exhausted=False)
         transport = LoopbackTransport(nodes)
-        return [FlowerRound(federation, plan, transport).run().seconds for _ in range(rounds)][WARM_UP:]
+        return [FlowerRound(federation, plan, transport, protocol=protocol).run().seconds
+                for _ in range(rounds)][WARM_UP:]
     finally:
         federation.close()
 
 
-def _flower(directory: Path, hospitals: int, rounds: int) -> tuple[list[float], float]:
+def _flower(directory: Path, protocol: str, hospitals: int, rounds: int) -> tuple[list[float], float]:
     from bfl_private.flower.deployment import LoopbackDeployment
 
     federation = _federation(directory / "federation", hospitals)
@@ -84,7 +89,8 @@ def _flower(directory: Path, hospitals: int, rounds: int) -> tuple[list[float], 
     with LoopbackDeployment(directory / "flower", nodes) as flower:
         started = time.perf_counter()
         output = flower.run({"federation-dir": str(directory / "federation"), "epsilon": EPSILON,
-                             "rounds": rounds, "stage-timeout": 300.0}, timeout=1800)
+                             "rounds": rounds, "protocol": protocol, "stage-timeout": 300.0,
+                             "train-timeout": 300.0}, timeout=1800)
         wall = time.perf_counter() - started
     by_round: dict[int, float] = {}  # flwr run may echo a ServerApp log line twice
     for line in output.splitlines():
@@ -104,30 +110,32 @@ def run(*, quick: bool) -> list[dict]:
     rounds = timed + WARM_UP
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp:
-        root = Path(tmp)
-        baseline = statistics.median(_in_process(root / "in-process", hospitals, rounds))
-        measured = {"in-process": baseline,
-                    "loopback": statistics.median(_loopback(root / "loopback", hospitals, rounds))}
-        extra: dict[str, dict] = {}
-        if not quick:
-            times, wall = _flower(root / "flower", hospitals, rounds)
-            measured["flower"] = statistics.median(times)
-            extra["flower"] = {"flwr_run_wall_s": round(wall, 1)}
-        for mode, seconds in measured.items():
-            rows.append({
-                "suite": "flower", "mode": mode, "hospitals": hospitals, "timed_rounds": timed,
-                "round_s": round(seconds, 3), "baseline": "in-process round, same settings",
-                "ratio": round(seconds / baseline, 2),
-                **extra.get(mode, {}),
-            })
+        for protocol in PROTOCOLS:
+            root = Path(tmp) / protocol
+            baseline = statistics.median(_in_process(root / "in-process", protocol, hospitals, rounds))
+            measured = {"in-process": baseline,
+                        "loopback": statistics.median(_loopback(root / "loopback", protocol, hospitals, rounds))}
+            extra: dict[str, dict] = {}
+            if not quick:
+                times, wall = _flower(root / "flower", protocol, hospitals, rounds)
+                measured["flower"] = statistics.median(times)
+                extra["flower"] = {"flwr_run_wall_s": round(wall, 1)}
+            for mode, seconds in measured.items():
+                rows.append({
+                    "suite": "flower", "mode": mode, "protocol": protocol, "hospitals": hospitals,
+                    "timed_rounds": timed, "round_s": round(seconds, 3),
+                    "baseline": f"in-process {protocol} round, same settings",
+                    "ratio": round(seconds / baseline, 2),
+                    **extra.get(mode, {}),
+                })
     return rows
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| mode | hospitals | timed rounds | round s (median) | vs in-process | flwr run wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| protocol | mode | hospitals | timed rounds | round s (median) | vs in-process | flwr run wall s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['hospitals']} | {r['timed_rounds']} | {r['round_s']:.2f} | "
+        lines.append(f"| {r['protocol']} | {r['mode']} | {r['hospitals']} | {r['timed_rounds']} | {r['round_s']:.3f} | "
                      f"{r['ratio']:.2f}x | {r.get('flwr_run_wall_s', '')} |")
     return "\n".join(lines)
 

@@ -6,6 +6,8 @@
   privacy history (:mod:`.hospital`).
 * :mod:`.server_round` — the round's server side over any :class:`~.server_round.Transport`
   (Flower's grid, or a loopback used by tests and benchmarks).
+* :mod:`.one_shot` — the key holder's side of a Paillier or CKKS round whose hospitals
+  encrypted on their own machines.
 * :mod:`.stages` — stage names and the records that carry our canonical encodings.
 * :mod:`.setup` — create a federation and export one bundle per hospital.
 

@@ -213,7 +213,7 @@ class Hospital:
     """One federation client on its own machine."""
 
     def __init__(self, *, raw_key: bytes, registry: Registry, data: Callable[[], Split], history_path: Path) -> None:
-        """``data`` loads the records when first needed (only the ``mask`` stage trains)."""
+        """``data`` loads the records when first needed (only ``mask`` and ``encrypt`` train)."""
         key = Ed25519PrivateKey.from_private_bytes(raw_key)
         public = key.public_key().public_bytes_raw()
         names = [c for c in registry.clients if registry.key(c).public_bytes() == public]

@@ -117,8 +117,9 @@ def test_an_he_round_closes_and_the_ledger_verifies(he: Setup) -> None:
 
 
 def test_the_transcript_has_the_in_process_fields(he: Setup) -> None:
-    """The Flower round's transcript is the one the in-process protocol writes (same fields),
-    and its total decodes to the survivors' weight in the last coordinate."""
+    """The Flower round's transcript is the one the in-process protocol writes (same fields:
+    both come from ``aggregate_submissions``), and its total decodes to the survivors'
+    weight in the last coordinate."""
     summary, _, _ = he.round()
     close = he.entries(summary.round)[ROUND_CLOSE][0]
     blobs = he.federation.ledger.blobs

@@ -30,7 +30,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PACKAGES = ("bfl-private", "torch", "opacus", "phe", "gmpy2", "tenseal", "cryptography", "numpy",
-            "dp-accounting", "flwr")
+            "dp-accounting", "flwr", "pynacl")
 
 
 class BenchError(Exception):

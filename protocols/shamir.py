@@ -6,9 +6,8 @@ is shared with threshold t by a random polynomial f of degree t-1 with f(0) = s;
 share of the party at abscissa x is f(x). Any t shares determine s by Lagrange
 interpolation at 0; any t-1 shares are uniformly distributed whatever s is.
 
-Why it is fast enough: powers of the abscissas are computed once per (abscissas,
-threshold) and reused by every dealer, so a share costs t-1 big-integer products and a
-single reduction; Lagrange coefficients at 0 are computed once per set of responders
+Why it is fast enough: powers of each abscissa are computed once per threshold and
+reused by every dealer, so a share costs t-1 big-integer products and a single reduction; Lagrange coefficients at 0 are computed once per set of responders
 (one modular inverse each) and reused for every secret reconstructed from that set.
 """
 
@@ -28,9 +27,15 @@ SHARE_BYTES = 33
 MAX_SECRET_BYTES = 32
 
 
-@lru_cache(maxsize=64)
-def _powers(xs: tuple[int, ...], degree: int) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(pow(x, j, PRIME) for j in range(1, degree + 1)) for x in xs)
+@lru_cache(maxsize=4096)
+def _powers(x: int, degree: int) -> tuple[int, ...]:
+    """x, x^2, ..., x^degree mod p. Cached per abscissa, not per abscissa set: each dealer
+    shares among a different set of neighbours, but the abscissas are the same N numbers."""
+    powers, power = [], 1
+    for _ in range(degree):
+        power = power * x % PRIME
+        powers.append(power)
+    return tuple(powers)
 
 
 @lru_cache(maxsize=256)
@@ -68,8 +73,8 @@ def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[int, int]
     constant = int.from_bytes(secret, "big")
     coefficients = [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
     return {
-        x: (constant + sum(map(mul, coefficients, row))) % PRIME
-        for x, row in zip(xs, _powers(xs, threshold - 1))
+        x: (constant + sum(map(mul, coefficients, _powers(x, threshold - 1)))) % PRIME
+        for x in xs
     }
 
 

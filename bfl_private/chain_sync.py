@@ -7,19 +7,23 @@ the chain stands, so a run that crashed part-way is caught up by the next one.
 
 The federation directory gets ``chain.json`` (public, not in ``keys/``)::
 
-    {"version": 1, "chain_id": 31337, "contract": "0x…", "deployer": "0x…",
+    {"version": 2, "chain_id": 31337, "contract": "0x…", "deployer": "0x…",
      "validators": {"validator-0": "0x…", …}, "clients": {"client-0": "0x…", …}}
 
-recording which node accounts act for the ledger's validators (the node's unlocked
-accounts 1..n in sorted validator-id order; account 0 deploys and owns the contract) and
-which derived address names each client (:func:`bfl_private.ledger.chain.client_address`).
-An auditor needs none of it: :func:`chain_hook` derives the same mapping from the ledger
-and the contract.
+recording the node account that deploys and owns the contract (the node's first unlocked
+account), each validator's account and the derived address that names each client
+(:func:`bfl_private.ledger.chain.client_address`). An auditor needs none of it:
+:func:`chain_hook` derives the same mapping from the ledger and the contract.
 
-Honest limit: the validators' approvals are sent from this process through the node's
-unlocked accounts, once per validator whose Ed25519 cosignature the block carries; on a
-chain shared by organisations each validator would send its own ``approve_header``
-(:meth:`AnchorContract.approve_header`) from its own node.
+Validators' accounts are their own secp256k1 keys, ``keys/<validator>.secp256k1`` (made
+on first use, mode 0600 like every key): each approval is a transaction the validator's
+key signs, sent raw, so the quorum on chain is a quorum of keys the node never held. On a
+development chain the deployer tops up their gas (:data:`VALIDATOR_FUNDING`); elsewhere
+fund them like any account. In this embedded federation the validators' keys sit in the
+same ``keys/`` as their Ed25519 identities and approve from this process; on a chain
+shared by organisations each validator would call
+:meth:`~bfl_private.ledger.chain.AnchorContract.approve_header` with its key on its own
+machine.
 """
 from __future__ import annotations
 
@@ -29,8 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from .keyring import Keyring, KeyringError
 from .ledger.chain import (
     AccountMap,
     AnchorContract,
@@ -38,13 +45,16 @@ from .ledger.chain import (
     check_header,
     connect,
     epsilon_fixed,
+    fund,
     settlement_of,
 )
 from .ledger.errors import ChainMismatch, ChainUnavailable, MalformedRecord, VerificationError
 from .ledger.store import DATABASE, Ledger, SQLiteStore
 
 CHAIN_FILE = "chain.json"
-CHAIN_FILE_VERSION = 1
+CHAIN_FILE_VERSION = 2
+VALIDATOR_FUNDING = 10**18
+"""Wei the deployer sends a validator whose balance fell below a tenth of it (1 ether)."""
 
 
 @dataclass
@@ -91,19 +101,43 @@ def _write_chain_file(directory: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def validator_keys(directory: Path, names: list[str], *, create: bool) -> dict[str, LocalAccount]:
+    """Each validator's secp256k1 key from ``keys/<name>.secp256k1``; with ``create``, a
+    fresh one (OS randomness) for a validator that has none. KeyringError if one is missing
+    or exposed to other users."""
+    keyring = Keyring(directory)
+    keys: dict[str, LocalAccount] = {}
+    for name in names:
+        file = f"{name}.secp256k1"
+        try:
+            raw = keyring.load(file)
+        except KeyringError:
+            if not create or (keyring.directory / file).exists():
+                raise
+            raw = bytes(Account.create().key)
+            keyring.store(file, raw)
+        keys[name] = Account.from_key(raw)
+    return keys
+
+
+def _top_up(w3: Web3, deployer: str, account: str) -> None:
+    if w3.eth.get_balance(account) < VALIDATOR_FUNDING // 10:
+        fund(w3, sender=deployer, account=account, wei=VALIDATOR_FUNDING)
+
+
 def _deploy(w3: Web3, directory: Path, ledger: Ledger) -> tuple[AnchorContract, AccountMap]:
     state = ledger.state
-    validators = state.validators()
+    validators = sorted(state.validators())
     accounts = list(w3.eth.accounts)
-    if len(accounts) < len(validators) + 1:
-        raise ChainUnavailable(f"the node offers {len(accounts)} unlocked accounts; a deployer "
-                               f"and {len(validators)} validators need {len(validators) + 1}")
-    mapping = AccountMap.for_federation(state.federation_id, validator_ids=list(validators),
+    if not accounts:
+        raise ChainUnavailable("the node offers no unlocked account to deploy the contract from")
+    keys = validator_keys(directory, validators, create=True)
+    mapping = AccountMap.for_federation(state.federation_id, validator_ids=validators,
                                         client_ids=list(state.clients()),
-                                        validator_accounts=accounts[1:len(validators) + 1])
+                                        validator_accounts=[keys[v].address for v in validators])
     anchor = AnchorContract.deploy(
         w3, deployer=accounts[0], quorum=state.quorum,
-        validators=[mapping.validators[v] for v in sorted(validators)],
+        validators=[mapping.validators[v] for v in validators],
         rewards=state.as_dict()["rewards"])
     _write_chain_file(directory, {"version": CHAIN_FILE_VERSION, "chain_id": w3.eth.chain_id,
                                   "contract": anchor.address, "deployer": accounts[0],
@@ -147,6 +181,11 @@ def sync(directory: Path | str, url: str | None = None, *, w3: Web3 | None = Non
                        for c, r in state.clients().items()
                        if not anchor.is_client(mapping.clients[c])}
             anchor.register_clients(budgets, sender=deployer)
+        keys = validator_keys(directory, sorted(mapping.validators), create=False)
+        for name, key in keys.items():
+            if key.address != mapping.validators[name]:
+                raise ChainMismatch(f"{name}'s key in keys/ signs as {key.address}; "
+                                    f"{directory / CHAIN_FILE} maps it to {mapping.validators[name]}")
         by_key = {r["key_id"]: name for name, r in state.validators().items()}
         head = ledger.height if ledger.height is not None else -1
         for height in range(max(0, anchor.anchored() - 1), head + 1):
@@ -160,9 +199,9 @@ def sync(directory: Path | str, url: str | None = None, *, w3: Web3 | None = Non
             assert on_chain is not None
             if not on_chain.finalised:
                 for name in sorted(by_key[k] for k in block.signatures):
-                    account = mapping.validators[name]
-                    if not anchor.approved_by(header.hash(), account):
-                        anchor.approve_header(header, validator=account)
+                    if not anchor.approved_by(header.hash(), keys[name].address):
+                        _top_up(w3, deployer, keys[name].address)
+                        anchor.approve_header(header, validator=keys[name])
                 report.anchored.append(height)
             settlement = settlement_of(ledger.entries(block.first_entry, header.size), mapping)
             if settlement is not None and settlement.round > anchor.last_round():

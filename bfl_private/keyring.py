@@ -1,7 +1,8 @@
 """Private keys of the simulated parties, kept apart from what an auditor receives.
 
 Everything secret lives in ``DIR/keys/`` (mode 0700, files 0600): Ed25519 identity keys
-of the coordinator, clients and validators, and the homomorphic key holder's secret.
+of the coordinator, clients and validators, the validators' secp256k1 chain keys (when
+the ledger is anchored on an EVM chain) and the homomorphic key holder's secret.
 The ledger and blob store beside it hold only public material, so ``DIR`` minus
 ``keys/`` is exactly what an auditor gets.
 """

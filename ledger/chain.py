@@ -12,9 +12,10 @@ Mapping of ledger ids to Ethereum accounts (the same on every chain, so an audit
 only the ledger, the node URL and the contract address):
 
 * validators: registered at deployment in the order of their sorted ledger ids, so
-  ``validators(i)`` on chain is the account of the i-th validator id. Their accounts must
-  be able to send transactions through the node (``eth_sendTransaction``: the node's
-  unlocked accounts, as on eth-tester, anvil or a Besu dev node).
+  ``validators(i)`` on chain is the account of the i-th validator id. A validator's
+  account is its own secp256k1 key (:class:`~eth_account.signers.local.LocalAccount`):
+  its approvals are transactions it signs itself, so the node holds nothing of it and any
+  node that relays raw transactions will do.
 * clients: :func:`client_address`, the last 20 bytes of
   ``keccak256("bfl-private client" 0x00 federation_id 0x00 client_id)``. Clients never
   send transactions; the address only names their budget and token balance.
@@ -42,6 +43,7 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
 from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
@@ -58,6 +60,10 @@ CONTRACT_ARTIFACT = CONTRACT_SOURCE.with_suffix(".json")
 EPSILON_SCALE = 10**9
 """Fixed-point scale of epsilon on chain (9 decimal places)."""
 CLIENT_BATCH = 200
+
+Sender = str | LocalAccount
+"""Who sends a transaction: the address of an account the node manages (the deployer on a
+development node), or a local key that signs the transaction itself (validators)."""
 """Clients registered per transaction (keeps each well under a 30M block gas limit)."""
 
 
@@ -195,7 +201,7 @@ class AnchorContract:
         """(function, gas) of every transaction this object sent, oldest first."""
 
     @classmethod
-    def deploy(cls, w3: Web3, *, deployer: str, quorum: int, validators: Sequence[str],
+    def deploy(cls, w3: Web3, *, deployer: Sender, quorum: int, validators: Sequence[str],
                rewards: Mapping[str, int]) -> AnchorContract:
         """Deploy a contract owned by ``deployer`` with validator accounts in order."""
         artifact = load_artifact()
@@ -221,7 +227,7 @@ class AnchorContract:
                                    f"{w3.eth.chain_id} ({len(code)} bytes of other code)")
         return cls(w3, address, artifact)
 
-    def _transact(self, name: str, *args: Any, sender: str) -> dict[str, Any]:
+    def _transact(self, name: str, *args: Any, sender: Sender) -> dict[str, Any]:
         receipt = _send(self.w3, name, getattr(self.contract.functions, name)(*args), sender,
                         gas=self.gas_limit)
         self.gas_used.append((name, receipt["gasUsed"]))
@@ -237,7 +243,7 @@ class AnchorContract:
 
     # --- writes -------------------------------------------------------------------------
 
-    def register_clients(self, budgets: Mapping[str, int], *, sender: str) -> None:
+    def register_clients(self, budgets: Mapping[str, int], *, sender: Sender) -> None:
         """Register client addresses with their lifetime budgets (fixed point)."""
         items = sorted(budgets.items())
         for start in range(0, len(items), CLIENT_BATCH):
@@ -245,18 +251,18 @@ class AnchorContract:
             self._transact("register_clients", [a for a, _ in batch], [b for _, b in batch],
                            sender=sender)
 
-    def propose_header(self, header: BlockHeader, *, sender: str) -> None:
+    def propose_header(self, header: BlockHeader, *, sender: Sender) -> None:
         """Anchor ``header`` (not final until a validator quorum approves it)."""
         self._transact("propose_header", header.hash(), header.height, header.prev_hash,
                        header.size, header.root, header.state_root, sender=sender)
 
-    def approve_header(self, header: BlockHeader, *, validator: str) -> None:
+    def approve_header(self, header: BlockHeader, *, validator: Sender) -> None:
         """Approve ``header`` from a validator's account, after checking that the chain
         holds exactly this header's fields under its hash (ChainMismatch otherwise)."""
         check_header(self.header(header.hash()), header)
         self._transact("approve_header", header.hash(), sender=validator)
 
-    def settle_round(self, header: BlockHeader, settlement: Settlement, *, sender: str) -> None:
+    def settle_round(self, header: BlockHeader, settlement: Settlement, *, sender: Sender) -> None:
         """Post a round's spend and rewards against its finalised block header."""
         survivors = list(settlement.survivors)
         attestations = list(settlement.attestations)
@@ -316,21 +322,41 @@ class AnchorContract:
         return self._call("balanceOf", address)
 
 
-def _send(w3: Web3, name: str, call: Any, sender: str, *, gas: int | None = None
+def _address(sender: Sender) -> str:
+    return to_checksum_address(sender if isinstance(sender, str) else sender.address)
+
+
+def _fees(w3: Web3) -> dict[str, int]:
+    """EIP-1559 fee fields of a locally signed transaction: twice the latest base fee plus
+    the node's suggested tip, so it stays includable if the base fee rises meanwhile."""
+    tip = w3.eth.max_priority_fee
+    return {"maxPriorityFeePerGas": tip,
+            "maxFeePerGas": 2 * w3.eth.get_block("latest")["baseFeePerGas"] + tip}
+
+
+def _send(w3: Web3, name: str, call: Any, sender: Sender, *, gas: int | None = None
           ) -> dict[str, Any]:
     """Send one transaction from ``sender`` and wait for it; ChainRevert if it reverts.
 
-    With ``gas`` given, the call is first run once as ``eth_call`` (a revert raises there
-    with the contract's reason on every backend) and then sent with that gas limit,
-    instead of letting web3 estimate gas: py-evm's estimator re-executes the call a dozen
-    times in a binary search, which made estimation most of the in-process cost.
+    A node-managed sender goes through ``eth_sendTransaction``; a local key signs the
+    transaction here and sends it raw. With ``gas`` given, the call is first run once as
+    ``eth_call`` (a revert raises there with the contract's reason on every backend) and
+    then sent with that gas limit, instead of letting web3 estimate gas: py-evm's
+    estimator re-executes the call a dozen times in a binary search, which made estimation
+    most of the in-process cost.
     """
-    transaction: dict[str, Any] = {"from": to_checksum_address(sender)}
+    transaction: dict[str, Any] = {"from": _address(sender)}
     try:
         if gas is not None:
             call.call(transaction)
             transaction["gas"] = gas
-        tx_hash = call.transact(transaction)
+        if isinstance(sender, str):
+            tx_hash = call.transact(transaction)
+        else:
+            transaction.update(_fees(w3), nonce=w3.eth.get_transaction_count(sender.address, "pending"),
+                               chainId=w3.eth.chain_id)
+            signed = sender.sign_transaction(call.build_transaction(transaction))
+            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
     except (ContractLogicError, TransactionFailed) as exc:
         raise ChainRevert(f"{name}: reverted: {_reason(exc)}") from None
@@ -339,6 +365,19 @@ def _send(w3: Web3, name: str, call: Any, sender: str, *, gas: int | None = None
     if receipt["status"] != 1:
         raise ChainRevert(f"{name}: transaction {tx_hash.hex()} reverted")
     return dict(receipt)
+
+
+def fund(w3: Web3, *, sender: str, account: str, wei: int) -> None:
+    """Send ``wei`` of the chain's currency from the node-managed ``sender`` to ``account``
+    (validators' gas on a development chain); ChainUnavailable if the node refuses."""
+    try:
+        tx_hash = w3.eth.send_transaction({"from": to_checksum_address(sender),
+                                           "to": to_checksum_address(account), "value": wei})
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+    except (ValueError, TransactionFailed, Web3Exception, OSError) as exc:
+        raise ChainUnavailable(f"funding {account} from {sender}: {type(exc).__name__}: {exc}") from None
+    if receipt["status"] != 1:
+        raise ChainUnavailable(f"funding {account} from {sender}: transaction {tx_hash.hex()} failed")
 
 
 def check_header(anchored: AnchoredHeader | None, header: BlockHeader) -> None:

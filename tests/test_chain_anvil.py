@@ -15,7 +15,7 @@ from bfl_private.ledger.errors import ChainRevert
 from bfl_private.ledger.store import Ledger
 from click.testing import CliRunner
 
-from bfl_private.chain_sync import read_chain_file, sync
+from bfl_private.chain_sync import read_chain_file, sync, validator_keys
 from bfl_private.cli import EXIT_VERIFICATION_FAILED, main
 
 pytest_plugins = ("chain_fixtures",)
@@ -62,8 +62,9 @@ def test_below_quorum_and_reverts_on_a_real_node(anvil_url: str,
                       epsilon={record["clients"][client]: epsilon_fixed(budget) + 1})
     with pytest.raises(ChainRevert, match="exceeds the lifetime budget"):
         anchor.settle_round(head.header, over, sender=anchor.owner())
+    keys = validator_keys(federation, sorted(record["validators"]), create=False)
     with pytest.raises(ChainRevert, match="already approved"):
-        anchor.approve_header(head.header, validator=record["validators"]["validator-0"])
+        anchor.approve_header(head.header, validator=keys["validator-0"])
     # a second contract where block 0 has quorum - 1 approvals: verify names it
     (federation / "chain.json").unlink()
     fresh = AnchorContract.deploy(w3, deployer=w3.eth.accounts[0], quorum=anchor.quorum(),
@@ -73,8 +74,8 @@ def test_below_quorum_and_reverts_on_a_real_node(anvil_url: str,
     with Ledger.open(federation) as ledger:
         genesis = ledger.block(0).header
     fresh.propose_header(genesis, sender=w3.eth.accounts[0])
-    for validator in anchor.validators()[:anchor.quorum() - 1]:
-        fresh.approve_header(genesis, validator=validator)
+    for name in sorted(keys)[:anchor.quorum() - 1]:
+        fresh.approve_header(genesis, validator=keys[name])
     code, result = _verify(federation, anvil_url, "--contract", fresh.address)
     assert code == EXIT_VERIFICATION_FAILED
     failure = result["failure"]

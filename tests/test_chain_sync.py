@@ -28,7 +28,7 @@ from bfl_private.ledger.store import Ledger
 from bfl_private.ledger.verify import run_checks
 from web3 import Web3
 
-from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync
+from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync, validator_keys
 from bfl_private.coordinator import COORDINATOR
 from bfl_private.keyring import Keyring
 
@@ -139,10 +139,13 @@ def test_tokens_moved_on_chain_are_named(synced: tuple[Path, Web3]) -> None:
     directory, w3 = synced
     record = read_chain_file(directory)
     assert record is not None
-    giver, taker = record["validators"]["validator-0"], record["validators"]["validator-1"]
+    giver = validator_keys(directory, ["validator-0"], create=False)["validator-0"]
+    taker = record["validators"]["validator-1"]
     anchor = AnchorContract.at(w3, record["contract"])
+    transfer = anchor.contract.functions.transfer(taker, 5).build_transaction(
+        {"from": giver.address, "nonce": w3.eth.get_transaction_count(giver.address)})
     w3.eth.wait_for_transaction_receipt(
-        anchor.contract.functions.transfer(taker, 5).transact({"from": giver}))
+        w3.eth.send_raw_transaction(giver.sign_transaction(transfer).raw_transaction))
     failure = _verify_on_chain(directory, w3, anchor.address).failure
     assert failure is not None and failure.error_type == "ChainMismatch"
     assert "validator 'validator-0' balance" in failure.detail
@@ -206,9 +209,36 @@ def test_chain_file_for_another_chain_is_refused(synced: tuple[Path, Web3]) -> N
     path.write_text("{")
     with pytest.raises(MalformedRecord, match=CHAIN_FILE):
         sync(directory, w3=in_process())
-    path.write_text(json.dumps({"version": 1, "contract": "0x00"}))
+    path.write_text(json.dumps({**record, "version": 1}))  # validators were node accounts then
+    with pytest.raises(MalformedRecord, match="not a version-2 chain record"):
+        sync(directory, w3=in_process())
+    path.write_text(json.dumps({"version": 2, "contract": "0x00"}))
     with pytest.raises(MalformedRecord, match="missing chain_id"):
         sync(directory, w3=in_process())
     path.write_text(json.dumps({**record, "clients": {}}))
     with pytest.raises(MalformedRecord, match="no account for"):
+        sync(directory, w3=w3)
+
+
+def test_validators_approve_with_their_own_keys_not_the_nodes(synced: tuple[Path, Web3]) -> None:
+    directory, w3 = synced
+    record = read_chain_file(directory)
+    assert record is not None
+    names = sorted(record["validators"])
+    keys = validator_keys(directory, names, create=False)
+    for name in names:
+        assert (directory / "keys" / f"{name}.secp256k1").stat().st_mode & 0o777 == 0o600
+        assert keys[name].address == record["validators"][name]
+    anchor = AnchorContract.at(w3, record["contract"])
+    assert anchor.validators() == [keys[n].address for n in names]
+    assert not set(anchor.validators()) & set(w3.eth.accounts)  # the node holds none of them
+    senders = {w3.eth.get_transaction(log["transactionHash"])["from"]
+               for log in anchor.contract.events.HeaderApproved().get_logs(from_block=0)}
+    assert senders == {keys[n].address for n in names}
+
+
+def test_a_validator_key_that_is_not_the_registered_account_is_named(synced: tuple[Path, Web3]) -> None:
+    directory, w3 = synced
+    Keyring(directory).store("validator-1.secp256k1", bytes(range(1, 33)))
+    with pytest.raises(ChainMismatch, match="validator-1's key in keys/ signs as 0x"):
         sync(directory, w3=w3)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from bfl_private.ledger.canonical import canonical_bytes
 from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION
+from flower_transports import RecordingTransport, TamperingTransport
 
 from bfl_private.artifacts import get_aggregate
 from bfl_private.audit import audit
@@ -24,7 +25,7 @@ from bfl_private.coordinator import CommandPlan, Federation
 from bfl_private.flower.errors import OutOfOrderMessage, PublicKeyMessageError, StageMessageError
 from bfl_private.flower.hospital import HISTORY_FILE, Hospital
 from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import Failure, FlowerRound
+from bfl_private.flower.server_round import FlowerRound
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.protocol_setup import build_protocol
 from bfl_private.settings import FederationSettings, ProtocolSettings
@@ -33,19 +34,7 @@ N = 4
 PROTOCOLS = ("paillier", "ckks")
 
 
-class _Recorder(LoopbackTransport):
-    """Keeps every request, and each node's state after answering it, per stage."""
 
-    def __init__(self, hospitals: Mapping[int, Hospital], **kwargs: Any) -> None:
-        super().__init__(hospitals, **kwargs)
-        self.requests: dict[str, dict[int, dict[str, Any]]] = {}
-        self.after: dict[str, dict[int, bytes | None]] = {}
-
-    def exchange(self, stage: str, requests, *, round_id: int):
-        self.requests[stage] = {n: dict(r) for n, r in requests.items()}
-        replies = super().exchange(stage, requests, round_id=round_id)
-        self.after[stage] = dict(self.states)
-        return replies
 
 
 @dataclasses.dataclass
@@ -159,26 +148,9 @@ def test_too_few_submissions_abort_and_the_abort_is_recorded(he: Setup) -> None:
     assert audit(he.federation.directory).ok
 
 
-class _Tampering(LoopbackTransport):
-    """Flips one byte of one hospital's ciphertext on its way to the server."""
-
-    def __init__(self, hospitals: Mapping[int, Hospital], victim: str) -> None:
-        super().__init__(hospitals)
-        self.victim = victim
-
-    def exchange(self, stage: str, requests, *, round_id: int):
-        replies = super().exchange(stage, requests, round_id=round_id)
-        for node, reply in replies.items():
-            if not isinstance(reply, Failure) and self.hospitals[node].name == self.victim:
-                blob = bytearray(reply["ciphertext"])
-                blob[-1] ^= 1
-                replies[node] = {**reply, "ciphertext": bytes(blob)}
-        return replies
-
-
 def test_a_ciphertext_its_submission_does_not_name_is_refused(he: Setup) -> None:
     victim = he.names()[2]
-    summary, _, driver = he.round(_Tampering(he.hospitals, victim))
+    summary, _, driver = he.round(TamperingTransport(he.hospitals, victim=victim, stage="encrypt", field="ciphertext"))
     assert summary.dropouts == (victim,)
     assert "blob_cid does not name the ciphertext" in driver.failures[victim]
     assert audit(he.federation.directory).ok
@@ -188,8 +160,8 @@ def test_a_ciphertext_its_submission_does_not_name_is_refused(he: Setup) -> None
 
 
 @pytest.fixture(scope="module")
-def recorded(he: Setup) -> tuple[Setup, _Recorder]:
-    recorder = _Recorder(he.hospitals)
+def recorded(he: Setup) -> tuple[Setup, RecordingTransport]:
+    recorder = RecordingTransport(he.hospitals)
     summary, lines, _ = he.round(recorder)
     assert summary.status != "aborted", lines
     return he, recorder

@@ -5,39 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from bfl_private.protocols.errors import MalformedInput, ProtocolError
+from flower_transports import RecordingTransport
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bfl_private.coordinator import Federation
 from bfl_private.flower.errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
 from bfl_private.flower.hospital import IDENTITY_FILE, Hospital, load_data_file
-from bfl_private.flower.loopback import LoopbackTransport
 from bfl_private.flower.masking_state import PersistentMaskingClient
 from bfl_private.flower.server_round import FlowerRound
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.settings import FederationSettings
-
-
-class _Recorder(LoopbackTransport):
-    """Keeps every request and, per stage, each node's state after answering it."""
-
-    def __init__(self, hospitals: Mapping[int, Hospital]) -> None:
-        super().__init__(hospitals)
-        self.requests: dict[str, dict[int, dict[str, Any]]] = {}
-        self.after: dict[str, dict[int, bytes | None]] = {}
-
-    def exchange(self, stage: str, requests, *, round_id: int):
-        self.requests[stage] = {n: dict(r) for n, r in requests.items()}
-        replies = super().exchange(stage, requests, round_id=round_id)
-        self.after[stage] = dict(self.states)
-        return replies
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +33,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory):
     folders = export_hospitals(federation, directory / "hospitals")
     hospitals = {7 + i: Hospital.from_node_config({"hospital-dir": str(folders[c])})
                  for i, c in enumerate(sorted(folders))}
-    recorder = _Recorder(hospitals)
+    recorder = RecordingTransport(hospitals)
     plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
     summary = FlowerRound(federation, plan, recorder).run()
     assert summary.status != "aborted"

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, SUBMISSION
+from flower_transports import TamperingTransport
 
 from bfl_private.audit import audit
 from bfl_private.coordinator import CommandPlan, Federation
 from bfl_private.flower.hospital import HISTORY_FILE, Hospital
 from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import Failure, FlowerRound
+from bfl_private.flower.server_round import FlowerRound
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.flower.stages import STAGES
 from bfl_private.settings import FederationSettings
@@ -101,27 +102,10 @@ def test_too_many_losses_abort_and_the_abort_is_recorded(shared) -> None:
     assert audit(federation.directory).ok
 
 
-class _TamperingTransport(LoopbackTransport):
-    """Flips one byte of one hospital's masked input on its way to the server."""
-
-    def __init__(self, hospitals: Mapping[int, Hospital], victim: str) -> None:
-        super().__init__(hospitals)
-        self.victim = victim
-
-    def exchange(self, stage: str, requests, *, round_id: int):
-        replies = super().exchange(stage, requests, round_id=round_id)
-        for node, reply in replies.items():
-            if stage == "mask" and not isinstance(reply, Failure) and self.hospitals[node].name == self.victim:
-                masked = bytearray(reply["masked-input"])
-                masked[-1] ^= 1
-                replies[node] = {**reply, "masked-input": bytes(masked)}
-        return replies
-
-
 def test_a_submission_that_does_not_name_its_masked_input_is_refused(shared) -> None:
     federation, hospitals, plan = shared
     victim = sorted(h.name for h in hospitals.values())[1]
-    driver = FlowerRound(federation, plan, _TamperingTransport(hospitals, victim))
+    driver = FlowerRound(federation, plan, TamperingTransport(hospitals, victim=victim, stage="mask", field="masked-input"))
     summary = driver.run()
     assert summary.dropouts == (victim,)
     assert set(driver.failures) == {victim} and "blob_cid does not name the masked input" in driver.failures[victim]

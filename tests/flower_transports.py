@@ -1,0 +1,41 @@
+"""Loopback transports for the Flower tests: one records what passes, one tampers with it."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bfl_private.flower.hospital import Hospital
+from bfl_private.flower.loopback import LoopbackTransport
+from bfl_private.flower.server_round import Failure
+
+
+class RecordingTransport(LoopbackTransport):
+    """Keeps every request and, per stage, each node's state after answering it."""
+
+    def __init__(self, hospitals: Mapping[int, Hospital], **kwargs: Any) -> None:
+        super().__init__(hospitals, **kwargs)
+        self.requests: dict[str, dict[int, dict[str, Any]]] = {}
+        self.after: dict[str, dict[int, bytes | None]] = {}
+
+    def exchange(self, stage: str, requests, *, round_id: int):  # type: ignore[no-untyped-def]
+        self.requests[stage] = {n: dict(r) for n, r in requests.items()}
+        replies = super().exchange(stage, requests, round_id=round_id)
+        self.after[stage] = dict(self.states)
+        return replies
+
+
+class TamperingTransport(LoopbackTransport):
+    """Flips the last byte of ``field`` in one hospital's ``stage`` reply on its way to the server."""
+
+    def __init__(self, hospitals: Mapping[int, Hospital], *, victim: str, stage: str, field: str) -> None:
+        super().__init__(hospitals)
+        self.victim, self.stage, self.field = victim, stage, field
+
+    def exchange(self, stage: str, requests, *, round_id: int):  # type: ignore[no-untyped-def]
+        replies = super().exchange(stage, requests, round_id=round_id)
+        for node, reply in replies.items():
+            if stage == self.stage and not isinstance(reply, Failure) and self.hospitals[node].name == self.victim:
+                data = bytearray(reply[self.field])
+                data[-1] ^= 1
+                replies[node] = {**reply, self.field: bytes(data)}
+        return replies

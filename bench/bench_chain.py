@@ -31,11 +31,14 @@ from bfl_private.ledger.chain import (
     client_address,
     connect,
     epsilon_fixed,
+    fund,
     in_process,
     settlement_of,
 )
 from bfl_private.ledger.contracts import LedgerState
 from bfl_private.ledger.store import Ledger
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from bfl_private.chain_sync import sync
@@ -46,13 +49,22 @@ CHAIN_URL_ENV = "BFL_CHAIN_URL"
 ROUND_CALLS = ("propose_header", "approve_header", "settle_round")
 
 
+def _validator_keys(w3: Web3, owner: str, count: int) -> list[LocalAccount]:
+    """Validators as the product runs them: own keys signing raw transactions, gas from the owner."""
+    keys = [Account.create() for _ in range(count)]
+    for key in keys:
+        fund(w3, sender=owner, account=key.address, wei=10**18)
+    return keys
+
+
 def _synthetic_round(clients: int) -> tuple[int, int, float]:
     """Gas of the first and of the second anchored round (blocks 1 and 2) with ``clients``
     survivors, and the first round's seconds. The first round writes fresh storage slots
     (epsilon and balance of every client: 22.1k gas each), later rounds overwrite them."""
     w3 = in_process()
-    owner, validators = w3.eth.accounts[0], w3.eth.accounts[1:5]
-    anchor = AnchorContract.deploy(w3, deployer=owner, quorum=3, validators=validators,
+    owner = w3.eth.accounts[0]
+    validators = _validator_keys(w3, owner, 4)
+    anchor = AnchorContract.deploy(w3, deployer=owner, quorum=3, validators=[v.address for v in validators],
                                    rewards=REWARDS)
     addresses = [client_address("bench", f"c{i}") for i in range(clients)]
     anchor.register_clients({a: epsilon_fixed(3.0) for a in addresses}, sender=owner)
@@ -72,7 +84,7 @@ def _synthetic_round(clients: int) -> tuple[int, int, float]:
         anchor.settle_round(header, Settlement(
             round=number, closed=True, epsilon={a: epsilon_fixed(0.5 * number) for a in addresses},
             survivors=[(a, 100) for a in addresses],
-            attestations=[(v, True, 900_000) for v in validators]), sender=owner)
+            attestations=[(v.address, True, 900_000) for v in validators]), sender=owner)
         seconds = seconds or time.perf_counter() - start
         gas.append(sum(g for _, g in anchor.gas_used[before:]))
         headers.append(header)
@@ -108,10 +120,11 @@ def _anchored_round_seconds(directory: Path, w3: Web3) -> float:
     with Ledger.open(directory) as ledger:
         state, block0, block1 = ledger.state, ledger.block(0), ledger.block(1)
         entries = ledger.entries(block1.first_entry, block1.header.size)
-    owner, accounts = w3.eth.accounts[0], w3.eth.accounts[1:1 + len(state.validators())]
-    mapping = AccountMap.for_federation(state.federation_id, validator_ids=list(state.validators()),
+    owner = w3.eth.accounts[0]
+    accounts = _validator_keys(w3, owner, len(state.validators()))
+    mapping = AccountMap.for_federation(state.federation_id, validator_ids=sorted(state.validators()),
                                         client_ids=list(state.clients()),
-                                        validator_accounts=accounts)
+                                        validator_accounts=[a.address for a in accounts])
     anchor = AnchorContract.deploy(w3, deployer=owner, quorum=state.quorum,
                                    validators=[mapping.validators[v] for v in sorted(mapping.validators)],
                                    rewards=state.as_dict()["rewards"])

@@ -34,9 +34,6 @@ N = 4
 PROTOCOLS = ("paillier", "ckks")
 
 
-
-
-
 @dataclasses.dataclass
 class Setup:
     protocol: str
@@ -153,6 +150,28 @@ def test_a_ciphertext_its_submission_does_not_name_is_refused(he: Setup) -> None
     summary, _, driver = he.round(TamperingTransport(he.hospitals, victim=victim, stage="encrypt", field="ciphertext"))
     assert summary.dropouts == (victim,)
     assert "blob_cid does not name the ciphertext" in driver.failures[victim]
+    assert audit(he.federation.directory).ok
+
+
+def test_a_signed_ciphertext_that_does_not_decode_is_rejected_and_recorded(
+        he: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hospital signs what it sends, so the server cannot blame the transport: the
+    submission is committed, refused by the protocol's own check and named in round_close."""
+    victim = he.names()[1]
+    hospital = next(h for h in he.hospitals.values() if h.name == victim)
+    encryptor = "_paillier_encryptor" if he.protocol == "paillier" else "_ckks_encryptor"
+    honest = getattr(hospital, encryptor)
+
+    def garbage(*args: Any) -> Any:
+        encrypt = honest(*args)
+        return lambda vector: encrypt(vector)[:-7] + b"garbage"
+
+    monkeypatch.setattr(hospital, encryptor, garbage)
+    summary, _, _ = he.round()
+    assert victim in summary.rejected and victim not in summary.dropouts
+    close = he.entries(he.federation.ledger.state.last_round)["round_close"][0]
+    assert victim in close["rejected"] and victim not in close["survivors"]
+    assert f"submission of {victim!r}" in close["rejected"][victim]
     assert audit(he.federation.directory).ok
 
 

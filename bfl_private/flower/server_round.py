@@ -251,12 +251,13 @@ class FlowerRound:
             model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
             replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d, model=model_blob)
                                               for i, d in deliveries.items()})
+            blobs: dict[str, bytes] = {}
             for client, reply in replies.items():
                 def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
                     blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
                     entry, record = self._check_submission(client, reply, blob, keys[client], registry[client])
                     server.receive_masked_input(reply["masked-input"])
-                    self.submissions[client], self.records[client] = entry, record
+                    self.submissions[client], self.records[client], blobs[client] = entry, record, blob
                 self._receive("mask", client, receive)
             announcement = server.close_mask()
             self.log(f"round {self.round_id}: stage mask closed")
@@ -277,7 +278,7 @@ class FlowerRound:
         included = tuple(params.clients[i] for i in outcome.included)
         return AggregationResult(
             protocol=self.protocol, total=codec.decode_sum(outcome.total, len(included)), included=included,
-            submissions={c: encode_submission(outcome.masked[params.clients.index(c)]) for c in included},
+            submissions={c: blobs[c] for c in included},
             transcript={**outcome.transcript, "codec": codec.to_json()})
 
     def _one_shot(self, opened: Entry, setup: ProtocolSetup, length: int) -> AggregationResult:

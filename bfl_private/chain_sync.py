@@ -103,8 +103,8 @@ def _write_chain_file(directory: Path, record: dict[str, Any]) -> None:
 
 def validator_keys(directory: Path, names: list[str], *, create: bool) -> dict[str, LocalAccount]:
     """Each validator's secp256k1 key from ``keys/<name>.secp256k1``; with ``create``, a
-    fresh one (OS randomness) for a validator that has none. KeyringError if one is missing
-    or exposed to other users."""
+    fresh one (OS randomness) for a validator that has none. KeyringError if one is missing,
+    exposed to other users or not a key."""
     keyring = Keyring(directory)
     keys: dict[str, LocalAccount] = {}
     for name in names:
@@ -116,7 +116,11 @@ def validator_keys(directory: Path, names: list[str], *, create: bool) -> dict[s
                 raise
             raw = bytes(Account.create().key)
             keyring.store(file, raw)
-        keys[name] = Account.from_key(raw)
+        try:
+            keys[name] = Account.from_key(raw)
+        except ValueError as exc:
+            raise KeyringError(f"key file {keyring.directory / file} is not a secp256k1 private key: "
+                               f"{exc}") from None
     return keys
 
 

@@ -86,9 +86,11 @@ def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
     except ImportError as exc:
         _fail(f"--chain needs the chain extra (pip install 'bfl-private[chain]'): {exc}", 2)
         return None
+    from .keyring import KeyringError
+
     try:
         return sync(directory, url).to_json()
-    except VerificationError as exc:
+    except (VerificationError, KeyringError) as exc:
         _fail(f"chain {url}: {type(exc).__name__}: {exc} (the rounds are recorded; run "
               f"again with --chain to catch up)", EXIT_CHAIN)
         return None

@@ -30,7 +30,7 @@ from web3 import Web3
 
 from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync, validator_keys
 from bfl_private.coordinator import COORDINATOR
-from bfl_private.keyring import Keyring
+from bfl_private.keyring import Keyring, KeyringError
 
 pytest_plugins = ("chain_fixtures",)
 
@@ -242,3 +242,13 @@ def test_a_validator_key_that_is_not_the_registered_account_is_named(synced: tup
     Keyring(directory).store("validator-1.secp256k1", bytes(range(1, 33)))
     with pytest.raises(ChainMismatch, match="validator-1's key in keys/ signs as 0x"):
         sync(directory, w3=w3)
+
+
+def test_a_validator_key_file_that_is_not_a_key_is_named(synced: tuple[Path, Web3]) -> None:
+    directory, w3 = synced
+    Keyring(directory).store("validator-2.secp256k1", b"not a key")
+    with pytest.raises(KeyringError, match=r"validator-2\.secp256k1 is not a secp256k1 private key"):
+        sync(directory, w3=w3)
+    (directory / "keys" / "validator-2.secp256k1").unlink()
+    with pytest.raises(KeyringError, match="'validator-2.secp256k1' not found"):
+        sync(directory, w3=w3)  # an anchored federation never silently mints a new validator key

@@ -27,15 +27,14 @@ from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION,
 from .ledger.identity import SigningIdentity
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
-from .privacy.accounting import PrivacyRecord, recorded_epsilon
+from .privacy.accounting import PrivacyRecord
 from .privacy.budget import split_by_budget, validate_delta
-from .privacy.dpsgd import check_opacus_sample_rate
 from .privacy.errors import PrivacyError
-from .privacy.planner import plan_noise_multiplier, planned_records
+from .privacy.planner import plan_noise_multiplier
 from .protocol_setup import build_protocol
 from .protocols.base import STAGES, Stage
 from .protocols.errors import BadShare, TooManyDropouts
-from .round_checks import PrivacyHistories
+from .round_checks import PrivacyHistories, charged_epsilon, planned_record, privacy_rule_violation
 from .settings import FederationSettings
 from .validator import Validator
 
@@ -153,6 +152,7 @@ class Federation:
             ],
             "validators": [{"id": v.name, "vkey": v.public.vkey()} for v in validators],
             "initial_model_cid": put_model(ledger.blobs, initial),
+            "normalisation": data.normaliser.to_json(),
         })
         proposed = ledger.propose([genesis], time=int(time.time()))
         ledger.commit(proposed, {v.public.key_id_hex: v.sign(proposed.header.signing_bytes()) for v in validators})
@@ -197,15 +197,15 @@ class Federation:
         """
         privacy = self.settings.privacy
         try:
-            check_opacus_sample_rate(privacy.sample_rate)
             sigma = plan_noise_multiplier(
                 target_epsilon=epsilon, delta=privacy.delta, sample_rate=privacy.sample_rate,
                 steps_per_round=self.settings.training.local_steps, rounds=rounds, accountant=privacy.accountant,
+                neighboring_relation=privacy.neighboring_relation,
             )
         except PrivacyError as exc:
             raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds: {exc}") from exc
         client_plan = ClientPlan(sigma, privacy.sample_rate)
-        planned = {c: self._planned_records(client_plan, rounds) for c in self.clients}
+        planned = {c: [planned_record(self.settings, noise_multiplier=sigma)] * rounds for c in self.clients}
         admitted, left_out = split_by_budget(planned, histories=self.histories(), budgets=self.budgets())
         if left_out and not skip_exhausted:
             first, *others = left_out.values()
@@ -218,13 +218,6 @@ class Federation:
                    for c, s in left_out.items()}
         return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, reasons)
 
-    def _planned_records(self, client_plan: ClientPlan, rounds: int) -> list[PrivacyRecord]:
-        privacy = self.settings.privacy
-        return planned_records(
-            noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
-            steps_per_round=self.settings.training.local_steps, rounds=rounds, clipping_norm=privacy.clipping_norm,
-            delta=privacy.delta, accountant=privacy.accountant,
-        )
 
     # --- one round --------------------------------------------------------------------
 
@@ -265,6 +258,10 @@ class Federation:
         faulty = set(rng.choice(answering, size=min(malicious, len(answering)), replace=False).tolist()) if malicious else set()
         updates: list[LocalUpdate] = []
         substitutes: dict[str, np.ndarray] = {}
+        # What each client that trains signs with its submission. A faulty client trained
+        # nothing but claims the planned parameters; the ledger records the claim (it cannot
+        # prove noise either way, see the audit notes).
+        records = {c: planned_record(self.settings, noise_multiplier=plan.clients[c].noise_multiplier) for c in faulty}
         for client_id in participants:
             on_client(client_id)
             if drop.get(client_id) in ("advertise", "share"):
@@ -276,53 +273,64 @@ class Federation:
                 substitutes[client_id] = aggregation.garbage_payload(base.shape[0] + 1, rng)
                 continue
             client_plan = plan.clients[client_id]
-            updates.append(train_private(
+            update = train_private(
                 self.clients[client_id], base, self.settings.training, self.settings.privacy,
                 noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
-                seed=int(rng.integers(2**31)),
-            ))
+            )
+            updates.append(update)
+            records[client_id] = update.privacy
+        # Refused on receipt: a record that breaks the plan or genesis rules cannot be
+        # posted (it would understate ε), so its update never enters the sum; the protocol
+        # treats the sender as gone at the mask stage and the ledger names it as rejected.
+        refused = {c: reason for c, record in records.items()
+                   if (reason := privacy_rule_violation(record, planned_sigma=plan.clients[c].noise_multiplier,
+                                                        settings=self.settings)) is not None}
+        drop.update({c: "mask" for c in refused})
         max_records = max(int(v["data_weight"]) for v in state.clients().values())
         aggregator = Aggregator(aggregation.protocol, max_records, self.settings.training)
+        histories = self.histories()
+
+        def charge(sent: Mapping[str, bytes]) -> dict[str, float]:
+            """The spending rule: each client whose protected update left it signs its
+            submission (its privacy record) and is charged, whatever the round's outcome."""
+            for client_id, blob in sorted(sent.items()):
+                entries.append(Entry.create(self.identity(client_id), SUBMISSION, round_id, {
+                    "client": client_id, "blob_cid": self.ledger.blobs.put(blob),
+                    "data_weight": self.clients[client_id].records, "privacy": records[client_id].to_json(),
+                }))
+            return charged_epsilon(histories, {c: records[c] for c in sent})
+
         try:
             new_params, result = aggregator.aggregate(
-                base, updates, round_id=round_id, round_seed=seed, drop=drop, payloads=substitutes
+                base, [u for u in updates if u.client_id not in refused], round_id=round_id, round_seed=seed,
+                drop=drop, payloads={**substitutes, **{c: np.zeros(base.shape[0] + 1, np.float32) for c in refused}},
             )
         except (TooManyDropouts, BadShare) as exc:
             # Too few parties left, or a share holder cheated so no seed set checks out:
-            # either way nothing can be unmasked, and the abort is what gets recorded.
+            # either way nothing can be unmasked, and the abort is what gets recorded,
+            # with the spend of everyone whose update had already been sent.
             gone = sorted(drop)
             stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
+            claims = charge(exc.received)
             entries.append(Entry.create(coordinator, ABORT, round_id, {
                 "stage": stage or "unknown", "reason": str(exc),
-                "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": {},
+                "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": claims,
             }))
             self.commit_block(entries)
             return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), {},
                                 time.perf_counter() - started)
 
-        histories = self.histories()
-        # A faulty client trained nothing, but it still claims the planned parameters; the
-        # ledger records the claim (it cannot prove noise either way, see the audit notes).
-        records = {c: self._planned_records(plan.clients[c], 1)[0] for c in faulty}
-        records.update({u.client_id: u.privacy for u in updates})
-        claims: dict[str, float] = {}
-        for client_id in result.included:
-            record = records[client_id]
-            blob_cid = self.ledger.blobs.put(result.submissions[client_id])
-            entries.append(Entry.create(self.identity(client_id), SUBMISSION, round_id, {
-                "client": client_id, "blob_cid": blob_cid, "data_weight": self.clients[client_id].records,
-                "privacy": record.to_json(),
-            }))
-            claims[client_id] = recorded_epsilon(histories[client_id] + [record])
+        claims = charge({**result.submissions, **result.rejected_submissions})
+        rejected = {**result.rejected, **refused}
         model_cid = put_model(self.ledger.blobs, new_params)
-        dropouts = sorted(set(participants) - set(result.included) - set(result.rejected))
+        dropouts = sorted(set(participants) - set(result.included) - set(rejected))
         entries.append(Entry.create(coordinator, ROUND_CLOSE, round_id, {
             "aggregate_cid": put_aggregate(self.ledger.blobs, result.total),
             "new_model_cid": model_cid,
             "transcript_cid": self.ledger.blobs.put_json(dict(result.transcript)),
             "survivors": list(result.included),
             "dropouts": dropouts,
-            "rejected": dict(result.rejected),
+            "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
         attestations = [v.attest(entries, self.ledger) for v in self.validators]
@@ -331,7 +339,7 @@ class Federation:
         accepted = self.ledger.state.model_cid == model_cid
         accuracy = self.test_accuracy(new_params if accepted else base)
         return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
-                            tuple(dropouts), dict(result.rejected), time.perf_counter() - started)
+                            tuple(dropouts), rejected, time.perf_counter() - started)
 
     def commit_block(self, entries: list[Entry]) -> None:
         """Propose the round's block; each validator co-signs only after re-checking it."""

@@ -2,18 +2,22 @@
 
 The pipeline is deterministic for a seed:
 
-1. a stratified global **test** split and a **validator** hold-out (the data validators
-   use for their quality attestations) are taken first, so neither is seen by clients;
+1. a stratified global **test** split, a **public reference** sample and a **validator**
+   hold-out (the data validators use for their quality attestations) are taken first, so
+   none of them is seen by clients;
 2. the remaining pool is partitioned among N clients, IID or non-IID by label with a
    Dirichlet(α) draw per class (small α: each client sees few labels);
 3. each client's share is split into train and validation;
-4. features are standardised with means and deviations of the client pool only, so
-   nothing leaks from the test or validator splits.
+4. features are standardised with the mean and deviation of the public reference sample
+   (:class:`Normaliser`), never of client records: statistics of the client pool would
+   move when one patient's record changes, outside any DP accounting. The reference
+   sample stands for what a real federation takes from a published cohort or registry;
+   genesis publishes the constants and their source, so every party and auditor sees them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
 
 DATASETS = {"breast_cancer": load_breast_cancer, "digits": load_digits}
 PARTITIONS = ("iid", "dirichlet")
+PUBLIC_FRACTION = 0.05
+"""Share of the bundled dataset set aside as the public reference sample (normalisation only)."""
 
 
 class DataError(ValueError):
@@ -42,6 +48,23 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Normaliser:
+    """Feature standardisation ``(x - mean) / scale`` with constants from a public source."""
+
+    source: str
+    records: int
+    """Size of the public sample the constants were computed from."""
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        return ((features - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "records": self.records, "mean": list(self.mean), "scale": list(self.scale)}
+
+
+@dataclass(frozen=True)
 class ClientData:
     client_id: str
     train: Split
@@ -56,6 +79,9 @@ class FederatedDataset:
     clients: tuple[ClientData, ...]
     validators: tuple[Split, ...]
     test: Split
+    public: Split
+    """The public reference sample the normalisation constants come from."""
+    normaliser: Normaliser
 
 
 def client_ids(n_clients: int) -> list[str]:
@@ -100,6 +126,7 @@ def load_federated(
     alpha: float = 0.5,
     seed: int = 0,
     test_fraction: float = 0.2,
+    public_fraction: float = PUBLIC_FRACTION,
     validator_fraction: float = 0.1,
     n_validators: int = 4,
     validation_fraction: float = 0.2,
@@ -116,7 +143,8 @@ def load_federated(
         raise DataError(f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
     if partition == "dirichlet" and not (np.isfinite(alpha) and alpha > 0):
         raise DataError(f"Dirichlet concentration alpha must be > 0, got {alpha!r}")
-    for label, fraction in (("test_fraction", test_fraction), ("validator_fraction", validator_fraction), ("validation_fraction", validation_fraction)):
+    for label, fraction in (("test_fraction", test_fraction), ("public_fraction", public_fraction),
+                            ("validator_fraction", validator_fraction), ("validation_fraction", validation_fraction)):
         if not 0 < fraction < 1:
             raise DataError(f"{label} must be in (0, 1), got {fraction!r}")
     if n_clients < 1 or n_validators < 1:
@@ -129,6 +157,9 @@ def load_federated(
 
     pool_x, test_x, pool_y, test_y = train_test_split(
         features, labels, test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    pool_x, public_x, pool_y, public_y = train_test_split(
+        pool_x, pool_y, test_size=public_fraction / (1 - test_fraction), stratify=pool_y, random_state=seed + 2
     )
     pool_x, holdout_x, pool_y, holdout_y = train_test_split(
         pool_x, pool_y, test_size=validator_fraction, stratify=pool_y, random_state=seed + 1
@@ -144,12 +175,15 @@ def load_federated(
     if holdout_y.size < n_validators:
         raise DataError(f"{name} leaves {holdout_y.size} hold-out records, fewer than {n_validators} validators")
 
-    mean = pool_x.mean(axis=0)
-    scale = pool_x.std(axis=0)
+    scale = public_x.std(axis=0)
     scale[scale == 0] = 1.0
-
-    def standardise(x: np.ndarray) -> np.ndarray:
-        return ((x - mean) / scale).astype(np.float32)
+    normaliser = Normaliser(
+        source=f"public reference sample of the bundled {name} dataset, held by no client",
+        records=int(public_x.shape[0]),
+        mean=tuple(float(v) for v in public_x.mean(axis=0)),
+        scale=tuple(float(v) for v in scale),
+    )
+    standardise = normaliser.apply
 
     rng = np.random.default_rng(seed)
     if partition == "iid":
@@ -179,6 +213,8 @@ def load_federated(
         clients=tuple(clients),
         validators=validators,
         test=Split(standardise(test_x), test_y),
+        public=Split(standardise(public_x), public_y),
+        normaliser=normaliser,
     )
 
 

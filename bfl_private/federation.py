@@ -125,9 +125,11 @@ def train_private(
     *,
     noise_multiplier: float,
     sample_rate: float,
-    seed: int,
 ) -> LocalUpdate:
-    """DP-SGD local training (Opacus, Poisson sampling, the planned σ) from the global model."""
+    """DP-SGD local training (Opacus, Poisson sampling, the planned σ) from the global model.
+
+    Sampling and noise come from fresh OS randomness inside :func:`train_dp`: there is no
+    seed to pass, so nothing public can reproduce them."""
     from .privacy.dpsgd import train_dp
 
     model = build_model(config.model, client.n_features, client.n_classes)
@@ -135,7 +137,7 @@ def train_private(
     result = train_dp(
         model, client.data.train.features, client.data.train.labels,
         noise_multiplier=noise_multiplier, clipping_norm=privacy.clipping_norm, sample_rate=sample_rate,
-        steps=config.local_steps, learning_rate=config.learning_rate, optimizer=config.optimizer, seed=seed,
-        delta=privacy.delta, accountant=privacy.accountant,
+        steps=config.local_steps, learning_rate=config.learning_rate, optimizer=config.optimizer,
+        delta=privacy.delta, accountant=privacy.accountant, neighboring_relation=privacy.neighboring_relation,
     )
     return LocalUpdate(client.client_id, flatten_parameters(result.model) - global_params, client.records, result.record)

@@ -16,14 +16,15 @@ from .artifacts import get_aggregate, get_model
 from .fedavg import next_global_model
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
-from .ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
-from .privacy.accounting import PrivacyRecord, verify_claim
+from .privacy.accounting import PrivacyRecord, recorded_epsilon, verify_claim
 from .privacy.errors import PrivacyError
 from .protocols.base import recompute_total
 from .protocols.errors import ProtocolError
+from .settings import FederationSettings
 
 
 def check_aggregate(
@@ -79,11 +80,16 @@ def check_epsilon_claims(
 
 @dataclass(frozen=True)
 class RoundView:
-    """A closed round's entries: the opening, the signed submissions and the close."""
+    """A closed round's entries: the opening, the survivors' signed submissions and the close.
+
+    Rejected clients' submissions are in the block too (they sent, so they are charged),
+    but only the survivors' enter the aggregate.
+    """
 
     round: int
     opened: Entry
     submissions: Mapping[str, Entry]
+    """The survivors' submissions: exactly what the aggregate sums."""
     close: Entry
 
     @classmethod
@@ -95,11 +101,42 @@ class RoundView:
         opened = next((e for e in entries if e.type == ROUND_OPEN and e.round == close.round), None)
         if opened is None:
             raise SemanticCheckError(f"round {close.round}: closed in a block that does not open it")
-        submissions = {e.payload["client"]: e for e in entries if e.type == SUBMISSION and e.round == close.round}
+        submitted = {e.payload["client"]: e for e in entries if e.type == SUBMISSION and e.round == close.round}
         survivors = close.payload["survivors"]
-        if set(submissions) != set(survivors):
-            raise SemanticCheckError(f"round {close.round}: survivors {survivors} differ from the submitters {sorted(submissions)}")
-        return cls(close.round, opened, submissions, close)
+        missing = sorted(set(survivors) - set(submitted))
+        if missing:
+            raise SemanticCheckError(f"round {close.round}: survivors {missing} have no submission")
+        unexplained = sorted(set(submitted) - set(survivors) - set(close.payload["rejected"]))
+        if unexplained:
+            raise SemanticCheckError(f"round {close.round}: {unexplained} submitted but are neither survivors nor rejected")
+        return cls(close.round, opened, {c: submitted[c] for c in survivors}, close)
+
+
+def planned_record(settings: FederationSettings, *, noise_multiplier: float) -> PrivacyRecord:
+    """The one privacy record a participant may write for one round: the plan's σ, and
+    everything else as genesis fixes it (q, steps, C, δ, relation, accountant)."""
+    privacy = settings.privacy
+    return PrivacyRecord(
+        noise_multiplier=noise_multiplier, sample_rate=privacy.sample_rate, steps=settings.training.local_steps,
+        clipping_norm=privacy.clipping_norm, delta=privacy.delta, accountant=privacy.accountant,
+        neighboring_relation=privacy.neighboring_relation,
+    )
+
+
+def privacy_rule_violation(record: PrivacyRecord, *, planned_sigma: Any, settings: FederationSettings) -> str | None:
+    """Why ``record`` is not the record the round's plan and genesis allow, or None.
+
+    Each field must be what the plan and genesis fix: a larger σ, a smaller q, fewer steps,
+    a larger δ... would all lower the ε the ledger composes for the same training.
+    """
+    if isinstance(planned_sigma, bool) or not isinstance(planned_sigma, (int, float)):
+        return f"the round's privacy plan has no noise multiplier for this client (got {planned_sigma!r})"
+    expected = planned_record(settings, noise_multiplier=float(planned_sigma))
+    differences = record.differences(expected)
+    if not differences:
+        return None
+    return "privacy record breaks the round's rules: " + "; ".join(
+        f"{name} {got!r} recorded, {want!r} required" for name, got, want in differences)
 
 
 def check_transcript_identities(
@@ -149,23 +186,48 @@ def check_round_model(view: RoundView, blobs: BlobStore, *, server_learning_rate
     return new
 
 
+def charged_epsilon(histories: Mapping[str, Sequence[PrivacyRecord]],
+                    records: Mapping[str, PrivacyRecord]) -> dict[str, float]:
+    """Each sender's cumulative ε once the round's ``records`` are added to its history:
+    the ``cumulative_epsilon`` a close or abort posts (the spending rule)."""
+    return {c: recorded_epsilon([*histories.get(c, ()), record]) for c, record in sorted(records.items())}
+
+
 class PrivacyHistories:
-    """Each client's privacy records in log order, fed entry by entry."""
+    """Each client's privacy records in log order, fed entry by entry from genesis.
+
+    Every record is checked against the rules as it is added: genesis fixes the settings,
+    each ``round_open`` the plan's σ per participant (:func:`privacy_rule_violation`).
+    """
 
     def __init__(self) -> None:
         self.records: dict[str, list[PrivacyRecord]] = {}
         self.size = 0
         """Log entries consumed by :meth:`sync`."""
+        self.settings: FederationSettings | None = None
+        self.plan: dict[str, Any] = {}
+        """The open round's planned σ per participant."""
 
     def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
         for offset, entry in enumerate(entries):
-            if entry.type == SUBMISSION:
-                where = f"entry {first_index + offset} (round {entry.round}, {entry.payload['client']})"
+            if entry.type == GENESIS:
+                self.settings = FederationSettings.from_json(entry.payload["settings"])
+            elif entry.type == ROUND_OPEN:
+                plan = entry.payload["privacy_plan"].get("noise_multipliers")
+                self.plan = dict(plan) if isinstance(plan, Mapping) else {}
+            elif entry.type == SUBMISSION:
+                client = entry.payload["client"]
+                where = f"entry {first_index + offset} (round {entry.round}, {client})"
+                if self.settings is None:
+                    raise SemanticCheckError(f"{where}: a submission before genesis")
                 try:
                     record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
                 except PrivacyError as exc:
                     raise SemanticCheckError(str(exc)) from exc
-                self.records.setdefault(entry.payload["client"], []).append(record)
+                violation = privacy_rule_violation(record, planned_sigma=self.plan.get(client), settings=self.settings)
+                if violation is not None:
+                    raise SemanticCheckError(f"{where}: {violation}")
+                self.records.setdefault(client, []).append(record)
 
     def sync(self, ledger: Ledger) -> PrivacyHistories:
         """Add only the entries the ledger committed since the last sync (no re-reading)."""
@@ -179,6 +241,8 @@ class PrivacyHistories:
         copy = PrivacyHistories()
         copy.records = {c: list(r) for c, r in self.records.items()}
         copy.size = self.size
+        copy.settings = self.settings
+        copy.plan = dict(self.plan)
         copy.add(entries, first_index=self.size)
         return copy
 

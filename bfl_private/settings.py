@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .privacy.accounting import DEFAULT_RELATION, check_accountant, check_relation, resolve_interval
+from .privacy.errors import PrivacyError
+
 PROTOCOLS = ("plain", "masking", "paillier", "ckks")
 
 
@@ -54,11 +57,19 @@ class PrivacySettings:
     sample_rate: float = 0.25
     clipping_norm: float = 1.0
     accountant: str = "pld"
+    neighboring_relation: str = DEFAULT_RELATION
+    """The unit of privacy is one record of one hospital, and record counts are public: the
+    relation must hold with n fixed (zero-out by default; see the accounting module)."""
 
     def __post_init__(self) -> None:
         _positive(self, "delta", "lifetime_epsilon", "sample_rate", "clipping_norm")
         if not self.sample_rate <= 1:
             raise SettingsError(f"PrivacySettings.sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        try:
+            check_accountant(self.accountant, resolve_interval(self.accountant, None), where="PrivacySettings")
+            check_relation(self.neighboring_relation, self.accountant, where="PrivacySettings")
+        except PrivacyError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ last + 1, participants registered clients, ``base_model_cid`` equal to the curre
 replay from an earlier round is refused), from a listed participant, once, with
 ``data_weight`` at most its registered weight. ``round_close`` / ``abort`` by the
 coordinator for the open round only; survivors, dropouts and rejected partition the
-participants and every survivor submitted. ``attestation`` by a registered validator,
+participants, every survivor submitted and every other submitter is rejected. ``attestation`` by a registered validator,
 once per round, for the closed round's ``new_model_cid``.
 
 Privacy budgets (``round_close`` and ``abort``): each ``cumulative_epsilon`` value is for a
 participant, never below that client's recorded spend and never above its lifetime
-budget; every survivor of a close has one.
+budget; every submitter has one (the spending rule: a client is charged once its protected
+update has left it, whether the round then closes, rejects it or aborts).
 
 Model chain and rewards, at the end of the block holding a closed round: the round is
 accepted iff at least ``quorum`` validators attested ``accept``. Then the current model
@@ -373,6 +374,15 @@ def _spend(data: dict[str, Any], current: Mapping[str, Any], spent: Mapping[str,
         client["epsilon_spent"] = value
 
 
+def _charge_submitters(data: dict[str, Any], current: Mapping[str, Any], spent: Mapping[str, Any],
+                       where: str) -> None:
+    """The spending rule: a client is charged once its protected update has left it, so
+    every submitter of the round has a cumulative epsilon, whatever the outcome."""
+    unspent = sorted(set(current["submissions"]) - set(spent))
+    _require(not unspent, where, f"submitters {unspent} have no cumulative epsilon")
+    _spend(data, current, spent, where)
+
+
 def _round_close(data: dict[str, Any], entry: Entry, where: str) -> None:
     _author_is(entry, data["coordinator"], "coordinator", where)
     current = _current(data, entry, "open", where)
@@ -384,9 +394,9 @@ def _round_close(data: dict[str, Any], entry: Entry, where: str) -> None:
              "survivors, dropouts and rejected must partition the round's participants")
     missing = sorted(set(p["survivors"]) - set(current["submissions"]))
     _require(not missing, where, f"survivors {missing} did not submit")
-    unspent = sorted(set(p["survivors"]) - set(p["cumulative_epsilon"]))
-    _require(not unspent, where, f"survivors {unspent} have no cumulative epsilon")
-    _spend(data, current, p["cumulative_epsilon"], where)
+    unexplained = sorted(set(current["submissions"]) - set(p["survivors"]) - set(p["rejected"]))
+    _require(not unexplained, where, f"{unexplained} submitted but are neither survivors nor rejected")
+    _charge_submitters(data, current, p["cumulative_epsilon"], where)
     current["status"] = "closed"
     current["close"] = {key: p[key] for key in ("aggregate_cid", "new_model_cid",
                                                  "transcript_cid", "survivors", "dropouts",
@@ -415,7 +425,7 @@ def _abort(data: dict[str, Any], entry: Entry, where: str) -> None:
     p = entry.payload
     outside = sorted(set(p["survivors"]) - set(current["participants"]))
     _require(not outside, where, f"survivors {outside} are not participants")
-    _spend(data, current, p["cumulative_epsilon"], where)
+    _charge_submitters(data, current, p["cumulative_epsilon"], where)
     data["rounds"].append({
         "round": current["number"], "outcome": "aborted", "stage": p["stage"],
         "reason": p["reason"], "participants": len(current["participants"]),

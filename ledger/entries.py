@@ -245,6 +245,14 @@ PAYLOAD_SCHEMAS: dict[str, Checker] = {
         }), nonempty=True),
         "validators": _list_of(_record(_MEMBER), nonempty=True),
         "initial_model_cid": _optional(_cid),
+        # Feature standardisation every party applies: constants from a public source,
+        # never from client records, published so an auditor sees what was used.
+        "normalisation": _record({
+            "source": _str,
+            "records": _int(0),
+            "mean": _list_of(_number(low=-math.inf), nonempty=True),
+            "scale": _list_of(_number(low=0.0, low_open=True), nonempty=True),
+        }),
     }),
     ROUND_OPEN: _record({
         "participants": _ids(nonempty=True),

@@ -11,7 +11,8 @@ accountant by default (tight; Koskela et al. 2020, Doroshenko et al. 2022), Rén
 (Mironov 2017) as an option. A client's history is composed as one
 ``ComposedDpEvent`` of ``SelfComposedDpEvent(PoissonSampledDpEvent(q,
 GaussianDpEvent(σ)), n)``: composition across rounds and commands is exact, never a sum
-of ε. Records with the same (σ, q) are merged into one self-composition (same
+of ε. The neighbouring relation is one that holds while record counts are public
+(:data:`NEIGHBORING_RELATIONS`; zero-out by default). Records with the same (σ, q) are merged into one self-composition (same
 mechanism, steps added) and the groups are sorted, so the result depends only on the
 multiset of steps, not on how they were split into rounds, and costs one FFT
 self-composition per distinct mechanism instead of one per round.
@@ -37,8 +38,19 @@ MECHANISM = "subsampled_gaussian"
 ACCOUNTANTS = ("pld", "rdp")
 LIBRARY = "dp-accounting"
 LIBRARY_VERSION = metadata.version(LIBRARY)
-NEIGHBORING_RELATION = "add_or_remove_one"
-"""Poisson sampling gives add/remove-one DP; Opacus's accountants assume the same."""
+NEIGHBORING_RELATIONS: dict[str, dp_accounting.NeighboringRelation] = {
+    "zero_out": dp_accounting.NeighboringRelation.REPLACE_SPECIAL,
+    "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
+}
+"""Neighbouring relations that hold while every client's record count n is public.
+
+Add/remove-one (Opacus's and dp-accounting's default) changes n, and n is published (the
+FedAvg weight, genesis), so it is not the relation a ledger reader faces. ``zero_out``
+(Kairouz et al., ICML 2021): one record is replaced by a null record whose clipped gradient
+is zero, n unchanged; dp-accounting's ``REPLACE_SPECIAL``, which for a Poisson-sampled
+Gaussian gives exactly the add/remove ε. ``replace_one``: one record replaced by any other
+(about twice the ε; the PLD accountant only)."""
+DEFAULT_RELATION = "zero_out"
 DEFAULT_DELTA = 1e-5
 DEFAULT_PLD_DISCRETIZATION = 1e-3
 """PLD ``value_discretization_interval``. The PLD accountant's ε is a pessimistic (upper)
@@ -83,6 +95,18 @@ def check_accountant(accountant: str, value_discretization_interval: float | Non
         )
 
 
+def check_relation(relation: Any, accountant: str, *, where: str) -> None:
+    """A neighbouring relation that holds with n public and that ``accountant`` can compute."""
+    if relation not in NEIGHBORING_RELATIONS:
+        raise MalformedPrivacyRecord(
+            f"{where}: neighboring_relation must be one of {', '.join(NEIGHBORING_RELATIONS)} "
+            f"(record counts are public, so add/remove-one does not hold), got {relation!r}"
+        )
+    if relation == "replace_one" and accountant != "pld":
+        raise MalformedPrivacyRecord(f"{where}: the {accountant!r} accountant cannot compute replace_one for "
+                                     f"a Poisson-sampled Gaussian; use 'pld'")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrivacyRecord:
     """One client's DP-SGD spend in one round, with everything needed to recompute it.
@@ -100,7 +124,7 @@ class PrivacyRecord:
     value_discretization_interval: float | None = None
     """PLD only; None means :data:`DEFAULT_PLD_DISCRETIZATION` for PLD (stored explicitly) and stays None for RDP."""
     mechanism: str = MECHANISM
-    neighboring_relation: str = NEIGHBORING_RELATION
+    neighboring_relation: str = DEFAULT_RELATION
     library: str = LIBRARY
     library_version: str = field(default=LIBRARY_VERSION)
 
@@ -115,6 +139,12 @@ class PrivacyRecord:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (canonicalise with RFC 8785 before hashing or signing)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def differences(self, expected: PrivacyRecord) -> list[tuple[str, Any, Any]]:
+        """(field, this record's value, ``expected``'s) for every field that differs, the
+        library version aside (a record stays valid when dp-accounting is upgraded)."""
+        return [(f.name, getattr(self, f.name), getattr(expected, f.name)) for f in fields(self)
+                if f.name != "library_version" and getattr(self, f.name) != getattr(expected, f.name)]
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str) -> PrivacyRecord:
@@ -158,10 +188,7 @@ def _validate(record: Mapping[str, Any], *, where: str) -> None:
     """Every check of a record's fields; raises :class:`MalformedPrivacyRecord` naming ``where``."""
     if record['mechanism'] != MECHANISM:
         raise MalformedPrivacyRecord(f"{where}: mechanism must be {MECHANISM!r}, got {record['mechanism']!r}")
-    if record['neighboring_relation'] != NEIGHBORING_RELATION:
-        raise MalformedPrivacyRecord(
-            f"{where}: neighboring_relation must be {NEIGHBORING_RELATION!r}, got {record['neighboring_relation']!r}"
-        )
+    check_relation(record['neighboring_relation'], record['accountant'], where=where)
     if record['library'] != LIBRARY:
         raise MalformedPrivacyRecord(f"{where}: library must be {LIBRARY!r}, got {record['library']!r}")
     if not isinstance(record['library_version'], str) or not record['library_version']:
@@ -213,21 +240,27 @@ def _event(mechanisms: Mechanisms) -> dp_accounting.DpEvent:
     )
 
 
-def make_accountant(accountant: str = "pld", *, value_discretization_interval: float | None = None) -> dp_accounting.PrivacyAccountant:
-    """A fresh ``dp-accounting`` accountant (add/remove-one neighbouring relation)."""
+def make_accountant(
+    accountant: str = "pld",
+    *,
+    value_discretization_interval: float | None = None,
+    neighboring_relation: str = DEFAULT_RELATION,
+) -> dp_accounting.PrivacyAccountant:
+    """A fresh ``dp-accounting`` accountant for ``neighboring_relation``."""
     value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="accountant")
-    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    check_relation(neighboring_relation, accountant, where="accountant")
+    relation = NEIGHBORING_RELATIONS[neighboring_relation]
     if accountant == "pld":
         return pld_privacy_accountant.PLDAccountant(relation, value_discretization_interval=value_discretization_interval)
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
 
 
 @functools.lru_cache(maxsize=4096)
-def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None) -> float:
+def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None, relation: str) -> float:
     if not mechanisms:
         return 0.0
-    engine = make_accountant(accountant, value_discretization_interval=interval)
+    engine = make_accountant(accountant, value_discretization_interval=interval, neighboring_relation=relation)
     engine.compose(_event(mechanisms))
     return float(engine.get_epsilon(delta))
 
@@ -238,18 +271,26 @@ def cumulative_epsilon(
     delta: float,
     accountant: str = "pld",
     value_discretization_interval: float | None = None,
+    neighboring_relation: str = DEFAULT_RELATION,
 ) -> float:
     """ε at ``delta`` of the composition of every record in ``records`` (0.0 for none).
 
     ``value_discretization_interval`` is the PLD accountant's (None: the default);
-    it must stay None for RDP.
+    it must stay None for RDP. Every record must state ``neighboring_relation``: ε under
+    one relation cannot be composed with ε under another.
     Results are memoised on the canonical history: the planner, the budget check and
     the verifier ask for the same histories many times.
     """
     delta = check_delta(delta, where="cumulative_epsilon")
     value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="cumulative_epsilon")
-    return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval)
+    check_relation(neighboring_relation, accountant, where="cumulative_epsilon")
+    others = sorted({r.neighboring_relation for r in records} - {neighboring_relation})
+    if others:
+        raise MalformedPrivacyRecord(
+            f"cumulative_epsilon: records under {', '.join(others)} cannot be composed under {neighboring_relation!r}"
+        )
+    return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval, neighboring_relation)
 
 
 def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
@@ -266,6 +307,7 @@ def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
         delta=last.delta,
         accountant=last.accountant,
         value_discretization_interval=last.value_discretization_interval,
+        neighboring_relation=last.neighboring_relation,
     )
 
 

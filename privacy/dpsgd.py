@@ -1,18 +1,20 @@
-"""Local DP-SGD with Opacus, with the noise multiplier given explicitly.
+"""Local DP-SGD with Opacus, with the noise multiplier given explicitly and secret randomness.
 
-``PrivacyEngine.make_private`` is called with the planned σ (never
-``make_private_with_epsilon``, whose calibration assumes q = 1/len(dataloader) and
-``int(epochs/q)`` steps). Batches are Poisson-sampled by Opacus's ``DPDataLoader``, so
-the add/remove-one analysis of the subsampled Gaussian holds. Opacus derives the sample
-rate it accounts for as 1/len(data_loader), which is 1/k for an integer k; the sample
-rate here must therefore be of that form (:func:`sample_rate_for` gives the one Opacus
-would derive from a batch size), so that the :class:`PrivacyRecord` written and the
-Opacus accountant's own history describe the same mechanism, which is checked after
-training.
+Opacus computes the per-sample gradients (``GradSampleModule``), clips them and feeds its
+own accountant; the randomness that makes the run private, which records enter each
+batch (Poisson sampling with rate q) and the Gaussian noise added to the clipped sum, comes
+from :class:`~bfl_private.privacy.secure_random.SecureRandom`, a fresh AES-256-CTR
+keystream under 256 bits from the OS, one per call. There is no seed: two calls on the same
+inputs give different models, and nothing the federation publishes (``--seed``, the
+ledger) lets anyone rebuild the noise. Opacus's ``secure_mode`` would do the same through
+``torchcsprng``, which does not exist for this torch.
 
-Honest limit: Opacus's ``secure_mode`` needs ``torchcsprng``; without it the noise comes
-from torch's Mersenne Twister, seeded here for reproducibility. A ledger can prove the
-declared parameters, not that the noise was drawn.
+σ is never calibrated by ``make_private_with_epsilon`` (whose calibration assumes
+q = 1/len(dataloader) and ``int(epochs/q)`` steps); the record written describes exactly
+the mechanism that ran, and Opacus's accountant, fed by the optimizer's step hook, must
+have seen the same (σ, q, steps), which is checked after training.
+
+Honest limit: a ledger can prove the declared parameters, not that the noise was drawn.
 """
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import IAccountant
-from opacus.data_loader import DPDataLoader
+from opacus.accountants import IAccountant, create_accountant
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from .accounting import DEFAULT_DELTA, PrivacyRecord
+from .accounting import DEFAULT_DELTA, DEFAULT_RELATION, PrivacyRecord
 from .errors import ConfigurationError, PrivacyError
+from .secure_random import SecureRandom
 
 OPTIMIZERS = ("sgd", "adam")
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
@@ -42,29 +46,6 @@ DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 ``bench/bench_dpsgd.py``: hooks compute a Linear layer's per-sample gradients with one
 einsum; functorch's vmap took 1.7-2.1x as long per epoch on these tiny batches, and
 ghost clipping (two backward passes) about 2.3x per step."""
-
-
-def sample_rate_for(n_records: int, *, batch_size: int) -> float:
-    """The Poisson sample rate Opacus derives for ``batch_size``: 1/ceil(n/batch_size)."""
-    if n_records < 1 or batch_size < 1:
-        raise ConfigurationError(f"need n_records >= 1 and batch_size >= 1, got {n_records}, {batch_size}")
-    rate = 1.0 / math.ceil(n_records / batch_size)
-    check_opacus_sample_rate(rate)
-    return rate
-
-
-def check_opacus_sample_rate(sample_rate: float) -> None:
-    """Refuse a q that Opacus would account differently from how it samples.
-
-    ``DPDataLoader`` samples each record with probability q, runs int(1/q) batches per
-    pass, and ``make_private`` accounts q' = 1/int(1/q). The two agree only when q is
-    exactly 1/k; for some k (93, 99, ...) 1/(1/k) rounds below k and they would not.
-    """
-    if not 0 < sample_rate <= 1 or sample_rate != 1.0 / int(1.0 / sample_rate):
-        raise ConfigurationError(
-            f"sample_rate {sample_rate!r} is not one Opacus accounts exactly (1/k with int(1/q) == k); "
-            f"choose another batch size"
-        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +60,22 @@ class DPTrainingResult:
     """Mean training loss over the steps (on the sampled batches, before noise)."""
     opacus_accountant: IAccountant
     """Opacus's own accountant, fed by the optimizer's step hook: an independent view of the run."""
+
+
+class SecureNoiseDPOptimizer(DPOptimizer):
+    """Opacus's DP optimizer with the Gaussian noise drawn from a :class:`SecureRandom`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, random: SecureRandom, **kwargs) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.random = random
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = self.random.gaussian_noise(tuple(p.summed_grad.shape), std=std)
+            p.grad = (p.summed_grad + torch.from_numpy(noise).to(p.summed_grad.dtype)).view_as(p)
+            _mark_as_processed(p.summed_grad)
 
 
 def _optimizer(name: str, params, learning_rate: float, momentum: float) -> torch.optim.Optimizer:
@@ -97,20 +94,22 @@ def train_dp(
     sample_rate: float,
     steps: int,
     learning_rate: float,
-    seed: int,
     delta: float = DEFAULT_DELTA,
     optimizer: str = "sgd",
     momentum: float = 0.0,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     accountant: str = "pld",
     value_discretization_interval: float | None = None,
+    neighboring_relation: str = DEFAULT_RELATION,
     opacus_accountant: str = "prv",
 ) -> DPTrainingResult:
     """Train a copy of ``model`` for ``steps`` DP-SGD steps on (``features``, ``labels``).
 
-    Cross-entropy loss, mean reduction, flat per-sample clipping at ``clipping_norm``,
-    Gaussian noise of std ``noise_multiplier · clipping_norm`` on the summed clipped
-    gradients. The returned record describes exactly this run; its ε is what
+    Cross-entropy loss, mean reduction over the expected batch size n·q (public: n is the
+    client's registered weight), flat per-sample clipping at ``clipping_norm``, Gaussian
+    noise of std ``noise_multiplier · clipping_norm`` on the summed clipped gradients,
+    batches Poisson-sampled with rate ``sample_rate``: sampling and noise from a fresh
+    :class:`SecureRandom`. The returned record describes exactly this run; its ε is what
     :func:`~bfl_private.privacy.accounting.cumulative_epsilon` computes from it.
     """
     x = np.asarray(features)
@@ -138,57 +137,50 @@ def train_dp(
         delta=delta,
         accountant=accountant,
         value_discretization_interval=value_discretization_interval,
+        neighboring_relation=neighboring_relation,
     )
     n = x.shape[0]
-    check_opacus_sample_rate(sample_rate)
-    if n * sample_rate < 1:
+    expected_batch_size = int(n * sample_rate)
+    if expected_batch_size < 1:
         raise ConfigurationError(f"expected batch size n·q = {n}·{sample_rate:g} < 1; raise the sample rate")
 
+    random = SecureRandom()
     local = copy.deepcopy(model)
     local.train()
-    dataset = TensorDataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
-    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=torch.Generator().manual_seed(seed))
+    inputs = torch.from_numpy(x.astype(np.float32))
+    targets = torch.from_numpy(y.astype(np.int64))
+    opacus_history = create_accountant(opacus_accountant)
     with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off (the module docstring states that limit) and
-        # torch that the full backward hooks fire on inputs without gradients (by design).
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        # torch warns that the full backward hooks fire on inputs without gradients (by design).
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        engine = PrivacyEngine(accountant=opacus_accountant)
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
-            module=local,
-            optimizer=_optimizer(optimizer, local.parameters(), learning_rate, momentum),
-            data_loader=loader,
+        ModuleValidator.validate(local, strict=True)
+        dp_model = prepare_module(local, grad_sample_mode, batch_first=True, loss_reduction="mean")
+        dp_optimizer = SecureNoiseDPOptimizer(
+            _optimizer(optimizer, local.parameters(), learning_rate, momentum),
+            random=random,
             noise_multiplier=noise_multiplier,
             max_grad_norm=clipping_norm,
-            poisson_sampling=False,  # the loader already samples each record with probability q
-            grad_sample_mode=grad_sample_mode,
-            noise_generator=torch.Generator().manual_seed(seed + 0x9E3779B9),
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
         )
-        # Iterate Opacus's Poisson batch sampler directly and index the tensors once per batch:
-        # the same sampling as iterating dp_loader, without per-record fetching and collation,
-        # which dominate the step time of these small models.
-        sampler = dp_loader.batch_sampler
-        inputs, targets = dataset.tensors
+        dp_optimizer.attach_step_hook(opacus_history.get_optimizer_hook_fn(sample_rate=sample_rate))
         loss_fn = nn.CrossEntropyLoss()
         losses: list[float] = []
-        while len(losses) < steps:
-            for indices in sampler:
-                batch = torch.as_tensor(indices, dtype=torch.long)
-                dp_optimizer.zero_grad(set_to_none=True)
-                output = dp_model(inputs[batch])
-                # An empty Poisson batch still takes a step: the update is pure noise.
-                loss = loss_fn(output, targets[batch]) if batch.numel() else output.sum()
-                loss.backward()
-                dp_optimizer.step()
-                losses.append(float(loss.detach()) if batch.numel() else math.nan)
-                if len(losses) == steps:
-                    break
+        for _ in range(steps):
+            batch = torch.from_numpy(np.flatnonzero(random.bernoulli(n, sample_rate)))
+            dp_optimizer.zero_grad(set_to_none=True)
+            output = dp_model(inputs[batch])
+            # An empty Poisson batch still takes a step: the update is pure noise.
+            loss = loss_fn(output, targets[batch]) if batch.numel() else output.sum()
+            loss.backward()
+            dp_optimizer.step()
+            losses.append(float(loss.detach()) if batch.numel() else math.nan)
     dp_model.remove_hooks()
     for p in local.parameters():
         p.grad_sample = None
         p.grad = None
 
-    history = list(engine.accountant.history)
+    history = list(opacus_history.history)
     if history != [(noise_multiplier, sample_rate, steps)]:
         raise PrivacyError(f"Opacus accounted {history}, but the record says {[(noise_multiplier, sample_rate, steps)]}")
     finite = [v for v in losses if math.isfinite(v)]
@@ -196,5 +188,5 @@ def train_dp(
         model=local,
         record=record,
         mean_loss=float(np.mean(finite)) if finite else math.nan,
-        opacus_accountant=engine.accountant,
+        opacus_accountant=opacus_history,
     )

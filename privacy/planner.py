@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import dp_accounting
 
 from .accounting import (
+    DEFAULT_RELATION,
     PrivacyRecord,
     check_accountant,
     check_delta,
@@ -50,6 +51,7 @@ def planned_records(
     delta: float,
     accountant: str = "pld",
     value_discretization_interval: float | None = None,
+    neighboring_relation: str = DEFAULT_RELATION,
 ) -> list[PrivacyRecord]:
     """The records ``rounds`` rounds of DP-SGD with these parameters will write."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -62,6 +64,7 @@ def planned_records(
         delta=delta,
         accountant=accountant,
         value_discretization_interval=value_discretization_interval,
+        neighboring_relation=neighboring_relation,
     )
     return [record] * rounds
 
@@ -76,6 +79,7 @@ def plan_noise_multiplier(
     history: Sequence[PrivacyRecord] = (),
     accountant: str = "pld",
     value_discretization_interval: float | None = None,
+    neighboring_relation: str = DEFAULT_RELATION,
     tolerance: float = 1e-4,
 ) -> float:
     """The smallest σ (within ``tolerance``) with ``cumulative_epsilon(history + planned) <= target_epsilon``.
@@ -102,14 +106,18 @@ def plan_noise_multiplier(
             delta=delta,
             accountant=accountant,
             value_discretization_interval=value_discretization_interval,
+            neighboring_relation=neighboring_relation,
         )
 
     def epsilon(sigma: float) -> float:
         return cumulative_epsilon(
-            records(sigma), delta=delta, accountant=accountant, value_discretization_interval=value_discretization_interval
+            records(sigma), delta=delta, accountant=accountant, value_discretization_interval=value_discretization_interval,
+            neighboring_relation=neighboring_relation,
         )
 
-    spent = cumulative_epsilon(history, delta=delta, accountant=accountant, value_discretization_interval=value_discretization_interval)
+    spent = cumulative_epsilon(history, delta=delta, accountant=accountant,
+                               value_discretization_interval=value_discretization_interval,
+                               neighboring_relation=neighboring_relation)
     if spent >= target_epsilon:
         raise PlanningError(f"history already spends ε={spent:.6g} >= target ε={target_epsilon:.6g}; no round fits")
     if epsilon(MAX_NOISE_MULTIPLIER) > target_epsilon:
@@ -122,7 +130,8 @@ def plan_noise_multiplier(
     else:
         sigma = float(
             dp_accounting.calibrate_dp_mechanism(
-                lambda: make_accountant(accountant, value_discretization_interval=value_discretization_interval),
+                lambda: make_accountant(accountant, value_discretization_interval=value_discretization_interval,
+                                        neighboring_relation=neighboring_relation),
                 lambda s: history_event(records(s)),
                 target_epsilon,
                 delta,

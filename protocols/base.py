@@ -55,6 +55,8 @@ class AggregationResult:
     """Clients whose submission was refused on receipt, with the reason."""
     submissions: Mapping[str, bytes] = field(default_factory=dict)
     """The protected input of every included client, as committed to the ledger."""
+    rejected_submissions: Mapping[str, bytes] = field(default_factory=dict)
+    """What each rejected client sent: refused, but its sender has spent privacy by sending it."""
     transcript: Mapping[str, Any] = field(default_factory=dict)
     """JSON-serialisable public record from which ``recompute_total`` reproduces ``total``."""
     decryption_provable: bool = True
@@ -124,8 +126,10 @@ def receive_submissions(
         except ProtocolError as exc:
             rejected[client] = str(exc)
     if not received:
-        raise TooManyDropouts(f"round {round_id}: no valid submission among {len(blobs)} submitters",
+        exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(blobs)} submitters",
                               stage="mask", required=1, available=0, dropped=dict(drop or {}))
+        exc.received = dict(blobs)
+        raise exc
     return received, rejected
 
 

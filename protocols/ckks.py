@@ -427,8 +427,12 @@ class CkksProtocol(AggregationProtocol):
         included = sorted(received)
         claimed = _digests(add([received[c] for c in included]))
         submissions = {c: blobs[c] for c in included}
-        decryption = self.key_holder.decrypt_aggregate(submissions, length=length, max_summands=self.max_summands,
-                                                       claimed_sha256=claimed)
+        try:
+            decryption = self.key_holder.decrypt_aggregate(submissions, length=length, max_summands=self.max_summands,
+                                                           claimed_sha256=claimed)
+        except TooManyDropouts as exc:
+            exc.received = dict(blobs)  # sent, so spent, though never decrypted
+            raise
         transcript = {
             "protocol": self.name,
             "round": round_id,
@@ -445,6 +449,7 @@ class CkksProtocol(AggregationProtocol):
         }
         return AggregationResult(protocol=self.name, total=decryption.total, included=tuple(included),
                                  dropped=tuple(sorted(dropped)), rejected=rejected, submissions=submissions,
+                                 rejected_submissions={c: blobs[c] for c in rejected},
                                  transcript=transcript, decryption_provable=False)
 
 

@@ -51,6 +51,9 @@ class TooManyDropouts(ProtocolError):
         self.required = required
         self.available = available
         self.dropped: Mapping[str, str] = dict(dropped or {})
+        self.received: dict[str, bytes] = {}
+        """Protected inputs (as committed blobs) that had arrived when the round stopped:
+        each sender has spent privacy whatever follows, so the abort records it."""
 
 
 class AggregateMismatch(ProtocolError):
@@ -85,3 +88,5 @@ class BadShare(AggregateMismatch):
     def __init__(self, message: str, *, client: str) -> None:
         super().__init__(message)
         self.client = client
+        self.received: dict[str, bytes] = {}
+        """As :attr:`TooManyDropouts.received`: the inputs that had arrived."""

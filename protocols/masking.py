@@ -637,6 +637,10 @@ class MaskingServer:
             for v, items in sorted(deliveries.items())
         }
 
+    def received_submissions(self) -> dict[str, bytes]:
+        """Every masked input received so far, by client name, as its submission blob."""
+        return {self.params.clients[i]: encode_submission(v) for i, v in sorted(self._masked.items())}
+
     # -- stage 3 -----------------------------------------------------------------------
 
     def receive_masked_input(self, data: bytes | memoryview) -> None:
@@ -853,6 +857,8 @@ def run_round(
 
     ``drop[i] = stage`` makes client i stop answering from ``stage`` on (it sends nothing
     in that stage or later), so dropouts take the same code path as in a deployment.
+    A round that cannot finish raises with the masked inputs that had arrived attached
+    (``received``, by client name, as submission blobs): their senders have spent privacy.
     """
     n = len(params.clients)
     if len(vectors) != n:
@@ -878,27 +884,32 @@ def run_round(
     def answers(i: int, stage: Stage) -> bool:
         return i not in drop or STAGES.index(drop[i]) > STAGES.index(stage)
 
-    for i in range(n):
-        if answers(i, "advertise"):
-            server.receive_advertisement(clients[i].advertise())
-    for i, adverts in server.close_advertise().items():
-        if answers(i, "share"):
-            server.receive_shares(clients[i].share_keys(adverts))
-    for i, delivery in server.close_share().items():
-        if answers(i, "mask"):
-            server.receive_masked_input(clients[i].mask_input(vectors[i], delivery))
-    announcement = server.close_mask()
-    for i in sorted(server.survivors):
-        if answers(i, "unmask"):
-            server.receive_acknowledgement(clients[i].acknowledge(announcement))
-    signatures = server.close_acknowledge()
-    for i in sorted(server.acknowledged):
-        try:
-            response = clients[i].unmask(signatures)
-        except TooManyDropouts:
-            continue  # too few neighbours signed: this client stays silent; finish() decides
-        server.receive_unmask(response)
-    return server.finish()
+    try:
+        for i in range(n):
+            if answers(i, "advertise"):
+                server.receive_advertisement(clients[i].advertise())
+        for i, adverts in server.close_advertise().items():
+            if answers(i, "share"):
+                server.receive_shares(clients[i].share_keys(adverts))
+        for i, delivery in server.close_share().items():
+            if answers(i, "mask"):
+                server.receive_masked_input(clients[i].mask_input(vectors[i], delivery))
+        announcement = server.close_mask()
+        for i in sorted(server.survivors):
+            if answers(i, "unmask"):
+                server.receive_acknowledgement(clients[i].acknowledge(announcement))
+        signatures = server.close_acknowledge()
+        for i in sorted(server.acknowledged):
+            try:
+                response = clients[i].unmask(signatures)
+            except TooManyDropouts:
+                continue  # too few neighbours signed: this client stays silent; finish() decides
+            server.receive_unmask(response)
+        return server.finish()
+    except (TooManyDropouts, BadShare) as exc:
+        exc.received = server.received_submissions()
+        raise
+
 
 
 @dataclass(frozen=True)

@@ -598,7 +598,11 @@ class PaillierProtocol(AggregationProtocol):
         included = sorted(received)
         claimed = add(self.public_key, (received[c] for c in included))
         submissions = {c: blobs[c] for c in included}
-        decryption = self.key_holder.decrypt_aggregate(submissions, layout=layout, claimed=claimed)
+        try:
+            decryption = self.key_holder.decrypt_aggregate(submissions, layout=layout, claimed=claimed)
+        except TooManyDropouts as exc:
+            exc.received = dict(blobs)  # sent, so spent, though never decrypted
+            raise
         total = self.codec.decode_sum(layout.unpack(decryption.plaintexts, summands=len(included)), len(included))
         transcript = {
             "protocol": self.name,
@@ -618,6 +622,7 @@ class PaillierProtocol(AggregationProtocol):
             dropped=tuple(sorted(dropped)),
             rejected=rejected,
             submissions=submissions,
+            rejected_submissions={c: blobs[c] for c in rejected},
             transcript=transcript,
         )
 

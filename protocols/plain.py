@@ -93,8 +93,11 @@ class PlainProtocol(AggregationProtocol):
                 rejected[client] = reason
             else:
                 received[client] = vector
+        refused = {c: encode_submission(np.asarray(updates[c], dtype=np.float32)) for c in rejected}
         if not received:
-            raise TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients")
+            exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients")
+            exc.received = refused
+            raise exc
         return AggregationResult(
             protocol=self.name,
             total=sum_in_order(received),
@@ -102,6 +105,7 @@ class PlainProtocol(AggregationProtocol):
             dropped=dropped,
             rejected=rejected,
             submissions={c: encode_submission(v) for c, v in received.items()},
+            rejected_submissions=refused,
             transcript={"protocol": self.name, "round": round_id, "bound": self.bound, "included": sorted(received)},
         )
 

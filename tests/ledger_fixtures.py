@@ -66,6 +66,7 @@ class Federation:
             "validators": [{"id": n, "vkey": v.public.vkey()}
                            for n, v in self.validators.items()],
             "initial_model_cid": None,
+            "normalisation": {"source": "test constants", "records": 0, "mean": [0.0], "scale": [1.0]},
         })
 
     def sign(self, proposed: ProposedBlock, signers: Sequence[str] | None = None

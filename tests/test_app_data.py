@@ -9,10 +9,10 @@ from bfl_private.data import DataError, load_federated
 def test_partitions_are_disjoint_and_cover_the_data(name, partition):
     d = load_federated(name, n_clients=7, partition=partition, seed=3)
     rows = [c.train.features for c in d.clients] + [c.validation.features for c in d.clients]
-    rows += [v.features for v in d.validators] + [d.test.features]
+    rows += [v.features for v in d.validators] + [d.test.features, d.public.features]
     stacked = np.concatenate(rows)
     total = {"breast_cancer": 569, "digits": 1797}[name]
-    assert stacked.shape[0] == total
+    assert stacked.shape[0] == total and len(d.public) == d.normaliser.records
     # Disjoint: no record appears twice (digits has a few duplicate images, so compare
     # multiplicities against the raw data instead of asserting uniqueness).
     from sklearn.datasets import load_breast_cancer, load_digits
@@ -28,11 +28,25 @@ def test_same_seed_same_partition_and_other_seed_differs():
     assert any(len(x.train) != len(z.train) for x, z in zip(a.clients, c.clients))
 
 
-def test_standardisation_uses_client_pool_only():
+def test_standardisation_uses_the_public_reference_sample_only():
+    # The records held by nobody (no client, validator or test split) are the reference
+    # sample; the published constants are exactly their mean and deviation, so no client
+    # record moves them.
+    from sklearn.datasets import load_breast_cancer
+
     d = load_federated(seed=1)
-    pool = np.concatenate([c.train.features for c in d.clients] + [c.validation.features for c in d.clients])
-    np.testing.assert_allclose(pool.mean(axis=0), 0.0, atol=1e-4)
-    assert abs(float(d.test.features.mean())) > 1e-4
+    raw = load_breast_cancer().data
+    norm = d.normaliser
+    held = np.concatenate([c.train.features for c in d.clients] + [c.validation.features for c in d.clients]
+                          + [v.features for v in d.validators] + [d.test.features])
+    standardised = norm.apply(raw)
+    unheld = ~np.any(np.all(np.isclose(standardised[:, None, :], held[None, :, :], atol=1e-5), axis=2), axis=1)
+    assert unheld.sum() == norm.records
+    np.testing.assert_allclose(norm.mean, raw[unheld].mean(axis=0))
+    np.testing.assert_allclose(norm.scale, raw[unheld].std(axis=0))
+    np.testing.assert_allclose(d.public.features, standardised[unheld][np.lexsort(standardised[unheld].T)][
+        np.argsort(np.lexsort(d.public.features.T))], atol=1e-5)
+    assert "public reference sample" in norm.source and norm.to_json()["records"] == norm.records
 
 
 def test_dirichlet_small_alpha_is_skewed_and_every_client_has_records():
@@ -45,7 +59,7 @@ def test_dirichlet_small_alpha_is_skewed_and_every_client_has_records():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"n_clients": 1000}, "at most 40 clients"),
+        ({"n_clients": 1000}, "at most 38 clients"),
         ({"alpha": 0.0}, "alpha must be > 0"),
         ({"alpha": -1.0}, "alpha must be > 0"),
         ({"name": "mnist"}, "unknown dataset 'mnist'"),

@@ -122,12 +122,12 @@ def test_altered_model_fails_the_model_chain(copy: Path, monkeypatch: pytest.Mon
 
 def test_lowered_epsilon_claim_fails_the_privacy_check(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _colluding_validators(monkeypatch)
-    honest = coordinator_module.recorded_epsilon
+    honest = coordinator_module.charged_epsilon
     with Ledger.open(copy) as ledger:
         spent = {c: v["epsilon_spent"] for c, v in ledger.state.clients().items()}
     # Lower, yet still above what the contract has on record, so only recomputation can tell.
-    monkeypatch.setattr(coordinator_module, "recorded_epsilon",
-                        lambda records: (honest(records) + max(spent.values())) / 2)
+    monkeypatch.setattr(coordinator_module, "charged_epsilon", lambda histories, records: {
+        c: (e + max(spent.values())) / 2 for c, e in honest(histories, records).items()})
     run(copy, rounds=1)
     number, name, detail = failed_check(copy)
     assert (number, name) == (10, "privacy claims") and "claimed cumulative ε" in detail

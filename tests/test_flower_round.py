@@ -99,6 +99,10 @@ def test_too_many_losses_abort_and_the_abort_is_recorded(shared) -> None:
     abort = _entries(federation, summary.round)[ABORT][0]
     assert abort["stage"] in ("mask", "unmask") and set(abort["survivors"]).isdisjoint(names[:2])
     assert any("aborted" in line for line in lines)
+    # The spending rule: the three whose masked inputs left them are charged by the abort,
+    # with the records they signed; the two gone before masking are not.
+    sent = {s["client"] for s in _entries(federation, summary.round)[SUBMISSION]}
+    assert sent == set(names[2:]) == set(abort["cumulative_epsilon"])
     assert audit(federation.directory).ok
 
 

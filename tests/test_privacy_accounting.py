@@ -134,7 +134,7 @@ def test_record_json_round_trips_exactly() -> None:
         ({"accountant": "gdp"}, "accountant must be one of"),
         ({"value_discretization_interval": None}, "'value_discretization_interval' must be a number"),
         ({"mechanism": "laplace"}, "mechanism must be 'subsampled_gaussian'"),
-        ({"neighboring_relation": "replace_one"}, "neighboring_relation must be"),
+        ({"neighboring_relation": "add_or_remove_one"}, "neighboring_relation must be one of"),
         ({"library": "opacus"}, "library must be 'dp-accounting'"),
         ({"library_version": 6}, "'library_version' must be a string"),
     ],
@@ -168,3 +168,37 @@ def test_verify_claim_recomputes_and_catches_tampering() -> None:
     old = [record(3.0, 0.2, 10, library_version="0.4.4")]
     with pytest.raises(EpsilonMismatch, match="written with dp-accounting 0.4.4"):
         verify_claim(old, 123.0, where="b")
+
+
+def test_zero_out_is_the_default_and_equals_add_remove_for_the_poisson_gaussian() -> None:
+    # Independent computation straight from dp-accounting, under add/remove-one: for a
+    # Poisson-sampled Gaussian the zero-out (REPLACE_SPECIAL) ε is the same number.
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from bfl_private.privacy.accounting import PrivacyRecord, cumulative_epsilon
+
+    record = PrivacyRecord(noise_multiplier=1.3, sample_rate=0.25, steps=30, clipping_norm=1.0)
+    assert record.neighboring_relation == "zero_out"
+    independent = pld_privacy_accountant.PLDAccountant(
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=1e-3)
+    independent.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.3)), 30))
+    assert cumulative_epsilon([record], delta=1e-5) == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_replace_one_costs_about_twice_and_histories_do_not_mix_relations() -> None:
+    from bfl_private.privacy.accounting import PrivacyRecord, cumulative_epsilon
+    from bfl_private.privacy.errors import MalformedPrivacyRecord
+
+    zero_out = PrivacyRecord(noise_multiplier=1.3, sample_rate=0.25, steps=30, clipping_norm=1.0)
+    replace = PrivacyRecord(noise_multiplier=1.3, sample_rate=0.25, steps=30, clipping_norm=1.0,
+                            neighboring_relation="replace_one")
+    ratio = (cumulative_epsilon([replace], delta=1e-5, neighboring_relation="replace_one")
+             / cumulative_epsilon([zero_out], delta=1e-5))
+    assert 1.6 < ratio < 2.2
+    with pytest.raises(MalformedPrivacyRecord, match="cannot be composed"):
+        cumulative_epsilon([zero_out, replace], delta=1e-5)
+    with pytest.raises(MalformedPrivacyRecord, match="cannot compute replace_one"):
+        PrivacyRecord(noise_multiplier=1.3, sample_rate=0.25, steps=3, clipping_norm=1.0, accountant="rdp",
+                      neighboring_relation="replace_one")

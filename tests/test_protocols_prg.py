@@ -81,3 +81,4 @@ def test_bad_target_refused() -> None:
         MaskExpander().apply(np.zeros(4, dtype=np.int64), add=[new_seed()])
     with pytest.raises(MalformedInput, match="contiguous"):
         MaskExpander().apply(np.zeros(8, dtype=np.uint32)[::2], add=[new_seed()])
+

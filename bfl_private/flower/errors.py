@@ -14,6 +14,11 @@ class StageMessageError(MalformedInput):
     federation, a round opening not signed by the coordinator, an unknown client."""
 
 
+class RefusedPrivacyRecord(StageMessageError):
+    """A signed submission whose privacy record is not the one the round's plan and genesis
+    allow (σ, q, steps, C, δ, relation, accountant): posting it would understate ε."""
+
+
 class PublicKeyMessageError(StageMessageError):
     """A Paillier public key or CKKS public context in an ``encrypt`` request that does not
     parse, holds a secret key, or is not the key material the signed round opening names.

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -402,7 +401,7 @@ class Hospital:
         from ..federation import Client, train_private
         from ..privacy.accounting import recorded_epsilon
         from ..privacy.errors import BudgetExceeded
-        from ..privacy.planner import planned_records
+        from ..round_checks import planned_record
 
         settings = self.registry.settings
         sigma = opened.payload["privacy_plan"]["noise_multipliers"].get(self.name)
@@ -411,9 +410,7 @@ class Hospital:
         records = len(self.data)
         privacy = settings.privacy
         rate = privacy.sample_rate  # the federation's Poisson rate, as the coordinator plans it
-        planned = planned_records(noise_multiplier=sigma, sample_rate=rate, steps_per_round=settings.training.local_steps,
-                                  rounds=1, clipping_norm=privacy.clipping_norm, delta=privacy.delta,
-                                  accountant=privacy.accountant)[0]
+        planned = planned_record(settings, noise_multiplier=float(sigma))
         history = self.history()
         spent = recorded_epsilon(history) if history else 0.0
         projected = recorded_epsilon(history + [planned])
@@ -424,7 +421,7 @@ class Hospital:
         local = Client(ClientData(self.name, self.data, empty), n_features=self.data.features.shape[1],
                        n_classes=self.registry.n_classes())
         update = train_private(local, base, settings.training, privacy, noise_multiplier=float(sigma),
-                               sample_rate=rate, seed=secrets.randbits(31))
+                               sample_rate=rate)
         if update.privacy is None:
             raise HospitalConfigError(f"{self.name}: DP-SGD returned no privacy record; nothing is sent")
         max_records = max(int(c["data_weight"]) for c in self.registry.clients.values())

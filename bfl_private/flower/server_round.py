@@ -36,7 +36,7 @@ from ..ledger.cid import cid_for
 from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
-from ..privacy.accounting import PrivacyRecord, recorded_epsilon
+from ..privacy.accounting import PrivacyRecord
 from ..privacy.errors import PrivacyError
 from ..protocol_setup import ProtocolSetup, build_protocol
 from ..protocols.base import AggregationResult
@@ -47,7 +47,8 @@ from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import FixedPointCodec
 from ..settings import FederationSettings
 from . import one_shot
-from .errors import StageMessageError
+from ..round_checks import charged_epsilon, privacy_rule_violation
+from .errors import RefusedPrivacyRecord, StageMessageError
 from .stages import PROTOCOL_STAGES, check_reply, request
 
 
@@ -112,8 +113,13 @@ class FlowerRound:
         self.failures: dict[str, str] = {}
         """Why each hospital (or unnamed node) stopped counting: its error or our refusal."""
         self.submissions: dict[str, Entry] = {}
-        """Each hospital's signed submission entry, once it passed the checks."""
+        """Each hospital's signed submission entry, once it passed the checks: its update has
+        left it, so it is posted and charged whatever follows (the spending rule)."""
         self.records: dict[str, PrivacyRecord] = {}
+        self.blobs: dict[str, bytes] = {}
+        """What each of them sent (masked input or ciphertexts), as the ledger commits it."""
+        self.refused: dict[str, str] = {}
+        """Hospitals whose submission was refused on receipt, with the reason (rejected)."""
 
     # --- exchanges --------------------------------------------------------------------
 
@@ -185,9 +191,10 @@ class FlowerRound:
         except _RoundAborted as aborted:
             exc = aborted.cause
             stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
-            fed.commit_block([opened, Entry.create(coordinator, ABORT, self.round_id, {
+            entries, claims = self._charged(opened)
+            fed.commit_block([*entries, Entry.create(coordinator, ABORT, self.round_id, {
                 "stage": stage or "unknown", "reason": str(exc), "survivors": aborted.survivors,
-                "cumulative_epsilon": {},
+                "cumulative_epsilon": claims,
             })])
             self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
             gone = tuple(sorted(set(self.participants) - set(aborted.survivors)))
@@ -199,32 +206,36 @@ class FlowerRound:
         """Commit the included hospitals' own signed submissions, the new model and the close."""
         fed = self.federation
         new_params = next_global_model(base, result.total, server_learning_rate=fed.settings.training.server_learning_rate)
-        histories = fed.histories()
-        entries = [opened]
-        claims: dict[str, float] = {}
-        for client in result.included:
-            fed.ledger.blobs.put(result.submissions[client])
-            entries.append(self.submissions[client])
-            claims[client] = recorded_epsilon(histories[client] + [self.records[client]])
+        entries, claims = self._charged(opened)
+        rejected = {**result.rejected, **self.refused}
         model_cid = put_model(fed.ledger.blobs, new_params)
-        dropouts = sorted(set(self.participants) - set(result.included) - set(result.rejected))
+        dropouts = sorted(set(self.participants) - set(result.included) - set(rejected))
         entries.append(Entry.create(fed.identity(COORDINATOR), ROUND_CLOSE, self.round_id, {
             "aggregate_cid": put_aggregate(fed.ledger.blobs, result.total),
             "new_model_cid": model_cid,
             "transcript_cid": fed.ledger.blobs.put_json(dict(result.transcript)),
             "survivors": list(result.included),
             "dropouts": dropouts,
-            "rejected": dict(result.rejected),
+            "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
         entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
         fed.commit_block(entries)
         accepted = fed.ledger.state.model_cid == model_cid
-        rejected = f", rejected {sorted(result.rejected)}" if result.rejected else ""
-        self.log(f"round {self.round_id}: closed with {len(result.included)} survivors, dropouts {dropouts}{rejected}")
+        named = f", rejected {sorted(rejected)}" if rejected else ""
+        self.log(f"round {self.round_id}: closed with {len(result.included)} survivors, dropouts {dropouts}{named}")
         return RoundSummary(self.round_id, "accepted" if accepted else "rejected",
                             fed.test_accuracy(new_params if accepted else base), tuple(result.included),
-                            tuple(dropouts), dict(result.rejected), time.perf_counter() - started)
+                            tuple(dropouts), rejected, time.perf_counter() - started)
+
+    def _charged(self, opened: Entry) -> tuple[list[Entry], dict[str, float]]:
+        """The opening, every checked submission (its blob stored) and each submitter's
+        cumulative ε: whoever sent an update is charged, whatever the round's outcome."""
+        fed = self.federation
+        for client, blob in self.blobs.items():
+            fed.ledger.blobs.put(blob)
+        claims = charged_epsilon(fed.histories(), self.records)
+        return [opened, *(self.submissions[c] for c in sorted(self.submissions))], claims
 
     def _masking(self, opened: Entry, codec: FixedPointCodec, neighbours: int | None, length: int) -> AggregationResult:
         """The five masking stages; the unmasked total of the survivors."""
@@ -251,13 +262,15 @@ class FlowerRound:
             model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
             replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d, model=model_blob)
                                               for i, d in deliveries.items()})
-            blobs: dict[str, bytes] = {}
             for client, reply in replies.items():
                 def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
                     blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
-                    entry, record = self._check_submission(client, reply, blob, keys[client], registry[client])
-                    server.receive_masked_input(reply["masked-input"])
-                    self.submissions[client], self.records[client], blobs[client] = entry, record, blob
+                    self._accept_submission(client, reply, blob, keys[client], registry[client])
+                    try:
+                        server.receive_masked_input(reply["masked-input"])
+                    except ProtocolError as exc:  # signed and sent, so charged, but not summed
+                        self.refused[client] = f"masked input refused: {_entry_failure(exc)}"
+                        raise
                 self._receive("mask", client, receive)
             announcement = server.close_mask()
             self.log(f"round {self.round_id}: stage mask closed")
@@ -278,7 +291,7 @@ class FlowerRound:
         included = tuple(params.clients[i] for i in outcome.included)
         return AggregationResult(
             protocol=self.protocol, total=codec.decode_sum(outcome.total, len(included)), included=included,
-            submissions={c: blobs[c] for c in included},
+            submissions={c: self.blobs[c] for c in included},
             transcript={**outcome.transcript, "codec": codec.to_json()})
 
     def _one_shot(self, opened: Entry, setup: ProtocolSetup, length: int) -> AggregationResult:
@@ -288,24 +301,21 @@ class FlowerRound:
         request = self._request("encrypt", round_open=opened.to_bytes(),
                                 public_key=one_shot.public_key_material(setup),
                                 model=fed.ledger.blobs.get(opened.payload["base_model_cid"]))
-        blobs: dict[str, bytes] = {}
         for client, reply in self._claim("encrypt", request).items():
             def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
                 blob = reply["ciphertext"]
-                entry, record = self._check_submission(client, reply, blob, VerifyingKey.from_vkey(
-                    registry[client]["vkey"]), registry[client])
-                first = next((c for c, b in blobs.items() if b == blob), None)
-                if first is not None:  # the key holder would refuse the whole sum: refuse the copy alone
+                first = next((c for c, b in self.blobs.items() if b == blob), None)
+                if first is not None:  # a copy of another's update, not this hospital's: refused, uncharged
                     raise ReplayedMessage(f"the ciphertext of {client} repeats that of {first}")
-                blobs[client] = blob
-                self.submissions[client], self.records[client] = entry, record
+                self._accept_submission(client, reply, blob, VerifyingKey.from_vkey(registry[client]["vkey"]),
+                                        registry[client])
             self._receive("encrypt", client, receive)
         self.log(f"round {self.round_id}: stage encrypt closed")
-        dropped = {c: "mask" for c in self.participants if c not in blobs}  # never submitted (see STAGE_POSITION)
+        dropped = {c: "mask" for c in self.participants if c not in self.blobs and c not in self.refused}
         try:
-            return one_shot.finish(setup, blobs, round_id=self.round_id, length=length, dropped=dropped)
+            return one_shot.finish(setup, self.blobs, round_id=self.round_id, length=length, dropped=dropped)
         except (TooManyDropouts, BadShare) as exc:
-            raise _RoundAborted(exc, sorted(blobs)) from exc
+            raise _RoundAborted(exc, sorted(self.blobs)) from exc
 
     def _claim(self, stage: str, request: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Ask every connected node (the round's first stage); each answers with its
@@ -335,10 +345,22 @@ class FlowerRound:
                                     f"its party number is {self.participants.index(client)}")
         server.receive_advertisement(reply["advertisement"])
 
+    def _accept_submission(self, client: str, reply: Mapping[str, Any], blob: bytes, key: VerifyingKey,
+                           registered: Mapping[str, Any]) -> None:
+        """Check the hospital's signed submission; once it passes, its update has left it:
+        keep the entry, its record and its blob, to post and charge whatever follows. A
+        privacy record that breaks the round's rules is refused and the hospital rejected."""
+        try:
+            entry, record = self._check_submission(client, reply, blob, key, registered)
+        except RefusedPrivacyRecord as exc:
+            self.refused[client] = str(exc)
+            raise
+        self.submissions[client], self.records[client], self.blobs[client] = entry, record, blob
+
     def _check_submission(self, client: str, reply: Mapping[str, Any], blob: bytes, key: VerifyingKey,
                           registered: Mapping[str, Any]) -> tuple[Entry, PrivacyRecord]:
         """The hospital's signed submission must name ``blob`` (what the ledger will commit:
-        its masked input or its ciphertexts) and the planned σ."""
+        its masked input or its ciphertexts) and the record the plan and genesis allow."""
         where = f"submission of {client} in round {self.round_id}"
         entry = Entry.from_bytes(reply["submission"], where=where)
         entry.verify(key, where=where)
@@ -351,10 +373,10 @@ class FlowerRound:
             raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} exceeds the registered "
                                     f"{registered['data_weight']}")
         record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
-        planned = self.plan.clients[client]
-        if (record.noise_multiplier, record.sample_rate) != (planned.noise_multiplier, planned.sample_rate):
-            raise StageMessageError(f"{where}: trained with σ={record.noise_multiplier!r}, q={record.sample_rate!r}; "
-                                    f"the round planned σ={planned.noise_multiplier!r}, q={planned.sample_rate!r}")
+        violation = privacy_rule_violation(record, planned_sigma=self.plan.clients[client].noise_multiplier,
+                                           settings=self.federation.settings)
+        if violation is not None:
+            raise RefusedPrivacyRecord(f"{where}: {violation}")
         return entry, record
 
     def _request(self, stage: str, **fields: Any) -> dict[str, Any]:

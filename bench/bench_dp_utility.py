@@ -6,13 +6,16 @@ most ``epsilon`` at δ = 1e-5, PLD accountant); the server averages the updates 
 project's FedAvg arithmetic (:mod:`bfl_private.fedavg`, weighted by records). The
 baseline, timed in the same process, is the same federation with non-private local
 training (same optimizer, rounds, steps, expected batch sizes and learning rate). Reported: test accuracy mean ± sd
-over seeds, the ratio DP / non-private, the planned σ and the largest cumulative ε.
+and min over 10 runs whose seeds (data split, initial model) are drawn from the OS when the benchmark
+runs, the ratio DP / non-private, the planned σ and the largest cumulative ε. DP-SGD's noise and
+sampling are fresh OS randomness in every run.
 
-    python -m bench.bench_dp_utility          # 5 seeds
+    python -m bench.bench_dp_utility          # 10 fresh runs
 """
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import statistics
 import time
 from dataclasses import dataclass
@@ -111,7 +114,7 @@ def run_federated(recipe: Recipe, *, seed: int, private: bool = True) -> dict[st
                 result = train_dp(
                     model, x, y, noise_multiplier=sigma, clipping_norm=recipe.clipping_norm,
                     sample_rate=recipe.sample_rate, steps=recipe.local_steps,
-                    learning_rate=recipe.learning_rate, seed=client_seed, delta=recipe.delta,
+                    learning_rate=recipe.learning_rate, delta=recipe.delta,
                     optimizer=recipe.optimizer, momentum=recipe.momentum, accountant=recipe.accountant,
                 )
                 histories[client.client_id].append(result.record)
@@ -139,6 +142,7 @@ def evaluate(recipe: Recipe, seeds: list[int]) -> dict[str, float]:
         "seeds": len(seeds),
         "dp_accuracy_mean": statistics.fmean(dp_acc),
         "dp_accuracy_sd": statistics.stdev(dp_acc) if len(seeds) > 1 else 0.0,
+        "dp_accuracy_min": min(dp_acc),
         "nonprivate_accuracy_mean": statistics.fmean(plain_acc),
         "nonprivate_accuracy_sd": statistics.stdev(plain_acc) if len(seeds) > 1 else 0.0,
         "accuracy_ratio": statistics.fmean(dp_acc) / statistics.fmean(plain_acc),
@@ -152,7 +156,7 @@ def evaluate(recipe: Recipe, seeds: list[int]) -> dict[str, float]:
 def run(*, quick: bool) -> list[dict]:
     """The recommended recipe, planned with the PLD accountant and (for contrast) with RDP."""
     torch.set_num_threads(1)
-    seeds = [0] if quick else [0, 1, 2, 3, 4]
+    seeds = [secrets.randbelow(2**31) for _ in range(1 if quick else 10)]
     rows = []
     for recipe in (RECOMMENDED, dataclasses.replace(RECOMMENDED, accountant="rdp")):
         row = {"suite": "dp_utility", **dataclasses.asdict(recipe)}

@@ -39,7 +39,7 @@ def main() -> None:
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory.")
 @click.option("--budget", type=click.FloatRange(0.0, min_open=True), default=None, help="Lifetime ε budget per client (at genesis only; default 3.0).")
-@click.option("--seed", type=int, default=None, help="Seed of data split and initial model (at genesis).")
+@click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round.")
 @click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Probability that a client vanishes at a random stage.")
 @click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
 @click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")

@@ -21,10 +21,11 @@ from bfl_private.coordinator import Federation
 from bfl_private.data import federation_data
 from bfl_private.fedavg import weighted_payload
 from bfl_private.federation import train_private
-from bfl_private.ledger.entries import ABORT, GENESIS, SUBMISSION
+from bfl_private.ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, SUBMISSION, Entry
 from bfl_private.ledger.store import Ledger
 from bfl_private.protocols.plain import decode_submission
 from bfl_private.runner import RoundOptions, run_command
+from bfl_private.settings import FederationSettings
 from bfl_private.validator import Validator
 
 SMALL = {"clients": 4, "rounds": 1, "protocol": "plain"}
@@ -96,9 +97,9 @@ def test_replaying_training_from_everything_the_ledger_publishes_does_not_reprod
 def test_genesis_publishes_the_public_normalisation(plain_federation: Path) -> None:
     with Ledger.open(plain_federation) as ledger:
         genesis = ledger.genesis()
-        assert genesis.type == GENESIS
-        published = genesis.payload["normalisation"]
-        settings = Federation.open(plain_federation).settings
+    assert genesis.type == GENESIS
+    published = genesis.payload["normalisation"]
+    settings = FederationSettings.from_json(genesis.payload["settings"])
     assert published == federation_data(settings).normaliser.to_json()
     assert "public reference sample" in published["source"] and published["records"] > 0
     assert genesis.payload["settings"]["privacy"]["neighboring_relation"] == "zero_out"
@@ -137,7 +138,7 @@ def test_a_record_that_breaks_the_rules_is_refused_at_submission(copy: Path, mon
     _lying_trainer(monkeypatch, "hospital-01", **LIES[field])
     summary = run(copy).rounds[-1]
     assert field in summary.rejected["hospital-01"] and "hospital-01" not in summary.survivors
-    assert ("hospital-01" in before) and audit(copy).ok
+    assert audit(copy).ok
     with Ledger.open(copy) as ledger:
         after = ledger.state.clients()
         posted = [e for e in ledger.entries() if e.type == SUBMISSION and e.round == summary.round]
@@ -162,8 +163,7 @@ def test_a_record_that_breaks_the_rules_fails_the_audit_by_name(tmp_path: Path, 
 
 
 def _rubber_stamp(self, entries, ledger):
-    from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
-
+    """A colluding validator's attestation: accept, without checking anything."""
     close = next(e for e in entries if e.type == ROUND_CLOSE)
     return Entry.create(self.identity, ATTESTATION, close.round, {
         "validator": self.identity.name, "model_cid": close.payload["new_model_cid"],

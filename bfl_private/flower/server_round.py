@@ -232,7 +232,7 @@ class FlowerRound:
         """The opening, every checked submission (its blob stored) and each submitter's
         cumulative ε: whoever sent an update is charged, whatever the round's outcome."""
         fed = self.federation
-        for client, blob in self.blobs.items():
+        for blob in self.blobs.values():
             fed.ledger.blobs.put(blob)
         claims = charged_epsilon(fed.histories(), self.records)
         return [opened, *(self.submissions[c] for c in sorted(self.submissions))], claims

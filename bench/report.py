@@ -128,18 +128,20 @@ def results_section(utility: dict[str, Any]) -> str:
          f"DP-{s['training']['optimizer'].upper()} steps ({s['training']['model']}, learning rate "
          f"{s['training']['learning_rate']:g}, sample rate q = {s['privacy']['sample_rate']:g}, clipping norm "
          f"{s['privacy']['clipping_norm']:g}, δ = {s['privacy']['delta']:g}, {s['privacy']['accountant'].upper()} "
-         f"accountant); mean ± sd over {len(utility['seeds'])} seeds. Reference lines: the same training without "
+         f"accountant, {s['privacy']['neighboring_relation'].replace('_', '-')} relation); mean ± sd and min over "
+         f"{len(utility['seeds'])} runs whose seeds (data split, initial model) were drawn when the notebook ran, "
+         "each with fresh DP noise. Reference lines: the same training without "
          "clipping or noise, federated and centralised. From `notebooks/02_privacy_utility.ipynb`. "
          "The notebook's loop is plain DP FedAvg; the full `bfl-private round` command adds the validators' "
          "quality gate (a round much worse than the previous model is rejected and the old model kept), whose "
-         "accuracy over the same seeds is the last row of the End-to-end table above."),
+         "accuracy over its own fresh runs is the last row of the End-to-end table above."),
         f"![test accuracy against ε]({UTILITY_FIGURE})",
-        "| ε per hospital | test accuracy | largest ε spent |\n|---|---|---|",
+        "| ε per hospital | test accuracy | min | largest ε spent |\n|---|---|---|---|",
     ]
-    table = [f"| {r['epsilon']:g} | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} | {r['max_spent']:.3f} |"
-             for r in utility["rows"]]
+    table = [f"| {r['epsilon']:g} | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} | {r['accuracy_min']:.3f} | "
+             f"{r['max_spent']:.3f} |" for r in utility["rows"]]
     names = {"nonprivate_federated": "non-private, federated", "centralised": "non-private, centralised"}
-    table += [f"| {names.get(k, k)} | {v['accuracy_mean']:.3f} ± {v['accuracy_sd']:.3f} | — |"
+    table += [f"| {names.get(k, k)} | {v['accuracy_mean']:.3f} ± {v['accuracy_sd']:.3f} | | — |"
               for k, v in utility["reference"].items()]
     lines[-1] += "\n" + "\n".join(table)
     return "\n\n".join(lines)

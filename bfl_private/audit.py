@@ -8,7 +8,9 @@ adds the semantic checks that need the protocols' and the accountant's maths:
                                   blobs and the round's public transcript (masking:
                                   re-summed masked vectors and revealed seeds; Paillier:
                                   homomorphic sum and verified decryption; CKKS: the sum
-                                  ciphertext recomputed)
+                                  ciphertext recomputed); its weight must be the
+                                  survivors' registered weights and each coordinate
+                                  within what their clipped updates reach
     9   model chain               every new model equals the previous model plus the
                                   averaged aggregate, bit for bit
     10  privacy claims            every cumulative ε recomputed from the raw DP-SGD
@@ -28,14 +30,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .ledger.entries import ATTESTATION, GENESIS
+from .ledger.entries import ATTESTATION, GENESIS, Entry
 from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
 from .round_checks import (
     PrivacyHistories,
     RoundView,
+    check_genesis_keys,
     check_round_aggregate,
     check_round_model,
-    registered_client_keys,
 )
 
 CANNOT_PROVE = (
@@ -49,11 +51,20 @@ CANNOT_PROVE = (
 class AggregateHook(VerifierHook):
     name = "aggregates recomputed"
 
+    def __init__(self) -> None:
+        self.genesis: Entry | None = None
+
     def check_block(self, context: BlockContext) -> None:
+        genesis = next((e for e in context.entries if e.type == GENESIS), None)
+        if genesis is not None:
+            check_genesis_keys(genesis)
+            self.genesis = genesis
+            return
         view = RoundView.of(context.entries)
         if view is None:
             return
-        check_round_aggregate(view, context.blobs, registered_keys=registered_client_keys(context.state_before))
+        assert self.genesis is not None
+        check_round_aggregate(view, context.blobs, state=context.state_before, genesis=self.genesis)
         if view.opened.payload["protocol"] == "ckks":
             context.note(f"round {view.round}: CKKS — the sum ciphertext was recomputed; its decryption "
                          "cannot be proven (CKKS has no verifiable decryption)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from .artifacts import get_model, put_aggregate, put_model
 from .data import FederatedDataset, federation_data
+from .fedavg import payload_weight
 from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
 from .keyring import Keyring
 from .ledger.contracts import min_quorum
@@ -31,10 +32,16 @@ from .privacy.accounting import PrivacyRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
-from .protocol_setup import build_protocol
-from .protocols.base import STAGES, Stage
-from .protocols.errors import BadShare, TooManyDropouts
-from .round_checks import PrivacyHistories, charged_epsilon, planned_record, privacy_rule_violation
+from .protocol_setup import build_protocol, new_paillier_key_holder
+from .protocols.base import STAGES, ForgedInput, Stage
+from .protocols.errors import RoundAbort
+from .round_checks import (
+    PrivacyHistories,
+    charged_epsilon,
+    planned_record,
+    privacy_rule_violation,
+    registered_records,
+)
 from .settings import FederationSettings
 from .validator import Validator
 
@@ -132,6 +139,7 @@ class Federation:
         coordinator = keys.new_identity(COORDINATOR)
         clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
         validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
+        paillier = new_paillier_key_holder(settings, keys)
         ledger = Ledger.create(directory)
         initial = flatten_parameters(build_model(settings.training.model, data.n_features, data.n_classes, seed=model_seed))
         genesis = Entry.create(coordinator, GENESIS, 0, {
@@ -153,6 +161,7 @@ class Federation:
             "validators": [{"id": v.name, "vkey": v.public.vkey()} for v in validators],
             "initial_model_cid": put_model(ledger.blobs, initial),
             "normalisation": data.normaliser.to_json(),
+            "paillier": paillier.publish().to_json(),
         })
         proposed = ledger.propose([genesis], time=int(time.time()))
         ledger.commit(proposed, {v.public.key_id_hex: v.sign(proposed.header.signing_bytes()) for v in validators})
@@ -234,7 +243,13 @@ class Federation:
         malicious: int,
         rng: np.random.Generator,
         on_client: Callable[[str], None] = lambda client: None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> RoundSummary:
+        """One round among the plan's clients. ``malicious`` of them (drawn with ``rng``)
+        follow the encoding with garbage values; each client in ``forged`` skips the
+        encoding and sends its :class:`ForgedInput` instead. Neither trains; both sign the
+        planned privacy record. Whatever they send, the round ends in a block: closed, or
+        aborted with the reason and the spend of everyone whose input had left it."""
         started = time.perf_counter()
         state = self.ledger.state
         round_id = state.last_round + 1
@@ -255,13 +270,18 @@ class Federation:
 
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
         answering = [c for c in participants if c not in drop]
-        faulty = set(rng.choice(answering, size=min(malicious, len(answering)), replace=False).tolist()) if malicious else set()
+        forged = dict(forged or {})
+        honest = [c for c in answering if c not in forged]
+        faulty = set(rng.choice(honest, size=min(malicious, len(honest)), replace=False).tolist()) if malicious else set()
         updates: list[LocalUpdate] = []
         substitutes: dict[str, np.ndarray] = {}
-        # What each client that trains signs with its submission. A faulty client trained
-        # nothing but claims the planned parameters; the ledger records the claim (it cannot
-        # prove noise either way, see the audit notes).
-        records = {c: planned_record(self.settings, noise_multiplier=plan.clients[c].noise_multiplier) for c in faulty}
+        registered = registered_records(state)
+        max_records = max(registered.values())
+        # What each client that trains signs with its submission. A faulty or forging client
+        # trained nothing but claims the planned parameters; the ledger records the claim (it
+        # cannot prove noise either way, see the audit notes).
+        records = {c: planned_record(self.settings, noise_multiplier=plan.clients[c].noise_multiplier)
+                   for c in faulty | set(forged)}
         for client_id in participants:
             on_client(client_id)
             if drop.get(client_id) in ("advertise", "share"):
@@ -269,8 +289,12 @@ class Federation:
                 # round's parties, but its input is never sent, so it holds only zeros.
                 substitutes[client_id] = np.zeros(base.shape[0] + 1, dtype=np.float32)
                 continue
+            if client_id in forged:
+                substitutes[client_id] = np.zeros(base.shape[0] + 1, dtype=np.float32)  # replaced by its forgery
+                continue
             if client_id in faulty:
-                substitutes[client_id] = aggregation.garbage_payload(base.shape[0] + 1, rng)
+                weight = payload_weight(registered[client_id], max_records=max_records)
+                substitutes[client_id] = aggregation.garbage_payload(base.shape[0] + 1, weight, rng)
                 continue
             client_plan = plan.clients[client_id]
             update = train_private(
@@ -286,8 +310,7 @@ class Federation:
                    if (reason := privacy_rule_violation(record, planned_sigma=plan.clients[c].noise_multiplier,
                                                         settings=self.settings)) is not None}
         drop.update({c: "mask" for c in refused})
-        max_records = max(int(v["data_weight"]) for v in state.clients().values())
-        aggregator = Aggregator(aggregation.protocol, max_records, self.settings.training)
+        aggregator = Aggregator(aggregation.protocol, registered, self.settings.training)
         histories = self.histories()
 
         def charge(sent: Mapping[str, bytes]) -> dict[str, float]:
@@ -304,16 +327,16 @@ class Federation:
             new_params, result = aggregator.aggregate(
                 base, [u for u in updates if u.client_id not in refused], round_id=round_id, round_seed=seed,
                 drop=drop, payloads={**substitutes, **{c: np.zeros(base.shape[0] + 1, np.float32) for c in refused}},
+                forged={c: f for c, f in forged.items() if c not in drop},
             )
-        except (TooManyDropouts, BadShare) as exc:
-            # Too few parties left, or a share holder cheated so no seed set checks out:
-            # either way nothing can be unmasked, and the abort is what gets recorded,
-            # with the spend of everyone whose update had already been sent.
+        except RoundAbort as exc:
+            # Too few parties left, a share holder cheated so no seed set checks out, or the
+            # decoded sum is not one of valid inputs: nothing usable can be averaged, and the
+            # abort is what gets recorded, with the spend of everyone whose input had left it.
             gone = sorted(drop)
-            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
             claims = charge(exc.received)
             entries.append(Entry.create(coordinator, ABORT, round_id, {
-                "stage": stage or "unknown", "reason": str(exc),
+                "stage": exc.stage or "unknown", "reason": str(exc),
                 "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": claims,
             }))
             self.commit_block(entries)

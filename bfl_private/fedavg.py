@@ -9,6 +9,8 @@ exactly the clients that made it in, and the average stays right whatever droppe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -19,6 +21,36 @@ def weighted_payload(delta: np.ndarray, *, records: int, max_records: int, bound
     weight = records / max_records
     clipped = np.clip(np.asarray(delta, dtype=np.float64), -bound, bound)
     return np.append(weight * clipped, weight).astype(np.float32)
+
+
+def payload_weight(records: int, *, max_records: int) -> float:
+    """The weight ``w`` a client with ``records`` registered records carries: the last
+    coordinate of its :func:`weighted_payload`, rounded to float32 as it travels."""
+    return float(np.float32(records / max_records))
+
+
+def aggregate_violation(total: np.ndarray, *, weights: Sequence[float], bound: float, tolerance: float) -> str | None:
+    """Why ``total`` cannot be a sum of the included clients' payloads, or None.
+
+    Record counts are public, so the total weight must be the included clients' registered
+    weights, and each update coordinate, a sum of ``w·clip(Δ, ±bound)``, lies within
+    ``Σw·bound``; both up to ``tolerance``, the protocol's encoding error. A client that
+    skips the encoder can still move the update anywhere in that box (a bounded bias),
+    but no longer shrink the weight to blow the average up.
+    """
+    total = np.asarray(total, dtype=np.float64)
+    expected = float(sum(weights))
+    if total.ndim != 1 or total.shape[0] < 2 or not np.all(np.isfinite(total)):
+        return f"aggregate of shape {total.shape} is not a finite update followed by its weight"
+    if abs(float(total[-1]) - expected) > tolerance:
+        return (f"aggregate weight {float(total[-1])!r} differs from the included clients' registered weights "
+                f"{expected!r} by more than the encoding error {tolerance:.3g}")
+    limit = expected * bound + tolerance
+    worst = int(np.argmax(np.abs(total[:-1])))
+    if abs(float(total[worst])) > limit:
+        return (f"aggregate coordinate {worst} is {float(total[worst])!r}, past the ±{limit:.6g} that "
+                f"{len(weights)} clipped updates can reach")
+    return None
 
 
 def fedavg_delta(total: np.ndarray) -> np.ndarray:

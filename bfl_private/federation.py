@@ -16,7 +16,9 @@ from .data import ClientData, Split
 from .fedavg import next_global_model, weighted_payload
 from .models import build_model, flatten_parameters, load_flat
 from .privacy.accounting import PrivacyRecord
-from .protocols.base import AggregationProtocol, AggregationResult, Stage
+from .protocols.base import AggregationProtocol, AggregationResult, ForgedInput, Stage
+from .protocols.errors import InvalidAggregate
+from .round_checks import aggregate_rule_violation
 from .settings import PrivacySettings, TrainingConfig
 
 
@@ -85,7 +87,8 @@ class Aggregator:
     """Combines protected updates through a protocol; never sees a secret of a client."""
 
     protocol: AggregationProtocol
-    max_records: int
+    records: Mapping[str, int]
+    """Every client's registered record count (public): its FedAvg weight."""
     config: TrainingConfig = field(default_factory=TrainingConfig)
 
     def aggregate(
@@ -97,20 +100,32 @@ class Aggregator:
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         payloads: Mapping[str, np.ndarray] | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> tuple[np.ndarray, AggregationResult]:
         """Run the protocol and return the new global parameters and the protocol result.
 
-        ``payloads`` replaces chosen clients' vectors (a faulty or malicious client that
-        does not follow the encoding); honest clients' payloads are computed here.
+        ``payloads`` replaces chosen clients' vectors (a client whose input never leaves
+        it, or one that follows the encoding with garbage values), ``forged`` what chosen
+        clients send (one that skips the encoding); honest clients' payloads are computed
+        here. Raises :class:`InvalidAggregate` (a :class:`RoundAbort`) when the decoded sum
+        cannot be the included clients' payloads: the round is refused, never averaged.
         """
+        max_records = max(self.records.values())
         vectors = {
             u.client_id: weighted_payload(
-                u.delta, records=u.records, max_records=self.max_records, bound=self.config.update_bound
+                u.delta, records=u.records, max_records=max_records, bound=self.config.update_bound
             )
             for u in updates
         }
         vectors.update(payloads or {})
-        result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop)
+        result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop, forged=forged)
+        violation = aggregate_rule_violation(
+            result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
+            records=self.records, bound=self.config.update_bound)
+        if violation is not None:
+            refused = InvalidAggregate(f"round {round_id}: {violation}", stage="decode")
+            refused.received = {**result.submissions, **result.rejected_submissions}
+            raise refused
         new_params = next_global_model(
             global_params, result.total, server_learning_rate=self.config.server_learning_rate
         )

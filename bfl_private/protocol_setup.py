@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .keyring import Keyring, KeyringError
 from .protocols.base import AggregationProtocol
+from .protocols.errors import ConfigurationError
 from .protocols.quantize import FixedPointCodec
 from .settings import FederationSettings
+
+if TYPE_CHECKING:  # phe loads only where a Paillier key is made or used
+    from .protocols.paillier import PaillierKeyHolder
 
 PAILLIER_KEY = "paillier-key-holder.json"
 CKKS_KEY = "ckks-key-holder.bin"
@@ -31,13 +35,27 @@ class ProtocolSetup:
     def public_parameters(self) -> dict[str, Any]:
         return dict(self.public)
 
-    def garbage_payload(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """What a malicious client sends instead of its update: noise far outside the agreed range.
+    def garbage_payload(self, length: int, weight: float, rng: np.random.Generator) -> np.ndarray:
+        """What a malicious client sends instead of its update: noise far outside the agreed
+        range, followed by its true weight (a wrong weight would get the round refused).
 
         Plain mode refuses it on receipt; masking and HE clip it into range when encoding
-        (they cannot see plaintexts), so there it is caught by the validators' quality gate.
+        (they cannot see plaintexts), so there it is a bounded bias that the validators'
+        quality gate catches when it hurts.
         """
-        return rng.uniform(-1000 * self.bound, 1000 * self.bound, size=length).astype(np.float32)
+        garbage = rng.uniform(-1000 * self.bound, 1000 * self.bound, size=length).astype(np.float32)
+        garbage[-1] = weight
+        return garbage
+
+
+def new_paillier_key_holder(settings: FederationSettings, keys: Keyring) -> PaillierKeyHolder:
+    """The federation's Paillier key holder, made once at genesis with the genesis key size;
+    genesis publishes its public key and modulus proof (:meth:`PaillierKeyHolder.publish`)."""
+    from .protocols.paillier import PaillierKeyHolder
+
+    holder = PaillierKeyHolder.generate(bits=settings.protocol.paillier_key_bits)
+    keys.store(PAILLIER_KEY, holder.to_private_bytes())
+    return holder
 
 
 def _key_holder(keys: Keyring, name: str, load, generate):
@@ -73,8 +91,11 @@ def build_protocol(
     if name == "paillier":
         from .protocols.paillier import PaillierKeyHolder, PaillierProtocol, public_key_to_json
 
-        holder = _key_holder(keys, PAILLIER_KEY, PaillierKeyHolder.from_private_bytes,
-                             lambda: PaillierKeyHolder.generate(bits=settings.protocol.paillier_key_bits))
+        try:
+            holder = PaillierKeyHolder.from_private_bytes(keys.load(PAILLIER_KEY))
+        except KeyringError as exc:
+            raise ConfigurationError(f"no Paillier key holder in this federation's keys ({exc}): its genesis "
+                                     "predates published Paillier keys; create a new federation") from exc
         protocol = PaillierProtocol(public_key=holder.public_key, key_holder=holder, codec=codec)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(holder.public_key)}, bound)
     if name == "ckks":

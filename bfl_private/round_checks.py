@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import get_aggregate, get_model
-from .fedavg import next_global_model
+from .fedavg import aggregate_violation, next_global_model, payload_weight
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
@@ -22,7 +22,7 @@ from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
 from .privacy.accounting import PrivacyRecord, recorded_epsilon, verify_claim
 from .privacy.errors import PrivacyError
-from .protocols.base import recompute_total
+from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ProtocolError
 from .settings import FederationSettings
 
@@ -157,19 +157,78 @@ def check_transcript_identities(
             raise SemanticCheckError(f"{where}: transcript identity key of {client!r} is not its registered key")
 
 
-def check_round_aggregate(view: RoundView, blobs: BlobStore, *, registered_keys: Mapping[str, bytes]) -> np.ndarray:
+def registered_records(state: LedgerState) -> dict[str, int]:
+    """Client id -> its record count, public and fixed at genesis (its FedAvg weight)."""
+    return {c: int(v["data_weight"]) for c, v in state.clients().items()}
+
+
+def aggregate_rule_violation(
+    total: np.ndarray, *, protocol: str, transcript: Mapping[str, Any], included: Sequence[str],
+    records: Mapping[str, int], bound: float,
+) -> str | None:
+    """Why a round's decoded ``total`` cannot be the sum of its ``included`` clients' payloads
+    (:func:`~bfl_private.fedavg.aggregate_violation`), or None. ``records`` are the registered
+    record counts. The engine refuses such a round; validators and the verifier fail a
+    close that carries one."""
+    unknown = sorted(set(included) - set(records))
+    if unknown:
+        return f"included clients {unknown} are not registered"
+    try:
+        tolerance = decoding_tolerance(protocol, transcript)
+    except ProtocolError as exc:
+        return f"the transcript gives no encoding error bound: {exc}"
+    max_records = max(records.values())
+    weights = [payload_weight(records[c], max_records=max_records) for c in included]
+    return aggregate_violation(total, weights=weights, bound=bound, tolerance=tolerance)
+
+
+def check_genesis_keys(genesis: Entry) -> None:
+    """The HE key material genesis publishes must be sound before any round relies on it:
+    the Paillier modulus proof verifies, at the key size genesis' own policy fixes."""
+    from .protocols.paillier import PublishedKey  # phe loads only when a ledger is checked
+
+    settings = FederationSettings.from_json(genesis.payload["settings"])
+    try:
+        PublishedKey.from_json(genesis.payload.get("paillier"), key_bits=settings.protocol.paillier_key_bits)
+    except ProtocolError as exc:
+        raise SemanticCheckError(f"genesis: the published Paillier key is not sound: {exc}") from exc
+
+
+def check_transcript_key(transcript: Mapping[str, Any], genesis: Entry, *, protocol: str, where: str) -> None:
+    """A Paillier round must run under the key genesis published (whose modulus proof was
+    checked there), never a key the round itself names."""
+    if protocol != "paillier":
+        return
+    published = genesis.payload.get("paillier")
+    named = transcript.get("public_key")
+    if not isinstance(published, Mapping) or not isinstance(named, Mapping) \
+            or named.get("n") != published.get("public_key", {}).get("n"):
+        raise SemanticCheckError(f"{where}: the Paillier round ran under a key other than the one genesis published")
+
+
+def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerState, genesis: Entry) -> np.ndarray:
     """The posted aggregate is the protocol's recomputation from the committed blobs, under
-    the registered identities; returns it."""
+    the registered identities and genesis' key, and a possible sum of the survivors'
+    payloads; returns it."""
     total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
     transcript = blobs.get_json(view.close.payload["transcript_cid"])
-    check_transcript_identities(transcript, registered_keys, where=f"round {view.round}")
+    protocol = view.opened.payload["protocol"]
+    where = f"round {view.round}"
+    check_transcript_identities(transcript, registered_client_keys(state), where=where)
+    check_transcript_key(transcript, genesis, protocol=protocol, where=where)
     check_aggregate(
-        protocol=view.opened.payload["protocol"],
+        protocol=protocol,
         transcript=transcript,
         submissions={c: blobs.get(e.payload["blob_cid"]) for c, e in view.submissions.items()},
         claimed_total=total,
-        where=f"round {view.round}",
+        where=where,
     )
+    bound = FederationSettings.from_json(genesis.payload["settings"]).training.update_bound
+    violation = aggregate_rule_violation(total, protocol=protocol, transcript=transcript,
+                                         included=list(view.submissions), records=registered_records(state),
+                                         bound=bound)
+    if violation is not None:
+        raise SemanticCheckError(f"{where}: {violation}")
     return total
 
 

@@ -15,6 +15,8 @@ from .privacy.accounting import DEFAULT_RELATION, check_accountant, check_relati
 from .privacy.errors import PrivacyError
 
 PROTOCOLS = ("plain", "masking", "paillier", "ckks")
+PAILLIER_KEY_BITS = (2048, 3072)
+"""Paillier key sizes a federation may fix at genesis (about 112- and 128-bit security)."""
 
 
 class SettingsError(ValueError):
@@ -80,11 +82,15 @@ class ProtocolSettings:
     bits: int = 16
     neighbours: int | None = None
     """SecAgg+ neighbour degree k; None lets the protocol choose its documented default."""
-    paillier_key_bits: int = 2048
+    paillier_key_bits: int = 3072
+    """The federation's Paillier key size, fixed at genesis: 3072 (128-bit security) or 2048
+    (about 112). Hospitals refuse a key of any other size, whatever a round says."""
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
             raise SettingsError(f"unknown protocol {self.name!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.paillier_key_bits not in PAILLIER_KEY_BITS:
+            raise SettingsError(f"paillier_key_bits must be one of {PAILLIER_KEY_BITS}, got {self.paillier_key_bits!r}")
 
 
 @dataclass(frozen=True)

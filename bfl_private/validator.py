@@ -29,7 +29,6 @@ from .round_checks import (
     RoundView,
     check_round_aggregate,
     check_round_model,
-    registered_client_keys,
 )
 from .settings import FederationSettings
 
@@ -55,7 +54,7 @@ class Validator:
         view = RoundView.of(entries)
         if view is None:
             raise SemanticCheckError("no closed round to check among the proposed entries")
-        check_round_aggregate(view, ledger.blobs, registered_keys=registered_client_keys(ledger.state))
+        check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=ledger.genesis())
         check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
         self.histories.sync(ledger).extended(entries).check_claims(entries)
         return view

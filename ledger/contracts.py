@@ -351,8 +351,10 @@ def _submission(data: dict[str, Any], entry: Entry, where: str) -> None:
              f"client {p['client']!r} is not a participant of round {entry.round}")
     _require(p["client"] not in current["submissions"], where,
              f"client {p['client']!r} already submitted in round {entry.round}")
-    _require(p["data_weight"] <= client["data_weight"], where,
-             f"data weight {p['data_weight']} exceeds the registered {client['data_weight']}")
+    # Record counts are public and fixed at genesis: the weight a submission carries is the
+    # registered one, so the aggregate's weight can be checked against the survivors'.
+    _require(p["data_weight"] == client["data_weight"], where,
+             f"data weight {p['data_weight']} is not the registered {client['data_weight']}")
     current["submissions"][p["client"]] = {"blob_cid": p["blob_cid"],
                                            "data_weight": p["data_weight"]}
 

@@ -8,7 +8,13 @@ to recompute that sum from the committed submissions alone:
 * ``AggregationResult.submissions`` — one blob per received client input (the bytes the
   ledger commits to by CID). Blobs are safetensors or canonical JSON, never pickle.
 * ``AggregationResult.transcript`` — a JSON-serialisable record (parameters, revealed
-  seeds, decryption proofs, ...) with which :func:`recompute_total` reproduces ``total``.
+  seeds, decryption proofs, ...) with which :func:`recompute_total` reproduces ``total``,
+  and from which :func:`decoding_tolerance` gives how far a decoded coordinate may lie
+  from the exact sum of the clients' clipped values (the encoding's error bound).
+
+A client may skip our encoder and send anything in the protocol's domain. A decoded sum
+that is not a sum of valid encodings raises :class:`InvalidAggregate` (with what had
+arrived), never an unnamed exception: the round is refused and recorded.
 
 The in-process ``aggregate`` runs every party of the protocol in one process (tests,
 notebooks, the embedded federation); ``drop`` makes chosen clients stop answering from
@@ -24,14 +30,22 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .errors import ConfigurationError, MalformedInput, ProtocolError, TooManyDropouts
+from .errors import (
+    ConfigurationError,
+    HeadroomExceeded,
+    InvalidAggregate,
+    MalformedInput,
+    ProtocolError,
+    SlotOverflow,
+    TooManyDropouts,
+)
 
 Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
 
 # Protocol name -> module implementing
-# ``recompute_from_submissions(transcript, submissions) -> float64 total``.
-# Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
+# ``recompute_from_submissions(transcript, submissions) -> float64 total`` and
+# ``decoding_tolerance(transcript) -> float``. Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
 _RECOMPUTERS = {
     "plain": "bfl_private.protocols.plain",
     "masking": "bfl_private.protocols.masking",
@@ -63,6 +77,35 @@ class AggregationResult:
     """False where the final decoding cannot be checked publicly (CKKS)."""
 
 
+@dataclass(frozen=True)
+class ForgedInput:
+    """What a client that skips our encoder sends in place of its protected update.
+
+    Exactly one of: ``message``, any bytes sent as its submission (masking: its masked-input
+    message; HE and plain: its submission blob); or ``values``, anything in the protocol's
+    input domain sent without clipping or encoding (masking: uint32 levels; Paillier:
+    plaintext integers in [0, n), one per packed ciphertext; CKKS and plain: float64 values).
+    The in-process engine simulates malicious clients with it; a deployment receives such
+    inputs over the wire. Either way they go through the same receipt checks.
+    """
+
+    message: bytes | None = None
+    values: np.ndarray | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.message is None) == (self.values is None):
+            raise ConfigurationError("a forged input is either a message or values, not both or neither")
+
+
+def check_forged(forged: Mapping[str, ForgedInput] | None, updates: Mapping[str, np.ndarray]) -> dict[str, ForgedInput]:
+    """``forged`` as a dict whose clients are all among ``updates``' (whose vectors they replace)."""
+    forged = dict(forged or {})
+    unknown = sorted(set(forged) - set(updates))
+    if unknown:
+        raise MalformedInput(f"forged inputs name clients that are not in the round: {unknown}")
+    return forged
+
+
 class AggregationProtocol(ABC):
     """One secure (or plain) summation protocol."""
 
@@ -77,8 +120,13 @@ class AggregationProtocol(ABC):
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         rng: np.random.Generator | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> AggregationResult:
-        """Run the protocol among ``updates``' clients and return the decoded sum."""
+        """Run the protocol among ``updates``' clients and return the decoded sum.
+
+        ``forged[c]`` replaces what client c sends (its vector in ``updates`` is ignored).
+        Raises :class:`RoundAbort` (with ``received``) when no sum can be produced.
+        """
 
 
 def check_updates(updates: Mapping[str, np.ndarray]) -> int:
@@ -117,10 +165,21 @@ def receive_submissions(
     blobs: Mapping[str, bytes], decode: Callable[[str, bytes], Any], *, round_id: int, drop: Mapping[str, Stage] | None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Check every blob on receipt: (decoded, rejected with the reason). Raises
-    TooManyDropouts when nothing valid arrived."""
+    TooManyDropouts when nothing valid arrived.
+
+    Identical blobs from several clients are all rejected: one is a replay of the other,
+    and which is the original cannot be told here (summing it twice would double one
+    client's weight in the aggregate)."""
     received: dict[str, Any] = {}
     rejected: dict[str, str] = {}
+    senders: dict[bytes, list[str]] = {}
+    for client in sorted(blobs):
+        senders.setdefault(bytes(blobs[client]), []).append(client)
     for client, blob in blobs.items():
+        copies = [c for c in senders[bytes(blob)] if c != client]
+        if copies:
+            rejected[client] = f"submission of {client!r} is identical to that of {copies}: a replayed input"
+            continue
         try:
             received[client] = decode(client, blob)
         except ProtocolError as exc:
@@ -133,6 +192,13 @@ def receive_submissions(
     return received, rejected
 
 
+def _module(protocol: str) -> Any:
+    try:
+        return importlib.import_module(_RECOMPUTERS[protocol])
+    except KeyError:
+        raise ConfigurationError(f"unknown protocol {protocol!r}; known: {sorted(_RECOMPUTERS)}") from None
+
+
 def recompute_total(
     protocol: str, transcript: Mapping[str, Any], submissions: Mapping[str, bytes]
 ) -> np.ndarray:
@@ -141,8 +207,27 @@ def recompute_total(
     Raises a :class:`~bfl_private.protocols.errors.ProtocolError` subclass when the
     transcript or a submission is malformed or inconsistent.
     """
+    return _module(protocol).recompute_from_submissions(transcript, submissions)
+
+
+def decoding_tolerance(protocol: str, transcript: Mapping[str, Any]) -> float:
+    """The largest distance, per coordinate, between a round's decoded total and the exact
+    sum of its included clients' clipped values when every client encoded honestly
+    (fixed-point: one step per client; CKKS: its noise bound; plain: float32 rounding)."""
+    return float(_module(protocol).decoding_tolerance(transcript))
+
+
+def decode_or_refuse(
+    decode: Callable[[], np.ndarray], *, round_id: int, received: Mapping[str, bytes]
+) -> np.ndarray:
+    """Run a round's final decoding; a sum that is not one of valid encodings (a slot or
+    level past what the included clients can reach) is refused as :class:`InvalidAggregate`
+    carrying ``received``, the inputs whose senders have spent privacy."""
     try:
-        module = importlib.import_module(_RECOMPUTERS[protocol])
-    except KeyError:
-        raise ConfigurationError(f"unknown protocol {protocol!r}; known: {sorted(_RECOMPUTERS)}") from None
-    return module.recompute_from_submissions(transcript, submissions)
+        return decode()
+    except (MalformedInput, SlotOverflow, HeadroomExceeded) as exc:
+        refused = InvalidAggregate(
+            f"round {round_id}: the decoded sum is not a sum of valid encodings ({exc}); some "
+            "client skipped the encoder, and secure aggregation hides which", stage="decode")
+        refused.received = dict(received)
+        raise refused from exc

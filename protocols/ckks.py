@@ -79,8 +79,11 @@ from safetensors.numpy import save as save_safetensors
 from .base import (
     AggregationProtocol,
     AggregationResult,
+    ForgedInput,
     Stage,
+    check_forged,
     check_updates,
+    decode_or_refuse,
     one_shot_submitters,
     receive_submissions,
 )
@@ -352,13 +355,28 @@ class CkksKeyHolder:
 
 def encrypt_update(vector: np.ndarray, *, context: ts.Context, public_context: bytes, clip: float) -> bytes:
     """A client's step: clip to [-clip, clip], chunk, encrypt each chunk, pack into a blob."""
-    x = np.clip(np.asarray(vector, dtype=np.float64), -clip, clip)
+    return _encrypt_values(np.clip(np.asarray(vector, dtype=np.float64), -clip, clip),
+                           context=context, public_context=public_context)
+
+
+def _encrypt_values(x: np.ndarray, *, context: ts.Context, public_context: bytes) -> bytes:
     parameters = CkksParameters.of_context(context)
     chunks, start = [], 0
     for size in chunk_lengths(x.shape[0], parameters):
         chunks.append(ts.ckks_vector(context, x[start: start + size]).serialize())
         start += size
     return encode_submission(public_context, chunks)
+
+
+def _checked_total(total: np.ndarray, *, length: int, summands: int, clip: float, parameters: CkksParameters) -> np.ndarray:
+    """A decrypted total must be ``length`` finite values no larger than ``summands`` clipped
+    inputs plus the noise bound can reach; anything else is not a sum of valid encryptions."""
+    limit = summands * clip + parameters.error_bound(summands=summands, clip=clip)
+    if total.shape != (length,) or not np.all(np.isfinite(total)) or np.max(np.abs(total)) > limit:
+        worst = float(np.max(np.abs(total))) if total.size and np.all(np.isfinite(total)) else float("nan")
+        raise MalformedInput(f"ckks total must be {length} finite values within +-{limit:g}; "
+                             f"got shape {total.shape}, largest magnitude {worst:g}")
+    return total
 
 
 class CkksProtocol(AggregationProtocol):
@@ -393,6 +411,7 @@ class CkksProtocol(AggregationProtocol):
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         rng: np.random.Generator | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> AggregationResult:
         """Encrypt each update, check and add the ciphertexts, have the key holder decrypt.
 
@@ -400,13 +419,22 @@ class CkksProtocol(AggregationProtocol):
         ``round_seed`` and ``rng`` are unused: CKKS draws its noise inside SEAL.
         """
         length = check_updates(updates)
+        forged = check_forged(forged, updates)
         submitters, dropped = one_shot_submitters(updates, drop)
         if len(submitters) > self.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed max_summands {self.max_summands}")
-        blobs = {c: encrypt_update(updates[c], context=self.context, public_context=self.public_context,
-                                   clip=self.clip) for c in submitters}
+        blobs = {c: self._forged_blob(forged[c]) if c in forged
+                 else encrypt_update(updates[c], context=self.context, public_context=self.public_context, clip=self.clip)
+                 for c in submitters}
         return self.aggregate_submissions(blobs, round_id=round_id, length=length,
                                           dropped={c: (drop or {})[c] for c in dropped})
+
+    def _forged_blob(self, forgery: ForgedInput) -> bytes:
+        """The blob of a client that skips our encoder: its bytes, or any values encrypted unclipped."""
+        if forgery.message is not None:
+            return forgery.message
+        return _encrypt_values(np.asarray(forgery.values, dtype=np.float64), context=self.context,
+                               public_context=self.public_context)
 
     def aggregate_submissions(self, blobs: Mapping[str, bytes], *, round_id: int, length: int,
                               dropped: Mapping[str, Stage]) -> AggregationResult:
@@ -433,6 +461,9 @@ class CkksProtocol(AggregationProtocol):
         except TooManyDropouts as exc:
             exc.received = dict(blobs)  # sent, so spent, though never decrypted
             raise
+        total = decode_or_refuse(lambda: _checked_total(decryption.total, length=length, summands=len(included),
+                                                        clip=self.clip, parameters=self.parameters),
+                                 round_id=round_id, received=blobs)
         transcript = {
             "protocol": self.name,
             "round": round_id,
@@ -447,7 +478,7 @@ class CkksProtocol(AggregationProtocol):
             "error_bound": self.parameters.error_bound(summands=len(included), clip=self.clip),
             "decryption_provable": False,
         }
-        return AggregationResult(protocol=self.name, total=decryption.total, included=tuple(included),
+        return AggregationResult(protocol=self.name, total=total, included=tuple(included),
                                  dropped=tuple(sorted(dropped)), rejected=rejected, submissions=submissions,
                                  rejected_submissions={c: blobs[c] for c in rejected},
                                  transcript=transcript, decryption_provable=False)
@@ -488,7 +519,17 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
         total = np.asarray(transcript["decrypted_total"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedInput(f"ckks transcript decrypted_total does not parse: {exc}") from exc
-    limit = len(included) * clip + parameters.error_bound(summands=len(included), clip=clip)
-    if total.shape != (length,) or not np.all(np.isfinite(total)) or np.max(np.abs(total)) > limit:
-        raise MalformedInput(f"ckks claimed total must be {length} finite values within +-{limit:g}")
-    return total
+    return _checked_total(total, length=length, summands=len(included), clip=clip, parameters=parameters)
+
+
+def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
+    """CKKS adds no rounding of its own beyond its noise: the error bound for the included count."""
+    included = transcript.get("included") if isinstance(transcript, Mapping) else None
+    if not isinstance(included, list):
+        raise MalformedInput("ckks transcript lacks its 'included' list")
+    try:
+        clip = float(transcript["clip"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedInput(f"ckks transcript field 'clip' does not parse: {exc}") from exc
+    parameters = CkksParameters.from_json(transcript.get("parameters"))
+    return parameters.error_bound(summands=len(included), clip=clip)

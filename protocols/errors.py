@@ -29,7 +29,21 @@ class BadSignature(ProtocolError):
     """A signed message whose signature does not verify under the claimed key."""
 
 
-class TooManyDropouts(ProtocolError):
+class RoundAbort(ProtocolError):
+    """A round that cannot produce a sum: the caller records an abort, not a traceback.
+
+    ``received`` holds the protected inputs (as committed blobs) that had arrived when the
+    round stopped: each sender has spent privacy whatever follows, so the abort records it.
+    ``stage`` names where the round stopped.
+    """
+
+    def __init__(self, message: str, *, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.received: dict[str, bytes] = {}
+
+
+class TooManyDropouts(RoundAbort):
     """Fewer survivors than the threshold: the round cannot be unmasked or decrypted.
 
     The optional keyword-only fields let a caller record the abort without parsing the
@@ -46,14 +60,20 @@ class TooManyDropouts(ProtocolError):
         available: int | None = None,
         dropped: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.stage = stage
+        super().__init__(message, stage=stage)
         self.required = required
         self.available = available
         self.dropped: Mapping[str, str] = dict(dropped or {})
-        self.received: dict[str, bytes] = {}
-        """Protected inputs (as committed blobs) that had arrived when the round stopped:
-        each sender has spent privacy whatever follows, so the abort records it."""
+
+
+class InvalidAggregate(RoundAbort):
+    """The decoded sum is not a sum of valid inputs: some client skipped the encoder.
+
+    Out-of-range slot or level sums (masking, Paillier), a CKKS total past what the
+    included clients' clipped inputs can reach, or a total weight other than the included
+    clients' registered record counts. Secure aggregation hides which client it was, so
+    the round is refused as a whole and the abort records why.
+    """
 
 
 class AggregateMismatch(ProtocolError):
@@ -76,7 +96,7 @@ class DecryptionProofError(AggregateMismatch):
     """A published decryption (plaintext m, randomness r) does not open its ciphertext."""
 
 
-class BadShare(AggregateMismatch):
+class BadShare(AggregateMismatch, RoundAbort):
     """A secret reconstructed from revealed Shamir shares fails its owner's check.
 
     Raised when a survivor's self-mask seed does not hash to the commitment its owner
@@ -86,7 +106,5 @@ class BadShare(AggregateMismatch):
     """
 
     def __init__(self, message: str, *, client: str) -> None:
-        super().__init__(message)
+        RoundAbort.__init__(self, message, stage="unmask")
         self.client = client
-        self.received: dict[str, bytes] = {}
-        """As :attr:`TooManyDropouts.received`: the inputs that had arrived."""

@@ -88,13 +88,24 @@ from safetensors.numpy import save as save_safetensors
 
 from . import keyagreement as ka
 from . import shamir
-from .base import STAGES, AggregationProtocol, AggregationResult, Stage, check_updates
+from .base import (
+    STAGES,
+    AggregationProtocol,
+    AggregationResult,
+    ForgedInput,
+    Stage,
+    check_forged,
+    check_updates,
+    decode_or_refuse,
+)
 from .errors import (
     AggregateMismatch,
     BadShare,
     ConfigurationError,
     MalformedInput,
+    ProtocolError,
     ReplayedMessage,
+    RoundAbort,
     TooManyDropouts,
 )
 from .masking_graph import MaskingParams
@@ -474,6 +485,8 @@ class MaskingOutcome:
     """Every survivor's masked vector as received: the round's public submissions."""
     bad_shares: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     """Owner of a secret -> share holders whose revealed share of it was bad (skipped)."""
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    """Clients whose masked input was refused on receipt, with the reason (not summed)."""
 
 
 class MaskingServer:
@@ -643,9 +656,13 @@ class MaskingServer:
 
     # -- stage 3 -----------------------------------------------------------------------
 
-    def receive_masked_input(self, data: bytes | memoryview) -> None:
+    def receive_masked_input(self, data: bytes | memoryview, *, sender: int | None = None) -> None:
+        """Admit one masked input; ``sender`` is the party the channel authenticated, which
+        the message must name (a client cannot slip in a masked input as another)."""
         self._expect("mask", "masked input")
         message = MaskedInput.from_bytes(data)
+        if sender is not None and message.sender != sender:
+            raise MalformedInput(f"client {sender} sent a masked input in the name of client {message.sender}")
         check_round(self.params, message.round_id, f"masked input of client {message.sender}")
         self._admit(message.sender, self.shared, self._masked, "masked input")
         if message.vector.shape[0] != self.params.length:
@@ -852,13 +869,16 @@ def run_round(
     *,
     drop: Mapping[int, Stage] | None = None,
     identities: Sequence[Ed25519PrivateKey] | None = None,
+    forged_messages: Mapping[int, bytes] | None = None,
 ) -> MaskingOutcome:
     """Run every party in this process, passing encoded messages between them.
 
     ``drop[i] = stage`` makes client i stop answering from ``stage`` on (it sends nothing
     in that stage or later), so dropouts take the same code path as in a deployment.
-    A round that cannot finish raises with the masked inputs that had arrived attached
-    (``received``, by client name, as submission blobs): their senders have spent privacy.
+    ``forged_messages[i]`` is sent by client i in place of its masked input (a client that
+    skips our encoder); a message the server refuses leaves that client out of the sum and
+    is returned in ``rejected``. A round that cannot finish raises with the inputs that had
+    arrived attached (``received``, by client name): their senders have spent privacy.
     """
     n = len(params.clients)
     if len(vectors) != n:
@@ -875,6 +895,8 @@ def run_round(
         else [Ed25519PrivateKey.generate() for _ in range(n)]
     )
     identity_keys = [ka.public_bytes(key) for key in identities]
+    forged = dict(forged_messages or {})
+    rejected: dict[int, tuple[str, bytes]] = {}
     server = MaskingServer(params, identity_keys=identity_keys)
     clients = [
         MaskingClient(i, params, identity=identities[i], identity_keys=identity_keys)
@@ -893,7 +915,11 @@ def run_round(
                 server.receive_shares(clients[i].share_keys(adverts))
         for i, delivery in server.close_share().items():
             if answers(i, "mask"):
-                server.receive_masked_input(clients[i].mask_input(vectors[i], delivery))
+                message = forged.get(i) or clients[i].mask_input(vectors[i], delivery)
+                try:
+                    server.receive_masked_input(message, sender=i)
+                except ProtocolError as exc:
+                    rejected[i] = (str(exc), bytes(message))
         announcement = server.close_mask()
         for i in sorted(server.survivors):
             if answers(i, "unmask"):
@@ -905,9 +931,10 @@ def run_round(
             except TooManyDropouts:
                 continue  # too few neighbours signed: this client stays silent; finish() decides
             server.receive_unmask(response)
-        return server.finish()
-    except (TooManyDropouts, BadShare) as exc:
-        exc.received = server.received_submissions()
+        return replace(server.finish(), rejected={i: why for i, (why, _) in rejected.items()})
+    except RoundAbort as exc:
+        exc.received = {**server.received_submissions(),
+                        **{params.clients[i]: message for i, (_, message) in rejected.items()}}
         raise
 
 
@@ -1189,13 +1216,16 @@ class MaskingProtocol(AggregationProtocol):
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         rng: np.random.Generator | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> AggregationResult:
         """Encode, run the four stages in-process, unmask and decode the survivors' sum.
 
         Raises :class:`TooManyDropouts` (with ``.stage`` and ``.dropped`` by client name)
-        when the round cannot be unmasked.
+        when the round cannot be unmasked, :class:`InvalidAggregate` when the unmasked sum
+        is not a sum of valid encodings.
         """
         length = check_updates(updates)
+        forged = check_forged(forged, updates)
         names = sorted(updates)
         if len(names) > self.codec.max_summands:
             raise ConfigurationError(
@@ -1219,23 +1249,43 @@ class MaskingProtocol(AggregationProtocol):
             if missing:
                 raise ConfigurationError(f"no identity key for clients {missing}")
             identities = [self.identities[name] for name in names]
-        encoded = [self.codec.encode(updates[name], rng) for name in names]
+        encoded = [
+            _forged_levels(forged[name], length) if name in forged and forged[name].values is not None
+            else self.codec.encode(updates[name], rng)
+            for name in names
+        ]
         outcome = run_round(
             params,
             encoded,
             drop={names.index(c): s for c, s in (drop or {}).items()},
             identities=identities,
+            forged_messages={names.index(c): f.message for c, f in forged.items() if f.message is not None},
         )
         transcript = {**outcome.transcript, "codec": self.codec.to_json()}
         included = tuple(names[i] for i in outcome.included)
+        submissions = {names[i]: encode_submission(outcome.masked[i]) for i in outcome.included}
+        rejected = {names[i]: reason for i, reason in outcome.rejected.items()}
+        refused = {c: forged[c].message for c in rejected if c in forged}
         return AggregationResult(
             protocol=PROTOCOL,
-            total=self.codec.decode_sum(outcome.total, len(included)),
+            total=decode_or_refuse(lambda: self.codec.decode_sum(outcome.total, len(included)),
+                                   round_id=round_id, received={**submissions, **refused}),
             included=included,
-            dropped=tuple(sorted(names[i] for i in outcome.dropped if i not in outcome.included)),
-            submissions={names[i]: encode_submission(outcome.masked[i]) for i in outcome.included},
+            dropped=tuple(sorted(names[i] for i in outcome.dropped if i not in outcome.included and i not in outcome.rejected)),
+            rejected=rejected,
+            submissions=submissions,
+            rejected_submissions=refused,
             transcript=transcript,
         )
+
+
+def _forged_levels(forgery: ForgedInput, length: int) -> np.ndarray:
+    """A forging client's uint32 levels, sent without encoding (any values, right length:
+    a vector of another length is refused by the client's own framing)."""
+    levels = np.asarray(forgery.values)
+    if levels.dtype != np.uint32 or levels.shape != (length,):
+        raise MalformedInput(f"forged masking input must be {length} uint32 levels, got {levels.dtype} {levels.shape}")
+    return levels
 
 
 def recompute_from_submissions(
@@ -1257,6 +1307,15 @@ def recompute_from_submissions(
     return codec.decode_sum(total, len(survivors))
 
 
+def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
+    """Stochastic rounding moves each client's value by less than one step: survivors x step."""
+    survivors = transcript.get("survivors") if isinstance(transcript, Mapping) else None
+    codec_json = transcript.get("codec") if isinstance(transcript, Mapping) else None
+    if not isinstance(survivors, list) or not isinstance(codec_json, Mapping):
+        raise MalformedInput("masking transcript lacks its 'survivors' list or 'codec' parameters")
+    return len(survivors) * FixedPointCodec.from_json(dict(codec_json)).step
+
+
 __all__ = [
     "MaskingClient",
     "MaskingOutcome",
@@ -1264,6 +1323,7 @@ __all__ = [
     "MaskingProtocol",
     "MaskingServer",
     "SecureSumResult",
+    "decoding_tolerance",
     "recompute_from_submissions",
     "recompute_total",
     "run_round",

@@ -59,8 +59,11 @@ from safetensors.numpy import save as save_safetensors
 from .base import (
     AggregationProtocol,
     AggregationResult,
+    ForgedInput,
     Stage,
+    check_forged,
     check_updates,
+    decode_or_refuse,
     one_shot_submitters,
     receive_submissions,
 )
@@ -75,12 +78,14 @@ from .errors import (
     TooManyDropouts,
     WrongKey,
 )
+from .paillier_modulus import ModulusProof, prove_modulus, verify_modulus
 from .quantize import FixedPointCodec
 
 KEY_BITS: tuple[int, ...] = (1024, 2048, 3072)
-"""Accepted modulus sizes. 2048 (about 112-bit security) is the default, 3072 (128-bit)
-the conservative choice; 1024 is for fast tests only and is not secure."""
-DEFAULT_KEY_BITS = 2048
+"""Modulus sizes this module handles. A federation's policy (genesis) allows only 2048
+and 3072 (``ProtocolSettings``); 1024 is for fast protocol unit tests only, not secure."""
+DEFAULT_KEY_BITS = 3072
+"""128-bit security (NIST SP 800-57); 2048 gives about 112."""
 _KEY_FORMAT = "bfl-private/paillier-private-key/v1"
 _CIPHERTEXTS = "ciphertexts"
 _KEY_ID = "key_id"
@@ -110,6 +115,32 @@ def public_key_from_json(data: Any) -> PaillierPublicKey:
     if "key_id" in data and data["key_id"] != key_id(key).hex():
         raise WrongKey(f"public key fingerprint {data['key_id']!r} does not match its modulus")
     return key
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    """What the key holder publishes in genesis: its public key and the proof that the
+    modulus is well formed (:mod:`.paillier_modulus`). Everyone checks both once there;
+    every round must then use this very key."""
+
+    public_key: PaillierPublicKey
+    proof: ModulusProof
+
+    def to_json(self) -> dict[str, Any]:
+        return {"public_key": public_key_to_json(self.public_key), "modulus_proof": self.proof.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, *, key_bits: int) -> PublishedKey:
+        """Parse and check: a modulus of exactly ``key_bits`` bits (the genesis policy, never
+        a round's say) whose proof verifies. Raises a MalformedInput subclass."""
+        if not isinstance(data, Mapping):
+            raise MalformedInput("published Paillier key must be a JSON object")
+        public_key = public_key_from_json(data.get("public_key"))
+        if public_key.n.bit_length() != key_bits:
+            raise WrongKey(f"published Paillier key has {public_key.n.bit_length()} bits; genesis policy is {key_bits}")
+        proof = ModulusProof.from_json(data.get("modulus_proof"))
+        verify_modulus(public_key.n, proof)
+        return cls(public_key, proof)
 
 
 def _parse_hex(value: Any, what: str) -> int:
@@ -436,6 +467,10 @@ class PaillierKeyHolder:
     def public_key(self) -> PaillierPublicKey:
         return self._private_key.public_key
 
+    def publish(self) -> PublishedKey:
+        """The public key with the proof that its modulus is well formed, for genesis."""
+        return PublishedKey(self.public_key, prove_modulus(self._private_key.p, self._private_key.q))
+
     def to_private_bytes(self) -> bytes:
         """Canonical JSON (RFC 8785) of p and q: store it where only the key holder reads."""
         p, q = self._private_key.p, self._private_key.q
@@ -558,6 +593,7 @@ class PaillierProtocol(AggregationProtocol):
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         rng: np.random.Generator | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> AggregationResult:
         """Encrypt each client's update, check and add the ciphertexts, have the key holder decrypt.
 
@@ -566,17 +602,27 @@ class PaillierProtocol(AggregationProtocol):
         encryption randomness comes from the OS CSPRNG.
         """
         length = check_updates(updates)
+        forged = check_forged(forged, updates)
         layout = self.layout(length)
         submitters, dropped = one_shot_submitters(updates, drop)
         if len(submitters) > layout.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed the codec's max_summands {layout.max_summands}")
         blobs = {
-            client: encrypt_update(updates[client], public_key=self.public_key, codec=self.codec,
-                                   layout=layout, rng=rng, workers=self.workers)
+            client: self._forged_blob(forged[client]) if client in forged
+            else encrypt_update(updates[client], public_key=self.public_key, codec=self.codec,
+                                layout=layout, rng=rng, workers=self.workers)
             for client in submitters
         }
         return self.aggregate_submissions(blobs, round_id=round_id, length=length,
                                           dropped={c: (drop or {})[c] for c in dropped})
+
+    def _forged_blob(self, forgery: ForgedInput) -> bytes:
+        """The blob of a client that skips our encoder: its bytes, or any plaintexts in
+        [0, n) encrypted under the round's key (no packing, no range)."""
+        if forgery.message is not None:
+            return forgery.message
+        plaintexts = [int(m) for m in forgery.values]  # type: ignore[union-attr]
+        return encode_submission(self.public_key, encrypt(self.public_key, plaintexts, workers=self.workers))
 
     def aggregate_submissions(
         self, blobs: Mapping[str, bytes], *, round_id: int, length: int, dropped: Mapping[str, Stage]
@@ -603,7 +649,9 @@ class PaillierProtocol(AggregationProtocol):
         except TooManyDropouts as exc:
             exc.received = dict(blobs)  # sent, so spent, though never decrypted
             raise
-        total = self.codec.decode_sum(layout.unpack(decryption.plaintexts, summands=len(included)), len(included))
+        total = decode_or_refuse(
+            lambda: self.codec.decode_sum(layout.unpack(decryption.plaintexts, summands=len(included)), len(included)),
+            round_id=round_id, received=blobs)
         transcript = {
             "protocol": self.name,
             "round": round_id,
@@ -632,6 +680,15 @@ def _hex_list(transcript: Mapping[str, Any], key: str, count: int) -> list[int]:
     if not isinstance(values, list) or len(values) != count:
         raise MalformedInput(f"paillier transcript field {key!r} must be a list of {count} hex strings")
     return [_parse_hex(v, f"transcript {key}[{i}]") for i, v in enumerate(values)]
+
+
+def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
+    """Stochastic rounding moves each client's value by less than one step: included x step."""
+    included = transcript.get("included") if isinstance(transcript, Mapping) else None
+    codec_record = transcript.get("codec") if isinstance(transcript, Mapping) else None
+    if not isinstance(included, list) or not isinstance(codec_record, dict):
+        raise MalformedInput("paillier transcript lacks its 'included' list or 'codec' record")
+    return len(included) * FixedPointCodec.from_json(codec_record).step
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:

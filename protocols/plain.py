@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from .base import AggregationProtocol, AggregationResult, Stage
+from .base import AggregationProtocol, AggregationResult, ForgedInput, Stage, check_forged
 from .errors import ConfigurationError, MalformedInput, TooManyDropouts
 
 _TENSOR = "update"
@@ -75,27 +75,33 @@ class PlainProtocol(AggregationProtocol):
         round_seed: bytes,
         drop: Mapping[str, Stage] | None = None,
         rng: np.random.Generator | None = None,
+        forged: Mapping[str, ForgedInput] | None = None,
     ) -> AggregationResult:
-        # Garbage (NaN, out of range) is a client fault to record, not a reason to abort.
+        # Garbage (NaN, out of range, undecodable) is a client fault to record, not a reason to abort.
         lengths = {np.asarray(v).shape for v in updates.values()}
         if len(lengths) != 1:
             raise MalformedInput(f"updates have differing shapes {sorted(lengths)}")
+        (shape,) = lengths
+        forged = check_forged(forged, updates)
         drop = drop or {}
         dropped = tuple(sorted(c for c in updates if c in drop))
+        sent = {c: self._blob(updates[c], forged.get(c)) for c in sorted(updates) if c not in drop}
         received: dict[str, np.ndarray] = {}
         rejected: dict[str, str] = {}
-        for client in sorted(updates):
-            if client in drop:
+        for client, blob in sent.items():
+            try:
+                vector = decode_submission(blob, client=client, length=shape[0])
+            except MalformedInput as exc:
+                rejected[client] = str(exc)
                 continue
-            vector = np.asarray(updates[client], dtype=np.float32)
             reason = _range_violation(vector, self.bound)
             if reason is not None:
                 rejected[client] = reason
             else:
                 received[client] = vector
-        refused = {c: encode_submission(np.asarray(updates[c], dtype=np.float32)) for c in rejected}
+        refused = {c: sent[c] for c in rejected}
         if not received:
-            exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients")
+            exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients", stage="mask")
             exc.received = refused
             raise exc
         return AggregationResult(
@@ -104,10 +110,26 @@ class PlainProtocol(AggregationProtocol):
             included=tuple(sorted(received)),
             dropped=dropped,
             rejected=rejected,
-            submissions={c: encode_submission(v) for c, v in received.items()},
+            submissions={c: sent[c] for c in received},
             rejected_submissions=refused,
             transcript={"protocol": self.name, "round": round_id, "bound": self.bound, "included": sorted(received)},
         )
+
+    @staticmethod
+    def _blob(update: np.ndarray, forgery: ForgedInput | None) -> bytes:
+        if forgery is None:
+            return encode_submission(np.asarray(update, dtype=np.float32))
+        if forgery.message is not None:
+            return forgery.message
+        return encode_submission(np.asarray(forgery.values, dtype=np.float32))
+
+
+def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
+    """Values travel as float32: a weight w <= 1 is off by at most 2^-24 per included client."""
+    included = transcript.get("included") if isinstance(transcript, Mapping) else None
+    if not isinstance(included, list):
+        raise MalformedInput("plain transcript lacks its 'included' list")
+    return len(included) * 2.0**-24
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:

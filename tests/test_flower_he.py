@@ -63,8 +63,7 @@ def _federation(directory: Path, protocol: str) -> tuple[Federation, dict[int, H
     settings = dataclasses.replace(
         base, n_clients=N, training=dataclasses.replace(base.training, local_steps=2),
         privacy=dataclasses.replace(base.privacy, lifetime_epsilon=50.0),
-        # 1024-bit Paillier keys are for fast tests only (see protocols.paillier.KEY_BITS)
-        protocol=ProtocolSettings(name=protocol, paillier_key_bits=1024))
+        protocol=ProtocolSettings(name=protocol, paillier_key_bits=2048))
     federation = Federation.create(directory / "federation", settings, model_seed=0)
     folders = export_hospitals(federation, directory / "hospitals")
     hospitals = {100 + i: Hospital.from_node_config({"hospital-dir": str(folders[c])})

@@ -145,3 +145,26 @@ def test_masked_totals_match_an_independent_sum(shared) -> None:
     weights = {c: v["data_weight"] for c, v in federation.ledger.state.clients().items()}
     expected_weight = sum(weights[c] for c in close["survivors"]) / max(weights.values())
     assert np.isclose(total[-1], expected_weight, atol=1e-3)
+
+
+def test_a_hospital_that_shrinks_the_weight_gets_the_round_refused_and_recorded(
+        shared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack that blew the FedAvg step up ~5e5 in-process, over Flower: the weights
+    are public, so the decoded total weight must be the survivors' registered weights."""
+    federation, hospitals, _ = shared
+    attacker = next(h for h in hospitals.values() if h.name == sorted(h.name for h in hospitals.values())[3])
+    honest = attacker._train
+
+    def shrunk(*args: Any) -> Any:
+        vector, records, privacy = honest(*args)
+        vector[-1] = -vector[-1] + 1e-4  # the sum's weight: everyone else's, cancelled by this one
+        return vector, records, privacy
+
+    monkeypatch.setattr(attacker, "_train", shrunk)
+    summary, lines, _ = _round(shared)
+    assert summary.status == "aborted"
+    abort = _entries(federation, summary.round)[ABORT][0]
+    assert abort["stage"] == "decode" and "registered weights" in abort["reason"]
+    # every hospital whose masked input left it is charged by the abort
+    assert set(abort["cumulative_epsilon"]) == {h.name for h in hospitals.values()}
+    assert audit(federation.directory).ok

@@ -106,7 +106,8 @@ def test_round_rules(ledger: Ledger, federation: Federation) -> None:
         (replace(entries, 0, coordinator, base_model_cid=entries[1].payload["blob_cid"]),
          None),  # the first round may start from any model (none at genesis)
         (replace(entries, 1, federation.clients["client-1"]), "holds key"),
-        (replace(entries, 1, alice, data_weight=10**6), "exceeds the registered"),
+        (replace(entries, 1, alice, data_weight=10**6), "is not the registered"),
+        (replace(entries, 1, alice, data_weight=1), "is not the registered"),
         ([*entries[:2], entries[1], *entries[2:]], "already submitted"),
         (replace(entries, 1, alice, round=2), "round in progress is 1"),
         ([entries[1], *entries], "no round is in progress"),

@@ -261,14 +261,14 @@ def test_protocol_drops_and_wrong_key_holder(holder, other_holder):
 
 
 @pytest.mark.slow
-def test_default_2048_bit_round_recomputes():
+def test_default_3072_bit_round_recomputes():
     holder = PaillierKeyHolder.generate()
-    assert holder.public_key.n.bit_length() == 2048
+    assert holder.public_key.n.bit_length() == 3072  # 128-bit security by default
     proto = PaillierProtocol(public_key=holder.public_key, key_holder=holder,
                              codec=FixedPointCodec(clip=1.0, bits=16, max_summands=15))
     updates = _updates(clients=3, length=500)
     result = proto.aggregate(updates, round_id=1, round_seed=b"q" * 32)
-    assert result.transcript["layout"]["slots"] == 102
+    assert result.transcript["layout"]["slots"] == 153
     assert np.array_equal(recompute_total("paillier", result.transcript, result.submissions), result.total)
     clipped = sum(np.clip(v, -1.0, 1.0) for v in updates.values())
     assert np.max(np.abs(result.total - clipped)) < 3 * proto.codec.step

@@ -39,15 +39,15 @@ from ..ledger.identity import VerifyingKey
 from ..privacy.accounting import PrivacyRecord
 from ..privacy.errors import PrivacyError
 from ..protocol_setup import ProtocolSetup, build_protocol
-from ..protocols.base import AggregationResult
-from ..protocols.errors import BadShare, ProtocolError, ReplayedMessage, TooManyDropouts
+from ..protocols.base import AggregationResult, decode_or_refuse
+from ..protocols.errors import InvalidAggregate, ProtocolError, ReplayedMessage, RoundAbort
 from ..protocols.masking import MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import FixedPointCodec
 from ..settings import FederationSettings
 from . import one_shot
-from ..round_checks import charged_epsilon, privacy_rule_violation
+from ..round_checks import aggregate_rule_violation, charged_epsilon, privacy_rule_violation, registered_records
 from .errors import RefusedPrivacyRecord, StageMessageError
 from .stages import PROTOCOL_STAGES, check_reply, request
 
@@ -87,9 +87,10 @@ def _entry_failure(exc: Exception) -> str:
 
 
 class _RoundAborted(Exception):
-    """Too few hospitals remain (or a share holder cheated): the round records an abort."""
+    """Too few hospitals remain, a share holder cheated, or the decoded sum is not one of
+    valid inputs: the round records an abort."""
 
-    def __init__(self, cause: TooManyDropouts | BadShare, survivors: list[str]) -> None:
+    def __init__(self, cause: RoundAbort, survivors: list[str]) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.survivors = survivors
@@ -188,9 +189,10 @@ class FlowerRound:
                 result = self._masking(opened, codec, neighbours, length)
             else:
                 result = self._one_shot(opened, setup, length)
+            self._check_aggregate(result)
         except _RoundAborted as aborted:
             exc = aborted.cause
-            stage = exc.stage if isinstance(exc, TooManyDropouts) else "unmask"
+            stage = exc.stage
             entries, claims = self._charged(opened)
             fed.commit_block([*entries, Entry.create(coordinator, ABORT, self.round_id, {
                 "stage": stage or "unknown", "reason": str(exc), "survivors": aborted.survivors,
@@ -227,6 +229,17 @@ class FlowerRound:
         return RoundSummary(self.round_id, "accepted" if accepted else "rejected",
                             fed.test_accuracy(new_params if accepted else base), tuple(result.included),
                             tuple(dropouts), rejected, time.perf_counter() - started)
+
+    def _check_aggregate(self, result: AggregationResult) -> None:
+        """The rule the in-process engine applies (:class:`~bfl_private.federation.Aggregator`):
+        a decoded sum that cannot be the included hospitals' payloads is refused."""
+        fed = self.federation
+        violation = aggregate_rule_violation(
+            result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
+            records=registered_records(fed.ledger.state), bound=fed.settings.training.update_bound)
+        if violation is not None:
+            refused = InvalidAggregate(f"round {self.round_id}: {violation}", stage="decode")
+            raise _RoundAborted(refused, list(result.included)) from refused
 
     def _charged(self, opened: Entry) -> tuple[list[Entry], dict[str, float]]:
         """The opening, every checked submission (its blob stored) and each submitter's
@@ -267,7 +280,7 @@ class FlowerRound:
                     blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
                     self._accept_submission(client, reply, blob, keys[client], registry[client])
                     try:
-                        server.receive_masked_input(reply["masked-input"])
+                        server.receive_masked_input(reply["masked-input"], sender=self.participants.index(client))
                     except ProtocolError as exc:  # signed and sent, so charged, but not summed
                         self.refused[client] = f"masked input refused: {_entry_failure(exc)}"
                         raise
@@ -285,12 +298,14 @@ class FlowerRound:
             for client, reply in replies.items():
                 self._receive("unmask", client, partial(server.receive_unmask, reply["unmask"]))
             outcome = server.finish()
-        except (TooManyDropouts, BadShare) as exc:
+            included = tuple(params.clients[i] for i in outcome.included)
+            total = decode_or_refuse(lambda: codec.decode_sum(outcome.total, len(included)),
+                                     round_id=self.round_id, received=self.blobs)
+        except RoundAbort as exc:
             dropped = server.dropped()
             raise _RoundAborted(exc, [c for i, c in enumerate(params.clients) if i not in dropped]) from exc
-        included = tuple(params.clients[i] for i in outcome.included)
         return AggregationResult(
-            protocol=self.protocol, total=codec.decode_sum(outcome.total, len(included)), included=included,
+            protocol=self.protocol, total=total, included=included,
             submissions={c: self.blobs[c] for c in included},
             transcript={**outcome.transcript, "codec": codec.to_json()})
 
@@ -314,7 +329,7 @@ class FlowerRound:
         dropped = {c: "mask" for c in self.participants if c not in self.blobs and c not in self.refused}
         try:
             return one_shot.finish(setup, self.blobs, round_id=self.round_id, length=length, dropped=dropped)
-        except (TooManyDropouts, BadShare) as exc:
+        except RoundAbort as exc:
             raise _RoundAborted(exc, sorted(self.blobs)) from exc
 
     def _claim(self, stage: str, request: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -369,9 +384,9 @@ class FlowerRound:
         if entry.payload["blob_cid"] != cid_for(blob):
             what = "masked input" if self.protocol == "masking" else "ciphertext"
             raise StageMessageError(f"{where}: blob_cid does not name the {what} that came with it")
-        if entry.payload["data_weight"] > int(registered["data_weight"]):
-            raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} exceeds the registered "
-                                    f"{registered['data_weight']}")
+        if entry.payload["data_weight"] != int(registered["data_weight"]):
+            raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} is not the registered "
+                                    f"{registered['data_weight']} (record counts are public and fixed at genesis)")
         record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
         violation = privacy_rule_violation(record, planned_sigma=self.plan.clients[client].noise_multiplier,
                                            settings=self.federation.settings)

@@ -39,9 +39,10 @@ class ProtocolSetup:
         """What a malicious client sends instead of its update: noise far outside the agreed
         range, followed by its true weight (a wrong weight would get the round refused).
 
-        Plain mode refuses it on receipt; masking and HE clip it into range when encoding
-        (they cannot see plaintexts), so there it is a bounded bias that the validators'
-        quality gate catches when it hurts.
+        Plain mode refuses it on receipt; masking and HE clip it to ±bound when encoding
+        (they cannot see plaintexts), so there it is a bounded bias: the aggregate range rule
+        refuses the round when it pushes a coordinate past what the included clients' weights
+        allow, and the validators' quality gate judges the model otherwise.
         """
         garbage = rng.uniform(-1000 * self.bound, 1000 * self.bound, size=length).astype(np.float32)
         garbage[-1] = weight

@@ -654,6 +654,13 @@ def _anchor(audit: _Audit, *, pinned: bool) -> LedgerAnchor:
 
 
 def read_anchor(directory: Path | str, *, expected_genesis: str | None = None) -> LedgerAnchor:
+    """The :class:`LedgerAnchor` of :func:`read_genesis_and_head`."""
+    genesis, head = read_genesis_and_head(directory, expected_genesis=expected_genesis)
+    return LedgerAnchor.of(genesis, head, pinned=expected_genesis is not None, trusted=None)
+
+
+def read_genesis_and_head(directory: Path | str, *, expected_genesis: str | None = None
+                          ) -> tuple[Entry, BlockHeader]:
     """The genesis and head of a ledger directory, checked without the full audit.
 
     Entry 0 must be a genesis entry (with the ``expected_genesis`` fingerprint, if given)
@@ -692,7 +699,7 @@ def read_anchor(directory: Path | str, *, expected_genesis: str | None = None) -
         block0 = BlockHeader.from_bytes(bytes(first[1]), where="block 0 header")
         if block0.size != 1 or block0.root != genesis.leaf_hash():
             raise ChainError("block 0's certified root is not the genesis entry alone")
-        return LedgerAnchor.of(genesis, header, pinned=expected is not None, trusted=None)
+        return genesis, header
     finally:
         store.close()
 

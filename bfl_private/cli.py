@@ -160,6 +160,34 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
 
 
+@main.command("report")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True, metavar="FILE",
+              help="The HTML file to write (one self-contained page: no network, no script).")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="As for verify: a signed checkpoint the ledger must extend.")
+@click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
+              help="As for verify: the genesis fingerprint you hold.")
+def report_command(directory: Path, output: Path, checkpoint_file: Path | None, expect_genesis: str | None) -> None:
+    """Run the audit of `verify` and write it as one HTML page: ε per client over the
+    rounds, quality per round, model lineage, rounds, every check, the trust notes.
+
+    Exit 0 if every check passed, 1 if one failed (the page is written either way)."""
+    from .audit import audit
+    from .report import write_report
+
+    trusted = _read_checkpoint(checkpoint_file)
+    expected = _expected_genesis(expect_genesis, "--expect-genesis")
+    result = audit(directory, trusted_checkpoint=trusted, expected_genesis=expected)
+    try:
+        write_report(result, output)
+    except OSError as exc:
+        _fail(f"cannot write -o {output}: {exc}", 2)
+    verdict = "VERIFIED" if result.ok else f"FAILED ({result.report.error})"
+    click.echo(f"{verdict}; report written to {output}")
+    sys.exit(0 if result.ok else EXIT_VERIFICATION_FAILED)
+
+
 @main.command("inspect")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def inspect_command(directory: Path) -> None:

@@ -264,7 +264,7 @@ def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | s
               f"genesis {genesis_fingerprint(genesis)}")
     if isinstance(record, ConsistencyRecord):
         return (f"proof OK: the log of tree size {record.old_size} is a prefix of the log of "
-                f"tree size {record.new_size}; both checkpoints {signed}")
+                f"tree size {record.new_size}; both checkpoints are {signed}")
     entry = Entry.from_bytes(record.entry.encode("utf-8"), where=f"entry {record.entry_index}")
     names = {VerifyingKey.from_vkey(m["vkey"]).key_id_hex: m["id"] for m in
              (genesis.payload["coordinator"], *genesis.payload["clients"],
@@ -273,7 +273,7 @@ def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | s
                                                                              entry.author)
     return (f"proof OK: entry {record.entry_index} ({entry.type} by {who}, round "
             f"{entry.round}) is in the log of tree size {record.tree_size} (head "
-            f"{head.size}); its checkpoint {signed}")
+            f"{head.size}); its checkpoint is {signed}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

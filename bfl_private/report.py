@@ -91,11 +91,11 @@ def line_chart(series: Sequence[Series], *, chart_id: str, title: str, x_label: 
     def sy(y: float) -> float:
         return MARGIN_TOP + plot_h - (y - y0) / ((y1 - y0) or 1) * plot_h
 
-    parts = [f'<svg id="{_e(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
-             f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="{_e(title)}"><title>{_e(title)}</title>',
-             f'<rect class="plot-area" x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{plot_w}" '
-             f'height="{plot_h}" fill="#fafafa" stroke="#999"/>']
+    parts = [(f'<svg id="{_e(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+              f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+              f'aria-label="{_e(title)}"><title>{_e(title)}</title>'),
+             (f'<rect class="plot-area" x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{plot_w}" '
+              f'height="{plot_h}" fill="#fafafa" stroke="#999"/>')]
     for y in _ticks(y0, y1):
         parts.append(f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" y1="{sy(y):.1f}" '
                      f'y2="{sy(y):.1f}" stroke="#e4e4e4"/>'
@@ -191,11 +191,12 @@ def _anchor_section(result: AuditReport) -> str:
     rows = [("federation", _e(anchor.federation_id)),
             ("genesis fingerprint", f'<span class="cid">{_e(anchor.genesis_fingerprint)}</span> ({pinned})'),
             ("validators", f"quorum {anchor.quorum} of {len(anchor.validators)}: {validators}"),
-            ("head checkpoint", f"block {anchor.head.height}, tree size {anchor.head.size}, root "
-                                f'<span class="cid">{_e(anchor.head.root)}</span>')]
+            ("head checkpoint", (f"block {anchor.head.height}, tree size {anchor.head.size}, "
+                                 f'root <span class="cid">{_e(anchor.head.root)}</span>'))]
     if anchor.trusted_size is not None:
-        rows.append(("extends pinned checkpoint", f"tree size {anchor.trusted_size}, root "
-                                                  f'<span class="cid">{_e(anchor.trusted_root)}</span>'))
+        rows.append(("extends pinned checkpoint",
+                     (f"tree size {anchor.trusted_size}, root "
+                      f'<span class="cid">{_e(anchor.trusted_root)}</span>')))
     return '<dl id="anchor">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>"
 
 

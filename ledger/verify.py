@@ -199,8 +199,8 @@ class LedgerAnchor:
                  f"genesis           {self.genesis_fingerprint} ({pinned})",
                  f"validators        quorum {self.quorum} of {len(self.validators)}: "
                  + ", ".join(f"{v.id} [{v.key_id}]" for v in self.validators),
-                 f"head checkpoint   block {self.head.height}, tree size {self.head.size}, "
-                 f"root {self.head.root}"]
+                 (f"head checkpoint   block {self.head.height}, tree size {self.head.size}, "
+                  f"root {self.head.root}")]
         if self.trusted_size is not None:
             lines.append(f"extends pinned    tree size {self.trusted_size}, root "
                          f"{self.trusted_root}")
@@ -595,7 +595,8 @@ def run_checks(
     witness): the ledger must extend it, which catches truncation and forks that a
     self-consistent directory alone cannot reveal. ``expected_genesis`` is the genesis
     fingerprint (:func:`genesis_fingerprint`) the auditor holds from elsewhere; a ledger
-    with another genesis fails check 2.
+    with another genesis fails check 2 (MalformedRecord is raised, before any check, if
+    it is not a fingerprint at all).
     """
     directory = Path(directory)
     expected = None if expected_genesis is None else parse_fingerprint(expected_genesis)

@@ -6,7 +6,6 @@ import json
 import random
 import shutil
 import sqlite3
-import os
 import stat
 import subprocess
 import sys

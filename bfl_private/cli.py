@@ -132,10 +132,12 @@ def _expected_genesis(fingerprint: str | None, option: str) -> str | None:
               help="A signed checkpoint you kept earlier (e.g. `prove` output's checkpoint, or a witness's): the ledger must extend it, so a truncated or forked copy fails.")
 @click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
               help="The genesis fingerprint (sha256:…) you hold from the federation: another genesis fails check 2.")
+@click.option("--save-checkpoint", "save_checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="If every check passes, write the head's signed checkpoint to FILE, to give as --checkpoint next time.")
 @click.option("--chain", "chain_url", default=None, metavar="URL", help="Also check every block is final on the EVM anchor and its ε and balances equal the ledger's.")
 @click.option("--contract", default=None, metavar="ADDRESS", help="The anchor contract (default: the one DIR/chain.json records).")
 def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None, expect_genesis: str | None,
-                   chain_url: str | None, contract: str | None) -> None:
+                   save_checkpoint: Path | None, chain_url: str | None, contract: str | None) -> None:
     """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds.
 
     Reads DIR read-only and writes nothing into it (works on read-only media)."""
@@ -157,6 +159,13 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
         click.echo(json.dumps(report.to_json(), sort_keys=True))
     else:
         report.print(Console())
+    if save_checkpoint is not None and report.ok and report.report.anchor is not None:
+        try:
+            save_checkpoint.write_text(report.report.anchor.head_note, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write --save-checkpoint {save_checkpoint}: {exc}", 2)
+        if not as_json:
+            click.echo(f"Head checkpoint saved to {save_checkpoint}: give it as --checkpoint next time.")
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
 
 

@@ -273,7 +273,7 @@ def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | s
                                                                              entry.author)
     return (f"proof OK: entry {record.entry_index} ({entry.type} by {who}, round "
             f"{entry.round}) is in the log of tree size {record.tree_size} (head "
-            f"{head.size}); its checkpoint is {signed}")
+            f"{head.header.size}); its checkpoint is {signed}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,7 @@ from .blocks import (
     GENESIS_PREV,
     Block,
     BlockHeader,
+    certificate_note,
     note_checkpoint,
     origin_for,
     verify_certificate,
@@ -153,11 +154,14 @@ class LedgerAnchor:
     trusted_size: int | None = None
     """Tree size of the trusted checkpoint the ledger was shown to extend, if one was given."""
     trusted_root: str | None = None
+    head_note: str = ""
+    """The head block's signed checkpoint note (C2SP): keep it, and give it back next time
+    with ``--checkpoint`` to prove the ledger has not been cut off or forked since."""
 
     @classmethod
-    def of(cls, genesis: Entry, head: BlockHeader, *, pinned: bool,
+    def of(cls, genesis: Entry, head: Block, *, pinned: bool,
            trusted: Checkpoint | None) -> LedgerAnchor:
-        """The anchor of a ledger with this genesis entry and head block header."""
+        """The anchor of a ledger with this genesis entry and (certified) head block."""
         by_key, quorum = genesis_validators(genesis)
         names = {VerifyingKey.from_vkey(v["vkey"]).key_id_hex: v["id"]
                  for v in genesis.payload["validators"]}
@@ -167,9 +171,10 @@ class LedgerAnchor:
             genesis_pinned=pinned,
             validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.get)),
             quorum=quorum,
-            head=HeadCheckpoint.of(head),
+            head=HeadCheckpoint.of(head.header),
             trusted_size=None if trusted is None else trusted.size,
             trusted_root=None if trusted is None else trusted.root.hex(),
+            head_note=certificate_note(head.header, head.signatures, by_key),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class LedgerAnchor:
                 "genesis_pinned": self.genesis_pinned,
                 "validators": [v.to_json() for v in self.validators],
                 "quorum": self.quorum, "head": self.head.to_json(),
+                "head_note": self.head_note,
                 "trusted_checkpoint": None if self.trusted_size is None else
                 {"size": self.trusted_size, "root": self.trusted_root}}
 
@@ -189,7 +195,7 @@ class LedgerAnchor:
                    tuple(ValidatorKey.from_json(v) for v in obj["validators"]),
                    int(obj["quorum"]), HeadCheckpoint.from_json(obj["head"]),
                    None if trusted is None else int(trusted["size"]),
-                   None if trusted is None else str(trusted["root"]))
+                   None if trusted is None else str(trusted["root"]), str(obj["head_note"]))
 
     def lines(self) -> list[str]:
         """Human-readable form, one fact per line."""
@@ -650,7 +656,7 @@ def run_checks(
 
 
 def _anchor(audit: _Audit, *, pinned: bool) -> LedgerAnchor:
-    return LedgerAnchor.of(audit.entries[0], audit.blocks[-1].header, pinned=pinned,
+    return LedgerAnchor.of(audit.entries[0], audit.blocks[-1], pinned=pinned,
                            trusted=audit.trusted())
 
 
@@ -661,7 +667,7 @@ def read_anchor(directory: Path | str, *, expected_genesis: str | None = None) -
 
 
 def read_genesis_and_head(directory: Path | str, *, expected_genesis: str | None = None
-                          ) -> tuple[Entry, BlockHeader]:
+                          ) -> tuple[Entry, Block]:
     """The genesis and head of a ledger directory, checked without the full audit.
 
     Entry 0 must be a genesis entry (with the ``expected_genesis`` fingerprint, if given)
@@ -700,7 +706,7 @@ def read_genesis_and_head(directory: Path | str, *, expected_genesis: str | None
         block0 = BlockHeader.from_bytes(bytes(first[1]), where="block 0 header")
         if block0.size != 1 or block0.root != genesis.leaf_hash():
             raise ChainError("block 0's certified root is not the genesis entry alone")
-        return genesis, header
+        return genesis, Block(header, store.cosignatures(last[0]), last[2])
     finally:
         store.close()
 

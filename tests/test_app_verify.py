@@ -93,9 +93,11 @@ def test_expect_genesis(federation: Path, tmp_path: Path) -> None:
 
 
 def test_a_pinned_checkpoint_catches_a_truncated_copy(copy: Path, tmp_path: Path) -> None:
+    note = tmp_path / "head.note"
+    saved = cli("verify", copy, "--save-checkpoint", note)
+    assert saved.exit_code == 0 and "Head checkpoint saved" in saved.output
     with Ledger.open(copy) as ledger:
-        note = tmp_path / "head.note"
-        note.write_text(ledger.checkpoint(), encoding="utf-8")
+        assert note.read_text(encoding="utf-8") == ledger.checkpoint()
         kept_size = ledger.size
     ok = cli("verify", copy, "--json", "--checkpoint", note)
     assert ok.exit_code == 0, ok.output
@@ -104,6 +106,9 @@ def test_a_pinned_checkpoint_catches_a_truncated_copy(copy: Path, tmp_path: Path
     assert data["anchor"]["trusted_checkpoint"]["size"] == kept_size
     truncate_last_block(copy)
     assert cli("verify", copy).exit_code == 0  # alone, a cleanly cut copy looks whole
+    # A failed verification saves nothing.
+    assert cli("verify", copy, "--checkpoint", note, "--save-checkpoint", tmp_path / "x").exit_code == 1
+    assert not (tmp_path / "x").exists()
     cut = cli("verify", copy, "--json", "--checkpoint", note)
     assert cut.exit_code == 1
     failure = json.loads(cut.stdout)["failure"]

@@ -369,6 +369,8 @@ def test_anchor_names_federation_genesis_validators_and_head(pristine) -> None:
     assert anchor.genesis_fingerprint in text and "trusted as received" in text
     assert all(v.key_id in text for v in anchor.validators)
     assert read_anchor(directory) == anchor
+    with Ledger.open(directory) as ledger:
+        assert anchor.head_note == ledger.checkpoint()
 
 
 def test_expected_genesis_pins_the_federation(copy, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import json
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,27 @@ def test_verify_and_check_proof_write_nothing_into_read_only_evidence(copy: Path
     finally:
         for path in paths:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def read_only_mount_available() -> bool:
+    """Whether an unprivileged user namespace may bind-mount a folder read-only here."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
+                           capture_output=True, timeout=30, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not read_only_mount_available(), reason="no unprivileged read-only bind mount (unshare -rm) here")
+def test_verify_on_a_read_only_file_system(copy: Path) -> None:
+    """A real read-only mount, where even root cannot create SQLite's side files: a plain
+    read-only SQLite open fails there with 'unable to open database file'."""
+    command = (f"mount --bind {copy} {copy} && mount -o remount,bind,ro {copy} && "
+               f"{sys.executable} -m bfl_private.cli verify {copy} --json")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["ok"] is True
 
 
 def test_check_proof_names_what_it_proved(federation: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from bfl_private.ledger.store import DATABASE
 from click.testing import CliRunner
 
-from bfl_private.audit import AuditReport, audit
+from bfl_private.audit import AuditReport, FederationSummary, audit
 from bfl_private.cli import main
 from bfl_private.report import render_report
 from bfl_private.runner import RoundOptions, run_command
@@ -106,6 +106,15 @@ def test_the_page_shows_exactly_what_the_audit_established(federation: Path, tmp
         assert r.model_cid in text and (r.new_model_cid is None or r.new_model_cid in text)
     for c in summary.clients:
         assert f"{c.id} {c.epsilon:.4f} {c.budget:g} {c.data_weight} {c.balance}" in text
+
+
+def test_summary_round_trips_through_json(federation: Path) -> None:
+    summary = audit(federation).summary
+    assert FederationSummary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
+    # Its rounds are the contracts' outcomes joined with the entries that made them.
+    for r in summary.rounds:
+        assert set(r.survivors) | set(r.dropouts) | {c for c, _ in r.rejected} == set(r.participants)
+        assert (r.model_cid == r.new_model_cid) == (r.outcome == "accepted")
 
 
 def test_a_failed_audit_still_writes_a_page_with_the_failure_and_no_figures(federation: Path, tmp_path: Path) -> None:

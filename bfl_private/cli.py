@@ -129,7 +129,7 @@ def _expected_genesis(fingerprint: str | None, option: str) -> str | None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="A signed checkpoint you kept earlier (e.g. `prove` output's checkpoint, or a witness's): the ledger must extend it, so a truncated or forked copy fails.")
+              help="A signed checkpoint note you kept earlier (from --save-checkpoint, or a witness's): the ledger must extend it, so a truncated or forked copy fails.")
 @click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
               help="The genesis fingerprint (sha256:…) you hold from the federation: another genesis fails check 2.")
 @click.option("--save-checkpoint", "save_checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
@@ -247,14 +247,17 @@ def check_proof_command(record_file, directory: Path, expect_genesis: str | None
 
     Exit 0: the proof holds; 1: it does not (or DIR's head is not certified by them);
     2: the record is not a proof record (not JSON, a field missing or of the wrong type)."""
+    from .ledger.canonical import check_nesting
     from .ledger.errors import MalformedRecord, VerificationError
     from .ledger.inspect import check_proof, parse_proof_record
 
     expected = _expected_genesis(expect_genesis, "--expect-genesis")
     name = record_file.name
     try:
-        record = parse_proof_record(json.loads(record_file.read()))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        data = record_file.read()
+        check_nesting(data, where=f"{name}: not a JSON proof record")
+        record = parse_proof_record(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         _fail(f"{name}: not a JSON proof record: {type(exc).__name__}: {exc}", 2)
     except MalformedRecord as exc:
         _fail(f"{name}: {exc}", 2)

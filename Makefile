@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Headless Chromium for the HTML report's browser test: @sparticuz/chromium carries the
+# binary in its npm tarball (nothing is downloaded at run time), pinned by the lockfile.
+BROWSER := tests/browser/node_modules/.installed
 
 .PHONY: install demo test bench clean
 
@@ -16,12 +19,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,flower,chain]'
 	touch $(STAMP)
 
+$(BROWSER): tests/browser/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/browser --no-audit --no-fund --silent && touch $(BROWSER); \
+	else echo "npm not found: the report's browser test will skip (CI requires it)"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/bfl-private round --epsilon 1.0
 
 # The unit, integration and deployment tests, the four notebooks at small settings
 # (BFL_NOTEBOOK_SMALL=1) and the benchmarks' quick mode.
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(PY) -m bench.run --quick
 	BFL_NOTEBOOK_SMALL=1 $(PY) -m pytest -q --nbmake tests notebooks
 
@@ -30,4 +38,4 @@ bench: $(STAMP)
 	$(PY) -m bench.report
 
 clean:
-	rm -rf $(VENV) bfl-ledger .pytest_cache
+	rm -rf $(VENV) bfl-ledger .pytest_cache tests/browser/node_modules

@@ -24,13 +24,17 @@ ledger cannot prove is said in the report's notes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .ledger.entries import ATTESTATION, GENESIS, Entry
+from .ledger.contracts import LedgerState
+from .ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
 from .round_checks import (
     PrivacyHistories,
@@ -45,7 +49,22 @@ CANNOT_PROVE = (
     "not that the noise was actually drawn or the clipping applied on the client."),
     ("Quality attestations are the validators' own figures on their private held-out data; "
     "the verifier checks their signatures and the quorum rule, not the figures."),
+    ("Each client's record count (data_weight) is public and self-declared: it weights the "
+     "average and the rewards and enters the privacy accounting as declared; nothing on the "
+     "ledger proves the client holds that many records."),
 )
+HE_KEY_HOLDER = {
+    "paillier": ("Paillier: the federation's key holder (a party apart from the aggregator, "
+                 "whose secret key stays in the coordinator's keys/) can decrypt any single "
+                 "client's submission, which the blob store publishes; the ledger proves "
+                 "the aggregate's decryption (under the key genesis published, whose modulus "
+                 "proof was checked), not that no single update was decrypted."),
+    "ckks": ("CKKS: the federation's key holder (a party apart from the aggregator, whose "
+             "secret key stays in the coordinator's keys/) can decrypt any single client's "
+             "submission, which the blob store publishes; and the sum ciphertext was "
+             "recomputed but its decryption cannot be proven (CKKS has no verifiable "
+             "decryption)."),
+}
 
 
 class AggregateHook(VerifierHook):
@@ -65,9 +84,9 @@ class AggregateHook(VerifierHook):
             return
         assert self.genesis is not None
         check_round_aggregate(view, context.blobs, state=context.state_before, genesis=self.genesis)
-        if view.opened.payload["protocol"] == "ckks":
-            context.note(f"round {view.round}: CKKS — the sum ciphertext was recomputed; its decryption "
-                         "cannot be proven (CKKS has no verifiable decryption)")
+        protocol = view.opened.payload["protocol"]
+        if protocol in HE_KEY_HOLDER:
+            context.note(HE_KEY_HOLDER[protocol], round=view.round)
 
 
 class ModelChainHook(VerifierHook):
@@ -98,10 +117,172 @@ class PrivacyHook(VerifierHook):
         self.histories.check_claims(context.entries)
 
 
-class AuditReport:
-    """The ledger verifier's report plus the federation's summary tables."""
+@dataclass(frozen=True)
+class ClientSummary:
+    """One client at the verified head: cumulative ε against its budget, tokens, weight."""
 
-    def __init__(self, report: VerificationReport, summary: dict[str, Any]) -> None:
+    id: str
+    epsilon: float
+    budget: float
+    balance: int
+    data_weight: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "epsilon": self.epsilon, "budget": self.budget,
+                "balance": self.balance, "data_weight": self.data_weight}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ClientSummary:
+        return cls(str(obj["id"]), float(obj["epsilon"]), float(obj["budget"]),
+                   int(obj["balance"]), int(obj["data_weight"]))
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """One validator's verdict on a round's new model and its quality figure (ppm)."""
+
+    validator: str
+    verdict: str
+    quality_ppm: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"validator": self.validator, "verdict": self.verdict,
+                "quality_ppm": self.quality_ppm}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Attestation:
+        return cls(str(obj["validator"]), str(obj["verdict"]), int(obj["quality_ppm"]))
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """One finished round as the verified log records it."""
+
+    round: int
+    protocol: str
+    outcome: str
+    """``accepted``, ``rejected`` (by the validators) or ``aborted``."""
+    participants: tuple[str, ...]
+    survivors: tuple[str, ...]
+    dropouts: tuple[str, ...]
+    rejected: tuple[tuple[str, str], ...]
+    """(client, reason) of every submission the coordinator refused."""
+    abort: str | None
+    """``stage: reason`` of an aborted round."""
+    epsilon: tuple[tuple[str, float], ...]
+    """(client, cumulative ε after this round) of every client it charged."""
+    attestations: tuple[Attestation, ...]
+    quality_ppm: int | None
+    """The accepted model's quality (median accepting figure); None unless accepted."""
+    base_model_cid: str | None
+    new_model_cid: str | None
+    """The model the round proposed (None when aborted)."""
+    model_cid: str | None
+    """The federation's model after the round (the new one only if accepted)."""
+    minted: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "protocol": self.protocol, "outcome": self.outcome,
+                "participants": list(self.participants), "survivors": list(self.survivors),
+                "dropouts": list(self.dropouts), "rejected": dict(self.rejected),
+                "abort": self.abort, "epsilon": dict(self.epsilon),
+                "attestations": [a.to_json() for a in self.attestations],
+                "quality_ppm": self.quality_ppm, "base_model_cid": self.base_model_cid,
+                "new_model_cid": self.new_model_cid, "model_cid": self.model_cid,
+                "minted": self.minted}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RoundSummary:
+        return cls(int(obj["round"]), str(obj["protocol"]), str(obj["outcome"]),
+                   tuple(obj["participants"]), tuple(obj["survivors"]), tuple(obj["dropouts"]),
+                   tuple(sorted(obj["rejected"].items())), obj["abort"],
+                   tuple(sorted((c, float(e)) for c, e in obj["epsilon"].items())),
+                   tuple(Attestation.from_json(a) for a in obj["attestations"]),
+                   obj["quality_ppm"], obj["base_model_cid"], obj["new_model_cid"],
+                   obj["model_cid"], int(obj["minted"]))
+
+
+@dataclass(frozen=True)
+class FederationSummary:
+    """The federation as the verified log and replayed state show it; built only from a
+    report in which every check passed (:func:`summarise`), never from a second read."""
+
+    initial_model_cid: str | None
+    rounds: tuple[RoundSummary, ...]
+    clients: tuple[ClientSummary, ...]
+    validator_balances: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"initial_model_cid": self.initial_model_cid,
+                "last_round": self.rounds[-1].round if self.rounds else 0,
+                "rounds": [r.to_json() for r in self.rounds],
+                "clients": [c.to_json() for c in self.clients],
+                "validators": dict(self.validator_balances)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> FederationSummary:
+        return cls(obj["initial_model_cid"],
+                   tuple(RoundSummary.from_json(r) for r in obj["rounds"]),
+                   tuple(ClientSummary.from_json(c) for c in obj["clients"]),
+                   tuple(sorted((v, int(b)) for v, b in obj["validators"].items())))
+
+
+def summarise(log: Sequence[Entry], state: LedgerState) -> FederationSummary:
+    """What happened, from the verified entries and the replayed head state: each round's
+    opening, close or abort and attestations, joined with the contracts' outcome, quality,
+    model and minted tokens for it."""
+    outcomes = {r["round"]: r for r in state.rounds()}
+    opened: dict[int, Entry] = {}
+    ended: dict[int, Entry] = {}
+    attested: dict[int, list[Attestation]] = {}
+    initial_model_cid = None
+    for entry in log:
+        if entry.type == GENESIS:
+            initial_model_cid = entry.payload["initial_model_cid"]
+        elif entry.type == ROUND_OPEN:
+            opened[entry.round] = entry
+        elif entry.type in (ROUND_CLOSE, ABORT):
+            ended[entry.round] = entry
+        elif entry.type == ATTESTATION:
+            p = entry.payload
+            attested.setdefault(entry.round, []).append(
+                Attestation(p["validator"], p["verdict"], p["quality_ppm"]))
+    rounds = []
+    for number in sorted(outcomes):
+        outcome, start, end = outcomes[number], opened[number].payload, ended[number]
+        participants = tuple(start["participants"])
+        if end.type == ROUND_CLOSE:
+            close = end.payload
+            survivors, dropouts = tuple(close["survivors"]), tuple(close["dropouts"])
+            rejected, abort, proposed = tuple(sorted(close["rejected"].items())), None, close["new_model_cid"]
+        else:
+            survivors = tuple(end.payload["survivors"])
+            dropouts = tuple(c for c in participants if c not in survivors)
+            rejected, proposed = (), None
+            abort = f"{end.payload['stage']}: {end.payload['reason']}"
+        rounds.append(RoundSummary(
+            round=number, protocol=start["protocol"], outcome=outcome["outcome"],
+            participants=participants, survivors=survivors, dropouts=dropouts,
+            rejected=rejected, abort=abort,
+            epsilon=tuple(sorted((c, float(e)) for c, e in end.payload["cumulative_epsilon"].items())),
+            attestations=tuple(sorted(attested.get(number, ()), key=lambda a: a.validator)),
+            quality_ppm=outcome.get("quality_ppm"), base_model_cid=start["base_model_cid"],
+            new_model_cid=proposed, model_cid=outcome["model_cid"],
+            minted=int(outcome.get("minted", 0))))
+    return FederationSummary(
+        initial_model_cid=initial_model_cid,
+        rounds=tuple(rounds),
+        clients=tuple(ClientSummary(c, float(v["epsilon_spent"]), float(v["epsilon_budget"]),
+                                    int(v["balance"]), int(v["data_weight"]))
+                      for c, v in sorted(state.clients().items())),
+        validator_balances=tuple((v, int(r["balance"])) for v, r in sorted(state.validators().items())),
+    )
+
+
+class AuditReport:
+    """The ledger verifier's report plus, when every check passed, the federation's summary."""
+
+    def __init__(self, report: VerificationReport, summary: FederationSummary | None) -> None:
         self.report = report
         self.summary = summary
 
@@ -110,64 +291,52 @@ class AuditReport:
         return self.report.ok
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.report.to_json(), "summary": self.summary}
+        return {**self.report.to_json(),
+                "summary": None if self.summary is None else self.summary.to_json()}
 
     def print(self, console: Console) -> None:
-        checks = Table(title=f"Verification of {self.report.directory}")
+        anchor = self.report.anchor
+        if anchor is not None:
+            console.print("[bold]Checked against:[/]")
+            for line in anchor.lines():
+                console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        checks = Table(title=escape(f"Verification of {self.report.directory}"))
         for column in ("#", "check", "result", "detail"):
             checks.add_column(column)
         for c in self.report.checks:
             colour = {"passed": "green", "failed": "bold red"}.get(c.status, "dim")
             result = {"passed": "OK", "failed": "FAIL"}.get(c.status, "not run")
-            checks.add_row(str(c.number), c.name, f"[{colour}]{result}[/]", c.detail)
+            checks.add_row(str(c.number), c.name, f"[{colour}]{result}[/]", escape(c.detail))
         console.print(checks)
-        if self.summary.get("clients"):
-            table = Table(title=f"{self.summary['rounds']} rounds, {len(self.summary['clients'])} clients")
+        if self.summary is not None and self.summary.clients:
+            table = Table(title=f"{len(self.summary.rounds)} rounds, {len(self.summary.clients)} clients")
             for column in ("client", "cumulative ε", "budget", "balance"):
                 table.add_column(column)
-            for c in self.summary["clients"]:
-                table.add_row(c["id"], f"{c['epsilon']:.4f}", f"{c['budget']:g}", str(c["balance"]))
+            for c in self.summary.clients:
+                table.add_row(c.id, f"{c.epsilon:.4f}", f"{c.budget:g}", str(c.balance))
             console.print(table)
         console.print("[bold]Cannot be proven from the ledger:[/]")
         for note in self.report.notes:
-            console.print(f"  - {note}", highlight=False)
+            console.print(f"  - {escape(note)}", highlight=False)
         if self.ok:
             console.print("[bold green]VERIFIED[/]: every check passed.")
         else:
-            console.print(f"[bold red]FAILED[/]: {self.report.error}", highlight=False)
-
-
-def _summary(directory: Path, report: VerificationReport) -> dict[str, Any]:
-    """Rounds, clients' ε and balances from the verified head state (empty if it failed early)."""
-    if not report.ok:
-        return {}
-    from .ledger.store import Ledger
-
-    with Ledger.open(directory) as ledger:
-        state = ledger.state
-        attestations = sum(1 for e in ledger.entries() if e.type == ATTESTATION)
-        return {
-            "rounds": state.last_round,
-            "attestations": attestations,
-            "rounds_detail": state.rounds(),
-            "clients": [
-                {"id": c, "epsilon": float(v["epsilon_spent"]), "budget": float(v["epsilon_budget"]),
-                 "balance": int(v["balance"])}
-                for c, v in sorted(state.clients().items())
-            ],
-            "validators": {v: int(r["balance"]) for v, r in sorted(state.validators().items())},
-        }
+            console.print(f"[bold red]FAILED[/]: {escape(str(self.report.error))}", highlight=False)
 
 
 def audit(directory: Path | str, *, trusted_checkpoint: str | None = None,
-          chain_url: str | None = None, contract: str | None = None) -> AuditReport:
+          expected_genesis: str | None = None, chain_url: str | None = None,
+          contract: str | None = None) -> AuditReport:
+    """Every check of ``bfl-private verify`` on ``directory``, read-only (see the module
+    docstring); ``trusted_checkpoint`` and ``expected_genesis`` pin what the auditor holds."""
     directory = Path(directory)
     hooks: list[VerifierHook] = [AggregateHook(), ModelChainHook(), PrivacyHook()]
     if chain_url is not None:
         from .chain_sync import chain_hook  # web3 lives behind this import (chain extra)
 
         hooks.append(chain_hook(directory, chain_url, contract))
-    report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint)
-    for note in CANNOT_PROVE:
-        report.notes.append(note)
-    return AuditReport(report, _summary(directory, report))
+    report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint,
+                        expected_genesis=expected_genesis)
+    report.notes.extend(CANNOT_PROVE)
+    summary = summarise(report.log, report.state) if report.ok and report.state is not None else None
+    return AuditReport(report, summary)

@@ -96,20 +96,61 @@ def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
         return None
 
 
+def _read_checkpoint(path: Path | None) -> str | None:
+    """The signed checkpoint note in ``path``; exits 2 unless it reads as one."""
+    if path is None:
+        return None
+    from .ledger.blocks import note_checkpoint
+    from .ledger.errors import MalformedRecord
+
+    try:
+        note = path.read_text(encoding="utf-8")
+        note_checkpoint(note)
+    except (OSError, UnicodeDecodeError, MalformedRecord) as exc:
+        _fail(f"--checkpoint {path}: not a readable signed checkpoint note: {exc}", 2)
+    return note
+
+
+def _expected_genesis(fingerprint: str | None, option: str) -> str | None:
+    """The fingerprint in the form the verifier compares; exits 2 unless it is one."""
+    if fingerprint is None:
+        return None
+    from .ledger.errors import MalformedRecord
+    from .ledger.verify import parse_fingerprint
+
+    try:
+        return parse_fingerprint(fingerprint)
+    except MalformedRecord as exc:
+        _fail(f"{option}: {exc}", 2)
+    return None
+
+
 @main.command("verify")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="A signed checkpoint note you kept earlier (from --save-checkpoint, or a witness's): the ledger must extend it, so a truncated or forked copy fails.")
+@click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
+              help="The genesis fingerprint (sha256:…) you hold from the federation: another genesis fails check 2.")
+@click.option("--save-checkpoint", "save_checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="If every check passes, write the head's signed checkpoint to FILE, to give as --checkpoint next time.")
 @click.option("--chain", "chain_url", default=None, metavar="URL", help="Also check every block is final on the EVM anchor and its ε and balances equal the ledger's.")
 @click.option("--contract", default=None, metavar="ADDRESS", help="The anchor contract (default: the one DIR/chain.json records).")
-def verify_command(directory: Path, as_json: bool, chain_url: str | None, contract: str | None) -> None:
-    """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds."""
+def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None, expect_genesis: str | None,
+                   save_checkpoint: Path | None, chain_url: str | None, contract: str | None) -> None:
+    """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds.
+
+    Reads DIR read-only and writes nothing into it (works on read-only media)."""
     from .audit import audit
     from .ledger.errors import VerificationError
 
     if contract is not None and chain_url is None:
         _fail("--contract needs --chain URL", 2)
+    trusted = _read_checkpoint(checkpoint_file)
+    expected = _expected_genesis(expect_genesis, "--expect-genesis")
     try:
-        report = audit(directory, chain_url=chain_url, contract=contract)
+        report = audit(directory, trusted_checkpoint=trusted, expected_genesis=expected,
+                       chain_url=chain_url, contract=contract)
     except ImportError as exc:
         _fail(f"--chain needs the chain extra (pip install 'bfl-private[chain]'): {exc}", 2)
     except VerificationError as exc:
@@ -118,7 +159,42 @@ def verify_command(directory: Path, as_json: bool, chain_url: str | None, contra
         click.echo(json.dumps(report.to_json(), sort_keys=True))
     else:
         report.print(Console())
+    if save_checkpoint is not None and report.ok and report.report.anchor is not None:
+        try:
+            save_checkpoint.write_text(report.report.anchor.head_note, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write --save-checkpoint {save_checkpoint}: {exc}", 2)
+        if not as_json:
+            click.echo(f"Head checkpoint saved to {save_checkpoint}: give it as --checkpoint next time.")
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
+
+
+@main.command("report")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True, metavar="FILE",
+              help="The HTML file to write (one self-contained page: no network, no script).")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="As for verify: a signed checkpoint the ledger must extend.")
+@click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
+              help="As for verify: the genesis fingerprint you hold.")
+def report_command(directory: Path, output: Path, checkpoint_file: Path | None, expect_genesis: str | None) -> None:
+    """Run the audit of `verify` and write it as one HTML page: ε per client over the
+    rounds, quality per round, model lineage, rounds, every check, the trust notes.
+
+    Exit 0 if every check passed, 1 if one failed (the page is written either way)."""
+    from .audit import audit
+    from .report import write_report
+
+    trusted = _read_checkpoint(checkpoint_file)
+    expected = _expected_genesis(expect_genesis, "--expect-genesis")
+    result = audit(directory, trusted_checkpoint=trusted, expected_genesis=expected)
+    try:
+        write_report(result, output)
+    except OSError as exc:
+        _fail(f"cannot write -o {output}: {exc}", 2)
+    verdict = "VERIFIED" if result.ok else f"FAILED ({result.report.error})"
+    click.echo(f"{verdict}; report written to {output}")
+    sys.exit(0 if result.ok else EXIT_VERIFICATION_FAILED)
 
 
 @main.command("inspect")
@@ -161,28 +237,36 @@ def prove_command(directory: Path, entry_index: int | None, height: int | None, 
 
 
 @main.command("check-proof")
-@click.argument("record_file", type=click.File("r"))
+@click.argument("record_file", type=click.File("rb"))
 @click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Ledger directory whose genesis names the validators that must have signed the checkpoints.")
-def check_proof_command(record_file, directory: Path) -> None:
-    """Check a proof from `bfl-private prove`: validator quorum on its checkpoints, then the Merkle path."""
-    from .ledger.checkpoint import verify_note
-    from .ledger.errors import VerificationError
-    from .ledger.inspect import check_consistency_record, check_inclusion_record
-    from .ledger.store import Ledger
+@click.option("--expect-genesis", "expect_genesis", default=None, metavar="FINGERPRINT",
+              help="The genesis fingerprint (sha256:…) you hold: a directory with another genesis is refused.")
+def check_proof_command(record_file, directory: Path, expect_genesis: str | None) -> None:
+    """Check a proof from `bfl-private prove` against the validators DIR's genesis names.
 
+    Exit 0: the proof holds; 1: it does not (or DIR's head is not certified by them);
+    2: the record is not a proof record (not JSON, a field missing or of the wrong type)."""
+    from .ledger.canonical import check_nesting
+    from .ledger.errors import MalformedRecord, VerificationError
+    from .ledger.inspect import check_proof, parse_proof_record
+
+    expected = _expected_genesis(expect_genesis, "--expect-genesis")
+    name = record_file.name
     try:
-        record = json.load(record_file)
-        with Ledger.open(directory) as ledger:
-            state = ledger.state
-            validators, quorum = list(state.validator_keys().values()), state.quorum
-        notes = [record[k] for k in ("checkpoint", "old_checkpoint", "new_checkpoint") if k in record]
-        for note in notes:
-            verify_note(note, verifiers=validators, quorum=quorum)
-        (check_inclusion_record if "entry_index" in record else check_consistency_record)(record)
-    except (VerificationError, KeyError, TypeError, ValueError) as exc:
-        _fail(f"proof does not verify: {type(exc).__name__}: {exc}", EXIT_VERIFICATION_FAILED)
-    click.echo("proof OK: checkpoint signed by a validator quorum and the Merkle path leads to its root")
+        data = record_file.read()
+        check_nesting(data, where=f"{name}: not a JSON proof record")
+        record = parse_proof_record(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        _fail(f"{name}: not a JSON proof record: {type(exc).__name__}: {exc}", 2)
+    except MalformedRecord as exc:
+        _fail(f"{name}: {exc}", 2)
+    try:
+        statement = check_proof(record, directory, expected_genesis=expected)
+    except VerificationError as exc:
+        _fail(f"{name}: proof does not verify against {directory}: {type(exc).__name__}: {exc}",
+              EXIT_VERIFICATION_FAILED)
+    click.echo(statement)
 
 
 if __name__ == "__main__":

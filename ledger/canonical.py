@@ -17,6 +17,7 @@ byte against ``rfc8785.dumps``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -26,6 +27,24 @@ import rfc8785
 from .errors import MalformedRecord
 
 _MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects any record may have (ours stay below 10)."""
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_nesting(data: bytes, *, where: str, limit: int = MAX_DEPTH) -> None:
+    """MalformedRecord if the JSON text ``data`` nests arrays and objects deeper than
+    ``limit``, checked before it is parsed: the standard library's C parser recurses once
+    per level, and a file of a million ``[`` exhausts the C stack (a segfault, not an
+    exception) wherever the interpreter's recursion limit has been raised."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return  # the common case, at C speed: too few brackets to nest that deep
+    depth = 0
+    for bracket in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > limit:
+            raise MalformedRecord(f"{where}: JSON nested deeper than {limit} levels")
 
 
 def _utf16_order(key: str) -> bytes:
@@ -138,6 +157,7 @@ def parse_canonical(data: bytes, *, where: str) -> Any:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedRecord(f"{where}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
+    check_nesting(data, where=where)
     try:
         text = data.decode("utf-8")
         value = json.loads(

@@ -1,10 +1,11 @@
 """Inspection of a ledger: what happened (rounds, participants, budgets, balances) and
 portable proofs (an entry's inclusion, two checkpoints' consistency).
 
-Proof records are plain JSON carrying the signed checkpoint notes they refer to, so a
-third party checks them with :func:`check_inclusion_record` /
-:func:`check_consistency_record` (RFC 9162 §2.1.3.2 and §2.1.4.2 via ``merkle.verify_*``)
-and the notes' validator signatures with ``checkpoint.open_note``, without the ledger.
+Proof records are plain JSON carrying the signed checkpoint notes they refer to, read
+back as :class:`InclusionRecord` / :class:`ConsistencyRecord`, so a third party checks
+them with their ``check`` (RFC 9162 §2.1.3.2 and §2.1.4.2 via ``merkle.verify_*``) and
+the notes' validator signatures with ``checkpoint.open_note``, without the ledger;
+:func:`check_proof` does both with the validators a ledger directory's genesis names.
 
 ``python -m bfl_private.ledger.inspect DIR [summary | inclusion INDEX [--height H] |
 consistency OLD_HEIGHT NEW_HEIGHT]``
@@ -15,18 +16,22 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .blocks import note_checkpoint
-from .checkpoint import Checkpoint
+from .blocks import note_checkpoint, origin_for
+from .checkpoint import Checkpoint, verify_note
 from .contracts import PPM, LedgerState
+from .entries import SUBMISSION, Entry
 from .errors import ChainError, MalformedRecord, RootMismatch
+from .identity import VerifyingKey
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
 from .store import Ledger
+from .verify import genesis_fingerprint, genesis_validators, read_genesis_and_head
 
 
 def rounds_table(state: LedgerState) -> Table:
@@ -94,26 +99,137 @@ def inclusion_proof_record(ledger: Ledger, index: int, *, height: int | None = N
     if not entry or index >= block.header.size:
         raise MalformedRecord(f"entry {index} is not in the log as of block {block.height} "
                               f"(size {block.header.size})")
-    return {
-        "entry_index": index,
-        "entry": entry[0].to_bytes().decode("utf-8"),
-        "tree_size": block.header.size,
-        "proof": [h.hex() for h in ledger.inclusion_proof(index, block.header.size)],
-        "checkpoint": ledger.checkpoint(block.height),
-    }
+    return InclusionRecord(
+        entry_index=index,
+        entry=entry[0].to_bytes().decode("utf-8"),
+        tree_size=block.header.size,
+        proof=tuple(ledger.inclusion_proof(index, block.header.size)),
+        checkpoint=ledger.checkpoint(block.height),
+    ).to_json()
 
 
 def consistency_proof_record(ledger: Ledger, old_height: int, new_height: int
                              ) -> dict[str, Any]:
     """Proof that the checkpoint of block ``new_height`` extends that of ``old_height``."""
     old, new = ledger.block(old_height).header, ledger.block(new_height).header
-    return {
-        "old_size": old.size,
-        "new_size": new.size,
-        "proof": [h.hex() for h in ledger.consistency_proof(old.size, new.size)],
-        "old_checkpoint": ledger.checkpoint(old_height),
-        "new_checkpoint": ledger.checkpoint(new_height),
-    }
+    return ConsistencyRecord(
+        old_size=old.size,
+        new_size=new.size,
+        proof=tuple(ledger.consistency_proof(old.size, new.size)),
+        old_checkpoint=ledger.checkpoint(old_height),
+        new_checkpoint=ledger.checkpoint(new_height),
+    ).to_json()
+
+
+def _field(obj: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    value = obj.get(name)
+    if name not in obj:
+        raise MalformedRecord(f"{what}: missing field {name!r}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedRecord(f"{what}: field {name!r} must be {kind.__name__}, "
+                              f"got {type(value).__name__}")
+    if kind is int and value < 0:
+        raise MalformedRecord(f"{what}: field {name!r} must be >= 0, got {value}")
+    return value
+
+
+def _hashes(obj: dict[str, Any], what: str) -> tuple[bytes, ...]:
+    values = _field(obj, "proof", list, what)
+    try:
+        hashes = tuple(bytes.fromhex(v) for v in values)
+    except (TypeError, ValueError):
+        hashes = ()
+    if len(hashes) != len(values) or any(len(h) != 32 for h in hashes):
+        raise MalformedRecord(f"{what}: field 'proof' must be a list of 64-digit hex hashes")
+    return hashes
+
+
+def _note(obj: dict[str, Any], name: str, what: str) -> tuple[str, Checkpoint]:
+    note = _field(obj, name, str, what)
+    try:
+        return note, note_checkpoint(note)
+    except MalformedRecord as exc:
+        raise MalformedRecord(f"{what}: field {name!r} is not a signed checkpoint: {exc}") from None
+
+
+@dataclass(frozen=True)
+class InclusionRecord:
+    """``bfl-private prove --entry``: entry ``entry_index`` is in the tree of ``tree_size``
+    whose signed checkpoint note is ``checkpoint``."""
+
+    entry_index: int
+    entry: str
+    """The entry's canonical JSON, exactly as the log hashed it."""
+    tree_size: int
+    proof: tuple[bytes, ...]
+    checkpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry_index": self.entry_index, "entry": self.entry,
+                "tree_size": self.tree_size, "proof": [h.hex() for h in self.proof],
+                "checkpoint": self.checkpoint}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> InclusionRecord:
+        what = "inclusion proof"
+        if not isinstance(obj, dict):
+            raise MalformedRecord(f"{what}: a JSON object is expected, got {type(obj).__name__}")
+        note, _ = _note(obj, "checkpoint", what)
+        return cls(_field(obj, "entry_index", int, what), _field(obj, "entry", str, what),
+                   _field(obj, "tree_size", int, what), _hashes(obj, what), note)
+
+    def notes(self) -> tuple[str, ...]:
+        return (self.checkpoint,)
+
+    def check(self) -> None:
+        """The Merkle path from the entry leads to the root in the checkpoint; raises if not."""
+        checkpoint = _checkpoint_of(self.checkpoint, self.tree_size, "checkpoint")
+        verify_inclusion(leaf_hash(self.entry.encode("utf-8")), self.entry_index,
+                         self.tree_size, list(self.proof), checkpoint.root)
+
+
+@dataclass(frozen=True)
+class ConsistencyRecord:
+    """``bfl-private prove --consistency``: the tree of ``old_size`` is a prefix of the
+    tree of ``new_size``; both signed checkpoint notes are carried."""
+
+    old_size: int
+    new_size: int
+    proof: tuple[bytes, ...]
+    old_checkpoint: str
+    new_checkpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"old_size": self.old_size, "new_size": self.new_size,
+                "proof": [h.hex() for h in self.proof], "old_checkpoint": self.old_checkpoint,
+                "new_checkpoint": self.new_checkpoint}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ConsistencyRecord:
+        what = "consistency proof"
+        if not isinstance(obj, dict):
+            raise MalformedRecord(f"{what}: a JSON object is expected, got {type(obj).__name__}")
+        old, _ = _note(obj, "old_checkpoint", what)
+        new, _ = _note(obj, "new_checkpoint", what)
+        return cls(_field(obj, "old_size", int, what), _field(obj, "new_size", int, what),
+                   _hashes(obj, what), old, new)
+
+    def notes(self) -> tuple[str, ...]:
+        return (self.old_checkpoint, self.new_checkpoint)
+
+    def check(self) -> None:
+        """The old checkpoint's tree is a prefix of the new one's; raises if not."""
+        old = _checkpoint_of(self.old_checkpoint, self.old_size, "old checkpoint")
+        new = _checkpoint_of(self.new_checkpoint, self.new_size, "new checkpoint")
+        verify_consistency(old.size, new.size, old.root, new.root, list(self.proof))
+
+
+def parse_proof_record(obj: Any) -> InclusionRecord | ConsistencyRecord:
+    """An inclusion record if it has ``entry_index``, else a consistency record;
+    MalformedRecord naming the field that is missing or of the wrong type."""
+    if isinstance(obj, dict) and "entry_index" in obj:
+        return InclusionRecord.from_json(obj)
+    return ConsistencyRecord.from_json(obj)
 
 
 def _checkpoint_of(note: str, size: int, what: str) -> Checkpoint:
@@ -123,26 +239,41 @@ def _checkpoint_of(note: str, size: int, what: str) -> Checkpoint:
     return checkpoint
 
 
-def _hashes(values: Sequence[str], what: str) -> list[bytes]:
-    try:
-        return [bytes.fromhex(v) for v in values]
-    except (TypeError, ValueError):
-        raise MalformedRecord(f"{what} must be a list of hex hashes") from None
+def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | str, *,
+                expected_genesis: str | None = None) -> str:
+    """Check a proof record against the federation in ``directory`` and say what it proved.
 
-
-def check_inclusion_record(record: dict[str, Any]) -> None:
-    """Check an inclusion record against the root in its checkpoint; raise if it fails."""
-    checkpoint = _checkpoint_of(record["checkpoint"], record["tree_size"], "checkpoint")
-    verify_inclusion(leaf_hash(record["entry"].encode("utf-8")), record["entry_index"],
-                     record["tree_size"], _hashes(record["proof"], "proof"), checkpoint.root)
-
-
-def check_consistency_record(record: dict[str, Any]) -> None:
-    """Check a consistency record between the roots of its two checkpoints."""
-    old = _checkpoint_of(record["old_checkpoint"], record["old_size"], "old checkpoint")
-    new = _checkpoint_of(record["new_checkpoint"], record["new_size"], "new checkpoint")
-    verify_consistency(old.size, new.size, old.root, new.root,
-                       _hashes(record["proof"], "proof"))
+    The validators and quorum come from the genesis entry, and the directory's genesis
+    and head block must themselves be certified by them (:func:`read_genesis_and_head`),
+    so an edited stored state or a directory of another federation cannot vouch for a
+    proof. Then every checkpoint of the record must be for this federation's log and
+    signed by a quorum of those validators, and the Merkle path must lead to its root.
+    Raises a VerificationError subclass; returns the one-line success statement.
+    """
+    genesis, head = read_genesis_and_head(directory, expected_genesis=expected_genesis)
+    validators, quorum = genesis_validators(genesis)
+    origin = origin_for(genesis.payload["federation_id"])
+    for note in record.notes():
+        checkpoint = note_checkpoint(note)
+        if checkpoint.origin != origin:
+            raise ChainError(f"the proof's checkpoint is for log {checkpoint.origin!r}, "
+                             f"{directory} is {origin!r}")
+        verify_note(note, verifiers=list(validators.values()), quorum=quorum)
+    record.check()
+    signed = (f"signed by a quorum ({quorum} of {len(validators)}) of the validators named by "
+              f"genesis {genesis_fingerprint(genesis)}")
+    if isinstance(record, ConsistencyRecord):
+        return (f"proof OK: the log of tree size {record.old_size} is a prefix of the log of "
+                f"tree size {record.new_size}; both checkpoints are {signed}")
+    entry = Entry.from_bytes(record.entry.encode("utf-8"), where=f"entry {record.entry_index}")
+    names = {VerifyingKey.from_vkey(m["vkey"]).key_id_hex: m["id"] for m in
+             (genesis.payload["coordinator"], *genesis.payload["clients"],
+              *genesis.payload["validators"])}
+    who = entry.payload["client"] if entry.type == SUBMISSION else names.get(entry.author,
+                                                                             entry.author)
+    return (f"proof OK: entry {record.entry_index} ({entry.type} by {who}, round "
+            f"{entry.round}) is in the log of tree size {record.tree_size} (head "
+            f"{head.header.size}); its checkpoint is {signed}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,9 @@ quorum certificate and writes the block.
 from __future__ import annotations
 
 import copy
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,17 +72,19 @@ class SQLiteStore:
     and the verifier can say exactly what is wrong with it.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path,
+                 snapshot: tempfile.TemporaryDirectory[str] | None = None) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._db = connection
         self.path = path
+        self._snapshot = snapshot
 
     @classmethod
     def create(cls, path: Path) -> SQLiteStore:
         """A new, empty store at ``path``; StorageError if a file is already there."""
         if path.exists():
             raise StorageError(f"{path} already exists; open it instead of creating it")
-        db = cls._connect(path, read_only=False)
+        db = cls._connect(path)
         try:
             db.executescript("BEGIN;" + _SCHEMA
                              + f"INSERT INTO meta VALUES ('format', '{FORMAT}');COMMIT;")
@@ -94,38 +98,76 @@ class SQLiteStore:
         """Open an existing store and check its format marker and tables."""
         if not path.is_file():
             raise StorageError(f"{path}: no ledger database here")
-        db = cls._connect(path, read_only=read_only)
-        store = cls(db, path)
+        snapshot = None
+        if read_only:
+            db, snapshot = cls._connect_read_only(path)
+        else:
+            db = cls._connect(path)
+        store = cls(db, path, snapshot)
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
                                                     "WHERE type = 'table'")}
             fmt = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() \
                 if "meta" in tables else None
         except sqlite3.DatabaseError as exc:
-            db.close()
+            store.close()
             raise StorageError(f"{path}: not a readable SQLite ledger: {exc}") from None
         if not _TABLES <= tables or fmt is None or fmt[0] != FORMAT:
-            db.close()
+            store.close()
             raise StorageError(f"{path}: not a {FORMAT} database (tables {sorted(tables)}, "
                                f"format {fmt and fmt[0]!r})")
         return store
 
     @staticmethod
-    def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    def _connect(path: Path) -> sqlite3.Connection:
+        """The writer's connection: WAL, fsync on every commit."""
         try:
-            if read_only:
-                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                     isolation_level=None)
-            else:
-                db = sqlite3.connect(path, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise StorageError(f"{path}: cannot open SQLite database: {exc}") from None
         return db
 
+    @staticmethod
+    def _connect_read_only(path: Path
+                           ) -> tuple[sqlite3.Connection, tempfile.TemporaryDirectory[str] | None]:
+        """An auditor's connection that writes nothing next to ``path`` (evidence may sit on
+        read-only media).
+
+        A plain ``mode=ro`` connection to a WAL database creates ``-wal`` and ``-shm`` files
+        beside it and fails where it cannot. Without a WAL (every writer closed cleanly, so
+        SQLite folded it into the main file) the file is opened ``immutable``: no side
+        files, no locks. A non-empty ``-wal`` holds committed blocks that are not yet in
+        the main file (a writer is running, or was killed): ``immutable`` would silently
+        ignore them, so both files are copied into a private temporary directory and read
+        there. The WAL is copied first: a checkpoint between the two copies then only
+        means the main file already holds some frames the WAL copy repeats, never that the
+        WAL refers to pages the main copy lacks.
+        """
+        wal = path.with_name(path.name + "-wal")
+        try:
+            if not wal.exists() or wal.stat().st_size == 0:
+                uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+                return sqlite3.connect(uri, uri=True, isolation_level=None), None
+            snapshot = tempfile.TemporaryDirectory(prefix="bfl-ledger-snapshot-")
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{path}: cannot open SQLite database read-only: {exc}") from None
+        try:
+            copy = Path(snapshot.name) / path.name
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            shutil.copyfile(path, copy)
+            return sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True,
+                                   isolation_level=None), snapshot
+        except (sqlite3.Error, OSError) as exc:
+            snapshot.cleanup()
+            raise StorageError(f"{path}: cannot snapshot the database and its WAL for "
+                               f"reading: {exc}") from None
+
     def close(self) -> None:
         self._db.close()
+        if self._snapshot is not None:
+            self._snapshot.cleanup()
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         try:

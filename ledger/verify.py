@@ -19,18 +19,21 @@ verification stops at the first failing check, naming the block and entry::
     8+ semantic hooks            checks the application adds (aggregate recomputation,
                                  epsilon recomputation, model chain), one number each
 
-It reads only the directory (never a private key), opens SQLite read-only, and imports
-neither torch nor ``bfl_private.privacy`` / ``bfl_private.protocols``: what needs their
-maths is added by the application as :class:`VerifierHook` objects.
+It reads only the directory (never a private key), opens SQLite read-only without
+writing anything beside it (``SQLiteStore.open(read_only=True)``), and imports neither
+torch nor ``bfl_private.privacy`` / ``bfl_private.protocols``: what needs their maths is
+added by the application as :class:`VerifierHook` objects. Its command line is the
+application's ``bfl-private verify``, which runs these checks and the hooks together.
 
-``python -m bfl_private.ledger.verify DIR [--json] [--checkpoint NOTE]`` exits 0 only if
-every check passes, 1 if one fails.
+What a run is anchored to is in :class:`LedgerAnchor`: the federation id, the genesis
+fingerprint (:func:`genesis_fingerprint`), the validators' key ids and quorum, and the
+head checkpoint. An auditor pins the genesis (``expected_genesis``) and a checkpoint seen
+earlier (``trusted_checkpoint``); without them the genesis is trusted as received and a
+cleanly truncated copy is indistinguishable from a shorter ledger, which the notes say.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from .blocks import (
     GENESIS_PREV,
     Block,
     BlockHeader,
+    certificate_note,
     note_checkpoint,
     origin_for,
     verify_certificate,
@@ -63,6 +67,162 @@ from .identity import VerifyingKey
 from .merkle import Frontier, consistency_proof, verify_consistency
 from .store import BLOBS, DATABASE, SQLiteStore
 
+FINGERPRINT_PREFIX = "sha256:"
+_FINGERPRINT = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+def genesis_fingerprint(genesis: Entry) -> str:
+    """A federation's identity as an auditor pins it: ``sha256:`` and the hex RFC 9162 leaf
+    hash of the genesis entry, SHA-256(0x00 || its canonical RFC 8785 bytes, signature
+    included). It is also block 0's Merkle root (a tree of one entry), so the validators'
+    certificate of block 0 signs exactly this value."""
+    return FINGERPRINT_PREFIX + genesis.leaf_hash().hex()
+
+
+def parse_fingerprint(text: str) -> str:
+    """A genesis fingerprint as given by a person (with or without ``sha256:``, any case)
+    in the form :func:`genesis_fingerprint` writes; MalformedRecord if it is not one."""
+    match = _FINGERPRINT.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if match is None:
+        raise MalformedRecord(f"a genesis fingerprint is sha256: and 64 hex digits, got {text!r}")
+    return FINGERPRINT_PREFIX + match.group(1)
+
+
+def genesis_validators(genesis: Entry) -> tuple[dict[str, VerifyingKey], int]:
+    """The validators' keys by key id (hex) and the quorum their certificates need, from
+    the genesis entry alone (never from a stored state, which a forger could edit)."""
+    payload = genesis.payload
+    keys = [VerifyingKey.from_vkey(v["vkey"]) for v in payload["validators"]]
+    return {k.key_id_hex: k for k in keys}, max(payload["quorum"], min_quorum(len(keys)))
+
+
+@dataclass(frozen=True)
+class ValidatorKey:
+    """A validator named at genesis: its id and the key id its cosignatures carry."""
+
+    id: str
+    key_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "key_id": self.key_id}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ValidatorKey:
+        return cls(str(obj["id"]), str(obj["key_id"]))
+
+
+@dataclass(frozen=True)
+class HeadCheckpoint:
+    """The head block's signed checkpoint: height, tree size, Merkle root, header hash."""
+
+    height: int
+    size: int
+    root: str
+    """Hex RFC 9162 root of the whole log."""
+    hash: str
+    """Hex SHA-256 of the header (what the next block links to)."""
+    time: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"height": self.height, "size": self.size, "root": self.root,
+                "hash": self.hash, "time": self.time}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> HeadCheckpoint:
+        return cls(int(obj["height"]), int(obj["size"]), str(obj["root"]), str(obj["hash"]),
+                   int(obj["time"]))
+
+    @classmethod
+    def of(cls, header: BlockHeader) -> HeadCheckpoint:
+        return cls(header.height, header.size, header.root.hex(), header.hash().hex(),
+                   header.time)
+
+
+@dataclass(frozen=True)
+class LedgerAnchor:
+    """What a verification was anchored to; print it, so an auditor can compare it with
+    what they hold (a fingerprint from the federation's charter, a checkpoint from a
+    witness) and pin it next time."""
+
+    federation_id: str
+    genesis_fingerprint: str
+    genesis_pinned: bool
+    """True when the caller gave the fingerprint it expected (and it matched)."""
+    validators: tuple[ValidatorKey, ...]
+    quorum: int
+    head: HeadCheckpoint
+    trusted_size: int | None = None
+    """Tree size of the trusted checkpoint the ledger was shown to extend, if one was given."""
+    trusted_root: str | None = None
+    head_note: str = ""
+    """The head block's signed checkpoint note (C2SP): keep it, and give it back next time
+    with ``--checkpoint`` to prove the ledger has not been cut off or forked since."""
+
+    @classmethod
+    def of(cls, genesis: Entry, head: Block, *, pinned: bool,
+           trusted: Checkpoint | None) -> LedgerAnchor:
+        """The anchor of a ledger with this genesis entry and (certified) head block."""
+        by_key, quorum = genesis_validators(genesis)
+        names = {VerifyingKey.from_vkey(v["vkey"]).key_id_hex: v["id"]
+                 for v in genesis.payload["validators"]}
+        return cls(
+            federation_id=genesis.payload["federation_id"],
+            genesis_fingerprint=genesis_fingerprint(genesis),
+            genesis_pinned=pinned,
+            validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.get)),
+            quorum=quorum,
+            head=HeadCheckpoint.of(head.header),
+            trusted_size=None if trusted is None else trusted.size,
+            trusted_root=None if trusted is None else trusted.root.hex(),
+            head_note=certificate_note(head.header, head.signatures, by_key),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"federation_id": self.federation_id,
+                "genesis_fingerprint": self.genesis_fingerprint,
+                "genesis_pinned": self.genesis_pinned,
+                "validators": [v.to_json() for v in self.validators],
+                "quorum": self.quorum, "head": self.head.to_json(),
+                "head_note": self.head_note,
+                "trusted_checkpoint": None if self.trusted_size is None else
+                {"size": self.trusted_size, "root": self.trusted_root}}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LedgerAnchor:
+        trusted = obj["trusted_checkpoint"]
+        return cls(str(obj["federation_id"]), str(obj["genesis_fingerprint"]),
+                   bool(obj["genesis_pinned"]),
+                   tuple(ValidatorKey.from_json(v) for v in obj["validators"]),
+                   int(obj["quorum"]), HeadCheckpoint.from_json(obj["head"]),
+                   None if trusted is None else int(trusted["size"]),
+                   None if trusted is None else str(trusted["root"]), str(obj["head_note"]))
+
+    def lines(self) -> list[str]:
+        """Human-readable form, one fact per line."""
+        pinned = ("pinned: matches --expect-genesis" if self.genesis_pinned
+                  else "trusted as received")
+        lines = [f"federation        {self.federation_id}",
+                 f"genesis           {self.genesis_fingerprint} ({pinned})",
+                 f"validators        quorum {self.quorum} of {len(self.validators)}: "
+                 + ", ".join(f"{v.id} [{v.key_id}]" for v in self.validators),
+                 (f"head checkpoint   block {self.head.height}, tree size {self.head.size}, "
+                  f"root {self.head.root}")]
+        if self.trusted_size is not None:
+            lines.append(f"extends pinned    tree size {self.trusted_size}, root "
+                         f"{self.trusted_root}")
+        return lines
+
+
+def _rounds_text(rounds: Sequence[int]) -> str:
+    """``1-3, 7`` for rounds 1, 2, 3, 7."""
+    spans: list[list[int]] = []
+    for number in sorted(set(rounds)):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
 
 @dataclass(frozen=True)
 class BlockContext:
@@ -73,8 +233,9 @@ class BlockContext:
     state_before: LedgerState
     state_after: LedgerState
     blobs: BlobStore
-    note: Callable[[str], None]
-    """Add a line to the report's notes, e.g. what the ledger cannot prove."""
+    note: Callable[..., None]
+    """``note(text, round=N)``: add a line to the report's notes, e.g. what the ledger
+    cannot prove. One line per distinct text; the rounds it was noted for are listed."""
 
 
 class VerifierHook(ABC):
@@ -118,6 +279,13 @@ class VerificationReport:
     entries: int = 0
     head: dict[str, Any] | None = None
     error: VerificationError | None = None
+    anchor: LedgerAnchor | None = None
+    """What the run was anchored to; None when the checks through 5 did not pass."""
+    state: LedgerState | None = field(default=None, repr=False, compare=False)
+    """The replayed contract state after the head block, once every check passed."""
+    log: tuple[Entry, ...] = field(default=(), repr=False, compare=False)
+    """The verified entries in log order, once every check passed (for summaries built
+    on what was verified, never on a second read of the directory)."""
 
     @property
     def ok(self) -> bool:
@@ -141,6 +309,7 @@ class VerificationReport:
             "blocks": self.blocks,
             "entries": self.entries,
             "head": self.head,
+            "anchor": None if self.anchor is None else self.anchor.to_json(),
             "checks": [vars(c).copy() for c in self.checks],
             "failure": None if failure is None else vars(failure).copy(),
             "notes": list(self.notes),
@@ -149,6 +318,8 @@ class VerificationReport:
     def render(self) -> str:
         """Human-readable form, one line per numbered check."""
         lines = [f"Verifying ledger {self.directory}"]
+        if self.anchor is not None:
+            lines.extend(f"  {line}" for line in self.anchor.lines())
         for c in self.checks:
             label = f"  [{c.number}] {c.name} ".ljust(42, ".")
             if c.status == "passed":
@@ -180,9 +351,11 @@ class _Location:
 class _Audit:
     """State shared by the numbered checks of one verification run."""
 
-    def __init__(self, directory: Path, trusted_checkpoint: str | None) -> None:
+    def __init__(self, directory: Path, trusted_checkpoint: str | None,
+                 expected_genesis: str | None) -> None:
         self.directory = directory
         self.trusted_note = trusted_checkpoint
+        self.expected_genesis = expected_genesis
         self.store: SQLiteStore | None = None
         self.blobs: BlobStore | None = None
         self.blocks: list[Block] = []
@@ -190,12 +363,18 @@ class _Audit:
         self.entries: list[Entry] = []
         self.states: list[LedgerState] = []
         self.keys: dict[str, VerifyingKey] = {}
-        self.notes: list[str] = []
+        self.notes: dict[str, list[int]] = {}
+        """Note text -> the rounds it was noted for (collapsed: one line per text)."""
         self.loc = _Location()
 
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
+    def note(self, text: str, *, round: int | None = None) -> None:
+        rounds = self.notes.setdefault(text, [])
+        if round is not None:
+            rounds.append(round)
+
+    def rendered_notes(self) -> list[str]:
+        return [f"{text} (rounds {_rounds_text(rounds)})" if rounds else text
+                for text, rounds in self.notes.items()]
 
     def trusted(self) -> Checkpoint | None:
         return None if self.trusted_note is None else note_checkpoint(self.trusted_note)
@@ -240,6 +419,13 @@ class _Audit:
         genesis = self.entries[0] if self.entries else None
         if genesis is None or genesis.type != GENESIS:
             raise ChainError("entry 0 is not a genesis entry")
+        if self.expected_genesis is not None:
+            actual = genesis_fingerprint(genesis)
+            if actual != self.expected_genesis:
+                self.loc.entry = 0
+                raise ChainError(f"the genesis fingerprint is {actual}, the expected one "
+                                 f"{self.expected_genesis}: another federation's ledger, or "
+                                 f"its genesis was replaced")
         origin = origin_for(genesis.payload["federation_id"])
         prev, size, time = GENESIS_PREV, 0, 0
         for block in self.blocks:
@@ -325,17 +511,14 @@ class _Audit:
 
     # 5 -------------------------------------------------------------------------------------
     def quorum_certificates(self) -> str:
-        payload = self.entries[0].payload
-        validators = {v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in payload["validators"]}
-        by_id = {k.key_id_hex: k for k in validators.values()}
-        quorum = max(payload["quorum"], min_quorum(len(validators)))
+        by_id, quorum = genesis_validators(self.entries[0])
         for block in self.blocks:
             self.loc.block = block.height
             verify_certificate(block.header, block.signatures, validators=by_id, quorum=quorum)
         self.loc.block = None
         if self.trusted_note is not None:
             verify_note(self.trusted_note, verifiers=list(by_id.values()), quorum=quorum)
-        return f"{len(self.blocks)} certificates, quorum {quorum} of {len(validators)}"
+        return f"{len(self.blocks)} certificates, quorum {quorum} of {len(by_id)}"
 
     # 6 -------------------------------------------------------------------------------------
     def blob_cids(self) -> str:
@@ -410,15 +593,20 @@ def run_checks(
     *,
     hooks: Sequence[VerifierHook] = (),
     trusted_checkpoint: str | None = None,
+    expected_genesis: str | None = None,
 ) -> VerificationReport:
     """Run every check in order and return the report (failures are in it, not raised).
 
     ``trusted_checkpoint`` is a signed checkpoint note obtained earlier (e.g. from a
     witness): the ledger must extend it, which catches truncation and forks that a
-    self-consistent directory alone cannot reveal.
+    self-consistent directory alone cannot reveal. ``expected_genesis`` is the genesis
+    fingerprint (:func:`genesis_fingerprint`) the auditor holds from elsewhere; a ledger
+    with another genesis fails check 2 (MalformedRecord is raised, before any check, if
+    it is not a fingerprint at all).
     """
     directory = Path(directory)
-    audit = _Audit(directory, trusted_checkpoint)
+    expected = None if expected_genesis is None else parse_fingerprint(expected_genesis)
+    audit = _Audit(directory, trusted_checkpoint, expected)
     steps: list[tuple[int, str, Callable[[], str]]] = [
         (number, name, partial(fn, audit)) for number, name, fn in CHECKS
     ]
@@ -443,16 +631,84 @@ def run_checks(
     finally:
         if audit.store is not None:
             audit.store.close()
+    if expected is None:
+        audit.note("The genesis (federation id, members, keys, budgets, settings) is trusted "
+                   "as received: give --expect-genesis FINGERPRINT, obtained from the "
+                   "federation through another channel, to pin it.")
+    if trusted_checkpoint is None:
+        audit.note("Completeness: a copy cut off after some block is itself a valid, shorter "
+                   "ledger; give --checkpoint FILE (a signed checkpoint kept earlier) to "
+                   "prove this one is not shorter than what you saw.")
     if not hooks:
         audit.note("no semantic hooks ran: aggregates, models and epsilon claims were not "
                    "recomputed (the application's audit adds them)")
-    report.notes = audit.notes
+    report.notes = audit.rendered_notes()
     report.blocks, report.entries = len(audit.blocks), len(audit.entries)
     if audit.blocks:
         head = audit.blocks[-1].header
         report.head = {"height": head.height, "size": head.size, "root": head.root.hex(),
                        "hash": head.hash().hex()}
+    if all(c.status == "passed" for c in report.checks[:5]):
+        report.anchor = _anchor(audit, pinned=expected is not None)
+    if report.ok:
+        report.state, report.log = audit.states[-1], tuple(audit.entries)
     return report
+
+
+def _anchor(audit: _Audit, *, pinned: bool) -> LedgerAnchor:
+    return LedgerAnchor.of(audit.entries[0], audit.blocks[-1], pinned=pinned,
+                           trusted=audit.trusted())
+
+
+def read_anchor(directory: Path | str, *, expected_genesis: str | None = None) -> LedgerAnchor:
+    """The :class:`LedgerAnchor` of :func:`read_genesis_and_head`."""
+    genesis, head = read_genesis_and_head(directory, expected_genesis=expected_genesis)
+    return LedgerAnchor.of(genesis, head, pinned=expected_genesis is not None, trusted=None)
+
+
+def read_genesis_and_head(directory: Path | str, *, expected_genesis: str | None = None
+                          ) -> tuple[Entry, Block]:
+    """The genesis and head of a ledger directory, checked without the full audit.
+
+    Entry 0 must be a genesis entry (with the ``expected_genesis`` fingerprint, if given)
+    and the only entry of block 0, and blocks 0 and head must carry quorum certificates
+    of the validators that genesis names: so the head checkpoint is one the federation's
+    validators signed, whatever else the directory's stored state claims. For checking a
+    proof against a directory (``bfl-private check-proof``). Raises a VerificationError
+    subclass; reads read-only and writes nothing.
+    """
+    directory = Path(directory)
+    expected = None if expected_genesis is None else parse_fingerprint(expected_genesis)
+    store = SQLiteStore.open(directory / DATABASE, read_only=True)
+    try:
+        rows = store.entry_rows(0, 1)
+        first, last = store.block_row(0), store.last_block_row()
+        if not rows or first is None or last is None:
+            raise ChainError(f"{directory}: the ledger has no genesis block")
+        genesis = Entry.from_bytes(bytes(rows[0][2]), where="entry 0")
+        if genesis.type != GENESIS:
+            raise ChainError(f"{directory}: entry 0 is a {genesis.type} entry, not genesis")
+        verify_signatures([genesis], genesis_keys(genesis.payload, where="entry 0 (genesis)"),
+                          first_index=0)
+        fingerprint = genesis_fingerprint(genesis)
+        if expected is not None and fingerprint != expected:
+            raise ChainError(f"{directory}: the genesis fingerprint is {fingerprint}, the "
+                             f"expected one {expected}")
+        validators, quorum = genesis_validators(genesis)
+        origin = origin_for(genesis.payload["federation_id"])
+        for height, header_bytes, _, _ in (first, last):
+            header = BlockHeader.from_bytes(bytes(header_bytes), where=f"block {height} header")
+            if header.origin != origin:
+                raise ChainError(f"block {height} has origin {header.origin!r}, the genesis "
+                                 f"names {origin!r}")
+            verify_certificate(header, store.cosignatures(height), validators=validators,
+                               quorum=quorum)
+        block0 = BlockHeader.from_bytes(bytes(first[1]), where="block 0 header")
+        if block0.size != 1 or block0.root != genesis.leaf_hash():
+            raise ChainError("block 0's certified root is not the genesis entry alone")
+        return genesis, Block(header, store.cosignatures(last[0]), last[2])
+    finally:
+        store.close()
 
 
 def verify_ledger(
@@ -460,32 +716,10 @@ def verify_ledger(
     *,
     hooks: Sequence[VerifierHook] = (),
     trusted_checkpoint: str | None = None,
+    expected_genesis: str | None = None,
 ) -> VerificationReport:
     """Like :func:`run_checks`, but raise the first failure's VerificationError subclass."""
-    report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint)
+    report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint,
+                        expected_genesis=expected_genesis)
     report.raise_for_failure()
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bfl_private.ledger.verify DIR [--json] [--checkpoint NOTE]``."""
-    parser = argparse.ArgumentParser(prog="python -m bfl_private.ledger.verify",
-                                     description="Verify a bfl-private ledger directory.")
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="a trusted signed checkpoint note the ledger must extend")
-    args = parser.parse_args(argv)
-    trusted = None
-    if args.checkpoint is not None:
-        try:
-            trusted = args.checkpoint.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            parser.error(f"cannot read checkpoint {args.checkpoint}: {exc}")
-    report = run_checks(args.directory, trusted_checkpoint=trusted)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -64,17 +64,22 @@ def test_round_then_verify_for_each_protocol(tmp_path: Path, protocol: str) -> N
     result = audit(tmp_path / "fed")
     assert result.ok, result.report.render()
     assert [c.number for c in result.report.checks] == list(range(1, 11))
-    notes = " ".join(result.report.notes)
-    assert "noise was actually drawn" in notes
-    assert ("cannot be proven" in notes) == (protocol == "ckks")
-    epsilons = [c["epsilon"] for c in result.summary["clients"]]
+    notes = result.report.notes
+    assert len(notes) == len(set(notes)), "one note per kind"
+    assert "noise was actually drawn" in " ".join(notes) and "self-declared" in " ".join(notes)
+    assert ("cannot be proven (CKKS" in " ".join(notes)) == (protocol == "ckks")
+    # The homomorphic modes name their key holder once, with every round it served.
+    key_holder = [n for n in notes if "key holder" in n]
+    assert len(key_holder) == (protocol in ("paillier", "ckks"))
+    assert all(n.endswith("(rounds 1-2)") for n in key_holder)
+    epsilons = [c.epsilon for c in result.summary.clients]
     assert all(0 < e <= 1.0 + 1e-9 for e in epsilons)
 
 
 def test_continuing_composes_privacy_and_keys_stay_private(copy: Path) -> None:
-    first = {c["id"]: c["epsilon"] for c in audit(copy).summary["clients"]}
+    first = {c.id: c.epsilon for c in audit(copy).summary.clients}
     run(copy, rounds=1)
-    second = {c["id"]: c["epsilon"] for c in audit(copy).summary["clients"]}
+    second = {c.id: c.epsilon for c in audit(copy).summary.clients}
     # Composition is exact and sub-additive: more than before, less than the sum.
     assert all(first[c] < second[c] < first[c] + 1.0 for c in first)
     keys = copy / "keys"
@@ -185,7 +190,7 @@ def test_malicious_client_rejected_in_plain_mode_and_penalised(tmp_path: Path) -
     assert "outside" in reason
     result = audit(tmp_path / "fed")
     assert result.ok
-    balances = {c["id"]: c["balance"] for c in result.summary["clients"]}
+    balances = {c.id: c.balance for c in result.summary.clients}
     assert balances[culprit] == 0  # penalised, never below zero, never rewarded
 
 
@@ -200,7 +205,7 @@ def test_cli_json_and_errors(tmp_path: Path) -> None:
     assert {c["id"] for c in data["clients"]} == {f"hospital-0{i}" for i in range(4)}
     assert all(0 < c["epsilon"] <= 1.0 + 1e-9 for c in data["clients"])
     verify = runner.invoke(main, ["verify", str(directory), "--json"])
-    assert verify.exit_code == 0 and json.loads(verify.stdout)["summary"]["rounds"] == 1
+    assert verify.exit_code == 0 and json.loads(verify.stdout)["summary"]["last_round"] == 1
     for args, message in [
         (["round", "--dir", str(directory)], "give --epsilon"),
         (["round", "--epsilon", "-1", "--dir", str(directory)], "must be > 0"),

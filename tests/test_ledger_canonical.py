@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import rfc8785
-from bfl_private.ledger.canonical import canonical_bytes, parse_canonical
+from bfl_private.ledger.canonical import MAX_DEPTH, canonical_bytes, check_nesting, parse_canonical
 from bfl_private.ledger.errors import MalformedRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,3 +122,34 @@ def test_refusals_match_the_reference_rfc8785_package(value) -> None:
         rfc8785.dumps(value)
     with pytest.raises(MalformedRecord, match="cannot be canonicalised"):
         canonical_bytes(value)
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_deep_nesting_is_refused_before_parsing_even_with_a_high_recursion_limit() -> None:
+    """A million ``[`` would overflow the C stack inside ``json.loads`` (a segfault) once
+    the interpreter's recursion limit is raised, as some libraries do; it is refused first."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10**6)
+    try:
+        for data in (b"[" * 1_000_000, canonical_bytes(nested(MAX_DEPTH + 1))):
+            with pytest.raises(MalformedRecord, match=f"entry 3: JSON nested deeper than {MAX_DEPTH}"):
+                parse_canonical(data, where="entry 3")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert parse_canonical(canonical_bytes(nested(MAX_DEPTH)), where="x") == nested(MAX_DEPTH)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_brackets_inside_strings_do_not_count_as_nesting(value) -> None:
+    """The depth check reads strings as strings: brackets and escaped quotes inside them
+    never make a shallow record look deep."""
+    tricky = {"s": "[" * (MAX_DEPTH + 5) + '\\"{' * (MAX_DEPTH + 5), "v": value}
+    assert parse_canonical(canonical_bytes(tricky), where="x") == tricky
+    check_nesting(json.dumps(tricky, indent=1).encode(), where="x")

@@ -11,13 +11,21 @@ from rich.console import Console
 from bfl_private.ledger.checkpoint import open_note
 from bfl_private.ledger.errors import ConsistencyProofError, InclusionProofError, RootMismatch
 from bfl_private.ledger.inspect import (
-    check_consistency_record,
-    check_inclusion_record,
+    ConsistencyRecord,
+    InclusionRecord,
     consistency_proof_record,
     inclusion_proof_record,
     main,
     print_summary,
 )
+
+
+def check_inclusion_record(obj: dict) -> None:
+    InclusionRecord.from_json(obj).check()
+
+
+def check_consistency_record(obj: dict) -> None:
+    ConsistencyRecord.from_json(obj).check()
 from bfl_private.ledger.store import Ledger
 
 

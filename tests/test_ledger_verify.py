@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -34,7 +35,16 @@ from bfl_private.ledger.errors import (
 )
 from bfl_private.ledger.merkle import Frontier
 from bfl_private.ledger.store import DATABASE, Ledger, SQLiteStore
-from bfl_private.ledger.verify import BlockContext, VerifierHook, run_checks, verify_ledger
+from bfl_private.ledger.verify import (
+    BlockContext,
+    LedgerAnchor,
+    VerifierHook,
+    genesis_fingerprint,
+    parse_fingerprint,
+    read_anchor,
+    run_checks,
+    verify_ledger,
+)
 
 
 @pytest.fixture(scope="module")
@@ -289,33 +299,11 @@ def test_semantic_hooks_run_after_the_core_checks(pristine) -> None:
     assert hook.seen == [0, 1, 2, 3]
     assert [c.number for c in report.checks] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert report.checks[7].name == "model chain (test hook)"
-    assert report.notes == ["noise was drawn as declared cannot be proven from the ledger"]
+    # Collapsed: the hook noted the same text for every block, the report shows it once.
+    assert report.notes[0] == "noise was drawn as declared cannot be proven from the ledger"
+    assert len(report.notes) == len(set(report.notes)) == 3
+    assert "trusted as received" in report.notes[1] and "--checkpoint FILE" in report.notes[2]
     expect_failure(directory, 8, SemanticCheckError, block=2, hooks=[ModelChainHook(2)])
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bfl_private.ledger.verify", *map(str, args)],
-                          check=False, capture_output=True, text=True, timeout=60)
-
-
-def test_command_line_exit_codes_and_json(copy) -> None:
-    directory, federation = copy
-    ok = run_cli(directory)
-    assert ok.returncode == 0 and "Result: OK" in ok.stdout
-    for number in range(1, 8):
-        assert f"[{number}]" in ok.stdout
-    key = federation.validators["validator-0"].public.key_id_hex
-    sql(directory, ("UPDATE cosignatures SET signature = ? WHERE height = 3 AND key_id = ?",
-                    (bytes(64), key)))
-    bad = run_cli(directory, "--json")
-    assert bad.returncode == 1
-    report = json.loads(bad.stdout)
-    assert report["ok"] is False
-    assert report["failure"]["number"] == 5 and report["failure"]["block"] == 3
-    assert report["failure"]["error_type"] == "SignatureError"
-    text = run_cli(directory)
-    assert text.returncode == 1 and "[5] quorum certificates" in text.stdout
-    assert "FAILED at block 3" in text.stdout
 
 
 def test_verifier_imports_no_torch_nor_the_other_layers() -> None:
@@ -324,22 +312,6 @@ def test_verifier_imports_no_torch_nor_the_other_layers() -> None:
             "m.startswith(('bfl_private.privacy', 'bfl_private.protocols'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
-def test_command_line_with_a_trusted_checkpoint(copy, tmp_path: Path) -> None:
-    directory, _ = copy
-    with Ledger.open(directory) as ledger:
-        note = tmp_path / "head.note"
-        note.write_text(ledger.checkpoint(), encoding="utf-8")
-    assert run_cli(directory, "--checkpoint", note).returncode == 0
-    sql(directory, *((f"DELETE FROM {table} WHERE height = 3", ())
-                     for table in ("blocks", "entries", "cosignatures")),
-        ("DELETE FROM nodes WHERE start + width > 19", ()))
-    truncated = run_cli(directory, "--checkpoint", note, "--json")
-    assert truncated.returncode == 1
-    assert json.loads(truncated.stdout)["failure"]["number"] == 2
-    missing = run_cli(directory, "--checkpoint", tmp_path / "absent.note")
-    assert missing.returncode == 2 and "cannot read checkpoint" in missing.stderr
 
 
 def test_random_bit_flips_in_the_database_file(pristine, tmp_path: Path) -> None:
@@ -376,3 +348,111 @@ def test_trusted_checkpoint_of_another_log(pristine) -> None:
     other = Checkpoint("bfl-private/other-fed", head.size, head.root).body()
     note = sign_note(other, list(federation.validators.values()))
     expect_failure(directory, 2, ChainError, match="other-fed", trusted_checkpoint=note)
+
+
+def test_anchor_names_federation_genesis_validators_and_head(pristine) -> None:
+    directory, federation = pristine
+    with Ledger.open(directory) as ledger:
+        genesis, head = ledger.genesis(), ledger.head
+    report = run_checks(directory)
+    anchor = report.anchor
+    assert anchor is not None and anchor.federation_id == "test-fed"
+    # The fingerprint is the leaf hash of the genesis entry, i.e. block 0's Merkle root.
+    assert anchor.genesis_fingerprint == "sha256:" + genesis.leaf_hash().hex()
+    assert [(v.id, v.key_id) for v in anchor.validators] == [
+        (name, v.public.key_id_hex) for name, v in sorted(federation.validators.items())]
+    assert (anchor.quorum, anchor.head.height, anchor.head.size, anchor.head.root) == (
+        3, head.height, head.size, head.root.hex())
+    assert not anchor.genesis_pinned and anchor.trusted_size is None
+    assert LedgerAnchor.from_json(json.loads(json.dumps(anchor.to_json()))) == anchor
+    text = report.render()
+    assert anchor.genesis_fingerprint in text and "trusted as received" in text
+    assert all(v.key_id in text for v in anchor.validators)
+    assert read_anchor(directory) == anchor
+    with Ledger.open(directory) as ledger:
+        assert anchor.head_note == ledger.checkpoint()
+
+
+def test_expected_genesis_pins_the_federation(copy, tmp_path: Path) -> None:
+    directory, _ = copy
+    with Ledger.open(directory) as ledger:
+        fingerprint = genesis_fingerprint(ledger.genesis())
+    pinned = run_checks(directory, expected_genesis=fingerprint.upper().removeprefix("SHA256:"))
+    assert pinned.ok and pinned.anchor.genesis_pinned
+    assert not any("trusted as received" in n for n in pinned.notes)
+    # Another federation with the same shape (fresh keys) is a different genesis.
+    other = tmp_path / "other"
+    build_ledger(other, rounds=1)
+    expect_failure(other, 2, ChainError, entry=0, match="genesis fingerprint",
+                   expected_genesis=fingerprint)
+    with pytest.raises(ChainError, match="genesis fingerprint"):
+        read_anchor(other, expected_genesis=fingerprint)
+    for bad in ("", "sha256:xyz", "ab" * 31, "md5:" + "ab" * 32):
+        with pytest.raises(MalformedRecord, match="genesis fingerprint"):
+            parse_fingerprint(bad)
+
+
+def test_read_anchor_checks_the_head_certificate_against_genesis(copy) -> None:
+    """check-proof's anchor: a head block signed by keys other than genesis's validators,
+    or a stored state naming other validators, does not move it."""
+    directory, federation = copy
+    key = federation.validators["validator-0"].public.key_id_hex
+    sql(directory, ("UPDATE cosignatures SET signature = ? WHERE height = 3 AND key_id = ?",
+                    (bytes(64), key)))
+    with pytest.raises(SignatureError, match="block 3"):
+        read_anchor(directory)
+
+
+def listing(directory: Path) -> list[tuple[str, int, int, bytes]]:
+    """Every path under ``directory`` with its mode, size and content."""
+    return [(str(p.relative_to(directory)), p.stat().st_mode, p.stat().st_size,
+             p.read_bytes() if p.is_file() else b"")
+            for p in sorted(directory.rglob("*"))] + [("", directory.stat().st_mode, 0, b"")]
+
+
+def make_read_only(directory: Path) -> None:
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def make_writable(directory: Path) -> None:
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_verifying_read_only_evidence_writes_nothing(copy) -> None:
+    """No -wal/-shm side files, no lock files, nothing changed: the listing is identical."""
+    directory, _ = copy
+    assert not (directory / (DATABASE + "-wal")).exists()
+    make_read_only(directory)
+    try:
+        before = listing(directory)
+        report = run_checks(directory)
+        assert report.ok, report.render()
+        assert read_anchor(directory) == report.anchor
+        assert listing(directory) == before
+    finally:
+        make_writable(directory)
+
+
+def test_committed_blocks_still_in_the_wal_are_verified_from_a_snapshot(copy, tmp_path: Path) -> None:
+    """A copy taken while a writer was running holds blocks only in ``-wal``: the verifier
+    sees them (ignoring them would verify a truncated ledger), still writing nothing."""
+    directory, federation = copy
+    evidence = tmp_path / "evidence"
+    with Ledger.open(directory) as ledger:
+        federation.run_round(ledger, 4)
+        height = ledger.height
+        shutil.copytree(directory, evidence)  # the writer is still open: blocks in the WAL
+    assert (evidence / (DATABASE + "-wal")).stat().st_size > 0
+    shm = evidence / (DATABASE + "-shm")
+    shm.unlink()  # a copy without the shared-memory file, as on read-only media
+    make_read_only(evidence)
+    try:
+        before = listing(evidence)
+        report = run_checks(evidence)
+        assert report.ok, report.render()
+        assert report.anchor.head.height == height == 4
+        assert listing(evidence) == before
+    finally:
+        make_writable(evidence)

@@ -6,74 +6,243 @@ so ``bfl-private verify`` starts fast and works where torch is missing.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 
 from .settings import PROTOCOLS
 
-EXIT_REFUSED = 3
+# Exit codes (README "Exit codes"): every error at the command line is one line on stderr
+# (or one JSON object on stdout under --json) with one of these.
 EXIT_VERIFICATION_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
 EXIT_CHAIN = 4
+EXIT_ALL_ABORTED = 5
+EXIT_INTERRUPTED = 130
+
+CONSOLE_WIDTH = 120
+"""Tables are laid out this wide when output is not a terminal, whatever COLUMNS says, so
+piped or redirected output is the same everywhere (rich would otherwise fall back to 80)."""
 
 
-def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+def console(*, stderr: bool = False) -> Console:
+    """A console whose layout does not depend on the terminal when piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else CONSOLE_WIDTH)
+
+
+class CliError(Exception):
+    """An error to report in one line with a documented exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+def _report_error(message: str, code: int, *, as_json: bool) -> NoReturn:
+    line = " ".join(message.split())  # one line, whatever the exception text held
+    if as_json:
+        click.echo(json.dumps({"error": line, "exit_code": code}, sort_keys=True))
+    else:
+        click.echo(f"error: {line}", err=True)
     sys.exit(code)
 
 
-@click.group()
+class _Cli(click.Group):
+    """The command group, with one error boundary for every command (and for click's own
+    usage errors, which it would print over three lines with exit 2 or as "Aborted!")."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except CliError as exc:
+            _report_error(str(exc), exc.code, as_json=as_json)
+        except click.ClickException as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            _report_error(exc.format_message() + where, EXIT_USAGE, as_json=as_json)
+        except (click.Abort, KeyboardInterrupt):
+            _report_error("interrupted", EXIT_INTERRUPTED, as_json=as_json)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Callback for ε-like options: click's float type accepts inf and nan."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}", param=param)
+    return value
+
+
+def _genesis_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Options that fix a new federation's genesis (and must agree with it later)."""
+    for decorator in reversed([
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="TOML run configuration (README \"Configuration file\"); flags override it."),
+        click.option("--clients", type=click.IntRange(2, 1000), default=None, help="Clients (at genesis only)."),
+        click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only)."),
+        click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only)."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking)."),
+        click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory."),
+        click.option("--budget", type=float, callback=_finite, default=None, help="Lifetime ε budget per client (at genesis only; default 3.0)."),
+        click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables (errors too)."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+def _check_directory(directory: Path) -> None:
+    """--dir must be (or be creatable as) a writable directory: usage error otherwise."""
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == directory else f" ({probe} is a file)"
+        _fail(f"--dir {directory} is not a directory{where}", EXIT_USAGE)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        _fail(f"--dir {directory}: {probe} is not writable (read-only filesystem or permissions)", EXIT_USAGE)
+
+
+def _load_config(path: Path | None) -> Any:
+    from .config import ConfigError, RunConfig, RunSection, load_config
+
+    if path is None:
+        return RunConfig((), RunSection())
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _round_options(options: dict[str, Any]) -> Any:
+    """RoundOptions from the flags, falling back on the config file's [run] and genesis tables."""
+    from .runner import RoundOptions
+
+    config = _load_config(options.pop("config_file"))
+    run = config.run
+    for name in ("epsilon", "rounds", "protocol", "dropout", "malicious", "skip_exhausted"):
+        if options.get(name) in (None, False) and getattr(run, name) is not None:
+            options[name] = getattr(run, name)
+    if options["epsilon"] is None:
+        _fail("give --epsilon E (or [run] epsilon in --config): the privacy budget (ε) this command "
+              "may spend per client", EXIT_USAGE)
+    _finite(click.get_current_context(), _param("epsilon"), options["epsilon"])
+    return RoundOptions(**{k: v for k, v in options.items() if v is not None}, genesis=config.genesis)
+
+
+def _param(name: str) -> click.Parameter:
+    ctx = click.get_current_context()
+    return next(p for p in ctx.command.params if p.name == name)
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    from .data import DataError
+    from .privacy.errors import PrivacyError
+    from .settings import SettingsError
+
+    return DataError, PrivacyError, SettingsError
+
+
+@click.group(cls=_Cli)
 @click.version_option(package_name="bfl-private")
 def main() -> None:
     """Private, auditable federated learning."""
 
 
-@main.command("round")
-@click.option("--epsilon", type=float, default=None, help="Privacy budget (ε) this command may spend per client.")
-@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
-@click.option("--clients", type=click.IntRange(2, 1000), default=None, help="Clients (at genesis only).")
-@click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only).")
-@click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only).")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking).")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory.")
-@click.option("--budget", type=click.FloatRange(0.0, min_open=True), default=None, help="Lifetime ε budget per client (at genesis only; default 3.0).")
-@click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round.")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Probability that a client vanishes at a random stage.")
-@click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
-@click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
-def round_command(**options: object) -> None:
-    """Run federated rounds; create the federation in --dir first if it is new."""
-    from .runner import RoundOptions, RunRefused, run_command  # torch lives behind this import
+@main.command("init")
+@_genesis_options
+def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
+    """Create a federation in --dir (keys, genesis block) without running a round."""
+    from .config import apply_choices
+    from .coordinator import RunRefused
+    from .dirlock import DirectoryBusy
+    from .runner import create_federation, shortcut_choices
+    from .settings import FederationSettings
 
-    directory: Path = options.pop("directory")  # type: ignore[assignment]
-    as_json: bool = options.pop("as_json")  # type: ignore[assignment]
-    chain_url: str | None = options.pop("chain_url")  # type: ignore[assignment]
-    if options["epsilon"] is None:
-        _fail("give --epsilon E: the privacy budget (ε) this command may spend per client", 2)
-    if not options["epsilon"] > 0:  # type: ignore[operator]
-        _fail(f"--epsilon must be > 0, got {options['epsilon']}", 2)
-    if directory.exists() and not directory.is_dir():
-        _fail(f"--dir {directory} exists and is not a directory", 2)
+    _check_directory(directory)
+    choices = _load_config(config_file).genesis + shortcut_choices(**flags)
     try:
-        report = run_command(directory, RoundOptions(**options), quiet=as_json)  # type: ignore[arg-type]
-    except RunRefused as exc:
+        settings = apply_choices(FederationSettings(), choices)
+        federation = create_federation(directory, settings, model_seed=flags["seed"] or 0)
+    except _run_errors() as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (RunRefused, DirectoryBusy) as exc:
         _fail(str(exc), EXIT_REFUSED)
-    except PermissionError as exc:
-        _fail(f"cannot use --dir {directory}: {exc}", 2)
-    anchored = None if chain_url is None else _sync_chain(directory, chain_url)
+    except OSError as exc:
+        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
+    try:
+        genesis = federation.ledger.genesis().payload
+    finally:
+        federation.close()
+    summary = {"directory": str(directory), "federation_id": genesis["federation_id"],
+               "clients": len(genesis["clients"]), "validators": len(genesis["validators"]),
+               "settings": settings.to_json()}
     if as_json:
-        click.echo(json.dumps({**report.to_json(), **({"chain": anchored} if anchored else {})},
+        click.echo(json.dumps(summary, sort_keys=True))
+    else:
+        click.echo(f"created federation {summary['federation_id']} in {directory}: {summary['clients']} clients, "
+                   f"{summary['validators']} validators, dataset {settings.dataset}, protocol "
+                   f"{settings.protocol.name}, lifetime ε budget {settings.privacy.lifetime_epsilon:g}, "
+                   f"δ {settings.privacy.delta:g}")
+
+
+@main.command("round")
+@click.option("--epsilon", type=float, callback=_finite, default=None, help="Privacy budget (ε) this command may spend per client.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
+@_genesis_options
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=None, help="Probability that a client vanishes at a random stage (default 0).")
+@click.option("--malicious", type=click.IntRange(0, 1000), default=None, help="Clients that submit a garbage update (demo; default 0).")
+@click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
+@click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
+def round_command(directory: Path, as_json: bool, chain_url: str | None, **flags: Any) -> None:
+    """Run federated rounds; create the federation in --dir first if it is new.
+
+    Exits 5 when every round of the command aborted (their spend is recorded)."""
+    from .dirlock import DirectoryBusy
+    from .runner import RunInterrupted, RunRefused, run_command  # torch lives behind this import
+
+    options = _round_options(flags)
+    _check_directory(directory)
+    try:
+        report = run_command(directory, options, quiet=as_json)
+    except _run_errors() as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (RunRefused, DirectoryBusy) as exc:
+        _fail(str(exc), EXIT_REFUSED)
+    except RunInterrupted as exc:
+        _fail(str(exc), EXIT_INTERRUPTED)
+    except OSError as exc:
+        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
+    anchored = None if chain_url is None else _sync_chain(directory, chain_url)
+    aborted = (f"every one of the {len(report.rounds)} round(s) aborted: no model was aggregated "
+               f"(the aborts and the ε they charged are recorded)") if report.all_aborted else None
+    if as_json:
+        click.echo(json.dumps({**report.to_json(), **({"chain": anchored} if anchored else {}),
+                               **({"error": aborted, "exit_code": EXIT_ALL_ABORTED} if aborted else {})},
                               sort_keys=True))
     else:
-        report.print(Console())
+        report.print(console())
         if anchored:
-            Console().print(f"Anchored on chain {anchored['chain_id']}: contract {anchored['contract']}, "
+            console().print(f"Anchored on chain {anchored['chain_id']}: contract {anchored['contract']}, "
                             f"blocks {anchored['anchored']}, rounds settled {anchored['settled']}, "
                             f"gas {anchored['gas']}", highlight=False)
+        if aborted:
+            click.echo(f"error: {aborted}", err=True)
+    if aborted:
+        sys.exit(EXIT_ALL_ABORTED)
 
 
 def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
@@ -131,7 +300,7 @@ def inspect_command(directory: Path) -> None:
 
     try:
         with Ledger.open(directory) as ledger:
-            print_summary(ledger, Console())
+            print_summary(ledger, console())
     except VerificationError as exc:
         _fail(f"{directory}: {exc}", 2)
 

@@ -290,43 +290,114 @@ def verify_command(directory: Path, as_json: bool, chain_url: str | None, contra
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
 
 
+def _open_ledger(directory: Path) -> Any:
+    """The ledger in ``directory``, or a one-line usage error naming it."""
+    from .ledger.errors import VerificationError
+    from .ledger.store import DATABASE, Ledger
+
+    if not (directory / DATABASE).is_file():
+        _fail(f"{directory} holds no federation ledger ({DATABASE})", EXIT_USAGE)
+    try:
+        return Ledger.open(directory)
+    except VerificationError as exc:
+        _fail(f"{directory}: {exc}", EXIT_USAGE)
+
+
+_LEDGER_DIRECTORY = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
 @main.command("inspect")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def inspect_command(directory: Path) -> None:
+@_LEDGER_DIRECTORY
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def inspect_command(directory: Path, as_json: bool) -> None:
     """Print a ledger's rounds, participants, budgets and balances."""
     from .ledger.errors import VerificationError
-    from .ledger.inspect import print_summary
-    from .ledger.store import Ledger
+    from .ledger.inspect import print_summary, summary_record
 
-    try:
-        with Ledger.open(directory) as ledger:
-            print_summary(ledger, console())
-    except VerificationError as exc:
-        _fail(f"{directory}: {exc}", 2)
+    with _open_ledger(directory) as ledger:
+        try:
+            if as_json:
+                click.echo(json.dumps(summary_record(ledger), sort_keys=True))
+            else:
+                print_summary(ledger, console())
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
+
+
+@main.command("log")
+@_LEDGER_DIRECTORY
+@click.option("--round", "round_id", type=click.IntRange(0), default=None, help="Only this round's entries.")
+@click.option("--client", default=None, metavar="ID", help="Only entries signed by this participant (e.g. hospital-03).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def log_command(directory: Path, round_id: int | None, client: str | None, as_json: bool) -> None:
+    """One line per ledger entry: index, block, round, type, author and gist."""
+    from .ledger.inspect import located_entries
+
+    with _open_ledger(directory) as ledger:
+        for located in located_entries(ledger, round_id=round_id, author=client):
+            click.echo(json.dumps(located.to_json(), sort_keys=True) if as_json else located.line())
+
+
+@main.command("show")
+@_LEDGER_DIRECTORY
+@click.argument("entry_index", metavar="ENTRY", type=click.IntRange(0))
+def show_command(directory: Path, entry_index: int) -> None:
+    """Print one ledger entry (as ``log`` numbers them) as JSON, with its block and author."""
+    from .ledger.errors import VerificationError
+    from .ledger.inspect import locate_entry
+
+    with _open_ledger(directory) as ledger:
+        try:
+            located = locate_entry(ledger, entry_index)
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
+    click.echo(json.dumps(located.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
 
 
 @main.command("prove")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_LEDGER_DIRECTORY
 @click.option("--entry", "entry_index", type=click.IntRange(0), default=None, help="Inclusion proof of this log entry.")
+@click.option("--client", default=None, metavar="ID", help="With --round: inclusion proof of this client's submission.")
+@click.option("--round", "round_id", type=click.IntRange(1), default=None, help="With --client: the round of the submission.")
 @click.option("--height", type=click.IntRange(0), default=None, help="Block whose checkpoint the inclusion proof is against (default: head).")
 @click.option("--consistency", nargs=2, type=click.IntRange(0), default=None, metavar="OLD NEW", help="Consistency proof between two blocks' checkpoints.")
-def prove_command(directory: Path, entry_index: int | None, height: int | None, consistency: tuple[int, int] | None) -> None:
+def prove_command(directory: Path, entry_index: int | None, client: str | None, round_id: int | None,
+                  height: int | None, consistency: tuple[int, int] | None) -> None:
     """Print an RFC 9162 inclusion or consistency proof as JSON, with its signed checkpoints."""
     from .ledger.errors import VerificationError
-    from .ledger.inspect import consistency_proof_record, inclusion_proof_record
-    from .ledger.store import Ledger
+    from .ledger.inspect import consistency_proof_record, inclusion_proof_record, submission_index
 
-    if (entry_index is None) == (consistency is None):
-        _fail("give exactly one of --entry INDEX or --consistency OLD NEW", 2)
-    try:
-        with Ledger.open(directory) as ledger:
+    if (client is None) != (round_id is None):
+        _fail("--client and --round go together: the submission of CLIENT in ROUND", EXIT_USAGE)
+    if sum(x is not None for x in (entry_index, client, consistency)) != 1:
+        _fail("give exactly one of --entry INDEX, --client ID --round N, or --consistency OLD NEW", EXIT_USAGE)
+    with _open_ledger(directory) as ledger:
+        try:
+            if client is not None:
+                entry_index = submission_index(ledger, client, round_id)  # type: ignore[arg-type]
             if entry_index is not None:
                 record = inclusion_proof_record(ledger, entry_index, height=height)
             else:
                 record = consistency_proof_record(ledger, *consistency)  # type: ignore[misc]
-    except VerificationError as exc:
-        _fail(f"{directory}: {exc}", 2)
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
     click.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+@main.command("export-model")
+@_LEDGER_DIRECTORY
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write.")
+@click.option("--round", "round_id", type=click.IntRange(0), default=None, help="The model in force after this round (default: the latest; 0: the initial model).")
+def export_model_command(directory: Path, output: Path, round_id: int | None) -> None:
+    """Write a federation's model as safetensors (torch state_dict names; README says how to load it)."""
+    from .export import ExportError, export_model
+
+    try:
+        exported = export_model(directory, output, round_id=round_id)
+    except ExportError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(f"wrote {output}: {exported.model} model after round {exported.round} "
+               f"({exported.n_features} features, {exported.n_classes} classes, model {exported.model_cid})")
 
 
 @main.command("check-proof")

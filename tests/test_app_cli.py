@@ -197,3 +197,104 @@ def test_ctrl_c_says_how_many_rounds_were_committed_and_loses_none(tmp_path: Pat
                      "exit_code": EXIT_INTERRUPTED}
     assert audit(directory).ok
     assert invoke("round", "--epsilon", "1", "--rounds", "1", "--dir", str(directory)).exit_code == 0
+
+
+# --- the researcher's commands on one small federation -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cli") / "fed"
+    result = invoke("round", "--epsilon", "1", "--rounds", "2", *SMALL, "--dir", str(directory), "--json")
+    assert result.exit_code == 0, result.output
+    return directory
+
+
+def test_inspect_json_matches_the_ledger_state(federation: Path) -> None:
+    result = invoke("inspect", str(federation), "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    with Ledger.open(federation) as ledger:
+        state = ledger.state
+        assert (summary["federation_id"], summary["height"], summary["entries"], summary["model_cid"]) == \
+            (state.federation_id, ledger.height, ledger.size, state.model_cid)
+        assert summary["clients"] == state.clients() and summary["rounds"] == state.rounds()
+
+
+def test_log_lists_every_entry_once_and_show_prints_it(federation: Path) -> None:
+    lines = invoke("log", str(federation)).stdout.splitlines()
+    records = [json.loads(line) for line in invoke("log", str(federation), "--json").stdout.splitlines()]
+    with Ledger.open(federation) as ledger:
+        entries = ledger.entries()
+        assert [r["index"] for r in records] == list(range(ledger.size)) == list(range(len(lines)))
+    assert [r["entry"] for r in records] == [json.loads(e.to_bytes()) for e in entries]
+    assert records[0]["author"] == "coordinator" and records[0]["entry"]["type"] == "genesis"
+    submissions = [r for r in records if r["entry"]["type"] == "submission"]
+    assert all(r["author"] == r["entry"]["payload"]["client"] for r in submissions)
+    filtered = invoke("log", str(federation), "--client", "hospital-02", "--round", "2", "--json").stdout
+    (only,) = [json.loads(line) for line in filtered.splitlines()]
+    assert (only["author"], only["entry"]["round"], only["entry"]["type"]) == ("hospital-02", 2, "submission")
+    shown = invoke("show", str(federation), str(only["index"]))
+    assert shown.exit_code == 0 and json.loads(shown.stdout) == only
+    missing = invoke("show", str(federation), "100000")
+    assert missing.exit_code == EXIT_USAGE and "no entry 100000" in one_line_error(missing)
+
+
+def test_prove_finds_a_hospitals_submission_and_check_proof_accepts_it(federation: Path, tmp_path: Path) -> None:
+    result = invoke("prove", str(federation), "--client", "hospital-01", "--round", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    entry = json.loads(record["entry"])
+    assert (entry["type"], entry["round"], entry["payload"]["client"]) == ("submission", 2, "hospital-01")
+    proof = tmp_path / "proof.json"
+    proof.write_text(result.stdout)
+    assert invoke("check-proof", str(proof), "--dir", str(federation)).exit_code == 0
+    for args, message in [(["--client", "hospital-09", "--round", "1"], "no client 'hospital-09'"),
+                          (["--client", "hospital-01", "--round", "9"], "made no submission in round 9"),
+                          (["--client", "hospital-01"], "--client and --round go together"),
+                          (["--entry", "1", "--client", "hospital-01", "--round", "1"], "give exactly one of")]:
+        bad = invoke("prove", str(federation), *args)
+        assert bad.exit_code == EXIT_USAGE and message in one_line_error(bad), (args, bad.stderr)
+
+
+def test_export_model_loads_in_torch_and_predicts_like_the_ledgers_model(federation: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from bfl_private.artifacts import get_model
+    from bfl_private.models import build_model, load_flat
+
+    for round_args, round_id in [([], None), (["--round", "1"], 1), (["--round", "0"], 0)]:
+        output = tmp_path / f"model-{round_id}.safetensors"
+        result = invoke("export-model", str(federation), "-o", str(output), *round_args)
+        assert result.exit_code == 0, result.output
+        with Ledger.open(federation) as ledger:
+            state = ledger.state
+            cid = {None: state.model_cid, 0: ledger.genesis().payload["initial_model_cid"],
+                   1: state.rounds()[0]["model_cid"]}[round_id]
+            reference = build_model("logreg", 30, 2)
+            load_flat(reference, get_model(ledger.blobs, cid))
+        with safe_open(str(output), "pt") as handle:
+            metadata = handle.metadata()
+        assert metadata["model_cid"] == cid and metadata["model"] == "logreg"
+        # What the README says: build the model, load_state_dict, standardise with the metadata.
+        model = build_model(metadata["model"], int(metadata["n_features"]), int(metadata["n_classes"]))
+        model.load_state_dict(load_file(str(output)))
+        x = torch.from_numpy(np.random.default_rng(0).normal(size=(16, 30)).astype(np.float32))
+        assert torch.equal(model(x), reference(x))
+    bad = invoke("export-model", str(federation), "-o", str(tmp_path / "x"), "--round", "7")
+    assert bad.exit_code == EXIT_USAGE and "no round 7" in one_line_error(bad)
+
+
+def test_piped_output_does_not_depend_on_the_terminal_width(federation: Path) -> None:
+    outputs = {
+        columns: subprocess.run([sys.executable, "-m", "bfl_private.cli", "inspect", str(federation)],
+                                capture_output=True, text=True, env={**os.environ, "COLUMNS": columns},
+                                check=True).stdout
+        for columns in ("40", "300")
+    }
+    assert outputs["40"] == outputs["300"]
+    with Ledger.open(federation) as ledger:
+        assert ledger.state.model_cid in outputs["40"]  # not truncated with an ellipsis

@@ -72,7 +72,8 @@ class _Cli(click.Group):
         except CliError as exc:
             _report_error(str(exc), exc.code, as_json=as_json)
         except click.ClickException as exc:
-            where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            ctx: click.Context | None = getattr(exc, "ctx", None)  # usage errors carry the command
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
             _report_error(exc.format_message() + where, EXIT_USAGE, as_json=as_json)
         except (click.Abort, KeyboardInterrupt):
             _report_error("interrupted", EXIT_INTERRUPTED, as_json=as_json)

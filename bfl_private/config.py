@@ -25,6 +25,7 @@ from typing import Any
 import tomllib
 
 from .settings import (
+    CsvSource,
     FederationSettings,
     PrivacySettings,
     ProtocolSettings,
@@ -80,6 +81,10 @@ def _typed(value: Any, expected: str, name: str, where: str) -> Any:
     """``value`` as the field's type (a TOML integer widens to float); ConfigError otherwise."""
     if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if expected == "tuple[str, ...]":
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{where}: {name} = {value!r} is not a list of strings")
+        return tuple(value)
     python_type = {"bool": bool, "int": int, "float": float, "str": str}.get(expected)
     if python_type is None or type(value) is not python_type:
         raise ConfigError(f"{where}: {name} = {value!r} is not of type {expected}")
@@ -97,12 +102,15 @@ def load_config(path: Path) -> RunConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     sections = {
-        "federation": {k: v for k, v in _field_types(FederationSettings).items() if k not in NESTED},
+        "federation": {k: v for k, v in _field_types(FederationSettings).items()
+                       if k not in NESTED and k not in ("csv", "csv_description")},
         **{name: _field_types(cls) for name, cls in NESTED.items()},
         "run": _field_types(RunSection),
+        "csv": _field_types(CsvSource),
     }
     genesis: list[GenesisChoice] = []
     run: dict[str, Any] = {}
+    csv_fields: dict[str, Any] = {}
     for table, values in document.items():
         if table not in sections:
             raise ConfigError(f"config {path}: unknown table [{table}]; use {', '.join(f'[{s}]' for s in sections)}")
@@ -115,33 +123,69 @@ def load_config(path: Path) -> RunConfig:
             value = _typed(value, sections[table][key], key, where)
             if table == "run":
                 run[key] = value
+            elif table == "csv":
+                csv_fields[key] = value
             else:
                 dotted = key if table == "federation" else f"{table}.{key}"
                 genesis.append(GenesisChoice(dotted, value, f"{path} [{table}] {key}"))
+    if csv_fields:
+        source = _csv_source(csv_fields, Path(path))
+        asked = {c.field for c in genesis}
+        implied = [("csv", source), ("dataset", "csv")]
+        if source.hospitals:  # with a split column, the count is only known from the data
+            implied.append(("n_clients", len(source.hospitals)))
+        genesis.extend(GenesisChoice(f, v, f"{path} [csv]") for f, v in implied if f not in asked)
     return RunConfig(tuple(genesis), RunSection(**run))
+
+
+def _csv_source(fields: dict[str, Any], config: Path) -> CsvSource:
+    """The [csv] table, its paths made absolute against the config file's directory."""
+    base = config.resolve().parent
+
+    def resolve(value: str) -> str:
+        return str((base / value).resolve())
+
+    for name in ("hospitals", "file", "public"):
+        if name in fields:
+            fields[name] = tuple(map(resolve, fields[name])) if name == "hospitals" else resolve(fields[name])
+    try:
+        return CsvSource(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"config {config} [csv]: {exc}") from None
+    except SettingsError as exc:
+        raise ConfigError(f"config {config} [csv]: {exc}") from None
+
+
+def apply_choices(base: FederationSettings, choices: tuple[GenesisChoice, ...]) -> FederationSettings:
+    """``base`` with every choice applied at once (the settings' invariants hold between
+    fields, e.g. ``dataset = "csv"`` with a ``csv`` table); SettingsError names where the
+    offending values were asked for. A later choice of the same field wins."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for choice in choices:
+        head, _, rest = choice.field.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = choice.value
+        else:
+            top[head] = choice.value
+
+    def asked(heads: set[str]) -> str:
+        return ", ".join(dict.fromkeys(c.source for c in choices if c.field.partition(".")[0] in heads))
+
+    for head, fields in nested.items():
+        try:
+            top[head] = dataclasses.replace(getattr(base, head), **fields)
+        except SettingsError as exc:
+            raise SettingsError(f"{asked({head})}: {exc}") from None
+    try:
+        return dataclasses.replace(base, **top)
+    except SettingsError as exc:
+        raise SettingsError(f"{asked(set(top) - set(nested))}: {exc}") from None
 
 
 def _get(settings: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         settings = getattr(settings, part)
-    return settings
-
-
-def _replace(settings: Any, dotted: str, value: Any) -> Any:
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return dataclasses.replace(settings, **{head: value})
-    return dataclasses.replace(settings, **{head: _replace(getattr(settings, head), rest, value)})
-
-
-def apply_choices(base: FederationSettings, choices: tuple[GenesisChoice, ...]) -> FederationSettings:
-    """``base`` with every choice applied; SettingsError names the choice that is invalid."""
-    settings = base
-    for choice in choices:
-        try:
-            settings = _replace(settings, choice.field, choice.value)
-        except SettingsError as exc:
-            raise SettingsError(f"{choice.source} = {choice.value!r}: {exc}") from None
     return settings
 
 

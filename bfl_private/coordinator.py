@@ -8,6 +8,7 @@ stay in ``keys/`` (see :mod:`bfl_private.keyring`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import shutil
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import get_model, put_aggregate, put_model
-from .data import FederatedDataset, federation_data
+from .csvdata import check_unchanged, load_csv
+from .csvdata import commitments as csv_commitments
+from .data import DataError, FederatedDataset, federation_data
 from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
 from .keyring import Keyring
 from .ledger.contracts import min_quorum
@@ -39,6 +42,8 @@ from .settings import FederationSettings
 from .validator import Validator
 
 COORDINATOR = "coordinator"
+CSV_COMMITMENT_KEY = "csv-commitment-key"
+"""Keyring name of the secret under which genesis commits to the private CSV files."""
 
 
 class RunRefused(RuntimeError):
@@ -81,6 +86,9 @@ def checked_data(settings: FederationSettings) -> FederatedDataset:
     """The federation's data split, refused (DataError, PrivacyError) where genesis would be
     invalid: too few records for the clients, or δ not below 1/n for some client."""
     data = federation_data(settings)
+    if len(data.clients) != settings.n_clients:
+        raise DataError(f"the CSV data gives {len(data.clients)} hospitals, but n_clients is {settings.n_clients}: "
+                        f"set n_clients = {len(data.clients)} in [federation] or with --clients")
     for client in data.clients:
         validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
     return data
@@ -175,6 +183,13 @@ class Federation:
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
         data = checked_data(settings)
         keys = Keyring(directory)
+        if settings.csv is not None:
+            # Genesis commits to the private files under a key only this directory holds.
+            key = secrets.token_bytes(32)
+            keys.store(CSV_COMMITMENT_KEY, key)
+            described = load_csv(settings.csv, seed=settings.data_seed, n_validators=settings.n_validators)
+            settings = dataclasses.replace(settings, csv_description=dataclasses.replace(
+                described.description, commitments=csv_commitments(settings.csv, key)))
         coordinator = keys.new_identity(COORDINATOR)
         clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
         validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
@@ -207,8 +222,16 @@ class Federation:
     @classmethod
     def open(cls, directory: Path) -> Federation:
         ledger = Ledger.open(directory)
-        settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
-        return cls(Path(directory), ledger, settings)
+        try:
+            settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
+            if settings.csv is not None and settings.csv_description is not None:
+                check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
+                                n_validators=settings.n_validators,
+                                key=Keyring(directory).load(CSV_COMMITMENT_KEY))
+            return cls(Path(directory), ledger, settings)
+        except BaseException:
+            ledger.close()
+            raise
 
     def close(self) -> None:
         self.ledger.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def _read(path_text: str) -> _Table:
         raise DataError(f"cannot read CSV {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"CSV {path} is not UTF-8 text: {exc}") from None
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))  # quoted fields may hold newlines
     try:
         header = tuple(next(reader))
     except StopIteration:
@@ -77,16 +78,19 @@ def _read(path_text: str) -> _Table:
     if len(set(header)) != len(header) or "" in header:
         raise DataError(f"CSV {path}:1: column names must be non-empty and distinct, got {list(header)}")
     rows = []
-    try:
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"CSV {path}:{line}: {len(row)} fields, the header has {len(header)}")
-            rows.append((line, dict(zip(header, row))))
-    except csv.Error as exc:
-        raise DataError(f"CSV {path}:{reader.line_num}: {exc}") from None
+    while True:
+        line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(f"CSV {path}:{line}: {exc}") from None
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(f"CSV {path}:{line}: {len(row)} fields, the header has {len(header)}")
+        rows.append((line, dict(zip(header, row))))
     return _Table(path, header, rows, raw)
 
 
@@ -128,16 +132,22 @@ def _class_order(values: set[str]) -> tuple[str, ...]:
 
 
 def _require_columns(table: _Table, columns: Sequence[str], what: str) -> None:
+    """``table`` has exactly ``columns`` (in any order): a column the public sample lacks
+    would otherwise be dropped without a word."""
     missing = [c for c in columns if c not in table.header]
     if missing:
         raise DataError(f"CSV {table.path}: no {what} column {', '.join(map(repr, missing))}; "
                         f"columns are {list(table.header)}")
+    extra = [c for c in table.header if c not in columns]
+    if extra:
+        raise DataError(f"CSV {table.path}: column(s) {', '.join(map(repr, extra))} are not in the public sample")
 
 
 def load_csv(source: CsvSource, *, seed: int, n_validators: int) -> LoadedCsv:
     """Read, check and split the files ``source`` names (deterministic for ``seed``)."""
     public = _read(source.public)
-    _require_columns(public, [source.label], "label")
+    if source.label not in public.header:
+        raise DataError(f"CSV {public.path}: no label column {source.label!r}; columns are {list(public.header)}")
     features = tuple(c for c in public.header if c not in (source.label, source.split_column))
     if not features:
         raise DataError(f"CSV {public.path}: no feature columns besides the label {source.label!r}")

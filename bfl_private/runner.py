@@ -145,7 +145,9 @@ def preflight(settings: FederationSettings, options: RoundOptions) -> None:
 
 def create_federation(directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
     """Make ``directory`` (and its parents) and write the federation's genesis under its
-    writer lock; RunRefused if a federation or anything else is already there."""
+    writer lock; RunRefused if a federation or anything else is already there. The data
+    and δ are checked first, so a refusal leaves no directory behind."""
+    checked_data(settings)
     directory.mkdir(parents=True, exist_ok=True)
     with exclusive_writer(directory):
         if Federation.exists(directory):

@@ -94,6 +94,9 @@ def test_init_creates_with_genesis_options_and_round_continues(tmp_path: Path) -
     settings = genesis["settings"]
     assert (settings["n_clients"], settings["privacy"]["lifetime_epsilon"], settings["data_seed"],
             settings["protocol"]["name"]) == (3, 7.0, 4, "plain")
+    refused = invoke("init", "--dir", str(tmp_path / "big" / "fed"), "--clients", "1000")
+    assert refused.exit_code == EXIT_USAGE and "at most 38 clients" in one_line_error(refused)
+    assert not (tmp_path / "big").exists()
     again = invoke("init", "--dir", str(directory))
     assert again.exit_code == EXIT_REFUSED and "already holds a federation" in one_line_error(again)
     conflict = invoke("round", "--epsilon", "1", "--dir", str(directory), "--budget", "8")

@@ -131,6 +131,8 @@ def test_a_changed_hospital_file_is_refused_and_nothing_is_written(data_dir: Pat
     (lambda rows: rows[3].pop(), "hospital-0.csv:4: 30 fields, the header has 31"),
     (lambda rows: rows.__delitem__(slice(9, None)), "hospital-0.csv: 8 records; each hospital needs at least 10"),
     (lambda rows: rows[0].__setitem__(30, "label"), "hospital-0.csv: no feature or label column 'diagnosis'"),
+    (lambda rows: [row.append("x") for row in rows], "hospital-0.csv: column(s) 'x' are not in the public sample"),
+    (lambda rows: rows[3].__setitem__(0, "1\n2"), "hospital-0.csv:4: column 'mean_radius' is '1\\n2'"),
 ])
 def test_bad_rows_are_named_by_file_line_and_column(data_dir: Path, tmp_path: Path, edit, message: str) -> None:
     import shutil

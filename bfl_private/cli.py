@@ -11,12 +11,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
 
 from .settings import PROTOCOLS
+
+if TYPE_CHECKING:  # the runner imports torch: commands import it when they run
+    from .config import RunConfig
+    from .runner import RoundOptions
 
 # Exit codes (README "Exit codes"): every error at the command line is one line on stderr
 # (or one JSON object on stdout under --json) with one of these.
@@ -87,8 +91,9 @@ def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) ->
     return value
 
 
-def _genesis_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Options that fix a new federation's genesis (and must agree with it later)."""
+def _federation_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Options of the commands that create or run a federation: --dir, --config, --json, and
+    the flags that fix a new federation's genesis (and must agree with it later)."""
     for decorator in reversed([
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="TOML run configuration (README \"Configuration file\"); flags override it."),
@@ -117,7 +122,7 @@ def _check_directory(directory: Path) -> None:
         _fail(f"--dir {directory}: {probe} is not writable (read-only filesystem or permissions)", EXIT_USAGE)
 
 
-def _load_config(path: Path | None) -> Any:
+def _load_config(path: Path | None) -> RunConfig:
     from .config import ConfigError, RunConfig, RunSection, load_config
 
     if path is None:
@@ -128,7 +133,7 @@ def _load_config(path: Path | None) -> Any:
         _fail(str(exc), EXIT_USAGE)
 
 
-def _round_options(options: dict[str, Any]) -> Any:
+def _round_options(options: dict[str, Any]) -> RoundOptions:
     """RoundOptions from the flags, falling back on the config file's [run] and genesis tables."""
     from .runner import RoundOptions
 
@@ -157,14 +162,14 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     return DataError, PrivacyError, SettingsError
 
 
-@click.group(cls=_Cli)
+@click.group(cls=_Cli, context_settings={"terminal_width": None if sys.stdout.isatty() else CONSOLE_WIDTH})
 @click.version_option(package_name="bfl-private")
 def main() -> None:
     """Private, auditable federated learning."""
 
 
 @main.command("init")
-@_genesis_options
+@_federation_options
 def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
     """Create a federation in --dir (keys, genesis block) without running a round."""
     from .config import apply_choices
@@ -203,7 +208,7 @@ def init_command(directory: Path, as_json: bool, config_file: Path | None, **fla
 @main.command("round")
 @click.option("--epsilon", type=float, callback=_finite, default=None, help="Privacy budget (ε) this command may spend per client.")
 @click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
-@_genesis_options
+@_federation_options
 @click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=None, help="Probability that a client vanishes at a random stage (default 0).")
 @click.option("--malicious", type=click.IntRange(0, 1000), default=None, help="Clients that submit a garbage update (demo; default 0).")
 @click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")

@@ -57,6 +57,10 @@ class RoundOptions:
         return self.genesis + shortcut_choices(dataset=self.dataset, clients=self.clients, model=self.model,
                                                seed=self.seed, budget=self.budget, protocol=self.protocol)
 
+    def new_federation_settings(self) -> FederationSettings:
+        """The settings a new federation gets: the defaults with every choice applied."""
+        return apply_choices(FederationSettings(), self.genesis_choices())
+
 
 def shortcut_choices(*, dataset: str | None = None, clients: int | None = None, model: str | None = None,
                      seed: int | None = None, budget: float | None = None,
@@ -173,15 +177,13 @@ def run_command(directory: Path, options: RoundOptions, *, quiet: bool = False) 
     """
     directory = Path(directory)
     if not Federation.exists(directory):
-        settings = apply_choices(FederationSettings(), options.genesis_choices())
-        preflight(settings, options)
+        preflight(options.new_federation_settings(), options)
         directory.mkdir(parents=True, exist_ok=True)
     with exclusive_writer(directory):
         # Checked again under the lock: another command may have created it meanwhile.
         created = not Federation.exists(directory)
         if created:
-            federation = Federation.create(directory, apply_choices(FederationSettings(), options.genesis_choices()),
-                                           model_seed=options.seed or 0)
+            federation = Federation.create(directory, options.new_federation_settings(), model_seed=options.seed or 0)
         else:
             federation = Federation.open(directory)
         last_round = federation.ledger.state.last_round

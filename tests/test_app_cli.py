@@ -153,7 +153,7 @@ def test_config_file_sets_genesis_and_run(tmp_path: Path) -> None:
     ("[privacy]\ndelta = 'small'\n", "[privacy]: delta = 'small' is not of type float"),
     ("[privacy]\ndelta = inf\n", "is not a finite number"),
     ("[privacy]\ndelta = 2.0\n", "delta must be a number in (0, 1), got 2.0"),
-    ("[privacy]\nsample_rate = 0\n", "[privacy] sample_rate = 0.0: PrivacySettings.sample_rate must be a positive"),
+    ("[privacy]\nsample_rate = 0\n", "[privacy] sample_rate: PrivacySettings.sample_rate must be a positive number, got 0.0"),
     ("[privacy]\ndleta = 1e-6\n", "unknown key 'dleta'"),
     ("[privcy]\ndelta = 1e-6\n", "unknown table [privcy]"),
     ("privacy = 3\n", "privacy must be a table"),

@@ -9,7 +9,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -154,12 +155,33 @@ def _param(name: str) -> click.Parameter:
     return next(p for p in ctx.command.params if p.name == name)
 
 
-def _run_errors() -> tuple[type[BaseException], ...]:
+@contextmanager
+def _federation_errors(directory: Path) -> Iterator[None]:
+    """What creating, opening or running a federation can raise, as one-line errors."""
+    from .coordinator import RunRefused
     from .data import DataError
+    from .dirlock import DirectoryBusy
+    from .keyring import KeyringError
+    from .ledger.errors import VerificationError
     from .privacy.errors import PrivacyError
+    from .runner import RunInterrupted
     from .settings import SettingsError
 
-    return DataError, PrivacyError, SettingsError
+    try:
+        yield
+    except (DataError, PrivacyError, SettingsError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except KeyringError as exc:
+        _fail(f"{directory}: {exc}", EXIT_USAGE)
+    except (RunRefused, DirectoryBusy) as exc:
+        _fail(str(exc), EXIT_REFUSED)
+    except RunInterrupted as exc:
+        _fail(str(exc), EXIT_INTERRUPTED)
+    except VerificationError as exc:
+        _fail(f"{directory}: the ledger does not check out ({type(exc).__name__}: {exc}); nothing was run "
+              f"(bfl-private verify {directory} tells more)", EXIT_VERIFICATION_FAILED)
+    except OSError as exc:
+        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
 
 
 @click.group(cls=_Cli, context_settings={"terminal_width": None if sys.stdout.isatty() else CONSOLE_WIDTH})
@@ -173,22 +195,14 @@ def main() -> None:
 def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
     """Create a federation in --dir (keys, genesis block) without running a round."""
     from .config import apply_choices
-    from .coordinator import RunRefused
-    from .dirlock import DirectoryBusy
     from .runner import create_federation, shortcut_choices
     from .settings import FederationSettings
 
     _check_directory(directory)
     choices = _load_config(config_file).genesis + shortcut_choices(**flags)
-    try:
+    with _federation_errors(directory):
         settings = apply_choices(FederationSettings(), choices)
         federation = create_federation(directory, settings, model_seed=flags["seed"] or 0)
-    except _run_errors() as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except (RunRefused, DirectoryBusy) as exc:
-        _fail(str(exc), EXIT_REFUSED)
-    except OSError as exc:
-        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
     try:
         genesis = federation.ledger.genesis().payload
     finally:
@@ -217,21 +231,12 @@ def round_command(directory: Path, as_json: bool, chain_url: str | None, **flags
     """Run federated rounds; create the federation in --dir first if it is new.
 
     Exits 5 when every round of the command aborted (their spend is recorded)."""
-    from .dirlock import DirectoryBusy
-    from .runner import RunInterrupted, RunRefused, run_command  # torch lives behind this import
+    from .runner import run_command  # torch lives behind this import
 
     options = _round_options(flags)
     _check_directory(directory)
-    try:
+    with _federation_errors(directory):
         report = run_command(directory, options, quiet=as_json)
-    except _run_errors() as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except (RunRefused, DirectoryBusy) as exc:
-        _fail(str(exc), EXIT_REFUSED)
-    except RunInterrupted as exc:
-        _fail(str(exc), EXIT_INTERRUPTED)
-    except OSError as exc:
-        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
     anchored = None if chain_url is None else _sync_chain(directory, chain_url)
     aborted = (f"every one of the {len(report.rounds)} round(s) aborted: no model was aggregated "
                f"(the aborts and the ε they charged are recorded)") if report.all_aborted else None

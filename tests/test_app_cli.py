@@ -16,7 +16,14 @@ from bfl_private.ledger.store import DATABASE, Ledger
 from click.testing import CliRunner
 
 from bfl_private.audit import audit
-from bfl_private.cli import EXIT_ALL_ABORTED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_USAGE, main
+from bfl_private.cli import (
+    EXIT_ALL_ABORTED,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    EXIT_VERIFICATION_FAILED,
+    main,
+)
 from bfl_private.dirlock import exclusive_writer
 
 SMALL = ["--clients", "4", "--seed", "1", "--protocol", "plain"]
@@ -301,3 +308,20 @@ def test_piped_output_does_not_depend_on_the_terminal_width(federation: Path) ->
     assert outputs["40"] == outputs["300"]
     with Ledger.open(federation) as ledger:
         assert ledger.state.model_cid in outputs["40"]  # not truncated with an ellipsis
+
+
+def test_bad_keys_or_a_broken_ledger_are_one_line_errors(federation: Path, tmp_path: Path) -> None:
+    import shutil
+
+    exposed = tmp_path / "exposed"
+    shutil.copytree(federation, exposed)
+    (exposed / "keys" / "coordinator.ed25519").chmod(0o644)
+    result = invoke("round", "--epsilon", "0.5", "--rounds", "1", "--dir", str(exposed), "--json")
+    assert result.exit_code == EXIT_USAGE and "must be 0600" in json.loads(result.stdout)["error"]
+    broken = tmp_path / "broken"
+    shutil.copytree(federation, broken)
+    (broken / DATABASE).write_bytes(b"not a database")
+    result = invoke("round", "--epsilon", "0.5", "--rounds", "1", "--dir", str(broken))
+    assert result.exit_code == EXIT_VERIFICATION_FAILED
+    assert "the ledger does not check out (StorageError" in one_line_error(result)
+    assert (broken / DATABASE).read_bytes() == b"not a database"

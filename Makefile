@@ -8,8 +8,12 @@ STAMP := $(VENV)/.installed
 # Headless Chromium for the HTML report's browser test: @sparticuz/chromium carries the
 # binary in its npm tarball (nothing is downloaded at run time), pinned by the lockfile.
 BROWSER := tests/browser/node_modules/.installed
+# tests/test_chain_anvil.py needs a real EVM node: anvil from npm, which its fixture starts
+# on 127.0.0.1 (unless BFL_CHAIN_URL names a running node or BFL_ANVIL a binary).
+ANVIL := node_modules/.bin/anvil
+ANVIL_PACKAGE := @foundry-rs/anvil@1.7.1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean anvil
 
 install: $(STAMP)
 
@@ -29,13 +33,22 @@ demo: $(STAMP)
 
 # The unit, integration and deployment tests, the four notebooks at small settings
 # (BFL_NOTEBOOK_SMALL=1) and the benchmarks' quick mode.
-test: $(STAMP) $(BROWSER)
+test: $(STAMP) $(BROWSER) anvil
 	$(PY) -m bench.run --quick
 	BFL_NOTEBOOK_SMALL=1 $(PY) -m pytest -q --nbmake tests notebooks
+
+# Says in one line when the anvil test will skip, and why; never fails the build by itself.
+anvil:
+	@if [ -n "$$BFL_CHAIN_URL" ] || [ -n "$$BFL_ANVIL" ] || [ -x $(ANVIL) ]; then :; \
+	elif ! command -v npm >/dev/null; then \
+		echo "note: tests/test_chain_anvil.py will skip: no npm to install $(ANVIL_PACKAGE) (or set BFL_CHAIN_URL / BFL_ANVIL)"; \
+	elif ! npm install --no-save --no-package-lock --no-audit --no-fund --silent $(ANVIL_PACKAGE); then \
+		echo "note: tests/test_chain_anvil.py will skip: npm install $(ANVIL_PACKAGE) failed (see above)"; \
+	fi
 
 bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.report
 
 clean:
-	rm -rf $(VENV) bfl-ledger .pytest_cache tests/browser/node_modules
+	rm -rf $(VENV) bfl-ledger .pytest_cache node_modules tests/browser/node_modules

@@ -6,74 +6,254 @@ so ``bfl-private verify`` starts fast and works where torch is missing.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
 
 from .settings import PROTOCOLS
 
-EXIT_REFUSED = 3
+if TYPE_CHECKING:  # the runner imports torch: commands import it when they run
+    from .config import RunConfig
+    from .runner import RoundOptions
+
+# Exit codes (README "Exit codes"): every error at the command line is one line on stderr
+# (or one JSON object on stdout under --json) with one of these.
 EXIT_VERIFICATION_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
 EXIT_CHAIN = 4
+EXIT_ALL_ABORTED = 5
+EXIT_INTERRUPTED = 130
+
+CONSOLE_WIDTH = 120
+"""Tables are laid out this wide when output is not a terminal, whatever COLUMNS says, so
+piped or redirected output is the same everywhere (rich would otherwise fall back to 80)."""
 
 
-def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+def console(*, stderr: bool = False) -> Console:
+    """A console whose layout does not depend on the terminal when piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else CONSOLE_WIDTH)
+
+
+class CliError(Exception):
+    """An error to report in one line with a documented exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+def _report_error(message: str, code: int, *, as_json: bool) -> NoReturn:
+    line = " ".join(message.split())  # one line, whatever the exception text held
+    if as_json:
+        click.echo(json.dumps({"error": line, "exit_code": code}, sort_keys=True))
+    else:
+        click.echo(f"error: {line}", err=True)
     sys.exit(code)
 
 
-@click.group()
+class _Cli(click.Group):
+    """The command group, with one error boundary for every command (and for click's own
+    usage errors, which it would print over three lines with exit 2 or as "Aborted!")."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except CliError as exc:
+            _report_error(str(exc), exc.code, as_json=as_json)
+        except click.ClickException as exc:
+            ctx: click.Context | None = getattr(exc, "ctx", None)  # usage errors carry the command
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _report_error(exc.format_message() + where, EXIT_USAGE, as_json=as_json)
+        except (click.Abort, KeyboardInterrupt):
+            _report_error("interrupted", EXIT_INTERRUPTED, as_json=as_json)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Callback for ε-like options: click's float type accepts inf and nan."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}", param=param)
+    return value
+
+
+def _federation_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Options of the commands that create or run a federation: --dir, --config, --json, and
+    the flags that fix a new federation's genesis (and must agree with it later)."""
+    for decorator in reversed([
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="TOML run configuration (README \"Configuration file\"); flags override it."),
+        click.option("--clients", type=click.IntRange(2, 1000), default=None, help="Clients (at genesis only)."),
+        click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only)."),
+        click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only)."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking)."),
+        click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory."),
+        click.option("--budget", type=float, callback=_finite, default=None, help="Lifetime ε budget per client (at genesis only; default 3.0)."),
+        click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables (errors too)."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+def _check_directory(directory: Path) -> None:
+    """--dir must be (or be creatable as) a writable directory: usage error otherwise."""
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == directory else f" ({probe} is a file)"
+        _fail(f"--dir {directory} is not a directory{where}", EXIT_USAGE)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        _fail(f"--dir {directory}: {probe} is not writable (read-only filesystem or permissions)", EXIT_USAGE)
+
+
+def _load_config(path: Path | None) -> RunConfig:
+    from .config import ConfigError, RunConfig, RunSection, load_config
+
+    if path is None:
+        return RunConfig((), RunSection())
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _round_options(options: dict[str, Any]) -> RoundOptions:
+    """RoundOptions from the flags, falling back on the config file's [run] and genesis tables."""
+    from .runner import RoundOptions
+
+    config = _load_config(options.pop("config_file"))
+    run = config.run
+    for name in ("epsilon", "rounds", "protocol", "dropout", "malicious", "skip_exhausted"):
+        if options.get(name) in (None, False) and getattr(run, name) is not None:
+            options[name] = getattr(run, name)
+    if options["epsilon"] is None:
+        _fail("give --epsilon E (or [run] epsilon in --config): the privacy budget (ε) this command "
+              "may spend per client", EXIT_USAGE)
+    _finite(click.get_current_context(), _param("epsilon"), options["epsilon"])
+    return RoundOptions(**{k: v for k, v in options.items() if v is not None}, genesis=config.genesis)
+
+
+def _param(name: str) -> click.Parameter:
+    ctx = click.get_current_context()
+    return next(p for p in ctx.command.params if p.name == name)
+
+
+@contextmanager
+def _federation_errors(directory: Path) -> Iterator[None]:
+    """What creating, opening or running a federation can raise, as one-line errors."""
+    from .coordinator import RunRefused
+    from .data import DataError
+    from .dirlock import DirectoryBusy
+    from .keyring import KeyringError
+    from .ledger.errors import VerificationError
+    from .privacy.errors import PrivacyError
+    from .runner import RunInterrupted
+    from .settings import SettingsError
+
+    try:
+        yield
+    except (DataError, PrivacyError, SettingsError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except KeyringError as exc:
+        _fail(f"{directory}: {exc}", EXIT_USAGE)
+    except (RunRefused, DirectoryBusy) as exc:
+        _fail(str(exc), EXIT_REFUSED)
+    except RunInterrupted as exc:
+        _fail(str(exc), EXIT_INTERRUPTED)
+    except VerificationError as exc:
+        _fail(f"{directory}: the ledger does not check out ({type(exc).__name__}: {exc}); nothing was run "
+              f"(bfl-private verify {directory} tells more)", EXIT_VERIFICATION_FAILED)
+    except OSError as exc:
+        _fail(f"cannot use --dir {directory}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+@click.group(cls=_Cli, context_settings={"terminal_width": None if sys.stdout.isatty() else CONSOLE_WIDTH})
 @click.version_option(package_name="bfl-private")
 def main() -> None:
     """Private, auditable federated learning."""
 
 
-@main.command("round")
-@click.option("--epsilon", type=float, default=None, help="Privacy budget (ε) this command may spend per client.")
-@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
-@click.option("--clients", type=click.IntRange(2, 1000), default=None, help="Clients (at genesis only).")
-@click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only).")
-@click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only).")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking).")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory.")
-@click.option("--budget", type=click.FloatRange(0.0, min_open=True), default=None, help="Lifetime ε budget per client (at genesis only; default 3.0).")
-@click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round.")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Probability that a client vanishes at a random stage.")
-@click.option("--malicious", type=click.IntRange(0, 1000), default=0, show_default=True, help="Clients that submit a garbage update (demo).")
-@click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
-def round_command(**options: object) -> None:
-    """Run federated rounds; create the federation in --dir first if it is new."""
-    from .runner import RoundOptions, RunRefused, run_command  # torch lives behind this import
+@main.command("init")
+@_federation_options
+def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
+    """Create a federation in --dir (keys, genesis block) without running a round."""
+    from .config import apply_choices
+    from .runner import create_federation, shortcut_choices
+    from .settings import FederationSettings
 
-    directory: Path = options.pop("directory")  # type: ignore[assignment]
-    as_json: bool = options.pop("as_json")  # type: ignore[assignment]
-    chain_url: str | None = options.pop("chain_url")  # type: ignore[assignment]
-    if options["epsilon"] is None:
-        _fail("give --epsilon E: the privacy budget (ε) this command may spend per client", 2)
-    if not options["epsilon"] > 0:  # type: ignore[operator]
-        _fail(f"--epsilon must be > 0, got {options['epsilon']}", 2)
-    if directory.exists() and not directory.is_dir():
-        _fail(f"--dir {directory} exists and is not a directory", 2)
+    _check_directory(directory)
+    choices = _load_config(config_file).genesis + shortcut_choices(**flags)
+    with _federation_errors(directory):
+        settings = apply_choices(FederationSettings(), choices)
+        federation = create_federation(directory, settings, model_seed=flags["seed"] or 0)
     try:
-        report = run_command(directory, RoundOptions(**options), quiet=as_json)  # type: ignore[arg-type]
-    except RunRefused as exc:
-        _fail(str(exc), EXIT_REFUSED)
-    except PermissionError as exc:
-        _fail(f"cannot use --dir {directory}: {exc}", 2)
-    anchored = None if chain_url is None else _sync_chain(directory, chain_url)
+        genesis = federation.ledger.genesis().payload
+    finally:
+        federation.close()
+    summary = {"directory": str(directory), "federation_id": genesis["federation_id"],
+               "clients": len(genesis["clients"]), "validators": len(genesis["validators"]),
+               "settings": settings.to_json()}
     if as_json:
-        click.echo(json.dumps({**report.to_json(), **({"chain": anchored} if anchored else {})},
+        click.echo(json.dumps(summary, sort_keys=True))
+    else:
+        click.echo(f"created federation {summary['federation_id']} in {directory}: {summary['clients']} clients, "
+                   f"{summary['validators']} validators, dataset {settings.dataset}, protocol "
+                   f"{settings.protocol.name}, lifetime ε budget {settings.privacy.lifetime_epsilon:g}, "
+                   f"δ {settings.privacy.delta:g}")
+
+
+@main.command("round")
+@click.option("--epsilon", type=float, callback=_finite, default=None, help="Privacy budget (ε) this command may spend per client.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="Rounds to run in this command.")
+@_federation_options
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=None, help="Probability that a client vanishes at a random stage (default 0).")
+@click.option("--malicious", type=click.IntRange(0, 1000), default=None, help="Clients that submit a garbage update (demo; default 0).")
+@click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
+@click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
+def round_command(directory: Path, as_json: bool, chain_url: str | None, **flags: Any) -> None:
+    """Run federated rounds; create the federation in --dir first if it is new.
+
+    Exits 5 when every round of the command aborted (their spend is recorded)."""
+    from .runner import run_command  # torch lives behind this import
+
+    options = _round_options(flags)
+    _check_directory(directory)
+    with _federation_errors(directory):
+        report = run_command(directory, options, quiet=as_json)
+    anchored = None if chain_url is None else _sync_chain(directory, chain_url)
+    aborted = (f"every one of the {len(report.rounds)} round(s) aborted: no model was aggregated "
+               f"(the aborts and the ε they charged are recorded)") if report.all_aborted else None
+    if as_json:
+        click.echo(json.dumps({**report.to_json(), **({"chain": anchored} if anchored else {}),
+                               **({"error": aborted, "exit_code": EXIT_ALL_ABORTED} if aborted else {})},
                               sort_keys=True))
     else:
-        report.print(Console())
+        report.print(console())
         if anchored:
-            Console().print(f"Anchored on chain {anchored['chain_id']}: contract {anchored['contract']}, "
+            console().print(f"Anchored on chain {anchored['chain_id']}: contract {anchored['contract']}, "
                             f"blocks {anchored['anchored']}, rounds settled {anchored['settled']}, "
                             f"gas {anchored['gas']}", highlight=False)
+        if aborted:
+            click.echo(f"error: {aborted}", err=True)
+    if aborted:
+        sys.exit(EXIT_ALL_ABORTED)
 
 
 def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
@@ -158,7 +338,7 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True))
     else:
-        report.print(Console())
+        report.print(console())
     if save_checkpoint is not None and report.ok and report.report.anchor is not None:
         try:
             save_checkpoint.write_text(report.report.anchor.head_note, encoding="utf-8")
@@ -197,43 +377,114 @@ def report_command(directory: Path, output: Path, checkpoint_file: Path | None, 
     sys.exit(0 if result.ok else EXIT_VERIFICATION_FAILED)
 
 
+def _open_ledger(directory: Path) -> Any:
+    """The ledger in ``directory``, or a one-line usage error naming it."""
+    from .ledger.errors import VerificationError
+    from .ledger.store import DATABASE, Ledger
+
+    if not (directory / DATABASE).is_file():
+        _fail(f"{directory} holds no federation ledger ({DATABASE})", EXIT_USAGE)
+    try:
+        return Ledger.open(directory)
+    except VerificationError as exc:
+        _fail(f"{directory}: {exc}", EXIT_USAGE)
+
+
+_LEDGER_DIRECTORY = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
 @main.command("inspect")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def inspect_command(directory: Path) -> None:
+@_LEDGER_DIRECTORY
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def inspect_command(directory: Path, as_json: bool) -> None:
     """Print a ledger's rounds, participants, budgets and balances."""
     from .ledger.errors import VerificationError
-    from .ledger.inspect import print_summary
-    from .ledger.store import Ledger
+    from .ledger.inspect import print_summary, summary_record
 
-    try:
-        with Ledger.open(directory) as ledger:
-            print_summary(ledger, Console())
-    except VerificationError as exc:
-        _fail(f"{directory}: {exc}", 2)
+    with _open_ledger(directory) as ledger:
+        try:
+            if as_json:
+                click.echo(json.dumps(summary_record(ledger), sort_keys=True))
+            else:
+                print_summary(ledger, console())
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
+
+
+@main.command("log")
+@_LEDGER_DIRECTORY
+@click.option("--round", "round_id", type=click.IntRange(0), default=None, help="Only this round's entries.")
+@click.option("--client", default=None, metavar="ID", help="Only entries signed by this participant (e.g. hospital-03).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def log_command(directory: Path, round_id: int | None, client: str | None, as_json: bool) -> None:
+    """One line per ledger entry: index, block, round, type, author and gist."""
+    from .ledger.inspect import located_entries
+
+    with _open_ledger(directory) as ledger:
+        for located in located_entries(ledger, round_id=round_id, author=client):
+            click.echo(json.dumps(located.to_json(), sort_keys=True) if as_json else located.line())
+
+
+@main.command("show")
+@_LEDGER_DIRECTORY
+@click.argument("entry_index", metavar="ENTRY", type=click.IntRange(0))
+def show_command(directory: Path, entry_index: int) -> None:
+    """Print one ledger entry (as ``log`` numbers them) as JSON, with its block and author."""
+    from .ledger.errors import VerificationError
+    from .ledger.inspect import locate_entry
+
+    with _open_ledger(directory) as ledger:
+        try:
+            located = locate_entry(ledger, entry_index)
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
+    click.echo(json.dumps(located.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
 
 
 @main.command("prove")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_LEDGER_DIRECTORY
 @click.option("--entry", "entry_index", type=click.IntRange(0), default=None, help="Inclusion proof of this log entry.")
+@click.option("--client", default=None, metavar="ID", help="With --round: inclusion proof of this client's submission.")
+@click.option("--round", "round_id", type=click.IntRange(1), default=None, help="With --client: the round of the submission.")
 @click.option("--height", type=click.IntRange(0), default=None, help="Block whose checkpoint the inclusion proof is against (default: head).")
 @click.option("--consistency", nargs=2, type=click.IntRange(0), default=None, metavar="OLD NEW", help="Consistency proof between two blocks' checkpoints.")
-def prove_command(directory: Path, entry_index: int | None, height: int | None, consistency: tuple[int, int] | None) -> None:
+def prove_command(directory: Path, entry_index: int | None, client: str | None, round_id: int | None,
+                  height: int | None, consistency: tuple[int, int] | None) -> None:
     """Print an RFC 9162 inclusion or consistency proof as JSON, with its signed checkpoints."""
     from .ledger.errors import VerificationError
-    from .ledger.inspect import consistency_proof_record, inclusion_proof_record
-    from .ledger.store import Ledger
+    from .ledger.inspect import consistency_proof_record, inclusion_proof_record, submission_index
 
-    if (entry_index is None) == (consistency is None):
-        _fail("give exactly one of --entry INDEX or --consistency OLD NEW", 2)
-    try:
-        with Ledger.open(directory) as ledger:
+    if (client is None) != (round_id is None):
+        _fail("--client and --round go together: the submission of CLIENT in ROUND", EXIT_USAGE)
+    if sum(x is not None for x in (entry_index, client, consistency)) != 1:
+        _fail("give exactly one of --entry INDEX, --client ID --round N, or --consistency OLD NEW", EXIT_USAGE)
+    with _open_ledger(directory) as ledger:
+        try:
+            if client is not None:
+                entry_index = submission_index(ledger, client, round_id)  # type: ignore[arg-type]
             if entry_index is not None:
                 record = inclusion_proof_record(ledger, entry_index, height=height)
             else:
                 record = consistency_proof_record(ledger, *consistency)  # type: ignore[misc]
-    except VerificationError as exc:
-        _fail(f"{directory}: {exc}", 2)
+        except VerificationError as exc:
+            _fail(f"{directory}: {exc}", EXIT_USAGE)
     click.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+@main.command("export-model")
+@_LEDGER_DIRECTORY
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write.")
+@click.option("--round", "round_id", type=click.IntRange(0), default=None, help="The model in force after this round (default: the latest; 0: the initial model).")
+def export_model_command(directory: Path, output: Path, round_id: int | None) -> None:
+    """Write a federation's model as safetensors (torch state_dict names; README says how to load it)."""
+    from .export import ExportError, export_model
+
+    try:
+        exported = export_model(directory, output, round_id=round_id)
+    except ExportError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(f"wrote {output}: {exported.model} model after round {exported.round} "
+               f"({exported.n_features} features, {exported.n_classes} classes, model {exported.model_cid})")
 
 
 @main.command("check-proof")

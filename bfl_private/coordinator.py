@@ -8,6 +8,7 @@ stay in ``keys/`` (see :mod:`bfl_private.keyring`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import shutil
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import get_model, put_aggregate, put_model
-from .data import FederatedDataset, federation_data
+from .csvdata import check_unchanged, load_csv
+from .csvdata import commitments as csv_commitments
+from .data import DataError, FederatedDataset, federation_data
 from .fedavg import payload_weight
 from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
 from .keyring import Keyring
@@ -46,6 +49,8 @@ from .settings import FederationSettings
 from .validator import Validator
 
 COORDINATOR = "coordinator"
+CSV_COMMITMENT_KEY = "csv-commitment-key"
+"""Keyring name of the secret under which genesis commits to the private CSV files."""
 
 
 class RunRefused(RuntimeError):
@@ -82,6 +87,57 @@ class RoundSummary:
     dropouts: tuple[str, ...]
     rejected: Mapping[str, str]
     seconds: float
+
+
+def checked_data(settings: FederationSettings) -> FederatedDataset:
+    """The federation's data split, refused (DataError, PrivacyError) where genesis would be
+    invalid: too few records for the clients, or δ not below 1/n for some client."""
+    data = federation_data(settings)
+    if len(data.clients) != settings.n_clients:
+        raise DataError(f"the CSV data gives {len(data.clients)} hospitals, but n_clients is {settings.n_clients}: "
+                        f"set n_clients = {len(data.clients)} in [federation] or with --clients")
+    for client in data.clients:
+        validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
+    return data
+
+
+def plan_command(
+    settings: FederationSettings,
+    histories: Mapping[str, list[PrivacyRecord]],
+    budgets: Mapping[str, float],
+    *,
+    epsilon: float,
+    rounds: int,
+    skip_exhausted: bool,
+) -> CommandPlan:
+    """σ per client so that this command's rounds spend at most ``epsilon``, within lifetime budgets.
+
+    Refuses (RunRefused) before anything is trained or written when a client's lifetime
+    budget cannot afford the command, unless ``skip_exhausted``. Pure: a new federation is
+    planned from its settings (empty histories, full budgets) before its directory exists.
+    """
+    privacy = settings.privacy
+    try:
+        sigma = plan_noise_multiplier(
+            target_epsilon=epsilon, delta=privacy.delta, sample_rate=privacy.sample_rate,
+            steps_per_round=settings.training.local_steps, rounds=rounds, accountant=privacy.accountant,
+            neighboring_relation=privacy.neighboring_relation,
+        )
+    except PrivacyError as exc:
+        raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds: {exc}") from exc
+    client_plan = ClientPlan(sigma, privacy.sample_rate)
+    planned = {c: [planned_record(settings, noise_multiplier=sigma)] * rounds for c in budgets}
+    admitted, left_out = split_by_budget(planned, histories=dict(histories), budgets=dict(budgets))
+    if left_out and not skip_exhausted:
+        first, *others = left_out.values()
+        raise RunRefused(f"{first.error(tuple(s.client_id for s in others))}; nothing was run "
+                         f"(use --skip-exhausted to leave such clients out)")
+    if len(admitted) < 2:
+        raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; a round needs 2. "
+                         f"Every other client's lifetime budget is exhausted")
+    reasons = {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
+               for c, s in left_out.items()}
+    return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, reasons)
 
 
 class Federation:
@@ -132,10 +188,15 @@ class Federation:
 
     @classmethod
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
-        data = federation_data(settings)
-        for client in data.clients:
-            validate_delta(settings.privacy.delta, n_records=len(client.train), client_id=client.client_id)
+        data = checked_data(settings)
         keys = Keyring(directory)
+        if settings.csv is not None:
+            # Genesis commits to the private files under a key only this directory holds.
+            key = secrets.token_bytes(32)
+            keys.store(CSV_COMMITMENT_KEY, key)
+            described = load_csv(settings.csv, seed=settings.data_seed, n_validators=settings.n_validators)
+            settings = dataclasses.replace(settings, csv_description=dataclasses.replace(
+                described.description, commitments=csv_commitments(settings.csv, key)))
         coordinator = keys.new_identity(COORDINATOR)
         clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
         validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
@@ -170,8 +231,16 @@ class Federation:
     @classmethod
     def open(cls, directory: Path) -> Federation:
         ledger = Ledger.open(directory)
-        settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
-        return cls(Path(directory), ledger, settings)
+        try:
+            settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
+            if settings.csv is not None and settings.csv_description is not None:
+                check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
+                                n_validators=settings.n_validators,
+                                key=Keyring(directory).load(CSV_COMMITMENT_KEY))
+            return cls(Path(directory), ledger, settings)
+        except BaseException:
+            ledger.close()
+            raise
 
     def close(self) -> None:
         self.ledger.close()
@@ -199,34 +268,9 @@ class Federation:
     # --- planning ---------------------------------------------------------------------
 
     def plan(self, *, epsilon: float, rounds: int, skip_exhausted: bool) -> CommandPlan:
-        """σ per client so that this command's rounds spend at most ``epsilon``, within lifetime budgets.
-
-        Refuses (RunRefused) before anything is trained or written when a client's
-        lifetime budget cannot afford the command, unless ``skip_exhausted``.
-        """
-        privacy = self.settings.privacy
-        try:
-            sigma = plan_noise_multiplier(
-                target_epsilon=epsilon, delta=privacy.delta, sample_rate=privacy.sample_rate,
-                steps_per_round=self.settings.training.local_steps, rounds=rounds, accountant=privacy.accountant,
-                neighboring_relation=privacy.neighboring_relation,
-            )
-        except PrivacyError as exc:
-            raise RunRefused(f"cannot plan ε={epsilon} over {rounds} rounds: {exc}") from exc
-        client_plan = ClientPlan(sigma, privacy.sample_rate)
-        planned = {c: [planned_record(self.settings, noise_multiplier=sigma)] * rounds for c in self.clients}
-        admitted, left_out = split_by_budget(planned, histories=self.histories(), budgets=self.budgets())
-        if left_out and not skip_exhausted:
-            first, *others = left_out.values()
-            raise RunRefused(f"{first.error(tuple(s.client_id for s in others))}; nothing was run "
-                             f"(use --skip-exhausted to leave such clients out)")
-        if len(admitted) < 2:
-            raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; a round needs 2. "
-                             f"Every other client's lifetime budget is exhausted")
-        reasons = {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
-                   for c, s in left_out.items()}
-        return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, reasons)
-
+        """σ per client so that this command's rounds spend at most ``epsilon`` (see :func:`plan_command`)."""
+        return plan_command(self.settings, self.histories(), self.budgets(), epsilon=epsilon, rounds=rounds,
+                            skip_exhausted=skip_exhausted)
 
     # --- one round --------------------------------------------------------------------
 

@@ -175,14 +175,7 @@ def load_federated(
     if holdout_y.size < n_validators:
         raise DataError(f"{name} leaves {holdout_y.size} hold-out records, fewer than {n_validators} validators")
 
-    scale = public_x.std(axis=0)
-    scale[scale == 0] = 1.0
-    normaliser = Normaliser(
-        source=f"public reference sample of the bundled {name} dataset, held by no client",
-        records=int(public_x.shape[0]),
-        mean=tuple(float(v) for v in public_x.mean(axis=0)),
-        scale=tuple(float(v) for v in scale),
-    )
+    normaliser = _public_normaliser(public_x, f"public reference sample of the bundled {name} dataset, held by no client")
     standardise = normaliser.apply
 
     rng = np.random.default_rng(seed)
@@ -192,18 +185,9 @@ def load_federated(
         owner = _dirichlet_assignment(pool_y, n_clients, alpha, rng)
     _rebalance(owner, n_clients, per_client, rng)
 
-    clients = []
-    for client, cid in enumerate(client_ids(n_clients)):
-        idx = rng.permutation(np.flatnonzero(owner == client))
-        n_val = max(1, round(validation_fraction * idx.size))
-        val, train = idx[:n_val], idx[n_val:]
-        clients.append(
-            ClientData(
-                client_id=cid,
-                train=Split(standardise(pool_x[train]), pool_y[train]),
-                validation=Split(standardise(pool_x[val]), pool_y[val]),
-            )
-        )
+    clients = [_client_data(cid, pool_x[owner == client], pool_y[owner == client], normaliser,
+                            validation_fraction, rng)
+               for client, cid in enumerate(client_ids(n_clients))]
     validator_parts = np.array_split(rng.permutation(holdout_y.size), n_validators)
     validators = tuple(Split(standardise(holdout_x[p]), holdout_y[p]) for p in validator_parts)
     return FederatedDataset(
@@ -218,8 +202,30 @@ def load_federated(
     )
 
 
+def _public_normaliser(public_x: np.ndarray, source: str) -> Normaliser:
+    scale = public_x.std(axis=0)
+    scale[scale == 0] = 1.0
+    return Normaliser(source=source, records=int(public_x.shape[0]),
+                      mean=tuple(float(v) for v in public_x.mean(axis=0)), scale=tuple(float(v) for v in scale))
+
+
+def _client_data(client_id: str, features: np.ndarray, labels: np.ndarray, normaliser: Normaliser,
+                 validation_fraction: float, rng: np.random.Generator) -> ClientData:
+    """One hospital's records, shuffled and split into train and validation, standardised."""
+    idx = rng.permutation(labels.size)
+    n_val = max(1, round(validation_fraction * idx.size))
+    val, train = idx[:n_val], idx[n_val:]
+    return ClientData(client_id=client_id,
+                      train=Split(normaliser.apply(features[train]), labels[train]),
+                      validation=Split(normaliser.apply(features[val]), labels[val]))
+
+
 def federation_data(settings: FederationSettings) -> FederatedDataset:
     """The split a federation's genesis settings fix: every party re-derives the same one."""
+    if settings.csv is not None:
+        from .csvdata import load_csv
+
+        return load_csv(settings.csv, seed=settings.data_seed, n_validators=settings.n_validators).dataset
     return load_federated(
         settings.dataset,
         n_clients=settings.n_clients,

@@ -81,3 +81,14 @@ def load_flat(model: nn.Module, flat: np.ndarray) -> None:
             n = p.numel()
             p.copy_(torch.from_numpy(vector[offset : offset + n].astype(np.float32)).reshape(p.shape))
             offset += n
+
+
+def classes_for(kind: str, n_features: int, n_parameters: int) -> int:
+    """The class count whose ``kind`` model on ``n_features`` has ``n_parameters`` parameters
+    (the ledger records the flat vector and the features, not the shape); ValueError if none."""
+    n_classes = 2
+    while (count := parameter_count(build_model(kind, n_features, n_classes))) <= n_parameters:
+        if count == n_parameters:
+            return n_classes
+        n_classes += 1
+    raise ValueError(f"no {kind} model on {n_features} features has {n_parameters} parameters")

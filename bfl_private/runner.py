@@ -1,7 +1,6 @@
 """What ``bfl-private round`` does: open or create the federation, plan, run, report."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,30 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .coordinator import CommandPlan, Federation, RoundSummary, RunRefused
-from .settings import FederationSettings, ProtocolSettings
+from .config import GenesisChoice, apply_choices, conflicts
+from .coordinator import (
+    CommandPlan,
+    Federation,
+    RoundSummary,
+    RunRefused,
+    checked_data,
+    plan_command,
+)
+from .dirlock import exclusive_writer
+from .ledger.store import Ledger
+from .settings import FederationSettings
 
 DEFAULT_ROUNDS = 40
 
-__all__ = ["RoundOptions", "RunRefused", "RunReport", "run_command"]
+__all__ = ["RoundOptions", "RunInterrupted", "RunRefused", "RunReport", "create_federation", "run_command"]
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C during a command: the rounds committed before it stay on the ledger."""
+
+    def __init__(self, committed: int) -> None:
+        super().__init__(f"interrupted: {committed} round(s) committed; run again to continue")
+        self.committed = committed
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,27 @@ class RoundOptions:
     dropout: float = 0.0
     malicious: int = 0
     skip_exhausted: bool = False
+    genesis: tuple[GenesisChoice, ...] = ()
+    """Further genesis settings (a config file's, or flags beyond the shortcuts above)."""
+
+    def genesis_choices(self) -> tuple[GenesisChoice, ...]:
+        """Every genesis setting asked for: ``genesis``, then the shortcut flags (which win)."""
+        return self.genesis + shortcut_choices(dataset=self.dataset, clients=self.clients, model=self.model,
+                                               seed=self.seed, budget=self.budget, protocol=self.protocol)
+
+    def new_federation_settings(self) -> FederationSettings:
+        """The settings a new federation gets: the defaults with every choice applied."""
+        return apply_choices(FederationSettings(), self.genesis_choices())
+
+
+def shortcut_choices(*, dataset: str | None = None, clients: int | None = None, model: str | None = None,
+                     seed: int | None = None, budget: float | None = None,
+                     protocol: str | None = None) -> tuple[GenesisChoice, ...]:
+    """The command line's genesis flags as choices (None: not given)."""
+    fields = [("dataset", dataset, "--dataset"), ("n_clients", clients, "--clients"),
+              ("training.model", model, "--model"), ("data_seed", seed, "--seed"),
+              ("privacy.lifetime_epsilon", budget, "--budget"), ("protocol.name", protocol, "--protocol")]
+    return tuple(GenesisChoice(f, v, flag) for f, v, flag in fields if v is not None)
 
 
 @dataclass
@@ -42,6 +80,11 @@ class RunReport:
     plan: CommandPlan
     rounds: list[RoundSummary] = field(default_factory=list)
     clients: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def all_aborted(self) -> bool:
+        """Every round of the command aborted: nothing was aggregated (the spend is recorded)."""
+        return bool(self.rounds) and all(r.status == "aborted" for r in self.rounds)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,28 +121,42 @@ class RunReport:
         console.print(f"Ledger: {self.directory}  (check it with: bfl-private verify {self.directory})")
 
 
-def _genesis_settings(options: RoundOptions) -> FederationSettings:
-    base = FederationSettings()
-    return dataclasses.replace(
-        base,
-        dataset=options.dataset or base.dataset,
-        n_clients=options.clients or base.n_clients,
-        data_seed=options.seed if options.seed is not None else base.data_seed,
-        training=dataclasses.replace(base.training, model=options.model or base.training.model),
-        protocol=ProtocolSettings(name=options.protocol or base.protocol.name),
-        privacy=dataclasses.replace(base.privacy, lifetime_epsilon=options.budget or base.privacy.lifetime_epsilon),
-    )
-
-
 def _check_continuation(settings: FederationSettings, options: RoundOptions) -> None:
-    """Genesis-only flags must agree with the federation they would continue."""
-    fixed = {"--clients": (options.clients, settings.n_clients), "--dataset": (options.dataset, settings.dataset),
-             "--model": (options.model, settings.training.model), "--seed": (options.seed, settings.data_seed),
-             "--budget": (options.budget, settings.privacy.lifetime_epsilon)}
-    for flag, (asked, recorded) in fixed.items():
-        if asked is not None and asked != recorded:
-            raise RunRefused(f"{flag} {asked} conflicts with the federation's genesis ({recorded}); "
-                             f"genesis parameters cannot change — use another --dir for a new federation")
+    """Genesis settings asked for must agree with the federation they would continue; the
+    protocol is the exception: each command may choose its own (genesis records the default)."""
+    asked = tuple(c for c in options.genesis_choices() if c.source != "--protocol")
+    if clashes := conflicts(settings, asked):
+        raise RunRefused(f"{'; '.join(clashes)}: genesis parameters cannot change — use another --dir "
+                         f"for a new federation")
+
+
+def _check_malicious(options: RoundOptions, plan: CommandPlan) -> None:
+    if options.malicious >= len(plan.clients):
+        raise RunRefused(f"--malicious {options.malicious} leaves no honest client among {len(plan.clients)}")
+
+
+def preflight(settings: FederationSettings, options: RoundOptions) -> None:
+    """Every refusal a new federation's first command can meet, checked before anything is
+    written: the data split and δ (DataError, PrivacyError), the budget plan and --malicious
+    (RunRefused)."""
+    data = checked_data(settings)  # DataError and PrivacyError propagate
+    ids = [c.client_id for c in data.clients]
+    plan = plan_command(settings, {c: [] for c in ids}, {c: settings.privacy.lifetime_epsilon for c in ids},
+                        epsilon=options.epsilon, rounds=options.rounds or DEFAULT_ROUNDS,
+                        skip_exhausted=options.skip_exhausted)
+    _check_malicious(options, plan)
+
+
+def create_federation(directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
+    """Make ``directory`` (and its parents) and write the federation's genesis under its
+    writer lock; RunRefused if a federation or anything else is already there. The data
+    and δ are checked first, so a refusal leaves no directory behind."""
+    checked_data(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(directory):
+        if Federation.exists(directory):
+            raise RunRefused(f"{directory} already holds a federation")
+        return Federation.create(directory, settings, model_seed=model_seed)
 
 
 def client_summaries(federation: Federation) -> list[dict[str, Any]]:
@@ -112,44 +169,70 @@ def client_summaries(federation: Federation) -> list[dict[str, Any]]:
 
 
 def run_command(directory: Path, options: RoundOptions, *, quiet: bool = False) -> RunReport:
+    """Create the federation if ``directory`` holds none (after every refusal check, so a
+    refused command writes nothing), then run the rounds under the directory's writer lock.
+
+    Raises RunRefused (nothing run), DirectoryBusy (another writer), SettingsError,
+    DataError or PrivacyError (bad settings or data: nothing written) and RunInterrupted.
+    """
+    directory = Path(directory)
+    if not Federation.exists(directory):
+        preflight(options.new_federation_settings(), options)
+        directory.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(directory):
+        # Checked again under the lock: another command may have created it meanwhile.
+        created = not Federation.exists(directory)
+        if created:
+            federation = Federation.create(directory, options.new_federation_settings(), model_seed=options.seed or 0)
+        else:
+            federation = Federation.open(directory)
+        last_round = federation.ledger.state.last_round
+        try:
+            return _run(federation, directory, options, created=created, quiet=quiet)
+        except KeyboardInterrupt:
+            federation.close()
+            raise RunInterrupted(_rounds_since(directory, last_round)) from None
+        finally:
+            federation.close()
+
+
+def _rounds_since(directory: Path, last_round: int) -> int:
+    """Rounds on the ledger now beyond ``last_round``, re-read from disk: a commit cut
+    short by Ctrl-C is either all there or not at all."""
+    with Ledger.open(directory) as ledger:
+        return ledger.state.last_round - last_round
+
+
+def _run(federation: Federation, directory: Path, options: RoundOptions, *, created: bool,
+         quiet: bool) -> RunReport:
     import torch
 
     # The models are tiny: handing each small op to a second thread costs more than the
     # maths, and on a busy 2-core machine it thrashes (backward took 47 ms instead of <1 ms).
     torch.set_num_threads(1)
-    directory = Path(directory)
-    created = not Federation.exists(directory)
-    if created:
-        settings = _genesis_settings(options)
-        federation = Federation.create(directory, settings, model_seed=options.seed or 0)
-    else:
-        federation = Federation.open(directory)
+    if not created:
         _check_continuation(federation.settings, options)
-    try:
-        rounds = options.rounds or DEFAULT_ROUNDS
-        protocol = options.protocol or federation.settings.protocol.name
-        plan = federation.plan(epsilon=options.epsilon, rounds=rounds, skip_exhausted=options.skip_exhausted)
-        if options.malicious >= len(plan.clients):
-            raise RunRefused(f"--malicious {options.malicious} leaves no honest client among {len(plan.clients)}")
-        report = RunReport(directory, protocol, created, plan)
-        rng = np.random.default_rng(options.seed)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), disable=quiet, transient=False)
-        with progress:
-            round_task = progress.add_task("rounds", total=rounds)
-            client_task = progress.add_task("clients", total=len(plan.clients))
-            for _ in range(rounds):
-                progress.reset(client_task)
+    rounds = options.rounds or DEFAULT_ROUNDS
+    protocol = options.protocol or federation.settings.protocol.name
+    plan = federation.plan(epsilon=options.epsilon, rounds=rounds, skip_exhausted=options.skip_exhausted)
+    _check_malicious(options, plan)
+    report = RunReport(directory, protocol, created, plan)
+    rng = np.random.default_rng(options.seed)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=quiet, transient=False)
+    with progress:
+        round_task = progress.add_task("rounds", total=rounds)
+        client_task = progress.add_task("clients", total=len(plan.clients))
+        for _ in range(rounds):
+            progress.reset(client_task)
 
-                def advance(client: str) -> None:
-                    progress.update(client_task, advance=1, description=f"clients ({client})")
+            def advance(client: str) -> None:
+                progress.update(client_task, advance=1, description=f"clients ({client})")
 
-                summary = federation.run_round(plan, protocol=protocol, dropout=options.dropout,
-                                               malicious=options.malicious, rng=rng, on_client=advance)
-                report.rounds.append(summary)
-                progress.update(round_task, advance=1, description=f"round {summary.round}: {summary.status}, "
-                                f"accuracy {summary.test_accuracy:.3f}")
-        report.clients = client_summaries(federation)
-        return report
-    finally:
-        federation.close()
+            summary = federation.run_round(plan, protocol=protocol, dropout=options.dropout,
+                                           malicious=options.malicious, rng=rng, on_client=advance)
+            report.rounds.append(summary)
+            progress.update(round_task, advance=1, description=f"round {summary.round}: {summary.status}, "
+                            f"accuracy {summary.test_accuracy:.3f}")
+    report.clients = client_summaries(federation)
+    return report

@@ -104,6 +104,58 @@ class RewardSettings:
 
 
 @dataclass(frozen=True)
+class CsvSource:
+    """A federation on the user's own CSV data (``dataset = "csv"``).
+
+    Either one file per hospital (``hospitals``, in hospital order) or one ``file`` whose
+    ``split_column`` names each record's hospital. ``public`` is a public reference sample
+    with the same columns (a published cohort or registry extract, held by no client): the
+    normalisation constants, the validators' quality hold-outs and the reported test
+    accuracy come from it, never from a hospital's records. Paths are absolute (the config
+    loader resolves them against the config file's directory)."""
+
+    label: str
+    public: str
+    hospitals: tuple[str, ...] = ()
+    file: str | None = None
+    split_column: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hospitals", tuple(self.hospitals))  # JSON gives lists
+        if not self.label or not self.public:
+            raise SettingsError("CsvSource needs a label column and a public reference file")
+        if bool(self.hospitals) == (self.file is not None):
+            raise SettingsError("CsvSource takes either hospitals (one file each) or file with split_column, not both")
+        if self.file is not None and not self.split_column:
+            raise SettingsError("CsvSource.file needs split_column: the column naming each record's hospital")
+        if self.hospitals and self.split_column is not None:
+            raise SettingsError("CsvSource.split_column goes with file, not with one file per hospital")
+
+
+@dataclass(frozen=True)
+class CsvDescription:
+    """What genesis publishes about CSV data, derived from the files when it is written and
+    re-derived (and compared) whenever the federation is opened again."""
+
+    features: tuple[str, ...]
+    """Feature columns, in model input order."""
+    classes: tuple[str, ...]
+    """Label values, in class-index order (taken from the public sample)."""
+    sources: tuple[str, ...]
+    """Per hospital, in hospital order: its file, or its value of the split column."""
+    public_sha256: str
+    """SHA-256 of the public reference file (it is public)."""
+    commitments: tuple[str, ...]
+    """Per private file: HMAC-SHA256 of its bytes under a secret key kept in ``keys/``. It
+    binds the federation to the exact files without publishing a hash an outsider could
+    test a guessed file against."""
+
+    def __post_init__(self) -> None:
+        for name in ("features", "classes", "sources", "commitments"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+@dataclass(frozen=True)
 class FederationSettings:
     dataset: str = "breast_cancer"
     n_clients: int = 10
@@ -121,8 +173,15 @@ class FederationSettings:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     rewards: RewardSettings = field(default_factory=RewardSettings)
+    csv: CsvSource | None = None
+    """The user's CSV data when ``dataset == "csv"``."""
+    csv_description: CsvDescription | None = None
+    """Filled in at genesis from the CSV files; never set by hand."""
 
     def __post_init__(self) -> None:
+        if (self.dataset == "csv") != (self.csv is not None):
+            raise SettingsError('dataset "csv" goes with a [csv] table (label, public, hospitals or '
+                                'file and split_column), and a [csv] table with dataset = "csv"')
         if self.n_clients < 2:
             raise SettingsError(f"a federation needs at least 2 clients, got {self.n_clients}")
         if self.n_validators < 1:
@@ -136,11 +195,13 @@ class FederationSettings:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FederationSettings:
         try:
-            nested = {
+            nested: dict[str, Any] = {
                 "training": TrainingConfig(**data["training"]),
                 "privacy": PrivacySettings(**data["privacy"]),
                 "protocol": ProtocolSettings(**data["protocol"]),
                 "rewards": RewardSettings(**data["rewards"]),
+                **{name: None if data.get(name) is None else cls_(**data[name])
+                   for name, cls_ in (("csv", CsvSource), ("csv_description", CsvDescription))},
             }
             flat = {k: v for k, v in data.items() if k not in nested}
             return cls(**flat, **nested)

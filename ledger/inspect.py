@@ -26,7 +26,7 @@ from rich.table import Table
 from .blocks import note_checkpoint, origin_for
 from .checkpoint import Checkpoint, verify_note
 from .contracts import PPM, LedgerState
-from .entries import SUBMISSION, Entry
+from .entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .errors import ChainError, MalformedRecord, RootMismatch
 from .identity import VerifyingKey
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -85,6 +85,81 @@ def print_summary(ledger: Ledger, console: Console | None = None) -> None:
     console.print(rounds_table(state))
     console.print(participants_table(state))
     console.print(validators_table(state))
+
+
+def summary_record(ledger: Ledger) -> dict[str, Any]:
+    """What :func:`print_summary` shows, as JSON: head, rounds, clients, validators."""
+    state = ledger.state
+    if not state.initialised:
+        raise ChainError(f"{ledger.directory}: empty ledger (no genesis block)")
+    return {"federation_id": state.federation_id, "height": ledger.height, "entries": ledger.size,
+            "model_cid": state.model_cid, "quorum": state.quorum, "rounds": state.rounds(),
+            "clients": state.clients(), "validators": state.validators()}
+
+
+@dataclass(frozen=True)
+class LocatedEntry:
+    """A log entry with its position: leaf index, the block that holds it, its author's name."""
+
+    index: int
+    height: int
+    author: str
+    """The registered id (``hospital-03``) whose key signed the entry."""
+    entry: Entry
+
+    def line(self) -> str:
+        """One line for ``bfl-private log``: where, what, who, and the payload's gist."""
+        payload = self.entry.payload
+        gist = {SUBMISSION: lambda: f"blob {payload['blob_cid']}",
+                ROUND_CLOSE: lambda: f"survivors {len(payload['survivors'])}, model {payload['new_model_cid']}",
+                ATTESTATION: lambda: f"{payload['verdict']} {payload['model_cid']}",
+                ABORT: lambda: f"stage {payload['stage']}",
+                ROUND_OPEN: lambda: f"{payload['protocol']}, {len(payload['participants'])} participants",
+                GENESIS: lambda: f"federation {payload['federation_id']}"}.get(self.entry.type, lambda: "")()
+        return (f"{self.index:>6}  block {self.height:<5} round {self.entry.round:<4} {self.entry.type:<12} "
+                f"{self.author:<14} {gist}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "block": self.height, "author": self.author,
+                "entry": json.loads(self.entry.to_bytes())}
+
+
+def located_entries(ledger: Ledger, *, round_id: int | None = None, author: str | None = None,
+                    entry_type: str | None = None) -> list[LocatedEntry]:
+    """Every entry in log order, filtered by round, author name and type when given."""
+    if not ledger.state.initialised:
+        return []
+    state = ledger.state.as_dict()
+    members = {**state["clients"], **state["validators"], state["coordinator"]["id"]: state["coordinator"]}
+    names = {record["key_id"]: name for name, record in members.items()}
+    located, start = [], 0
+    for block in ledger.blocks():
+        for offset, entry in enumerate(ledger.entries(start, block.header.size)):
+            name = names.get(entry.author, f"key {entry.author}")
+            if ((round_id is None or entry.round == round_id) and (author is None or name == author)
+                    and (entry_type is None or entry.type == entry_type)):
+                located.append(LocatedEntry(start + offset, block.height, name, entry))
+        start = block.header.size
+    return located
+
+
+def locate_entry(ledger: Ledger, index: int) -> LocatedEntry:
+    """Entry ``index`` with its block and author; MalformedRecord if the log has no such entry."""
+    if not 0 <= index < ledger.size:
+        raise MalformedRecord(f"no entry {index}; the log holds entries 0-{ledger.size - 1}")
+    return next(e for e in located_entries(ledger) if e.index == index)
+
+
+def submission_index(ledger: Ledger, client: str, round_id: int) -> int:
+    """The log index of ``client``'s submission in round ``round_id``."""
+    found = located_entries(ledger, round_id=round_id, author=client, entry_type=SUBMISSION)
+    if not found:
+        known = sorted(ledger.state.clients())
+        if client not in known:
+            raise MalformedRecord(f"no client {client!r}; clients are {', '.join(known)}")
+        raise MalformedRecord(f"{client} made no submission in round {round_id} "
+                              f"(it dropped out before sending, was not admitted, or the round does not exist)")
+    return found[0].index
 
 
 def inclusion_proof_record(ledger: Ledger, index: int, *, height: int | None = None

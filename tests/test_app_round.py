@@ -208,7 +208,7 @@ def test_cli_json_and_errors(tmp_path: Path) -> None:
     assert verify.exit_code == 0 and json.loads(verify.stdout)["summary"]["last_round"] == 1
     for args, message in [
         (["round", "--dir", str(directory)], "give --epsilon"),
-        (["round", "--epsilon", "-1", "--dir", str(directory)], "must be > 0"),
+        (["round", "--epsilon", "-1", "--dir", str(directory)], "must be a finite number > 0"),
         (["round", "--epsilon", "1", "--rounds", "0"], "0 is not in the range"),
         (["round", "--epsilon", "1", "--dir", str(directory), "--clients", "7"], "conflicts with the federation's genesis"),
     ]:

@@ -218,11 +218,9 @@ def test_malformed_or_foreign_key_material_is_refused_by_name_before_training(re
     assert _spent(recorded) == before, "a refused request must not train or spend ε"
 
 
-def test_a_ckks_context_with_its_secret_key_is_refused(recorded) -> None:
+@pytest.mark.parametrize("he", ["ckks"], indirect=True)  # a CKKS property: no Paillier twin to skip
+def test_a_ckks_context_with_its_secret_key_is_refused(he: Setup) -> None:
     """Even if the opening named it (its hash), a context holding a secret key is not public key material."""
-    he, _ = recorded
-    if he.protocol != "ckks":
-        pytest.skip("CKKS only")
     from bfl_private.protocols.ckks import CkksKeyHolder, context_id
 
     holder = CkksKeyHolder.generate()

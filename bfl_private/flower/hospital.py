@@ -107,6 +107,8 @@ class Registry:
         """Size of the federation's label space (its dataset's classes)."""
         from ..data import DATASETS
 
+        if self.settings.csv_description is not None:  # the user's CSV data: genesis lists its classes
+            return len(self.settings.csv_description.classes)
         return int(np.max(DATASETS[self.settings.dataset]().target)) + 1
 
 

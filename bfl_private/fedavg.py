@@ -42,6 +42,11 @@ def aggregate_violation(total: np.ndarray, *, weights: Sequence[float], bound: f
     expected = float(sum(weights))
     if total.ndim != 1 or total.shape[0] < 2 or not np.all(np.isfinite(total)):
         return f"aggregate of shape {total.shape} is not a finite update followed by its weight"
+    if expected < 4 * tolerance:
+        # The weight is the FedAvg denominator: within ±tolerance of a total this small it
+        # could be shrunk toward zero, so the encoding cannot carry these weights safely.
+        return (f"the included clients' registered weights {expected!r} are below 4x the encoding error "
+                f"{tolerance:.3g}: the decoded weight could not be told from zero")
     if abs(float(total[-1]) - expected) > tolerance:
         return (f"aggregate weight {float(total[-1])!r} differs from the included clients' registered weights "
                 f"{expected!r} by more than the encoding error {tolerance:.3g}")

@@ -216,6 +216,10 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     where = f"round {view.round}"
     check_transcript_identities(transcript, registered_client_keys(state), where=where)
     check_transcript_key(transcript, genesis, protocol=protocol, where=where)
+    summed = transcript.get("survivors" if protocol == "masking" else "included")
+    if not isinstance(summed, list) or sorted(summed) != sorted(view.submissions):
+        raise SemanticCheckError(f"{where}: the transcript sums {summed!r:.200}, not the close's survivors "
+                                 f"{sorted(view.submissions)}")
     check_aggregate(
         protocol=protocol,
         transcript=transcript,

@@ -48,6 +48,10 @@ class TrainingConfig:
         _positive(self, "local_steps", "batch_size", "learning_rate", "update_bound", "server_learning_rate")
         if self.optimizer not in ("sgd", "adam"):
             raise SettingsError(f"TrainingConfig.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not self.update_bound >= 1:
+            # The FedAvg weight (up to 1) travels in the same clipped vector as the update.
+            raise SettingsError(f"TrainingConfig.update_bound must be >= 1 (the weight, up to 1, is encoded "
+                                f"within it), got {self.update_bound!r}")
 
 
 @dataclass(frozen=True)

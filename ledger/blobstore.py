@@ -164,8 +164,9 @@ class BlobStore:
             arrays = safetensors.numpy.load(data)
             (header_size,) = struct.unpack_from("<Q", data, 0)
             header = json.loads(data[8 : 8 + header_size])
-        except (SafetensorError, struct.error, ValueError) as exc:
-            raise MalformedRecord(f"blob {cid} is not a valid safetensors file: {exc}") from None
+        except (SafetensorError, struct.error, ValueError, KeyError, TypeError, OverflowError) as exc:
+            # safetensors raises KeyError for a dtype numpy lacks (BF16), among others
+            raise MalformedRecord(f"blob {cid} is not a valid safetensors file: {type(exc).__name__}: {exc}") from None
         metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
         if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from safetensors.numpy import load as load_safetensors
 
 from .errors import (
     ConfigurationError,
@@ -129,6 +130,19 @@ class AggregationProtocol(ABC):
         """
 
 
+def load_submission_tensors(blob: bytes | memoryview, *, client: str) -> dict[str, np.ndarray]:
+    """The tensors of a client's safetensors submission blob, or MalformedInput naming it.
+
+    Whatever the bytes: safetensors itself raises more than its own error on input our
+    encoder would never make (a KeyError for a dtype numpy lacks, such as BF16; TypeError,
+    OverflowError on absurd headers), and a client's bytes must never crash a round."""
+    try:
+        return load_safetensors(bytes(blob))
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a peer's bytes is that peer's fault
+        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
 def check_updates(updates: Mapping[str, np.ndarray]) -> int:
     """Validate a client -> vector mapping and return the common length.
 
@@ -162,28 +176,39 @@ def one_shot_submitters(
 
 
 def receive_submissions(
-    blobs: Mapping[str, bytes], decode: Callable[[str, bytes], Any], *, round_id: int, drop: Mapping[str, Stage] | None
+    blobs: Mapping[str, bytes],
+    decode: Callable[[str, bytes], Any],
+    *,
+    round_id: int,
+    drop: Mapping[str, Stage] | None,
+    fingerprint: Callable[[Any], bytes] = lambda decoded: b"",
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Check every blob on receipt: (decoded, rejected with the reason). Raises
     TooManyDropouts when nothing valid arrived.
 
-    Identical blobs from several clients are all rejected: one is a replay of the other,
-    and which is the original cannot be told here (summing it twice would double one
-    client's weight in the aggregate)."""
-    received: dict[str, Any] = {}
+    Submissions whose decoded content is the same (``fingerprint``, e.g. the ciphertexts
+    whatever header wraps them) are all rejected: one replays the other, and which is the
+    original cannot be told here (summing it twice would double one client's weight)."""
+    decoded: dict[str, Any] = {}
     rejected: dict[str, str] = {}
-    senders: dict[bytes, list[str]] = {}
-    for client in sorted(blobs):
-        senders.setdefault(bytes(blobs[client]), []).append(client)
     for client, blob in blobs.items():
-        copies = [c for c in senders[bytes(blob)] if c != client]
-        if copies:
-            rejected[client] = f"submission of {client!r} is identical to that of {copies}: a replayed input"
-            continue
         try:
-            received[client] = decode(client, blob)
+            decoded[client] = decode(client, blob)
         except ProtocolError as exc:
             rejected[client] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the round
+            rejected[client] = f"submission of {client!r} does not decode: {type(exc).__name__}: {exc}"
+    content = {c: fingerprint(value) or bytes(blobs[c]) for c, value in decoded.items()}
+    by_content: dict[bytes, list[str]] = {}
+    for client in sorted(decoded):
+        by_content.setdefault(content[client], []).append(client)
+    received: dict[str, Any] = {}
+    for client, value in decoded.items():
+        copies = [c for c in by_content[content[client]] if c != client]
+        if copies:
+            rejected[client] = f"submission of {client!r} repeats the content of {copies}'s: a replayed input"
+        else:
+            received[client] = value
     if not received:
         exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(blobs)} submitters",
                               stage="mask", required=1, available=0, dropped=dict(drop or {}))
@@ -215,6 +240,14 @@ def decoding_tolerance(protocol: str, transcript: Mapping[str, Any]) -> float:
     sum of its included clients' clipped values when every client encoded honestly
     (fixed-point: one step per client; CKKS: its noise bound; plain: float32 rounding)."""
     return float(_module(protocol).decoding_tolerance(transcript))
+
+
+def refused_by_key_holder(exc: ProtocolError, *, round_id: int, received: Mapping[str, bytes]) -> InvalidAggregate:
+    """A key holder's refusal to decrypt (a replay it saw, a sum that differs) as a round abort."""
+    refused = InvalidAggregate(f"round {round_id}: the key holder refused to decrypt: {type(exc).__name__}: {exc}",
+                               stage="decrypt")
+    refused.received = dict(received)
+    return refused
 
 
 def decode_or_refuse(

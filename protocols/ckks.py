@@ -72,8 +72,6 @@ import numpy as np
 import rfc8785
 import tenseal as ts
 import tenseal.sealapi  # registers the SEAL types (Modulus) that parameter introspection returns
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from .base import (
@@ -84,7 +82,9 @@ from .base import (
     check_forged,
     check_updates,
     decode_or_refuse,
+    load_submission_tensors,
     one_shot_submitters,
+    refused_by_key_holder,
     receive_submissions,
 )
 from .errors import (
@@ -92,7 +92,9 @@ from .errors import (
     ConfigurationError,
     HeadroomExceeded,
     MalformedInput,
+    ProtocolError,
     ReplayedMessage,
+    RoundAbort,
     TooManyDropouts,
     WrongKey,
 )
@@ -212,10 +214,7 @@ def encode_submission(public_context: bytes, ciphertexts: Sequence[bytes]) -> by
 def decode_submission(blob: bytes, *, context: ts.Context, public_context: bytes, length: int,
                       client: str) -> list[ts.CKKSVector]:
     """Parse and check one client's submission; raises a named error saying what and whose."""
-    try:
-        tensors = load_safetensors(blob if isinstance(blob, bytes) else bytes(blob))
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
+    tensors = load_submission_tensors(blob, client=client)
     if set(tensors) != {_CIPHERTEXTS, _OFFSETS, _CONTEXT_ID}:
         raise MalformedInput(f"submission of {client!r} holds tensors {sorted(tensors)}")
     if tensors[_CONTEXT_ID].tobytes() != context_id(public_context):
@@ -235,7 +234,10 @@ def decode_submission(blob: bytes, *, context: ts.Context, public_context: bytes
             vector = ts.ckks_vector_from(context, data[offsets[index]: offsets[index + 1]].tobytes())
         except (ValueError, RuntimeError, TypeError) as exc:
             raise MalformedInput(f"{where} does not parse under the round's context: {exc}") from exc
-        (ciphertext,) = vector.data.ciphertext()
+        parts = vector.data.ciphertext()
+        if len(parts) != 1:
+            raise MalformedInput(f"{where} holds {len(parts)} ciphertexts, expected one")
+        (ciphertext,) = parts
         if ciphertext.is_transparent() or ciphertext.size() != 2 or ciphertext.parms_id() != first_parms:
             raise MalformedInput(f"{where} is not a fresh two-part encryption at the first level")
         if ciphertext.scale != 2.0**parameters.scale_bits or vector.size() != size:
@@ -451,6 +453,7 @@ class CkksProtocol(AggregationProtocol):
             blobs, lambda client, blob: decode_submission(blob, context=self.context, public_context=self.public_context,
                                                           length=length, client=client),
             round_id=round_id, drop=dropped,
+            fingerprint=lambda chunks: b"".join(chunk.serialize() for chunk in chunks),
         )
         included = sorted(received)
         claimed = _digests(add([received[c] for c in included]))
@@ -458,9 +461,11 @@ class CkksProtocol(AggregationProtocol):
         try:
             decryption = self.key_holder.decrypt_aggregate(submissions, length=length, max_summands=self.max_summands,
                                                            claimed_sha256=claimed)
-        except TooManyDropouts as exc:
+        except RoundAbort as exc:
             exc.received = dict(blobs)  # sent, so spent, though never decrypted
             raise
+        except ProtocolError as exc:  # the key holder refused what the aggregator let through
+            raise refused_by_key_holder(exc, round_id=round_id, received=blobs) from exc
         total = decode_or_refuse(lambda: _checked_total(decryption.total, length=length, summands=len(included),
                                                         clip=self.clip, parameters=self.parameters),
                                  round_id=round_id, received=blobs)

@@ -82,8 +82,6 @@ from typing import Any, ClassVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from . import keyagreement as ka
@@ -97,6 +95,7 @@ from .base import (
     check_forged,
     check_updates,
     decode_or_refuse,
+    load_submission_tensors,
 )
 from .errors import (
     AggregateMismatch,
@@ -1176,10 +1175,7 @@ def encode_submission(masked: np.ndarray) -> bytes:
 
 
 def decode_submission(blob: bytes, *, client: str) -> np.ndarray:
-    try:
-        tensors = load_safetensors(blob)
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
+    tensors = load_submission_tensors(blob, client=client)
     vector = tensors.get(_TENSOR)
     if vector is None or vector.dtype != np.uint32 or vector.ndim != 1 or len(tensors) != 1:
         raise MalformedInput(

@@ -52,8 +52,6 @@ import gmpy2
 import numpy as np
 import rfc8785
 from phe.paillier import PaillierPrivateKey, PaillierPublicKey, generate_paillier_keypair
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from .base import (
@@ -64,7 +62,9 @@ from .base import (
     check_forged,
     check_updates,
     decode_or_refuse,
+    load_submission_tensors,
     one_shot_submitters,
+    refused_by_key_holder,
     receive_submissions,
 )
 from .errors import (
@@ -73,7 +73,9 @@ from .errors import (
     DecryptionProofError,
     HeadroomExceeded,
     MalformedInput,
+    ProtocolError,
     ReplayedMessage,
+    RoundAbort,
     SlotOverflow,
     TooManyDropouts,
     WrongKey,
@@ -377,10 +379,7 @@ def encode_submission(public_key: PaillierPublicKey, ciphertexts: Sequence[int])
 
 def decode_submission(blob: bytes, *, public_key: PaillierPublicKey, layout: PackingLayout, client: str) -> list[int]:
     """Parse and check one client's submission: right key, right count, every c in Z_(n^2)^*."""
-    try:
-        tensors = load_safetensors(bytes(blob))
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
+    tensors = load_submission_tensors(blob, client=client)
     if set(tensors) != {_CIPHERTEXTS, _KEY_ID}:
         raise MalformedInput(f"submission of {client!r} holds tensors {sorted(tensors)}, expected {[_CIPHERTEXTS, _KEY_ID]}")
     fingerprint = tensors[_KEY_ID]
@@ -637,18 +636,22 @@ class PaillierProtocol(AggregationProtocol):
         layout = self.layout(length)
         if len(blobs) > layout.max_summands:
             raise HeadroomExceeded(f"{len(blobs)} submissions exceed the codec's max_summands {layout.max_summands}")
+        width = _ciphertext_width(self.public_key)
         received, rejected = receive_submissions(
             blobs, lambda client, blob: decode_submission(blob, public_key=self.public_key, layout=layout, client=client),
             round_id=round_id, drop=dropped,
+            fingerprint=lambda ciphertexts: b"".join(c.to_bytes(width, "big") for c in ciphertexts),
         )
         included = sorted(received)
         claimed = add(self.public_key, (received[c] for c in included))
         submissions = {c: blobs[c] for c in included}
         try:
             decryption = self.key_holder.decrypt_aggregate(submissions, layout=layout, claimed=claimed)
-        except TooManyDropouts as exc:
+        except RoundAbort as exc:
             exc.received = dict(blobs)  # sent, so spent, though never decrypted
             raise
+        except ProtocolError as exc:  # the key holder refused what the aggregator let through
+            raise refused_by_key_holder(exc, round_id=round_id, received=blobs) from exc
         total = decode_or_refuse(
             lambda: self.codec.decode_sum(layout.unpack(decryption.plaintexts, summands=len(included)), len(included)),
             round_id=round_id, received=blobs)

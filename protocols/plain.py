@@ -10,11 +10,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from .base import AggregationProtocol, AggregationResult, ForgedInput, Stage, check_forged
+from .base import AggregationProtocol, AggregationResult, ForgedInput, Stage, check_forged, load_submission_tensors
 from .errors import ConfigurationError, MalformedInput, TooManyDropouts
 
 _TENSOR = "update"
@@ -26,10 +24,7 @@ def encode_submission(vector: np.ndarray) -> bytes:
 
 def decode_submission(blob: bytes, *, client: str, length: int | None = None) -> np.ndarray:
     """Parse a plain submission blob; raises MalformedInput naming the client."""
-    try:
-        tensors = load_safetensors(blob)
-    except (SafetensorError, ValueError) as exc:
-        raise MalformedInput(f"submission of {client!r} is not a safetensors blob: {exc}") from exc
+    tensors = load_submission_tensors(blob, client=client)
     vector = tensors.get(_TENSOR)
     if vector is None or vector.dtype != np.float32 or vector.ndim != 1:
         raise MalformedInput(f"submission of {client!r} must hold one 1-D float32 tensor {_TENSOR!r}")

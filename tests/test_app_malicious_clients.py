@@ -8,6 +8,8 @@ ledger verifies, and no honest client's input is dropped without a record.
 """
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +42,21 @@ def federation_dir(tmp_path_factory) -> Path:
     return directory
 
 
+def _foreign_dtype_blob(name: str, dtype: str) -> bytes:
+    header = json.dumps({name: {"dtype": dtype, "shape": [2], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + bytes(4)
+
+
 def _blob_like(draw, length: int) -> bytes:
     """Bytes an attacker might send: random, or a well-formed safetensors blob holding
     tensors of the wrong name, type, shape or content."""
-    kind = draw(st.sampled_from(["random", "tensor"]))
+    kind = draw(st.sampled_from(["random", "tensor", "foreign dtype"]))
     if kind == "random":
         return draw(st.binary(max_size=400))
+    if kind == "foreign dtype":  # a dtype numpy lacks: safetensors raises KeyError, not its own error
+        return _foreign_dtype_blob(draw(st.sampled_from(["update", "masked", "ciphertexts"])),
+                                   draw(st.sampled_from(["BF16", "F8_E4M3"])))
     name = draw(st.sampled_from(["update", "masked", "ciphertexts", "key_id", "x"]))
     dtype = draw(st.sampled_from([np.uint8, np.uint32, np.float32, np.int64]))
     size = draw(st.sampled_from([0, 1, length - 1, length, length + 1]))
@@ -177,3 +188,67 @@ def test_a_close_that_breaks_the_weight_rule_fails_the_verifier_even_if_everyone
     report = audit(directory).report
     assert not report.ok
     assert report.failure.number == 8 and "registered weights" in report.failure.detail
+
+
+@pytest.fixture(scope="module")
+def he_protocols():
+    from bfl_private.protocols.ckks import CkksKeyHolder, CkksProtocol
+    from bfl_private.protocols.paillier import PaillierKeyHolder
+    from bfl_private.protocols.plain import PlainProtocol
+
+    paillier = PaillierKeyHolder.generate(bits=1024)
+    ckks = CkksKeyHolder.generate()
+    return {
+        "plain": PlainProtocol(bound=1.0),
+        "paillier": PaillierProtocol(public_key=paillier.public_key, key_holder=paillier,
+                                     codec=FixedPointCodec(clip=1.0, bits=16, max_summands=4), workers=1),
+        "ckks": CkksProtocol(public_context=ckks.public_context, key_holder=ckks, clip=1.0, max_summands=4),
+    }
+
+
+@pytest.mark.parametrize("protocol", ["plain", "paillier", "ckks"])
+def test_a_dtype_numpy_lacks_is_rejected_by_name(he_protocols, protocol: str) -> None:
+    updates = {c: np.zeros(6, np.float32) for c in ("h1", "h2", "h3")}
+    blob = _foreign_dtype_blob({"plain": "update", "paillier": "ciphertexts", "ckks": "ciphertexts"}[protocol], "BF16")
+    result = he_protocols[protocol].aggregate(updates, round_id=1, round_seed=bytes(32),
+                                              forged={"h3": ForgedInput(message=blob)})
+    assert result.included == ("h1", "h2") and "KeyError" in result.rejected["h3"]
+
+
+def test_a_ckks_chunk_holding_two_ciphertexts_is_rejected(he_protocols) -> None:
+    import tenseal as ts
+
+    from bfl_private.protocols.ckks import encode_submission
+
+    protocol = he_protocols["ckks"]
+    one = ts.ckks_vector(protocol.context, [0.0] * 6).serialize()
+    blob = encode_submission(protocol.public_context, [one + one])  # protobuf merges the repeated field
+    updates = {c: np.zeros(6, np.float32) for c in ("h1", "h2", "h3")}
+    result = protocol.aggregate(updates, round_id=1, round_seed=bytes(32), forged={"h3": ForgedInput(message=blob)})
+    assert "holds 2 ciphertexts" in result.rejected["h3"]
+
+
+@pytest.mark.parametrize("protocol", ["paillier", "ckks"])
+def test_a_copy_in_another_header_is_a_replay_and_neither_copy_is_summed(he_protocols, protocol: str) -> None:
+    from safetensors.numpy import load, save
+
+    updates = {c: np.full(6, 0.1 * i, np.float32) for i, c in enumerate(("h1", "h2", "h3", "h4"))}
+    first = he_protocols[protocol].aggregate(updates, round_id=1, round_seed=bytes(32))
+    copied = save(load(first.submissions["h1"]), metadata={"re": "wrapped"})  # same ciphertexts, new bytes
+    result = he_protocols[protocol].aggregate(updates, round_id=2, round_seed=bytes(32),
+                                              forged={"h4": ForgedInput(message=copied), "h1": ForgedInput(
+                                                  message=first.submissions["h1"])})
+    assert set(result.rejected) == {"h1", "h4"} and "replayed" in result.rejected["h4"]
+    assert result.included == ("h2", "h3")
+
+
+def test_weights_too_small_for_the_encoding_are_refused_not_averaged() -> None:
+    reason = aggregate_violation(np.array([0.0, 3e-5]), weights=[1e-5] * 3, bound=1.0, tolerance=9e-5)
+    assert reason is not None and "could not be told from zero" in reason
+
+
+def test_an_update_bound_below_the_weight_is_refused_at_genesis() -> None:
+    from bfl_private.settings import SettingsError, TrainingConfig
+
+    with pytest.raises(SettingsError, match="update_bound must be >= 1"):
+        TrainingConfig(update_bound=0.5)

@@ -1,0 +1,230 @@
+"""Threshold Paillier: quorum decryption of phe ciphertexts, checkable partials, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+
+import gmpy2
+import pytest
+from bfl_private.protocols.errors import (
+    DecryptionProofError,
+    MalformedInput,
+    TooManyDropouts,
+    WrongKey,
+)
+from bfl_private.protocols.threshold_paillier import (
+    DEALER,
+    BadPartialDecryption,
+    KeyShare,
+    PartialDecryption,
+    ThresholdPublicKey,
+    combine,
+    deal_shares,
+    partial_decrypt,
+    verify_partial,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from phe.paillier import generate_paillier_keypair
+
+BITS = 1024  # test-size keys
+PARTIES = [f"validator-{i}" for i in range(5)]
+QUORUM = 3
+CONTEXT = b"round 7"
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return generate_paillier_keypair(n_length=BITS)
+
+
+@pytest.fixture(scope="module")
+def shares(keypair) -> list[KeyShare]:
+    _, private = keypair
+    return deal_shares(private.p, private.q, parties=PARTIES, quorum=QUORUM)
+
+
+def _partials(shares, ciphertext, context=CONTEXT):
+    return [partial_decrypt(s, ciphertext, context=context) for s in shares]
+
+
+def test_every_quorum_decrypts_a_phe_ciphertext_to_what_phe_decrypts(keypair, shares):
+    public, private = keypair
+    ciphertext = public.encrypt(31337).ciphertext(be_secure=True)
+    partials = _partials(shares, ciphertext)
+    key = shares[0].public_key
+    for subset in itertools.combinations(partials, QUORUM):
+        assert combine(key, ciphertext, list(subset), context=CONTEXT) == private.raw_decrypt(ciphertext) == 31337
+
+
+def test_key_records_its_provenance_as_a_trusted_dealer(shares):
+    assert shares[0].public_key.key_generation == DEALER == "trusted-dealer"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.integers(min_value=0, max_value=2**200), min_size=1, max_size=6),
+       data=st.data())
+def test_homomorphic_sums_decrypt_exactly_from_any_quorum(keypair, shares, values, data):
+    public, _ = keypair
+    total = 1
+    for value in values:
+        total = total * public.raw_encrypt(value) % public.nsquare
+    subset = data.draw(st.sets(st.sampled_from(range(len(PARTIES))), min_size=QUORUM, max_size=len(PARTIES)))
+    partials = _partials([shares[i] for i in sorted(subset)], total)
+    assert combine(shares[0].public_key, total, partials, context=CONTEXT) == sum(values) % public.n
+
+
+def test_fewer_than_a_quorum_cannot_decrypt(keypair, shares):
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(42)
+    partials = _partials(shares[: QUORUM - 1], ciphertext)
+    with pytest.raises(TooManyDropouts, match="quorum of 3") as caught:
+        combine(shares[0].public_key, ciphertext, partials, context=CONTEXT)
+    assert (caught.value.required, caught.value.available, caught.value.stage) == (QUORUM, QUORUM - 1, "decrypt")
+
+
+def test_below_quorum_shares_interpolated_as_if_a_quorum_do_not_give_the_plaintext(keypair, shares):
+    """The algebra, not just the refusal: combining quorum-1 partials with the coefficients
+    of that smaller set yields something that is not the plaintext."""
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(42)
+    key = dataclasses.replace(shares[0].public_key, quorum=QUORUM - 1)
+    partials = _partials(shares[: QUORUM - 1], ciphertext)
+    try:
+        assert combine(key, ciphertext, partials, context=CONTEXT) != 42
+    except DecryptionProofError:
+        pass  # not even of the form 1 + k n
+
+
+def test_a_duplicated_party_does_not_count_twice(keypair, shares):
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(1)
+    partials = _partials(shares[:2], ciphertext)
+    with pytest.raises(MalformedInput, match="two partial decryptions from 'validator-0'"):
+        combine(shares[0].public_key, ciphertext, partials + partials[:1], context=CONTEXT)
+
+
+@pytest.mark.parametrize("field", ["value", "challenge", "response"])
+def test_a_tampered_partial_is_detected_and_its_party_named(keypair, shares, field):
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(99)
+    partials = _partials(shares[:QUORUM], ciphertext)
+    victim = partials[1]
+    if field == "value":  # a valid-looking group element, off by a factor
+        tampered = dataclasses.replace(victim, value=victim.value * (1 + public.n) % public.nsquare)
+    else:
+        tampered = dataclasses.replace(victim, **{field: getattr(victim, field) + 1})
+    with pytest.raises(BadPartialDecryption, match="validator-1") as caught:
+        combine(shares[0].public_key, ciphertext, [partials[0], tampered, partials[2]], context=CONTEXT)
+    assert caught.value.party == "validator-1"
+
+
+def test_a_partial_made_with_a_wrong_share_fails_its_proof(keypair, shares):
+    """A validator that lies about its share (so its partial would shift the plaintext) is caught."""
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(5)
+    liar = object.__new__(KeyShare)  # bypass the constructor's own consistency check
+    object.__setattr__(liar, "public_key", shares[2].public_key)
+    object.__setattr__(liar, "party", shares[2].party)
+    object.__setattr__(liar, "share", shares[2].share + 1)
+    with pytest.raises(BadPartialDecryption, match="validator-2"):
+        verify_partial(shares[0].public_key, ciphertext, partial_decrypt(liar, ciphertext, context=CONTEXT),
+                       context=CONTEXT)
+
+
+def test_a_partial_replayed_under_another_context_or_ciphertext_fails(keypair, shares):
+    public, _ = keypair
+    ciphertext, other = public.raw_encrypt(5), public.raw_encrypt(6)
+    partial = partial_decrypt(shares[0], ciphertext, context=CONTEXT)
+    with pytest.raises(BadPartialDecryption):
+        verify_partial(shares[0].public_key, ciphertext, partial, context=b"round 8")
+    with pytest.raises(BadPartialDecryption):
+        verify_partial(shares[0].public_key, other, partial, context=CONTEXT)
+
+
+def test_a_partial_from_a_stranger_is_refused(keypair, shares):
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(5)
+    partial = dataclasses.replace(partial_decrypt(shares[0], ciphertext, context=CONTEXT), party="mallory")
+    with pytest.raises(MalformedInput, match="'mallory' holds no share"):
+        verify_partial(shares[0].public_key, ciphertext, partial, context=CONTEXT)
+
+
+@pytest.mark.parametrize("value", [0, -1, "n", "nsquare"])
+def test_out_of_group_values_are_refused_by_name(keypair, shares, value):
+    public, _ = keypair
+    ciphertext = public.raw_encrypt(5)
+    partial = partial_decrypt(shares[0], ciphertext, context=CONTEXT)
+    bad = {"n": public.n, "nsquare": public.nsquare}.get(value, value)
+    with pytest.raises(BadPartialDecryption, match="validator-0.*Z_"):
+        verify_partial(shares[0].public_key, ciphertext, dataclasses.replace(partial, value=bad), context=CONTEXT)
+    with pytest.raises(MalformedInput, match="ciphertext"):
+        verify_partial(shares[0].public_key, bad if isinstance(bad, int) else 0, partial, context=CONTEXT)
+
+
+def test_keys_shares_and_partials_round_trip_through_json(keypair, shares):
+    public, _ = keypair
+    key = shares[0].public_key
+    assert ThresholdPublicKey.from_json(json.loads(json.dumps(key.to_json()))) == key
+    assert KeyShare.from_private_bytes(shares[3].to_private_bytes()) == shares[3]
+    partial = partial_decrypt(shares[1], public.raw_encrypt(3), context=CONTEXT)
+    assert PartialDecryption.from_json(json.loads(json.dumps(partial.to_json()))) == partial
+
+
+def test_a_share_that_does_not_match_its_verification_key_is_refused(shares):
+    record = json.loads(shares[1].to_private_bytes())
+    record["share"] = format(shares[1].share + 1, "x")
+    with pytest.raises(WrongKey, match="validator-1"):
+        KeyShare.from_private_bytes(json.dumps(record).encode())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.update(quorum=0), "quorum"),
+    (lambda r: r.update(quorum=6), "quorum"),
+    (lambda r: r.update(parties=["a", "a", "b", "c", "d"]), "distinct"),
+    (lambda r: r["verification_keys"].pop(), "one verification key per party"),
+    (lambda r: r["verification_keys"].__setitem__(0, "0"), "verification key of 'validator-0'"),
+    (lambda r: r.update(theta="0"), "theta"),
+    (lambda r: r.update(n="10"), "odd modulus"),
+    (lambda r: r.update(n="XYZ"), "hex"),
+    (lambda r: r.update(key_generation="magic"), "unknown key generation"),
+    (lambda r: r.update(quorum=True), "integer"),
+])
+def test_malformed_public_keys_are_refused_with_a_reason(shares, mutate, message):
+    record = shares[0].public_key.to_json()
+    record = json.loads(json.dumps(record))
+    mutate(record)
+    with pytest.raises(MalformedInput, match=message):
+        ThresholdPublicKey.from_json(record)
+
+
+@pytest.mark.parametrize("data", [b"", b"[]", b"{}", b"\xff", b'{"format": "bfl-private/threshold-paillier-share/v1"}'])
+def test_malformed_share_files_are_refused(data):
+    with pytest.raises(MalformedInput):
+        KeyShare.from_private_bytes(data)
+
+
+def test_dealer_refuses_non_primes_and_bad_quorums(keypair):
+    _, private = keypair
+    with pytest.raises(ValueError, match="distinct primes"):
+        deal_shares(private.p, private.p, parties=PARTIES, quorum=2)
+    with pytest.raises(ValueError, match="quorum"):
+        deal_shares(private.p, private.q, parties=PARTIES, quorum=6)
+
+
+def test_no_share_is_the_secret_exponent(keypair, shares):
+    """No share is d itself: with quorum >= 2 each s_i differs from d = lambda (lambda^-1 mod n)."""
+    _, private = keypair
+    n = private.public_key.n
+    lam = math.lcm(private.p - 1, private.q - 1)
+    d = lam * int(gmpy2.invert(lam, n))
+    assert all(s.share % (n * lam) != d for s in shares)
+
+
+def test_quorum_of_one_is_plain_decryption_by_one_party(keypair):
+    public, private = keypair
+    single = deal_shares(private.p, private.q, parties=["only"], quorum=1)
+    ciphertext = public.raw_encrypt(7)
+    assert combine(single[0].public_key, ciphertext, _partials(single, ciphertext), context=CONTEXT) == 7

@@ -38,13 +38,13 @@ exists without one.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import gmpy2
@@ -116,7 +116,7 @@ def verification_base(n: int) -> int:
         counter += 1
 
 
-@lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def _lagrange_at_zero(abscissas: tuple[int, ...], delta: int) -> tuple[int, ...]:
     """mu_i = Delta * prod_(j != i) j / (j - i): integers because Delta = parties!."""
     coefficients = []
@@ -187,8 +187,11 @@ class ThresholdPublicKey:
         except ValueError:
             raise MalformedInput(f"{party!r} holds no share of this key; holders: {list(self.parties)}") from None
 
-    def key_id(self) -> bytes:
-        return hashlib.sha256(rfc8785.dumps(self.to_json())).digest()
+    @functools.cached_property
+    def key_id(self) -> int:
+        """SHA-256 of the canonical key record: proofs are bound to all of it (quorum,
+        parties, verification keys), so a record that alters any part fails them."""
+        return int.from_bytes(hashlib.sha256(rfc8785.dumps(self.to_json())).digest(), "big")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,7 +224,7 @@ class ThresholdPublicKey:
         )
 
 
-@lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=16)
 def _verification_base_cached(n: int) -> int:
     return verification_base(n)
 
@@ -312,7 +315,7 @@ class PartialDecryption:
 
 def _challenge(key: ThresholdPublicKey, context: bytes, index: int, ciphertext: int, value: int,
                commit_c: int, commit_v: int) -> int:
-    return _hash_ints(b"bfl-private/threshold-paillier/dleq:" + context, key.n, key.base, index,
+    return _hash_ints(b"bfl-private/threshold-paillier/dleq:" + context, key.key_id, key.n, key.base, index,
                       key.verification_keys[index - 1], ciphertext, value, commit_c, commit_v)
 
 
@@ -369,10 +372,16 @@ def combine(key: ThresholdPublicKey, ciphertext: int, partials: Sequence[Partial
             raise MalformedInput(f"two partial decryptions from {partial.party!r}")
         verify_partial(key, ciphertext, partial, context=context)
         by_party[partial.party] = partial
-    if len(by_party) < key.quorum:
-        raise TooManyDropouts(f"{len(by_party)} partial decryptions; decryption needs a quorum of {key.quorum}",
-                              stage="decrypt", required=key.quorum, available=len(by_party))
-    chosen = sorted(by_party.values(), key=lambda p: key.abscissa(p.party))[: key.quorum]
+    return interpolate(key, list(by_party.values()))
+
+
+def interpolate(key: ThresholdPublicKey, verified: Sequence[PartialDecryption]) -> int:
+    """The plaintext from the first ``quorum`` of partials (by abscissa) of distinct parties
+    that have each passed :func:`verify_partial` for one ciphertext: no check of its own."""
+    if len({p.party for p in verified}) < key.quorum:
+        raise TooManyDropouts(f"{len(verified)} partial decryptions; decryption needs a quorum of {key.quorum}",
+                              stage="decrypt", required=key.quorum, available=len(verified))
+    chosen = sorted(verified, key=lambda p: key.abscissa(p.party))[: key.quorum]
     abscissas = tuple(key.abscissa(p.party) for p in chosen)
     n, n2 = key.n, key.nsquare
     combined = gmpy2.mpz(1)
@@ -382,3 +391,56 @@ def combine(key: ThresholdPublicKey, ciphertext: int, partials: Sequence[Partial
         raise DecryptionProofError("combined partial decryptions are not of the form 1 + k n")
     scale = 4 * key.delta**2 * key.theta % n
     return int((combined - 1) // n * gmpy2.invert(scale, n) % n)
+
+
+# ---------------------------------------------------------------- a round's published record
+
+
+def round_context(round_id: int) -> bytes:
+    """What partial decryptions of a round's aggregate are bound to."""
+    return b"bfl-private/paillier-round:" + round_id.to_bytes(8, "big")
+
+
+@dataclass(frozen=True)
+class ThresholdDecryptionRecord:
+    """What a round publishes instead of a key holder's (m, r): the threshold key, each
+    answering party's partial decryptions of every aggregate ciphertext, and the parties
+    whose partials were refused, with the reason."""
+
+    public_key: ThresholdPublicKey
+    partials: Mapping[str, tuple[PartialDecryption, ...]]
+    refused: Mapping[str, str]
+
+    def verify_and_combine(self, ciphertexts: Sequence[int], *, context: bytes) -> list[int]:
+        """Check every published partial and decrypt each ciphertext from a quorum of them.
+
+        Raises :class:`BadPartialDecryption` naming a party whose partial fails,
+        :class:`TooManyDropouts` when fewer than a quorum of parties published.
+        """
+        for party, values in self.partials.items():
+            if len(values) != len(ciphertexts) or any(p.party != party for p in values):
+                raise MalformedInput(f"threshold record: {party!r} must publish one partial per ciphertext "
+                                     f"({len(ciphertexts)}), each in its own name")
+        return [combine(self.public_key, c, [values[i] for values in self.partials.values()], context=context)
+                for i, c in enumerate(ciphertexts)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "public_key": self.public_key.to_json(),
+            "partials": {party: [p.to_json() for p in values] for party, values in sorted(self.partials.items())},
+            "refused": dict(sorted(self.refused.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ThresholdDecryptionRecord:
+        if not isinstance(data, Mapping):
+            raise MalformedInput("threshold decryption record must be a JSON object")
+        partials, refused = data.get("partials"), data.get("refused")
+        if not isinstance(partials, Mapping) or not all(isinstance(v, list) for v in partials.values()):
+            raise MalformedInput("threshold decryption record: 'partials' must map parties to lists")
+        if not isinstance(refused, Mapping) or not all(isinstance(v, str) for v in refused.values()):
+            raise MalformedInput("threshold decryption record: 'refused' must map parties to reasons")
+        return cls(ThresholdPublicKey.from_json(data.get("public_key")),
+                   {str(party): tuple(PartialDecryption.from_json(p) for p in values)
+                    for party, values in partials.items()},
+                   dict(refused))

@@ -7,13 +7,18 @@ import json
 import math
 
 import gmpy2
+import numpy as np
 import pytest
+from bfl_private.protocols.base import recompute_total
 from bfl_private.protocols.errors import (
     DecryptionProofError,
     MalformedInput,
     TooManyDropouts,
     WrongKey,
 )
+from bfl_private.protocols.paillier import PaillierKeyHolder, PaillierProtocol
+from bfl_private.protocols.paillier_committee import ShareHolder, ValidatorCommittee
+from bfl_private.protocols.quantize import FixedPointCodec
 from bfl_private.protocols.threshold_paillier import (
     DEALER,
     BadPartialDecryption,
@@ -22,6 +27,7 @@ from bfl_private.protocols.threshold_paillier import (
     ThresholdPublicKey,
     combine,
     deal_shares,
+    interpolate,
     partial_decrypt,
     verify_partial,
 )
@@ -91,11 +97,9 @@ def test_below_quorum_shares_interpolated_as_if_a_quorum_do_not_give_the_plainte
     public, _ = keypair
     ciphertext = public.raw_encrypt(42)
     key = dataclasses.replace(shares[0].public_key, quorum=QUORUM - 1)
-    partials = _partials(shares[: QUORUM - 1], ciphertext)
-    try:
-        assert combine(key, ciphertext, partials, context=CONTEXT) != 42
-    except DecryptionProofError:
-        pass  # not even of the form 1 + k n
+    partials = _partials(shares[: QUORUM - 1], ciphertext)  # valid partials, just too few
+    with pytest.raises(DecryptionProofError, match="not of the form 1 \\+ k n"):
+        interpolate(key, partials)
 
 
 def test_a_duplicated_party_does_not_count_twice(keypair, shares):
@@ -228,3 +232,111 @@ def test_quorum_of_one_is_plain_decryption_by_one_party(keypair):
     single = deal_shares(private.p, private.q, parties=["only"], quorum=1)
     ciphertext = public.raw_encrypt(7)
     assert combine(single[0].public_key, ciphertext, _partials(single, ciphertext), context=CONTEXT) == 7
+
+
+# ---------------------------------------------------------------- the committee in a Paillier round
+
+
+class TamperingHolder(ShareHolder):
+    """A validator that publishes a partial for a plaintext shifted by one."""
+
+    def partial_decryptions(self, submissions, *, layout, claimed, round_id):
+        honest = super().partial_decryptions(submissions, layout=layout, claimed=claimed, round_id=round_id)
+        n2 = self.share.public_key.nsquare
+        first = dataclasses.replace(honest[0], value=honest[0].value * (1 + self.share.public_key.n) % n2)
+        return (first, *honest[1:])
+
+
+def _committee(shares, holder_type=None):
+    holder_type = holder_type or {}
+    return ValidatorCommittee(shares[0].public_key,
+                              [holder_type.get(s.party, ShareHolder)(s) for s in shares])
+
+
+def _protocol(committee):
+    codec = FixedPointCodec(clip=1.0, bits=16, max_summands=6)
+    return PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec, workers=1)
+
+
+def _updates(clients=4, length=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"client-{i}": rng.normal(0.0, 0.3, length) for i in range(clients)}
+
+
+@pytest.fixture(scope="module")
+def committee_round(shares):
+    return _protocol(_committee(shares)).aggregate(_updates(), round_id=3, round_seed=b"s" * 32,
+                                                   rng=np.random.default_rng(1))
+
+
+def test_committee_round_gives_the_key_holders_total_and_the_auditor_recombines(keypair, shares, committee_round):
+    _, private = keypair
+    holder = PaillierKeyHolder(private)
+    single = PaillierProtocol(public_key=holder.public_key, key_holder=holder,
+                              codec=FixedPointCodec(clip=1.0, bits=16, max_summands=6), workers=1)
+    reference = single.aggregate(_updates(), round_id=3, round_seed=b"s" * 32, rng=np.random.default_rng(1))
+    assert np.array_equal(committee_round.total, reference.total)  # same stochastic rounding seed, exact sums
+    transcript = json.loads(json.dumps(committee_round.transcript))
+    assert "proofs" not in transcript and sorted(transcript["threshold"]["partials"]) == PARTIES[:QUORUM]
+    assert np.array_equal(recompute_total("paillier", transcript, committee_round.submissions), committee_round.total)
+
+
+def test_a_tampering_validator_is_named_skipped_and_the_round_still_decrypts(shares, committee_round):
+    committee = _committee(shares, {"validator-1": TamperingHolder})
+    result = _protocol(committee).aggregate(_updates(), round_id=4, round_seed=b"s" * 32,
+                                            rng=np.random.default_rng(1))
+    record = result.transcript["threshold"]
+    assert list(record["refused"]) == ["validator-1"] and "fails its proof" in record["refused"]["validator-1"]
+    assert sorted(record["partials"]) == ["validator-0", "validator-2", "validator-3"]
+    assert np.array_equal(result.total, committee_round.total)
+    assert np.array_equal(recompute_total("paillier", json.loads(json.dumps(result.transcript)), result.submissions),
+                          result.total)
+
+
+def test_without_a_quorum_of_honest_validators_the_round_aborts_with_its_inputs(shares):
+    liars = {p: TamperingHolder for p in PARTIES[:3]}
+    with pytest.raises(TooManyDropouts, match="2 of the 3 share holders") as caught:
+        _protocol(_committee(shares, liars)).aggregate(_updates(), round_id=5, round_seed=b"s" * 32)
+    assert sorted(caught.value.received) == sorted(_updates())  # sent, so charged
+    gone = ValidatorCommittee(shares[0].public_key, [ShareHolder(s) for s in shares[:2]])
+    with pytest.raises(TooManyDropouts, match="0 of the 3|2 of the 3"):
+        _protocol(gone).aggregate(_updates(), round_id=5, round_seed=b"s" * 32)
+
+
+def test_validators_refuse_to_decrypt_a_single_submission(shares):
+    with pytest.raises(TooManyDropouts):
+        _protocol(_committee(shares)).aggregate(_updates(clients=1), round_id=6, round_seed=b"s" * 32)
+
+
+def test_committee_needs_the_round_it_decrypts_for(shares, committee_round):
+    committee = _committee(shares)
+    layout = _protocol(committee).layout(300)
+    with pytest.raises(ValueError, match="round_id"):
+        committee.decrypt_aggregate(dict(committee_round.submissions), layout=layout)
+
+
+@pytest.mark.parametrize("tamper, error, message", [
+    (lambda t: t["threshold"]["partials"]["validator-2"][0].update(value="2"), BadPartialDecryption, "validator-2"),
+    (lambda t: t["threshold"]["partials"].pop("validator-0"), TooManyDropouts, "quorum of 3"),
+    (lambda t: t["plaintexts"].__setitem__(0, format(int(t["plaintexts"][0], 16) + 1, "x")), DecryptionProofError,
+     "ciphertext 0"),
+    (lambda t: t.update(round=4), BadPartialDecryption, "validator-0"),  # partials replayed into another round
+    (lambda t: t["threshold"]["partials"]["validator-1"].pop(), MalformedInput, "one partial per ciphertext"),
+    (lambda t: t["threshold"]["public_key"].update(quorum=1), BadPartialDecryption, "validator"),
+    (lambda t: t["threshold"].update(partials=[]), MalformedInput, "partials"),
+    (lambda t: t.update(round="3"), MalformedInput, "round"),
+])
+def test_auditor_refuses_a_tampered_threshold_record(committee_round, tamper, error, message):
+    transcript = json.loads(json.dumps(committee_round.transcript))
+    tamper(transcript)
+    with pytest.raises(error, match=message):
+        recompute_total("paillier", transcript, committee_round.submissions)
+
+
+def test_auditor_refuses_a_threshold_key_for_another_modulus(committee_round):
+    other = generate_paillier_keypair(n_length=BITS)[1]
+    foreign = deal_shares(other.p, other.q, parties=PARTIES, quorum=QUORUM)[0].public_key
+    transcript = json.loads(json.dumps(committee_round.transcript))
+    transcript["threshold"]["public_key"] = foreign.to_json()
+    with pytest.raises(WrongKey, match="threshold key's modulus"):
+        recompute_total("paillier", transcript, committee_round.submissions)

@@ -35,7 +35,7 @@ from .protocol_setup import build_protocol
 from .protocols.base import STAGES, Stage
 from .protocols.errors import BadShare, TooManyDropouts
 from .round_checks import PrivacyHistories, charged_epsilon, planned_record, privacy_rule_violation
-from .settings import FederationSettings
+from .settings import FederationSettings, validator_ids
 from .validator import Validator
 
 COORDINATOR = "coordinator"
@@ -43,10 +43,6 @@ COORDINATOR = "coordinator"
 
 class RunRefused(RuntimeError):
     """The command cannot run as asked (over budget, inconsistent flags); nothing was written."""
-
-
-def validator_ids(n: int) -> list[str]:
-    return [f"validator-{i}" for i in range(n)]
 
 
 @dataclass(frozen=True)

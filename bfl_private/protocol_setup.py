@@ -1,8 +1,13 @@
 """Build the aggregation protocol a round asked for, with its keys and public parameters.
 
-Homomorphic modes need a key holder, a party apart from the aggregator. The federation
-keeps one per mode for its whole life, its secret in ``keys/``; the aggregator object
-receives only the public key or context (see the modules' trust-model docstrings).
+Paillier rounds are decrypted by a quorum (2f+1 of 3f+1, as for blocks) of the
+validators, each holding one share of the threshold key in ``keys/`` (see
+:mod:`~bfl_private.protocols.paillier_committee`). The shares are made once per
+federation by a TRUSTED DEALER in this process (:func:`~bfl_private.protocols.
+threshold_paillier.deal_shares`), which forgets p and q after dealing; the public key
+says ``key_generation: "trusted-dealer"``. CKKS keeps a single key holder, a party apart
+from the aggregator, its secret in ``keys/``. The aggregator object receives only public
+keys or contexts (see the modules' trust-model docstrings).
 """
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ import numpy as np
 from .keyring import Keyring, KeyringError
 from .protocols.base import AggregationProtocol
 from .protocols.quantize import FixedPointCodec
-from .settings import FederationSettings
+from .settings import FederationSettings, validator_ids
 
-PAILLIER_KEY = "paillier-key-holder.json"
+PAILLIER_SHARE = "paillier-share.{validator}.json"
 CKKS_KEY = "ckks-key-holder.bin"
 
 
@@ -49,6 +54,27 @@ def _key_holder(keys: Keyring, name: str, load, generate):
         return holder
 
 
+def _validator_committee(keys: Keyring, settings: FederationSettings):
+    """The validators' threshold Paillier key, dealt on first use (trusted dealer, see above)."""
+    from phe.paillier import generate_paillier_keypair
+
+    from .ledger.contracts import min_quorum
+    from .protocols.paillier_committee import ShareHolder, ValidatorCommittee
+    from .protocols.threshold_paillier import KeyShare, deal_shares
+
+    validators = validator_ids(settings.n_validators)
+    try:
+        shares = [KeyShare.from_private_bytes(keys.load(PAILLIER_SHARE.format(validator=v))) for v in validators]
+    except KeyringError:
+        _, private = generate_paillier_keypair(n_length=settings.protocol.paillier_key_bits)
+        shares = deal_shares(private.p, private.q, parties=validators, quorum=min_quorum(len(validators)))
+        # Only the shares are stored: p and q are never written, so once this process
+        # exits only a quorum of validators can decrypt (while it runs, it is the dealer).
+        for share in shares:
+            keys.store(PAILLIER_SHARE.format(validator=share.party), share.to_private_bytes())
+    return ValidatorCommittee(shares[0].public_key, [ShareHolder(share) for share in shares])
+
+
 def build_protocol(
     name: str, settings: FederationSettings, keys: Keyring, *, participants: Sequence[str]
 ) -> ProtocolSetup:
@@ -71,12 +97,12 @@ def build_protocol(
         protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
-        from .protocols.paillier import PaillierKeyHolder, PaillierProtocol, public_key_to_json
+        from .protocols.paillier import PaillierProtocol, public_key_to_json
 
-        holder = _key_holder(keys, PAILLIER_KEY, PaillierKeyHolder.from_private_bytes,
-                             lambda: PaillierKeyHolder.generate(bits=settings.protocol.paillier_key_bits))
-        protocol = PaillierProtocol(public_key=holder.public_key, key_holder=holder, codec=codec)
-        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(holder.public_key)}, bound)
+        committee = _validator_committee(keys, settings)
+        protocol = PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec)
+        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(committee.public_key),
+                                        "threshold_key": committee.key.to_json()}, bound)
     if name == "ckks":
         from .protocols.ckks import CkksKeyHolder, CkksProtocol, context_id
 

@@ -18,10 +18,11 @@ Roles and trust model
 
 What this does **not** protect against: a key holder who obtains an individual client's
 ciphertext (from the ledger's blob store, where submissions are public) can decrypt it
-on its own. Unlike masking, which needs no key holder at all, Paillier mode trusts the key
-holder not to do so (or requires it to be a committee holding a shared key). The key
-holder also trusts the participant set it is given (committed on the ledger): it cannot
-tell a real client from an aggregator-made encryption of zero.
+on its own. Federations therefore use a committee of validators sharing a threshold key
+instead (:mod:`.paillier_committee`, any :class:`PaillierDecryptor` fits here), so that
+only a quorum can decrypt. Either decryptor trusts the participant set it is given
+(committed on the ledger): it cannot tell a real client from an aggregator-made
+encryption of zero.
 
 Verifiable decryption
 ---------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bfl_private.ledger.entries import SUBMISSION
+from bfl_private.ledger.entries import ROUND_CLOSE, SUBMISSION
 from bfl_private.ledger.errors import ContractViolation
 from bfl_private.ledger.store import DATABASE, Ledger
 from click.testing import CliRunner
@@ -257,3 +257,23 @@ def test_masking_transcript_with_unregistered_identity_keys_fails(copy: Path, mo
     run(copy, rounds=1)
     number, name, detail = failed_check(copy)
     assert (number, name) == (8, "aggregates recomputed") and "not its registered key" in detail
+
+
+def test_paillier_rounds_are_decrypted_by_a_quorum_of_validators(tmp_path: Path) -> None:
+    """No key holder: each validator keeps one share, the transcript carries a quorum of
+    proven partial decryptions, and the audit re-checks them."""
+    directory = tmp_path / "fed"
+    run(directory, protocol="paillier", rounds=1)
+    keys = sorted(p.name for p in (directory / "keys").iterdir() if "paillier" in p.name)
+    assert keys == [f"paillier-share.validator-{i}.json" for i in range(4)]
+    ledger = Ledger.open(directory)
+    try:
+        close = next(e for e in ledger.entries() if e.type == ROUND_CLOSE)
+        transcript = ledger.blobs.get_json(close.payload["transcript_cid"])
+    finally:
+        ledger.close()
+    record = transcript["threshold"]
+    assert "proofs" not in transcript
+    assert record["public_key"]["quorum"] == 3 and record["public_key"]["key_generation"] == "trusted-dealer"
+    assert len(record["partials"]) == 3 and all(len(v) == len(transcript["aggregate"]) for v in record["partials"].values())
+    assert audit(directory).ok

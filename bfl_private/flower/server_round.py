@@ -45,9 +45,9 @@ from ..protocols.masking import MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import FixedPointCodec
-from ..round_checks import charged_epsilon, privacy_rule_violation
 from ..settings import FederationSettings
 from . import one_shot
+from ..round_checks import charged_epsilon, privacy_rule_violation
 from .errors import RefusedPrivacyRecord, StageMessageError
 from .stages import PROTOCOL_STAGES, check_reply, request
 

@@ -4,7 +4,7 @@ Paillier rounds are decrypted by a quorum (2f+1 of 3f+1, as for blocks) of the
 validators, each holding one share of the threshold key in ``keys/`` (see
 :mod:`~bfl_private.protocols.paillier_committee`). The shares are made once per
 federation by a TRUSTED DEALER in this process (:func:`~bfl_private.protocols.
-threshold_paillier.deal_shares`), which forgets p and q after dealing; the public key
+threshold_paillier.deal_key`, safe primes), which stores only the shares; the public key
 says ``key_generation: "trusted-dealer"``. CKKS keeps a single key holder, a party apart
 from the aggregator, its secret in ``keys/``. The aggregator object receives only public
 keys or contexts (see the modules' trust-model docstrings).
@@ -56,18 +56,16 @@ def _key_holder(keys: Keyring, name: str, load, generate):
 
 def _validator_committee(keys: Keyring, settings: FederationSettings):
     """The validators' threshold Paillier key, dealt on first use (trusted dealer, see above)."""
-    from phe.paillier import generate_paillier_keypair
-
     from .ledger.contracts import min_quorum
     from .protocols.paillier_committee import ShareHolder, ValidatorCommittee
-    from .protocols.threshold_paillier import KeyShare, deal_shares
+    from .protocols.threshold_paillier import KeyShare, deal_key
 
     validators = validator_ids(settings.n_validators)
     try:
         shares = [KeyShare.from_private_bytes(keys.load(PAILLIER_SHARE.format(validator=v))) for v in validators]
     except KeyringError:
-        _, private = generate_paillier_keypair(n_length=settings.protocol.paillier_key_bits)
-        shares = deal_shares(private.p, private.q, parties=validators, quorum=min_quorum(len(validators)))
+        shares = deal_key(bits=settings.protocol.paillier_key_bits, parties=validators,
+                          quorum=min_quorum(len(validators)))
         # Only the shares are stored: p and q are never written, so once this process
         # exits only a quorum of validators can decrypt (while it runs, it is the dealer).
         for share in shares:

@@ -54,12 +54,11 @@ class ShareHolder:
         return self.share.party
 
     def partial_decryptions(self, submissions: Mapping[str, bytes], *, layout: PackingLayout,
-                            claimed: Sequence[int] | None, round_id: int) -> tuple[PartialDecryption, ...]:
+                            claimed: Sequence[int] | None, round_id: int) -> PartialDecryption:
         public_key = PaillierPublicKey(self.share.public_key.n)
         aggregate = checked_sum(public_key, submissions, layout=layout, min_summands=self.min_summands,
                                 claimed=claimed)
-        context = round_context(round_id)
-        return tuple(partial_decrypt(self.share, c, context=context) for c in aggregate)
+        return partial_decrypt(self.share, aggregate, context=round_context(round_id))
 
 
 @dataclass(frozen=True)
@@ -107,28 +106,24 @@ class ValidatorCommittee:
             raise ConfigurationError("a threshold decryption is bound to its round: pass round_id")
         aggregate = checked_sum(self.public_key, submissions, layout=layout, min_summands=1, claimed=claimed)
         context = round_context(round_id)
-        accepted: dict[str, tuple[PartialDecryption, ...]] = {}
+        accepted: list[PartialDecryption] = []
         refused: dict[str, str] = {}
         for holder in self.holders:
             if len(accepted) == self.key.quorum:
                 break
             try:
-                partials = holder.partial_decryptions(submissions, layout=layout, claimed=aggregate, round_id=round_id)
-                if len(partials) != len(aggregate) or any(p.party != holder.party for p in partials):
-                    raise WrongKey(f"{holder.party!r} answered {len(partials)} partials not all in its name, "
-                                   f"for {len(aggregate)} ciphertexts")
-                for ciphertext, partial in zip(aggregate, partials):
-                    verify_partial(self.key, ciphertext, partial, context=context)
+                partial = holder.partial_decryptions(submissions, layout=layout, claimed=aggregate, round_id=round_id)
+                if partial.party != holder.party:
+                    raise WrongKey(f"{holder.party!r} answered in the name of {partial.party!r}")
+                verify_partial(self.key, aggregate, partial, context=context)
             except ProtocolError as exc:
                 refused[holder.party] = str(exc)
                 continue
-            accepted[holder.party] = partials
+            accepted.append(partial)
         if len(accepted) < self.key.quorum:
             raise TooManyDropouts(
                 f"{len(accepted)} of the {self.key.quorum} share holders needed gave valid partial decryptions"
                 + (f"; refused: {refused}" if refused else ""),
                 stage="decrypt", required=self.key.quorum, available=len(accepted))
-        plaintexts = tuple(interpolate(self.key, [values[i] for values in accepted.values()])
-                           for i in range(len(aggregate)))
-        return ThresholdAggregateDecryption(tuple(aggregate), plaintexts, len(submissions),
-                                            ThresholdDecryptionRecord(self.key, accepted, refused))
+        return ThresholdAggregateDecryption(tuple(aggregate), tuple(interpolate(self.key, accepted)), len(submissions),
+                                            ThresholdDecryptionRecord(self.key, tuple(accepted), refused))

@@ -16,6 +16,10 @@ Shoup's threshold RSA (EUROCRYPT 2000) carried to Paillier as in Damgård and Ju
   log_(c^4)(c_i^2) = log_v(v_i) (Chaum-Pedersen equality of discrete logs, with the
   response over the integers since the group order is unknown), bound to a context
   string (the round) so it cannot be replayed elsewhere.
+* One proof covers all of a party's partials in a round: the ciphertexts and partials
+  are folded with 128-bit coefficients derived from the whole statement (a
+  small-exponent batch test), so the cost of proving and checking is about that of one
+  ciphertext, not one per ciphertext.
 * Any ``quorum`` valid partials combine: with integer coefficients mu_i = Delta *
   prod_(j != i) j / (j - i), prod c_i^(2 mu_i) = c^(4 Delta^2 d), so
   m = L(that) * (4 Delta^2 theta)^-1 mod n, L(x) = (x - 1) / n.
@@ -26,15 +30,18 @@ fails is refused and its party named (:class:`BadPartialDecryption`). Fewer than
 ``quorum`` shares determine nothing about d beyond its public residue (Shamir), so they
 cannot decrypt.
 
-Soundness note: Shoup's proof argument uses safe primes (a cyclic group of squares).
-For moduli without that structure, the proof shows equality of logarithms only up to
-elements of small order; Fouque, Poupard and Stern (FC 2000) analyse threshold Paillier
-without safe primes. The partial is squared (and c raised to the 4th) so that the
-order-2 components, which everyone can see, do not matter.
+Soundness needs safe primes (Shoup): then the squares of Z_(n^2)^* form a cyclic group
+of order n p' q' without small subgroups, and a partial that is not c^(2 Delta s_i)
+passes its proof with probability about 2^-128. The partial is squared (and c raised to
+the 4th) so that the order-2 components, which everyone can see, do not matter. The
+dealer here uses safe primes (:func:`deal_key`). With other moduli (a distributed key
+generation typically yields plain primes), a party can shift its partial by an element
+of small order and pass the proof after a few tries: the combination then fails (it is
+not 1 + k n) without naming the culprit, though it cannot produce a wrong plaintext.
 
-Key generation is *not* in this module: :func:`deal_shares` is a trusted dealer that
-knows p and q (it is labelled so everywhere it is used); see ``paillier_dkg`` for what
-exists without one.
+Key generation here is a TRUSTED DEALER (:func:`deal_key`, :func:`deal_shares`): it
+knows p and q and could decrypt alone; the key records ``key_generation =
+"trusted-dealer"``. It is not dealer-free.
 """
 from __future__ import annotations
 
@@ -259,14 +266,39 @@ class KeyShare:
                    _parse_hex(record.get("share"), "threshold key share"))
 
 
-def deal_shares(p: int, q: int, *, parties: Sequence[str], quorum: int) -> list[KeyShare]:
-    """TRUSTED DEALER: from the factors of n, share d = 0 mod lambda, d = 1 mod n.
+_SIEVE = tuple(int(p) for p in range(3, 2000) if gmpy2.is_prime(p))
 
-    Whoever runs this knows p and q and can decrypt alone until it forgets them; the
-    public key records ``key_generation = "trusted-dealer"``.
+
+def safe_prime(bits: int) -> int:
+    """A random safe prime p = 2p' + 1 of ``bits`` bits (p' prime), from the OS CSPRNG.
+
+    Candidates p' are sieved so that neither p' nor 2p' + 1 has a factor below 2000,
+    then tested by gmpy2's Miller-Rabin (25 rounds each). About 1.5-3 s at 1024 bits and
+    8 s at 1536 bits here.
     """
-    if p == q or not gmpy2.is_prime(p) or not gmpy2.is_prime(q):
-        raise ConfigurationError("deal_shares: p and q must be distinct primes")
+    if bits < 16:
+        raise ConfigurationError(f"safe primes of {bits} bits are too small")
+    while True:
+        half = secrets.randbits(bits - 1) | (1 << (bits - 2)) | 1
+        if any(half % s == 0 or (2 * half + 1) % s == 0 for s in _SIEVE):
+            continue
+        if gmpy2.is_prime(half, 1) and gmpy2.is_prime(2 * half + 1, 25) and gmpy2.is_prime(half, 25):
+            return 2 * half + 1
+
+
+def deal_shares(p: int, q: int, *, parties: Sequence[str], quorum: int) -> list[KeyShare]:
+    """TRUSTED DEALER: from safe primes p, q, share d = 0 mod lambda(n), d = 1 mod n.
+
+    Safe primes (Shoup's requirement) make the squares of Z_(n^2)^* cyclic of order
+    n p' q' with no small subgroups, so the equality-of-logs proofs are sound. Whoever
+    runs this knows p and q and can decrypt alone until it forgets them; the public key
+    records ``key_generation = "trusted-dealer"``.
+    """
+    for prime in (p, q):
+        if not gmpy2.is_prime(prime) or not gmpy2.is_prime((prime - 1) // 2):
+            raise ConfigurationError("deal_shares: p and q must be safe primes (p = 2p' + 1, p' prime)")
+    if p == q:
+        raise ConfigurationError("deal_shares: p and q must be distinct")
     if not 1 <= quorum <= len(parties):
         raise ConfigurationError(f"quorum must be in 1..{len(parties)}, got {quorum}")
     n = p * q
@@ -287,81 +319,126 @@ def deal_shares(p: int, q: int, *, parties: Sequence[str], quorum: int) -> list[
     return [KeyShare(public, party, share) for party, share in zip(parties, shares)]
 
 
+def safe_prime_pair(bits: int) -> tuple[int, int]:
+    """Distinct safe primes whose product has exactly ``bits`` bits."""
+    while True:
+        p, q = safe_prime(bits // 2), safe_prime(bits - bits // 2)
+        if p != q and (p * q).bit_length() == bits:
+            return p, q
+
+
+def deal_key(*, bits: int, parties: Sequence[str], quorum: int) -> list[KeyShare]:
+    """TRUSTED DEALER: a fresh ``bits``-bit modulus of two safe primes, dealt among ``parties``."""
+    return deal_shares(*safe_prime_pair(bits), parties=parties, quorum=quorum)
+
+
 # ---------------------------------------------------------------- partial decryption
 
 
 @dataclass(frozen=True)
 class PartialDecryption:
-    """c_i = c^(2 Delta s_i) mod n^2 with its proof (challenge e, response z)."""
+    """One party's c_j^(2 Delta s_i) mod n^2 for each ciphertext c_j of a batch, with one
+    proof (challenge e, response z) covering all of them (see :func:`partial_decrypt`)."""
 
     party: str
-    value: int
+    values: tuple[int, ...]
     challenge: int
     response: int
 
-    def to_json(self) -> dict[str, str]:
-        return {"party": self.party, "value": _hex(self.value), "challenge": _hex(self.challenge),
+    def to_json(self) -> dict[str, Any]:
+        return {"party": self.party, "values": [_hex(v) for v in self.values], "challenge": _hex(self.challenge),
                 "response": _hex(self.response)}
 
     @classmethod
     def from_json(cls, data: Any) -> PartialDecryption:
         if not isinstance(data, Mapping) or not isinstance(data.get("party"), str):
             raise MalformedInput("partial decryption must be an object with a string 'party'")
-        party = data["party"]
-        return cls(party, _parse_hex(data.get("value"), f"partial decryption of {party!r}"),
+        party, values = data["party"], data.get("values")
+        if not isinstance(values, list):
+            raise MalformedInput(f"partial decryption of {party!r}: 'values' must be a list")
+        return cls(party, tuple(_parse_hex(v, f"partial decryption {i} of {party!r}") for i, v in enumerate(values)),
                    _parse_hex(data.get("challenge"), f"challenge of {party!r}"),
                    _parse_hex(data.get("response"), f"response of {party!r}"))
 
 
-def _challenge(key: ThresholdPublicKey, context: bytes, index: int, ciphertext: int, value: int,
-               commit_c: int, commit_v: int) -> int:
-    return _hash_ints(b"bfl-private/threshold-paillier/dleq:" + context, key.key_id, key.n, key.base, index,
-                      key.verification_keys[index - 1], ciphertext, value, commit_c, commit_v)
+def _check_ciphertexts(key: ThresholdPublicKey, ciphertexts: Sequence[int]) -> None:
+    if not ciphertexts:
+        raise MalformedInput("no ciphertexts to decrypt")
+    for index, c in enumerate(ciphertexts):
+        if not isinstance(c, int) or not 0 < c < key.nsquare or math.gcd(c, key.n) != 1:
+            raise MalformedInput(f"ciphertext {index} is not in Z_(n^2)^*")
 
 
-def _check_ciphertext(key: ThresholdPublicKey, ciphertext: int) -> None:
-    if not isinstance(ciphertext, int) or not 0 < ciphertext < key.nsquare or math.gcd(ciphertext, key.n) != 1:
-        raise MalformedInput("ciphertext is not in Z_(n^2)^*")
+def _batch(key: ThresholdPublicKey, context: bytes, index: int, ciphertexts: Sequence[int],
+           values: Sequence[int]) -> tuple[Any, Any, int]:
+    """(C, D, statement hash): C = prod (c_j^4)^rho_j, D = prod (d_j^2)^rho_j, with 128-bit
+    rho_j derived from the whole statement. D = C^(Delta s_i) exactly when every
+    d_j^2 = c_j^(4 Delta s_i), except with probability about 2^-128 over the rho_j (the
+    small-exponent batch test; Bellare, Garay and Rabin 1998)."""
+    n2 = key.nsquare
+    statement = _hash_ints(b"bfl-private/threshold-paillier/batch:" + context, key.key_id, index,
+                           len(ciphertexts), *ciphertexts, *values)
+    big_c, big_d = gmpy2.mpz(1), gmpy2.mpz(1)
+    for j, (c, d) in enumerate(zip(ciphertexts, values)):
+        rho = _hash_ints(b"bfl-private/threshold-paillier/rho", statement, j) >> (_HASH_BITS - _SECURITY_BITS)
+        big_c = big_c * gmpy2.powmod(c, 4 * rho, n2) % n2
+        big_d = big_d * gmpy2.powmod(d, 2 * rho, n2) % n2
+    return big_c, big_d, statement
 
 
-def partial_decrypt(share: KeyShare, ciphertext: int, *, context: bytes) -> PartialDecryption:
-    """This party's partial decryption of ``ciphertext`` and its proof, bound to ``context``."""
+def _challenge(key: ThresholdPublicKey, index: int, statement: int, commit_c: int, commit_v: int) -> int:
+    return _hash_ints(b"bfl-private/threshold-paillier/dleq", key.key_id, key.base, index,
+                      key.verification_keys[index - 1], statement, commit_c, commit_v)
+
+
+def partial_decrypt(share: KeyShare, ciphertexts: Sequence[int], *, context: bytes) -> PartialDecryption:
+    """This party's partial decryptions of ``ciphertexts`` and one proof, bound to ``context``.
+
+    The proof is a Chaum-Pedersen equality of discrete logs, log_C(D) = log_v(v_i), on
+    the batched (C, D) of :func:`_batch`, made non-interactive by Fiat-Shamir; the
+    response z = r + e Delta s_i is over the integers (the group order is secret), with r
+    128 bits longer than e Delta s_i so that z hides the share statistically.
+    """
     key = share.public_key
-    _check_ciphertext(key, ciphertext)
+    _check_ciphertexts(key, ciphertexts)
     n2, index = key.nsquare, key.abscissa(share.party)
     exponent = key.delta * share.share
-    c4 = gmpy2.powmod(ciphertext, 4, n2)
-    value = int(gmpy2.powmod(ciphertext, 2 * exponent, n2))
+    values = tuple(int(gmpy2.powmod(c, 2 * exponent, n2)) for c in ciphertexts)
+    big_c, _, statement = _batch(key, context, index, ciphertexts, values)
     r = secrets.randbits(exponent.bit_length() + _HASH_BITS + _SECURITY_BITS)
-    commit_c, commit_v = int(gmpy2.powmod(c4, r, n2)), int(gmpy2.powmod(key.base, r, n2))
-    e = _challenge(key, context, index, ciphertext, value, commit_c, commit_v)
-    return PartialDecryption(share.party, value, e, r + e * exponent)
+    e = _challenge(key, index, statement, int(gmpy2.powmod(big_c, r, n2)), int(gmpy2.powmod(key.base, r, n2)))
+    return PartialDecryption(share.party, values, e, r + e * exponent)
 
 
-def verify_partial(key: ThresholdPublicKey, ciphertext: int, partial: PartialDecryption, *, context: bytes) -> None:
+def verify_partial(key: ThresholdPublicKey, ciphertexts: Sequence[int], partial: PartialDecryption, *,
+                   context: bytes) -> None:
     """Raise :class:`BadPartialDecryption` (naming the party) unless the proof verifies."""
-    _check_ciphertext(key, ciphertext)
+    _check_ciphertexts(key, ciphertexts)
     party = partial.party
     index = key.abscissa(party)
     n2 = key.nsquare
-    if not 0 < partial.value < n2 or math.gcd(partial.value, key.n) != 1:
-        raise BadPartialDecryption(f"partial decryption of {party!r} is not in Z_(n^2)^*", party=party)
+    if len(partial.values) != len(ciphertexts):
+        raise BadPartialDecryption(f"{party!r} published {len(partial.values)} partial decryptions for "
+                                   f"{len(ciphertexts)} ciphertexts", party=party)
+    for j, value in enumerate(partial.values):
+        if not 0 < value < n2 or math.gcd(value, key.n) != 1:
+            raise BadPartialDecryption(f"partial decryption {j} of {party!r} is not in Z_(n^2)^*", party=party)
     if partial.challenge >= 1 << _HASH_BITS or partial.response < 0:
         raise BadPartialDecryption(f"proof of {party!r} has an out-of-range challenge or response", party=party)
-    c4 = gmpy2.powmod(ciphertext, 4, n2)
-    value2 = gmpy2.powmod(partial.value, 2, n2)
-    e = partial.challenge
-    # a = (c^4)^z (c_i^2)^-e, b = v^z v_i^-e: the commitments the prover must have hashed.
-    commit_c = gmpy2.powmod(c4, partial.response, n2) * gmpy2.powmod(value2, -e, n2) % n2
-    commit_v = gmpy2.powmod(key.base, partial.response, n2) * gmpy2.powmod(key.verification_keys[index - 1], -e, n2) % n2
-    if _challenge(key, context, index, ciphertext, partial.value, int(commit_c), int(commit_v)) != e:
-        raise BadPartialDecryption(f"partial decryption of {party!r} fails its proof of correct decryption",
+    big_c, big_d, statement = _batch(key, context, index, ciphertexts, partial.values)
+    e, z = partial.challenge, partial.response
+    # The commitments the prover must have hashed: a = C^z D^-e, b = v^z v_i^-e.
+    commit_c = gmpy2.powmod(big_c, z, n2) * gmpy2.powmod(big_d, -e, n2) % n2
+    commit_v = gmpy2.powmod(key.base, z, n2) * gmpy2.powmod(key.verification_keys[index - 1], -e, n2) % n2
+    if _challenge(key, index, statement, int(commit_c), int(commit_v)) != e:
+        raise BadPartialDecryption(f"partial decryptions of {party!r} fail their proof of correct decryption",
                                    party=party)
 
 
-def combine(key: ThresholdPublicKey, ciphertext: int, partials: Sequence[PartialDecryption], *,
-            context: bytes) -> int:
-    """Verify every partial, then decrypt from the first ``quorum`` (by abscissa).
+def combine(key: ThresholdPublicKey, ciphertexts: Sequence[int], partials: Sequence[PartialDecryption], *,
+            context: bytes) -> list[int]:
+    """Verify every party's partials, then decrypt each ciphertext from the first
+    ``quorum`` parties (by abscissa).
 
     Raises :class:`BadPartialDecryption` for the first invalid one (naming its party),
     :class:`TooManyDropouts` when fewer than ``quorum`` distinct parties answered.
@@ -370,27 +447,30 @@ def combine(key: ThresholdPublicKey, ciphertext: int, partials: Sequence[Partial
     for partial in partials:
         if partial.party in by_party:
             raise MalformedInput(f"two partial decryptions from {partial.party!r}")
-        verify_partial(key, ciphertext, partial, context=context)
+        verify_partial(key, ciphertexts, partial, context=context)
         by_party[partial.party] = partial
     return interpolate(key, list(by_party.values()))
 
 
-def interpolate(key: ThresholdPublicKey, verified: Sequence[PartialDecryption]) -> int:
-    """The plaintext from the first ``quorum`` of partials (by abscissa) of distinct parties
-    that have each passed :func:`verify_partial` for one ciphertext: no check of its own."""
+def interpolate(key: ThresholdPublicKey, verified: Sequence[PartialDecryption]) -> list[int]:
+    """The plaintexts from the first ``quorum`` (by abscissa) of partials of distinct
+    parties that have each passed :func:`verify_partial`: no check of its own."""
     if len({p.party for p in verified}) < key.quorum:
         raise TooManyDropouts(f"{len(verified)} partial decryptions; decryption needs a quorum of {key.quorum}",
                               stage="decrypt", required=key.quorum, available=len(verified))
     chosen = sorted(verified, key=lambda p: key.abscissa(p.party))[: key.quorum]
-    abscissas = tuple(key.abscissa(p.party) for p in chosen)
+    coefficients = _lagrange_at_zero(tuple(key.abscissa(p.party) for p in chosen), key.delta)
     n, n2 = key.n, key.nsquare
-    combined = gmpy2.mpz(1)
-    for partial, mu in zip(chosen, _lagrange_at_zero(abscissas, key.delta)):
-        combined = combined * gmpy2.powmod(partial.value, 2 * mu, n2) % n2
-    if (combined - 1) % n != 0:
-        raise DecryptionProofError("combined partial decryptions are not of the form 1 + k n")
-    scale = 4 * key.delta**2 * key.theta % n
-    return int((combined - 1) // n * gmpy2.invert(scale, n) % n)
+    inverse_scale = gmpy2.invert(4 * key.delta**2 * key.theta % n, n)
+    plaintexts = []
+    for j in range(len(chosen[0].values)):
+        combined = gmpy2.mpz(1)
+        for partial, mu in zip(chosen, coefficients):
+            combined = combined * gmpy2.powmod(partial.values[j], 2 * mu, n2) % n2
+        if (combined - 1) % n != 0:
+            raise DecryptionProofError(f"ciphertext {j}: combined partial decryptions are not of the form 1 + k n")
+        plaintexts.append(int((combined - 1) // n * inverse_scale % n))
+    return plaintexts
 
 
 # ---------------------------------------------------------------- a round's published record
@@ -404,30 +484,25 @@ def round_context(round_id: int) -> bytes:
 @dataclass(frozen=True)
 class ThresholdDecryptionRecord:
     """What a round publishes instead of a key holder's (m, r): the threshold key, each
-    answering party's partial decryptions of every aggregate ciphertext, and the parties
-    whose partials were refused, with the reason."""
+    answering party's partial decryptions of the aggregate ciphertexts with its proof,
+    and the parties whose partials were refused, with the reason."""
 
     public_key: ThresholdPublicKey
-    partials: Mapping[str, tuple[PartialDecryption, ...]]
+    partials: tuple[PartialDecryption, ...]
     refused: Mapping[str, str]
 
     def verify_and_combine(self, ciphertexts: Sequence[int], *, context: bytes) -> list[int]:
-        """Check every published partial and decrypt each ciphertext from a quorum of them.
+        """Check every published proof and decrypt each ciphertext from a quorum.
 
-        Raises :class:`BadPartialDecryption` naming a party whose partial fails,
+        Raises :class:`BadPartialDecryption` naming a party whose partials fail,
         :class:`TooManyDropouts` when fewer than a quorum of parties published.
         """
-        for party, values in self.partials.items():
-            if len(values) != len(ciphertexts) or any(p.party != party for p in values):
-                raise MalformedInput(f"threshold record: {party!r} must publish one partial per ciphertext "
-                                     f"({len(ciphertexts)}), each in its own name")
-        return [combine(self.public_key, c, [values[i] for values in self.partials.values()], context=context)
-                for i, c in enumerate(ciphertexts)]
+        return combine(self.public_key, ciphertexts, self.partials, context=context)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "public_key": self.public_key.to_json(),
-            "partials": {party: [p.to_json() for p in values] for party, values in sorted(self.partials.items())},
+            "partials": [p.to_json() for p in self.partials],
             "refused": dict(sorted(self.refused.items())),
         }
 
@@ -436,11 +511,9 @@ class ThresholdDecryptionRecord:
         if not isinstance(data, Mapping):
             raise MalformedInput("threshold decryption record must be a JSON object")
         partials, refused = data.get("partials"), data.get("refused")
-        if not isinstance(partials, Mapping) or not all(isinstance(v, list) for v in partials.values()):
-            raise MalformedInput("threshold decryption record: 'partials' must map parties to lists")
+        if not isinstance(partials, list):
+            raise MalformedInput("threshold decryption record: 'partials' must be a list")
         if not isinstance(refused, Mapping) or not all(isinstance(v, str) for v in refused.values()):
             raise MalformedInput("threshold decryption record: 'refused' must map parties to reasons")
         return cls(ThresholdPublicKey.from_json(data.get("public_key")),
-                   {str(party): tuple(PartialDecryption.from_json(p) for p in values)
-                    for party, values in partials.items()},
-                   dict(refused))
+                   tuple(PartialDecryption.from_json(p) for p in partials), dict(refused))

@@ -71,7 +71,10 @@ _SECURITY_BITS = 128
 _SHARE_FORMAT = "bfl-private/threshold-paillier-share/v1"
 DEALER = "trusted-dealer"
 """Key provenance: one party generated p, q and every share, and could decrypt alone."""
-KEY_GENERATIONS = (DEALER,)
+DISTRIBUTED = "distributed-tno-passive"
+"""Key provenance: TNO's dealer-free generation, secure against passive parties only
+(:mod:`.paillier_dkg`)."""
+KEY_GENERATIONS = (DEALER, DISTRIBUTED)
 
 
 class BadPartialDecryption(DecryptionProofError):
@@ -124,7 +127,7 @@ def verification_base(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _lagrange_at_zero(abscissas: tuple[int, ...], delta: int) -> tuple[int, ...]:
+def lagrange_at_zero(abscissas: tuple[int, ...], delta: int) -> tuple[int, ...]:
     """mu_i = Delta * prod_(j != i) j / (j - i): integers because Delta = parties!."""
     coefficients = []
     for i in abscissas:
@@ -238,7 +241,7 @@ def _verification_base_cached(n: int) -> int:
 
 @dataclass(frozen=True)
 class KeyShare:
-    """One party's secret share s_i of d (keep it where only that party reads)."""
+    """One party's secret share s_i of d, an integer (keep it where only that party reads)."""
 
     public_key: ThresholdPublicKey
     party: str
@@ -251,8 +254,9 @@ class KeyShare:
             raise WrongKey(f"share of {self.party!r} does not match its published verification key")
 
     def to_private_bytes(self) -> bytes:
-        return rfc8785.dumps({"format": _SHARE_FORMAT, "party": self.party, "share": _hex(self.share),
-                              "public_key": self.public_key.to_json()})
+        # A distributed generation's integer shares may be negative: sign and magnitude.
+        return rfc8785.dumps({"format": _SHARE_FORMAT, "party": self.party, "share": _hex(abs(self.share)),
+                              "negative": self.share < 0, "public_key": self.public_key.to_json()})
 
     @classmethod
     def from_private_bytes(cls, data: bytes) -> KeyShare:
@@ -262,8 +266,12 @@ class KeyShare:
             raise MalformedInput(f"threshold key share is not JSON: {exc}") from exc
         if not isinstance(record, dict) or record.get("format") != _SHARE_FORMAT:
             raise MalformedInput(f"threshold key share lacks format {_SHARE_FORMAT!r}")
+        negative = record.get("negative")
+        if not isinstance(negative, bool):
+            raise MalformedInput("threshold key share lacks its boolean 'negative' sign")
+        magnitude = _parse_hex(record.get("share"), "threshold key share")
         return cls(ThresholdPublicKey.from_json(record.get("public_key")), str(record.get("party")),
-                   _parse_hex(record.get("share"), "threshold key share"))
+                   -magnitude if negative else magnitude)
 
 
 _SIEVE = tuple(int(p) for p in range(3, 2000) if gmpy2.is_prime(p))
@@ -459,7 +467,7 @@ def interpolate(key: ThresholdPublicKey, verified: Sequence[PartialDecryption]) 
         raise TooManyDropouts(f"{len(verified)} partial decryptions; decryption needs a quorum of {key.quorum}",
                               stage="decrypt", required=key.quorum, available=len(verified))
     chosen = sorted(verified, key=lambda p: key.abscissa(p.party))[: key.quorum]
-    coefficients = _lagrange_at_zero(tuple(key.abscissa(p.party) for p in chosen), key.delta)
+    coefficients = lagrange_at_zero(tuple(key.abscissa(p.party) for p in chosen), key.delta)
     n, n2 = key.n, key.nsquare
     inverse_scale = gmpy2.invert(4 * key.delta**2 * key.theta % n, n)
     plaintexts = []

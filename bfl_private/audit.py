@@ -30,6 +30,7 @@ from rich.table import Table
 
 from .ledger.entries import ATTESTATION, GENESIS
 from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
+from .protocols.threshold_paillier import DEALER
 from .round_checks import (
     PrivacyHistories,
     RoundView,
@@ -53,7 +54,12 @@ class AggregateHook(VerifierHook):
         view = RoundView.of(context.entries)
         if view is None:
             return
-        check_round_aggregate(view, context.blobs, registered_keys=registered_client_keys(context.state_before))
+        check_round_aggregate(view, context.blobs, registered_keys=registered_client_keys(context.state_before),
+                              validators=context.state_before.validators())
+        threshold_key = view.opened.payload.get("protocol_params", {}).get("threshold_key")
+        if isinstance(threshold_key, dict) and threshold_key.get("key_generation") == DEALER:
+            context.note(f"round {view.round}: Paillier — decrypted by a quorum of validators with checked partial "
+                         "decryptions; the shared key was made by a trusted dealer, which could have kept p and q")
         if view.opened.payload["protocol"] == "ckks":
             context.note(f"round {view.round}: CKKS — the sum ciphertext was recomputed; its decryption "
                          "cannot be proven (CKKS has no verifiable decryption)")

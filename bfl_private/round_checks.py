@@ -6,7 +6,7 @@ no torch, no secret of any party.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,12 +157,36 @@ def check_transcript_identities(
             raise SemanticCheckError(f"{where}: transcript identity key of {client!r} is not its registered key")
 
 
-def check_round_aggregate(view: RoundView, blobs: BlobStore, *, registered_keys: Mapping[str, bytes]) -> np.ndarray:
+def check_threshold_key(transcript: Mapping[str, Any], protocol_params: Any, validators: Collection[str], *,
+                        where: str) -> None:
+    """A round decrypted by a quorum must use the threshold key its opening announced to
+    the clients, shared among exactly the registered validators, or a coordinator could
+    decrypt with a key of its own making."""
+    record = transcript.get("threshold_decryption")
+    announced = protocol_params.get("threshold_key") if isinstance(protocol_params, Mapping) else None
+    if record is None and announced is None:
+        return
+    if record is None:
+        raise SemanticCheckError(f"{where}: the round opening announced a threshold key, but the transcript "
+                                 f"holds no threshold decryption")
+    if not isinstance(record, Mapping) or announced is None or record.get("public_key") != announced:
+        raise SemanticCheckError(f"{where}: the transcript's threshold key is not the one the round opening announced")
+    parties = announced.get("parties") if isinstance(announced, Mapping) else None
+    if not isinstance(parties, list) or sorted(map(str, parties)) != sorted(validators):
+        raise SemanticCheckError(f"{where}: the threshold key is shared among {parties!r}, "
+                                 f"not the registered validators {sorted(validators)}")
+
+
+def check_round_aggregate(view: RoundView, blobs: BlobStore, *, registered_keys: Mapping[str, bytes],
+                          validators: Collection[str]) -> np.ndarray:
     """The posted aggregate is the protocol's recomputation from the committed blobs, under
-    the registered identities; returns it."""
+    the registered identities (and, for a threshold decryption, the announced key shared
+    among the registered validators); returns it."""
     total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
     transcript = blobs.get_json(view.close.payload["transcript_cid"])
     check_transcript_identities(transcript, registered_keys, where=f"round {view.round}")
+    check_threshold_key(transcript, view.opened.payload.get("protocol_params"), validators,
+                        where=f"round {view.round}")
     check_aggregate(
         protocol=view.opened.payload["protocol"],
         transcript=transcript,

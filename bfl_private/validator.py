@@ -55,7 +55,8 @@ class Validator:
         view = RoundView.of(entries)
         if view is None:
             raise SemanticCheckError("no closed round to check among the proposed entries")
-        check_round_aggregate(view, ledger.blobs, registered_keys=registered_client_keys(ledger.state))
+        check_round_aggregate(view, ledger.blobs, registered_keys=registered_client_keys(ledger.state),
+                              validators=ledger.state.validators())
         check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
         self.histories.sync(ledger).extended(entries).check_claims(entries)
         return view

@@ -704,8 +704,8 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c) for c in sorted(included))
     if add(public_key, vectors) != recorded:
         raise AggregateMismatch("recorded aggregate ciphertexts differ from the homomorphic sum of the submissions")
-    if "threshold" in transcript:  # decrypted by a quorum of validators: re-check and re-combine their partials
-        record = ThresholdDecryptionRecord.from_json(transcript["threshold"])
+    if "threshold_decryption" in transcript:  # decrypted by a quorum of validators: re-check and re-combine their partials
+        record = ThresholdDecryptionRecord.from_json(transcript["threshold_decryption"])
         if record.public_key.n != public_key.n:
             raise WrongKey("paillier transcript: the threshold key's modulus is not the round's public key")
         round_id = transcript.get("round")

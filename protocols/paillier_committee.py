@@ -71,7 +71,7 @@ class ThresholdAggregateDecryption:
     record: ThresholdDecryptionRecord
 
     def transcript_record(self) -> dict[str, Any]:
-        return {"threshold": self.record.to_json()}
+        return {"threshold_decryption": self.record.to_json()}
 
 
 class ValidatorCommittee:

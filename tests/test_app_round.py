@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bfl_private.ledger.entries import ROUND_CLOSE, SUBMISSION
-from bfl_private.ledger.errors import ContractViolation
+from bfl_private.ledger.entries import ROUND_CLOSE, ROUND_OPEN, SUBMISSION
+from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
 from bfl_private.ledger.store import DATABASE, Ledger
 from click.testing import CliRunner
 
@@ -24,6 +24,7 @@ import bfl_private.coordinator as coordinator_module
 import bfl_private.federation as federation_module
 from bfl_private.audit import audit
 from bfl_private.cli import main
+from bfl_private.round_checks import check_threshold_key
 from bfl_private.runner import RoundOptions, RunRefused, run_command
 from bfl_private.validator import Validator
 
@@ -272,9 +273,34 @@ def test_paillier_rounds_are_decrypted_by_a_quorum_of_validators(tmp_path: Path)
         transcript = ledger.blobs.get_json(close.payload["transcript_cid"])
     finally:
         ledger.close()
-    record = transcript["threshold"]
+    record = transcript["threshold_decryption"]
     assert "proofs" not in transcript
     assert record["public_key"]["quorum"] == 3 and record["public_key"]["key_generation"] == "trusted-dealer"
     assert [p["party"] for p in record["partials"]] == ["validator-0", "validator-1", "validator-2"]
     assert all(len(p["values"]) == len(transcript["aggregate"]) for p in record["partials"])
     assert audit(directory).ok
+
+
+def test_a_round_decrypted_with_a_key_other_than_the_announced_one_fails_the_audit(tmp_path: Path) -> None:
+    directory = tmp_path / "fed"
+    run(directory, protocol="paillier", rounds=1)
+    assert any("trusted dealer" in note for note in audit(directory).report.notes)
+    ledger = Ledger.open(directory)
+    try:
+        opened = next(e for e in ledger.entries() if e.type == ROUND_OPEN)
+        close = next(e for e in ledger.entries() if e.type == ROUND_CLOSE)
+        transcript = ledger.blobs.get_json(close.payload["transcript_cid"])
+    finally:
+        ledger.close()
+    validators = [f"validator-{i}" for i in range(4)]
+    params = opened.payload["protocol_params"]
+    check_threshold_key(transcript, params, validators, where="round 1")  # as committed: passes
+    other = json.loads(json.dumps(transcript))
+    other["threshold_decryption"]["public_key"]["quorum"] = 1
+    with pytest.raises(SemanticCheckError, match="not the one the round opening announced"):
+        check_threshold_key(other, params, validators, where="round 1")
+    without = {k: v for k, v in transcript.items() if k != "threshold_decryption"}
+    with pytest.raises(SemanticCheckError, match="holds no threshold decryption"):
+        check_threshold_key(without, params, validators, where="round 1")
+    with pytest.raises(SemanticCheckError, match="not the registered validators"):
+        check_threshold_key(transcript, params, validators[:3] + ["validator-9"], where="round 1")

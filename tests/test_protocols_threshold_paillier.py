@@ -314,7 +314,7 @@ def test_committee_round_gives_the_key_holders_total_and_the_auditor_recombines(
     reference = single.aggregate(_updates(), round_id=3, round_seed=b"s" * 32, rng=np.random.default_rng(1))
     assert np.array_equal(committee_round.total, reference.total)  # same stochastic rounding seed, exact sums
     transcript = json.loads(json.dumps(committee_round.transcript))
-    parties = [p["party"] for p in transcript["threshold"]["partials"]]
+    parties = [p["party"] for p in transcript["threshold_decryption"]["partials"]]
     assert "proofs" not in transcript and parties == PARTIES[:QUORUM]
     assert np.array_equal(recompute_total("paillier", transcript, committee_round.submissions), committee_round.total)
 
@@ -323,7 +323,7 @@ def test_a_tampering_validator_is_named_skipped_and_the_round_still_decrypts(sha
     committee = _committee(shares, {"validator-1": TamperingHolder})
     result = _protocol(committee).aggregate(_updates(), round_id=4, round_seed=b"s" * 32,
                                             rng=np.random.default_rng(1))
-    record = result.transcript["threshold"]
+    record = result.transcript["threshold_decryption"]
     assert list(record["refused"]) == ["validator-1"] and "fail their proof" in record["refused"]["validator-1"]
     assert [p["party"] for p in record["partials"]] == ["validator-0", "validator-2", "validator-3"]
     assert np.array_equal(result.total, committee_round.total)
@@ -354,17 +354,17 @@ def test_committee_needs_the_round_it_decrypts_for(shares, committee_round):
 
 
 @pytest.mark.parametrize("tamper, error, message", [
-    (lambda t: t["threshold"]["partials"][2]["values"].__setitem__(0, "2"), BadPartialDecryption, "validator-2"),
-    (lambda t: t["threshold"]["partials"].pop(0), TooManyDropouts, "quorum of 3"),
+    (lambda t: t["threshold_decryption"]["partials"][2]["values"].__setitem__(0, "2"), BadPartialDecryption, "validator-2"),
+    (lambda t: t["threshold_decryption"]["partials"].pop(0), TooManyDropouts, "quorum of 3"),
     (lambda t: t["plaintexts"].__setitem__(0, format(int(t["plaintexts"][0], 16) + 1, "x")), DecryptionProofError,
      "ciphertext 0"),
     (lambda t: t.update(round=4), BadPartialDecryption, "validator-0"),  # partials replayed into another round
-    (lambda t: t["threshold"]["partials"][1]["values"].pop(), BadPartialDecryption, "validator-1"),
-    (lambda t: t["threshold"]["public_key"].update(quorum=1), BadPartialDecryption, "validator-0"),
-    (lambda t: t["threshold"]["partials"].append(t["threshold"]["partials"][0]), MalformedInput, "two partial"),
-    (lambda t: t["threshold"].update(partials={}), MalformedInput, "partials"),
-    (lambda t: t["threshold"].update(refused=[]), MalformedInput, "refused"),
-    (lambda t: t["threshold"]["partials"][0].update(values="ab"), MalformedInput, "values"),
+    (lambda t: t["threshold_decryption"]["partials"][1]["values"].pop(), BadPartialDecryption, "validator-1"),
+    (lambda t: t["threshold_decryption"]["public_key"].update(quorum=1), BadPartialDecryption, "validator-0"),
+    (lambda t: t["threshold_decryption"]["partials"].append(t["threshold_decryption"]["partials"][0]), MalformedInput, "two partial"),
+    (lambda t: t["threshold_decryption"].update(partials={}), MalformedInput, "partials"),
+    (lambda t: t["threshold_decryption"].update(refused=[]), MalformedInput, "refused"),
+    (lambda t: t["threshold_decryption"]["partials"][0].update(values="ab"), MalformedInput, "values"),
     (lambda t: t.update(round="3"), MalformedInput, "round"),
 ])
 def test_auditor_refuses_a_tampered_threshold_record(committee_round, tamper, error, message):
@@ -377,6 +377,6 @@ def test_auditor_refuses_a_tampered_threshold_record(committee_round, tamper, er
 def test_auditor_refuses_a_threshold_key_for_another_modulus(committee_round):
     foreign = deal_key(bits=BITS, parties=PARTIES, quorum=QUORUM)[0].public_key
     transcript = json.loads(json.dumps(committee_round.transcript))
-    transcript["threshold"]["public_key"] = foreign.to_json()
+    transcript["threshold_decryption"]["public_key"] = foreign.to_json()
     with pytest.raises(WrongKey, match="threshold key's modulus"):
         recompute_total("paillier", transcript, committee_round.submissions)

@@ -24,14 +24,14 @@ CONTEXT = b"round 1"
 
 @pytest.fixture(scope="module")
 def shares() -> list[KeyShare]:
-    return generate_shares(VALIDATORS, bits=512, corruption_threshold=1)
+    return generate_shares(VALIDATORS, bits=256, corruption_threshold=1)  # test size: fast, insecure
 
 
 @pytest.mark.slow
 def test_distributed_key_is_recorded_as_such_with_a_quorum_of_2t_plus_1(shares):
     key = shares[0].public_key
     assert key.key_generation == DISTRIBUTED == "distributed-tno-passive"
-    assert key.quorum == 3 and sorted(key.parties) == VALIDATORS and key.n.bit_length() >= 512
+    assert key.quorum == 3 and sorted(key.parties) == VALIDATORS and key.n.bit_length() >= 256
     assert sorted(s.party for s in shares) == VALIDATORS and all(s.public_key == key for s in shares)
 
 

@@ -431,7 +431,12 @@ def verify_partial(key: ThresholdPublicKey, ciphertexts: Sequence[int], partial:
     for j, value in enumerate(partial.values):
         if not 0 < value < n2 or math.gcd(value, key.n) != 1:
             raise BadPartialDecryption(f"partial decryption {j} of {party!r} is not in Z_(n^2)^*", party=party)
-    if partial.challenge >= 1 << _HASH_BITS or partial.response < 0:
+    # An honest response is r + e Delta s_i with |s_i| below n^2 times a statistical margin
+    # (dealt shares are below n lambda; integer shares of a distributed generation a few
+    # hundred bits more): refusing anything far longer keeps a forged proof from costing
+    # the verifier an exponentiation of unbounded size.
+    limit = 4 * key.n.bit_length() + key.delta.bit_length() + _HASH_BITS + _SECURITY_BITS + 1024
+    if partial.challenge >= 1 << _HASH_BITS or not 0 <= partial.response < 1 << limit:
         raise BadPartialDecryption(f"proof of {party!r} has an out-of-range challenge or response", party=party)
     big_c, big_d, statement = _batch(key, context, index, ciphertexts, partial.values)
     e, z = partial.challenge, partial.response

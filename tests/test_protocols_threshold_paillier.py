@@ -130,7 +130,8 @@ def test_a_duplicated_party_does_not_count_twice(keypair, shares):
         combine(shares[0].public_key, ciphertexts, partials + partials[:1], context=CONTEXT)
 
 
-@pytest.mark.parametrize("field", ["value", "last value", "challenge", "response", "dropped value"])
+@pytest.mark.parametrize("field", ["value", "last value", "challenge", "response", "dropped value", "huge response",
+                                   "negative response"])
 def test_a_tampered_partial_is_detected_and_its_party_named(keypair, shares, field):
     public, _ = keypair
     ciphertexts = [public.raw_encrypt(99), public.raw_encrypt(100), public.raw_encrypt(101)]
@@ -143,6 +144,10 @@ def test_a_tampered_partial_is_detected_and_its_party_named(keypair, shares, fie
         tampered = dataclasses.replace(victim, values=(*victim.values[:-1], victim.values[-1] * shift % public.nsquare))
     elif field == "dropped value":
         tampered = dataclasses.replace(victim, values=victim.values[:-1])
+    elif field == "huge response":  # would cost the verifier a 10^6-bit exponentiation
+        tampered = dataclasses.replace(victim, response=1 << 1_000_000)
+    elif field == "negative response":
+        tampered = dataclasses.replace(victim, response=-victim.response)
     else:
         tampered = dataclasses.replace(victim, **{field: getattr(victim, field) + 1})
     with pytest.raises(BadPartialDecryption, match="validator-1") as caught:

@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,flower,chain]'
+	$(PY) -m pip install --quiet -e '.[dev,flower,chain,dkg]'
 	touch $(STAMP)
 
 $(BROWSER): tests/browser/package-lock.json

@@ -67,7 +67,6 @@ class _Federation:
             "validators": [member(v) for v in self.validators],
             "initial_model_cid": _CID,
             "normalisation": {"source": "bench constants", "records": 0, "mean": [0.0], "scale": [1.0]},
-            "paillier": {},  # ledger-level benchmark: no HE round, no key
         })
 
     def round(self, number: int) -> list[Entry]:

@@ -39,10 +39,12 @@ from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_c
 from .round_checks import (
     PrivacyHistories,
     RoundView,
-    check_genesis_keys,
+    PaillierKeyPin,
+    check_paillier_key,
     check_round_aggregate,
     check_round_model,
 )
+from .settings import FederationSettings
 
 CANNOT_PROVE = (
     ("The ledger proves the DP-SGD parameters each client declared (σ, q, steps, C, δ), "
@@ -54,16 +56,17 @@ CANNOT_PROVE = (
      "ledger proves the client holds that many records."),
 )
 HE_KEY_HOLDER = {
-    "paillier": ("Paillier: the federation's key holder (a party apart from the aggregator, "
-                 "whose secret key stays in the coordinator's keys/) can decrypt any single "
-                 "client's submission, which the blob store publishes; the ledger proves "
-                 "the aggregate's decryption (under the key genesis published, whose modulus "
-                 "proof was checked), not that no single update was decrypted."),
+    "paillier": ("Paillier: rounds are decrypted by a quorum of validators, each partial "
+                 "decryption proven and re-checked here, under the federation's one key (its "
+                 "modulus proven well formed, its size the genesis policy). That key was made by a "
+                 "trusted dealer (the process that ran the first Paillier round), which could have "
+                 "kept p and q and so decrypt any single submission the blob store publishes."),
     "ckks": ("CKKS: the federation's key holder (a party apart from the aggregator, whose "
              "secret key stays in the coordinator's keys/) can decrypt any single client's "
-             "submission, which the blob store publishes; and the sum ciphertext was "
-             "recomputed but its decryption cannot be proven (CKKS has no verifiable "
-             "decryption)."),
+             "submission, which the blob store publishes; the sum ciphertext was recomputed but "
+             "its decryption cannot be proven (CKKS has no verifiable decryption); the published "
+             "total is rounded to a grid at least 1024x its error bound, which hides most but not "
+             "all of the decryption error (values near a rounding midpoint leak one bit)."),
 }
 
 
@@ -72,18 +75,25 @@ class AggregateHook(VerifierHook):
 
     def __init__(self) -> None:
         self.genesis: Entry | None = None
+        self.paillier_key = PaillierKeyPin()
 
     def check_block(self, context: BlockContext) -> None:
         genesis = next((e for e in context.entries if e.type == GENESIS), None)
         if genesis is not None:
-            check_genesis_keys(genesis)
             self.genesis = genesis
             return
+        assert self.genesis is not None
         view = RoundView.of(context.entries)
         if view is None:
+            # An aborted round's clients still encrypted under the key its opening announced.
+            for opened in (e for e in context.entries if e.type == ROUND_OPEN):
+                check_paillier_key(opened, FederationSettings.from_json(self.genesis.payload["settings"]),
+                                   pinned=self.paillier_key.n, where=f"round {opened.round}")
+            self.paillier_key.add(context.entries)
             return
-        assert self.genesis is not None
-        check_round_aggregate(view, context.blobs, state=context.state_before, genesis=self.genesis)
+        check_round_aggregate(view, context.blobs, state=context.state_before, genesis=self.genesis,
+                              paillier_key=self.paillier_key.n)
+        self.paillier_key.add(context.entries)
         protocol = view.opened.payload["protocol"]
         if protocol in HE_KEY_HOLDER:
             context.note(HE_KEY_HOLDER[protocol], round=view.round)

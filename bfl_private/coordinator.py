@@ -35,7 +35,7 @@ from .privacy.accounting import PrivacyRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
-from .protocol_setup import build_protocol, new_paillier_key_holder
+from .protocol_setup import build_protocol
 from .protocols.base import STAGES, ForgedInput, Stage
 from .protocols.errors import RoundAbort
 from .round_checks import (
@@ -45,7 +45,7 @@ from .round_checks import (
     privacy_rule_violation,
     registered_records,
 )
-from .settings import FederationSettings
+from .settings import FederationSettings, validator_ids
 from .validator import Validator
 
 COORDINATOR = "coordinator"
@@ -55,10 +55,6 @@ CSV_COMMITMENT_KEY = "csv-commitment-key"
 
 class RunRefused(RuntimeError):
     """The command cannot run as asked (over budget, inconsistent flags); nothing was written."""
-
-
-def validator_ids(n: int) -> list[str]:
-    return [f"validator-{i}" for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -200,7 +196,6 @@ class Federation:
         coordinator = keys.new_identity(COORDINATOR)
         clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
         validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
-        paillier = new_paillier_key_holder(settings, keys)
         ledger = Ledger.create(directory)
         initial = flatten_parameters(build_model(settings.training.model, data.n_features, data.n_classes, seed=model_seed))
         genesis = Entry.create(coordinator, GENESIS, 0, {
@@ -222,7 +217,6 @@ class Federation:
             "validators": [{"id": v.name, "vkey": v.public.vkey()} for v in validators],
             "initial_model_cid": put_model(ledger.blobs, initial),
             "normalisation": data.normaliser.to_json(),
-            "paillier": paillier.publish().to_json(),
         })
         proposed = ledger.propose([genesis], time=int(time.time()))
         ledger.commit(proposed, {v.public.key_id_hex: v.sign(proposed.header.signing_bytes()) for v in validators})

@@ -1,27 +1,34 @@
 """Build the aggregation protocol a round asked for, with its keys and public parameters.
 
-Homomorphic modes need a key holder, a party apart from the aggregator. The federation
-keeps one per mode for its whole life, its secret in ``keys/``; the aggregator object
-receives only the public key or context (see the modules' trust-model docstrings).
+Paillier rounds are decrypted by a quorum (2f+1 of 3f+1, as for blocks) of the
+validators, each holding one share of the threshold key in ``keys/`` (see
+:mod:`~bfl_private.protocols.paillier_committee`). The shares are made once per
+federation by a TRUSTED DEALER in this process (:func:`~bfl_private.protocols.
+threshold_paillier.deal_key`, safe primes), which stores only the shares and, while it
+still knows p and q, the proof that n is well formed (:mod:`~bfl_private.protocols.
+paillier_modulus`); the public key says ``key_generation: "trusted-dealer"``. Every
+Paillier round announces that key with its proof, at the key size genesis fixes. CKKS keeps a single key holder, a party apart
+from the aggregator, its secret in ``keys/``. The aggregator object receives only public
+keys or contexts (see the modules' trust-model docstrings).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import rfc8785
 
 from .keyring import Keyring, KeyringError
 from .protocols.base import AggregationProtocol
-from .protocols.errors import ConfigurationError
 from .protocols.quantize import FixedPointCodec
-from .settings import FederationSettings
+from .settings import FederationSettings, validator_ids
 
-if TYPE_CHECKING:  # phe loads only where a Paillier key is made or used
-    from .protocols.paillier import PaillierKeyHolder
-
-PAILLIER_KEY = "paillier-key-holder.json"
+PAILLIER_SHARE = "paillier-share.{validator}.json"
+PAILLIER_MODULUS_PROOF = "paillier-modulus-proof.json"
+"""Public (it is posted in every Paillier round's opening); kept beside the shares."""
 CKKS_KEY = "ckks-key-holder.bin"
 
 
@@ -49,16 +56,6 @@ class ProtocolSetup:
         return garbage
 
 
-def new_paillier_key_holder(settings: FederationSettings, keys: Keyring) -> PaillierKeyHolder:
-    """The federation's Paillier key holder, made once at genesis with the genesis key size;
-    genesis publishes its public key and modulus proof (:meth:`PaillierKeyHolder.publish`)."""
-    from .protocols.paillier import PaillierKeyHolder
-
-    holder = PaillierKeyHolder.generate(bits=settings.protocol.paillier_key_bits)
-    keys.store(PAILLIER_KEY, holder.to_private_bytes())
-    return holder
-
-
 def _key_holder(keys: Keyring, name: str, load, generate):
     try:
         return load(keys.load(name))
@@ -66,6 +63,30 @@ def _key_holder(keys: Keyring, name: str, load, generate):
         holder = generate()
         keys.store(name, holder.to_private_bytes())
         return holder
+
+
+def _validator_committee(keys: Keyring, settings: FederationSettings):
+    """The validators' threshold Paillier key and its modulus proof, dealt on first use
+    (trusted dealer, see above)."""
+    from .ledger.contracts import min_quorum
+    from .protocols.paillier_committee import ShareHolder, ValidatorCommittee
+    from .protocols.paillier_modulus import ModulusProof, prove_modulus
+    from .protocols.threshold_paillier import KeyShare, deal_shares, safe_prime_pair
+
+    validators = validator_ids(settings.n_validators)
+    try:
+        shares = [KeyShare.from_private_bytes(keys.load(PAILLIER_SHARE.format(validator=v))) for v in validators]
+        proof = ModulusProof.from_json(json.loads(keys.load(PAILLIER_MODULUS_PROOF)))
+    except KeyringError:
+        p, q = safe_prime_pair(settings.protocol.paillier_key_bits)
+        shares = deal_shares(p, q, parties=validators, quorum=min_quorum(len(validators)))
+        proof = prove_modulus(p, q)
+        # Only the shares and the proof are stored: p and q are never written, so once this
+        # process exits only a quorum of validators can decrypt (while it runs, it is the dealer).
+        for share in shares:
+            keys.store(PAILLIER_SHARE.format(validator=share.party), share.to_private_bytes())
+        keys.store(PAILLIER_MODULUS_PROOF, rfc8785.dumps(proof.to_json()))
+    return ValidatorCommittee(shares[0].public_key, [ShareHolder(share) for share in shares]), proof
 
 
 def build_protocol(
@@ -90,15 +111,13 @@ def build_protocol(
         protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
-        from .protocols.paillier import PaillierKeyHolder, PaillierProtocol, public_key_to_json
+        from .protocols.paillier import PaillierProtocol, public_key_to_json
 
-        try:
-            holder = PaillierKeyHolder.from_private_bytes(keys.load(PAILLIER_KEY))
-        except KeyringError as exc:
-            raise ConfigurationError(f"no Paillier key holder in this federation's keys ({exc}): its genesis "
-                                     "predates published Paillier keys; create a new federation") from exc
-        protocol = PaillierProtocol(public_key=holder.public_key, key_holder=holder, codec=codec)
-        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(holder.public_key)}, bound)
+        committee, proof = _validator_committee(keys, settings)
+        protocol = PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec)
+        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(committee.public_key),
+                                        "modulus_proof": proof.to_json(), "threshold_key": committee.key.to_json()},
+                             bound)
     if name == "ckks":
         from .protocols.ckks import CkksKeyHolder, CkksProtocol, context_id
 

@@ -6,7 +6,7 @@ no torch, no secret of any party.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,40 +182,84 @@ def aggregate_rule_violation(
     return aggregate_violation(total, weights=weights, bound=bound, tolerance=tolerance)
 
 
-def check_genesis_keys(genesis: Entry) -> None:
-    """The HE key material genesis publishes must be sound before any round relies on it:
-    the Paillier modulus proof verifies, at the key size genesis' own policy fixes."""
-    from .protocols.paillier import PublishedKey  # phe loads only when a ledger is checked
-
-    settings = FederationSettings.from_json(genesis.payload["settings"])
-    try:
-        PublishedKey.from_json(genesis.payload.get("paillier"), key_bits=settings.protocol.paillier_key_bits)
-    except ProtocolError as exc:
-        raise SemanticCheckError(f"genesis: the published Paillier key is not sound: {exc}") from exc
-
-
-def check_transcript_key(transcript: Mapping[str, Any], genesis: Entry, *, protocol: str, where: str) -> None:
-    """A Paillier round must run under the key genesis published (whose modulus proof was
-    checked there), never a key the round itself names."""
-    if protocol != "paillier":
+def check_threshold_key(transcript: Mapping[str, Any], protocol_params: Any, validators: Collection[str], *,
+                        where: str) -> None:
+    """A round decrypted by a quorum must use the threshold key its opening announced to
+    the clients, shared among exactly the registered validators, or a coordinator could
+    decrypt with a key of its own making."""
+    record = transcript.get("threshold_decryption")
+    announced = protocol_params.get("threshold_key") if isinstance(protocol_params, Mapping) else None
+    if record is None and announced is None:
         return
-    published = genesis.payload.get("paillier")
-    named = transcript.get("public_key")
-    if not isinstance(published, Mapping) or not isinstance(named, Mapping) \
-            or named.get("n") != published.get("public_key", {}).get("n"):
-        raise SemanticCheckError(f"{where}: the Paillier round ran under a key other than the one genesis published")
+    if record is None:
+        raise SemanticCheckError(f"{where}: the round opening announced a threshold key, but the transcript "
+                                 f"holds no threshold decryption")
+    if not isinstance(record, Mapping) or announced is None or record.get("public_key") != announced:
+        raise SemanticCheckError(f"{where}: the transcript's threshold key is not the one the round opening announced")
+    parties = announced.get("parties") if isinstance(announced, Mapping) else None
+    if not isinstance(parties, list) or sorted(map(str, parties)) != sorted(validators):
+        raise SemanticCheckError(f"{where}: the threshold key is shared among {parties!r}, "
+                                 f"not the registered validators {sorted(validators)}")
 
 
-def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerState, genesis: Entry) -> np.ndarray:
+def check_paillier_key(opened: Entry, settings: FederationSettings, *, pinned: int | None, where: str) -> int | None:
+    """A Paillier round announces the federation's one key with the proof that its modulus is
+    well formed, at the size genesis fixes; the first such round pins it, every later one must
+    announce the same. Returns the round's modulus (None for other protocols)."""
+    from .protocols.paillier import PublishedKey  # phe loads only when a Paillier round is checked
+
+    if opened.payload["protocol"] != "paillier":
+        return None
+    params = opened.payload.get("protocol_params")
+    try:
+        published = PublishedKey.from_json(params, key_bits=settings.protocol.paillier_key_bits)
+    except ProtocolError as exc:
+        raise SemanticCheckError(f"{where}: the announced Paillier key is not sound: {exc}") from exc
+    n = published.public_key.n
+    if pinned is not None and n != pinned:
+        raise SemanticCheckError(f"{where}: the Paillier round announces another key than the federation's "
+                                 "(pinned by its first Paillier round)")
+    threshold = params.get("threshold_key") if isinstance(params, Mapping) else None
+    if isinstance(threshold, Mapping) and threshold.get("n") != format(n, "x"):
+        raise SemanticCheckError(f"{where}: the threshold key's modulus is not the announced public key's")
+    return n
+
+
+class PaillierKeyPin:
+    """The modulus the federation's first Paillier round announced, fed entry by entry."""
+
+    def __init__(self) -> None:
+        self.n: int | None = None
+        self.size = 0
+
+    def add(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            if self.n is None and entry.type == ROUND_OPEN and entry.payload["protocol"] == "paillier":
+                key = entry.payload["protocol_params"].get("public_key", {})
+                self.n = int(key["n"], 16) if isinstance(key, Mapping) and isinstance(key.get("n"), str) else None
+
+    def sync(self, ledger: Ledger) -> PaillierKeyPin:
+        """Add only the entries the ledger committed since the last sync."""
+        if ledger.size > self.size:
+            self.add(ledger.entries(self.size))
+            self.size = ledger.size
+        return self
+
+
+def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerState, genesis: Entry,
+                          paillier_key: int | None) -> np.ndarray:
     """The posted aggregate is the protocol's recomputation from the committed blobs, under
-    the registered identities and genesis' key, and a possible sum of the survivors'
-    payloads; returns it."""
+    the registered identities, the federation's Paillier key (``paillier_key``: pinned by
+    its first Paillier round) and, for a threshold decryption, the announced key shared among
+    the registered validators; and a possible sum of the survivors' payloads. Returns it."""
     total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
     transcript = blobs.get_json(view.close.payload["transcript_cid"])
     protocol = view.opened.payload["protocol"]
+    settings = FederationSettings.from_json(genesis.payload["settings"])
     where = f"round {view.round}"
     check_transcript_identities(transcript, registered_client_keys(state), where=where)
-    check_transcript_key(transcript, genesis, protocol=protocol, where=where)
+    check_paillier_key(view.opened, settings, pinned=paillier_key, where=where)
+    check_threshold_key(transcript, view.opened.payload.get("protocol_params"), state.validators(), where=where)
     summed = transcript.get("survivors" if protocol == "masking" else "included")
     if not isinstance(summed, list) or sorted(summed) != sorted(view.submissions):
         raise SemanticCheckError(f"{where}: the transcript sums {summed!r:.200}, not the close's survivors "
@@ -227,10 +271,9 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
         claimed_total=total,
         where=where,
     )
-    bound = FederationSettings.from_json(genesis.payload["settings"]).training.update_bound
     violation = aggregate_rule_violation(total, protocol=protocol, transcript=transcript,
                                          included=list(view.submissions), records=registered_records(state),
-                                         bound=bound)
+                                         bound=settings.training.update_bound)
     if violation is not None:
         raise SemanticCheckError(f"{where}: {violation}")
     return total

@@ -107,6 +107,11 @@ class RewardSettings:
     validator_reward: int = 10
 
 
+def validator_ids(n: int) -> list[str]:
+    """The validators' names, which are also their abscissas in the threshold Paillier key."""
+    return [f"validator-{i}" for i in range(n)]
+
+
 @dataclass(frozen=True)
 class CsvSource:
     """A federation on the user's own CSV data (``dataset = "csv"``).

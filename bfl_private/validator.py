@@ -25,6 +25,7 @@ from .ledger.errors import SemanticCheckError
 from .ledger.identity import SigningIdentity
 from .ledger.store import Ledger, ProposedBlock
 from .round_checks import (
+    PaillierKeyPin,
     PrivacyHistories,
     RoundView,
     check_round_aggregate,
@@ -43,6 +44,7 @@ class Validator:
         self.n_features = data.n_features
         self.n_classes = data.n_classes
         self.histories = PrivacyHistories()
+        self.paillier_key = PaillierKeyPin()
 
     def _quality_ppm(self, params: np.ndarray) -> int:
         value = accuracy(self.settings.training.model, params, self.holdout,
@@ -54,7 +56,8 @@ class Validator:
         view = RoundView.of(entries)
         if view is None:
             raise SemanticCheckError("no closed round to check among the proposed entries")
-        check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=ledger.genesis())
+        check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=ledger.genesis(),
+                              paillier_key=self.paillier_key.sync(ledger).n)
         check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
         self.histories.sync(ledger).extended(entries).check_claims(entries)
         return view

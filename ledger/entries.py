@@ -29,7 +29,6 @@ Payload schemas (checked here, on creation and on parsing; the contracts check m
     validators: [{id: id, vkey: str}]           non-empty
     initial_model_cid: cid | null
     normalisation: {source: str, records: int, mean: [number], scale: [number > 0]}
-    paillier: object           the HE key holder's public key and modulus proof (opaque here)
 
 ``round_open`` (round r >= 1, author: coordinator)::
 
@@ -255,8 +254,6 @@ PAYLOAD_SCHEMAS: dict[str, Checker] = {
             "mean": _list_of(_number(low=-math.inf), nonempty=True),
             "scale": _list_of(_number(low=0.0, low_open=True), nonempty=True),
         }),
-        # The Paillier key holder's public key and its modulus proof (the protocol parses it).
-        "paillier": _object,
     }),
     ROUND_OPEN: _record({
         "participants": _ids(nonempty=True),

@@ -23,11 +23,24 @@ submissions (ciphertext addition is exact and its serialisation deterministic), 
 take the key holder's word for the decrypted total. The result says so with
 ``decryption_provable=False``.
 
-Known limitation: publishing an approximate CKKS decryption next to its (recomputable)
-ciphertext is the setting of Li and Micciancio's passive key-recovery attack (EUROCRYPT
-2021, IND-CPA^D). TenSEAL returns only the real parts of the slots, which withholds half
-of what that attack reads, but no noise flooding is applied here: where the secret key
-must also protect individual submissions against the public, prefer masking or Paillier.
+Published precision (against Li and Micciancio's attack)
+-------------------------------------------------------
+Publishing an approximate CKKS decryption next to its (recomputable) ciphertext is the
+setting of Li and Micciancio's passive key-recovery attack (EUROCRYPT 2021, IND-CPA^D):
+the low-order digits of a decryption are the decryption error, a linear function of the
+secret key. The key holder therefore never publishes them: it rounds every decrypted
+value to the grid of :meth:`CkksParameters.published_step`, the smallest power of two at
+least 2^PUBLISHED_MARGIN_BITS = 1024 times the error bound of a sum of that many
+summands (at N = 8192: 2^-10 for 2..3 summands, 2^-9 for 4..7, 2^-8 = 0.0039 for 8..14). The published
+value differs from the exact float sum by at most step / 2 + error bound; the auditor
+checks that every published value is a multiple of the step. What still leaks: a slot
+whose exact sum lies within the error bound of a rounding midpoint rounds according to
+the sign of its error; that happens for at most 2 * bound / step <= 2^-9 of the slots
+and yields one bit each, not the error itself. This is rounding, not proven noise
+flooding (which at 2^-40 statistical distance would cost about 2^20 times the error
+bound, far coarser than an update), and no multiparty CKKS runs here (the ``openfhe``
+wheel ships only a CPython 3.10 binary): CKKS keeps a single key holder, which can
+decrypt any one submission. Prefer masking or Paillier where that matters.
 
 Parameters (aggregation only, no multiplications): poly modulus degree N = 8192 with a
 two-prime chain (60, 40) bits and scale 2^40. The total of 100 bits is below 218, the
@@ -103,6 +116,8 @@ from .errors import (
 # security, ternary secret distribution.
 MAX_COEFF_BITS_128: Mapping[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 NOISE_SIGMA = 3.2  # SEAL's error standard deviation
+PUBLISHED_MARGIN_BITS = 10
+"""The published grid step is at least 2^this times the decryption error bound."""
 _KEY_FORMAT = "bfl-private/ckks-secret-context/v1"
 _CIPHERTEXTS = "ciphertexts"
 _OFFSETS = "offsets"
@@ -149,6 +164,13 @@ class CkksParameters:
         coefficient_variance = NOISE_SIGMA**2 * (1 + 4 * n / 3) + (2 + 2 * n / 3) / 12
         sigma_slot = math.sqrt(n * coefficient_variance) / delta
         return summands * 10 * sigma_slot + summands * clip * 2.0**-44
+
+    def published_step(self, *, summands: int) -> float:
+        """Grid to which a decrypted sum of ``summands`` is rounded before it is published:
+        the smallest power of two >= 2^PUBLISHED_MARGIN_BITS x the error bound at the
+        largest clip these parameters decode (so it holds for any admissible clip)."""
+        bound = self.error_bound(summands=summands, clip=self.max_magnitude / summands)
+        return 2.0 ** math.ceil(math.log2(bound) + PUBLISHED_MARGIN_BITS)
 
     def to_json(self) -> dict[str, Any]:
         return {"poly_modulus_degree": self.poly_modulus_degree,
@@ -267,11 +289,13 @@ def _digests(serialised: Sequence[bytes]) -> list[str]:
 
 @dataclass(frozen=True)
 class CkksDecryption:
-    """The key holder's answer: digests of the sum it recomputed, and its decryption."""
+    """The key holder's answer: digests of the sum it recomputed, and its decryption
+    rounded to ``step`` (see "Published precision")."""
 
     aggregate_sha256: tuple[str, ...]
     total: np.ndarray
     summands: int
+    step: float
 
 
 class CkksKeyHolder:
@@ -329,7 +353,9 @@ class CkksKeyHolder:
 
     def decrypt_aggregate(self, submissions: Mapping[str, bytes], *, length: int, max_summands: int,
                           claimed_sha256: Sequence[str] | None = None) -> CkksDecryption:
-        """Recompute the sum of ``submissions``, check it against a claim, decrypt it."""
+        """Recompute the sum of ``submissions``, check it against a claim, decrypt it and
+        round the result to :meth:`CkksParameters.published_step` (the unrounded
+        decryption never leaves this object)."""
         if len(submissions) < self.min_summands:
             raise TooManyDropouts(f"key holder decrypts sums of at least {self.min_summands} inputs, "
                                   f"got {len(submissions)}", stage="decrypt", required=self.min_summands,
@@ -352,7 +378,9 @@ class CkksKeyHolder:
         for total in totals:
             total.link_context(self._context)
             values.extend(total.decrypt())
-        return CkksDecryption(tuple(digests), np.asarray(values, dtype=np.float64), len(vectors))
+        step = self.parameters.published_step(summands=len(vectors))
+        rounded = np.round(np.asarray(values, dtype=np.float64) / step) * step
+        return CkksDecryption(tuple(digests), rounded, len(vectors), step)
 
 
 def encrypt_update(vector: np.ndarray, *, context: ts.Context, public_context: bytes, clip: float) -> bytes:
@@ -371,9 +399,11 @@ def _encrypt_values(x: np.ndarray, *, context: ts.Context, public_context: bytes
 
 
 def _checked_total(total: np.ndarray, *, length: int, summands: int, clip: float, parameters: CkksParameters) -> np.ndarray:
-    """A decrypted total must be ``length`` finite values no larger than ``summands`` clipped
-    inputs plus the noise bound can reach; anything else is not a sum of valid encryptions."""
-    limit = summands * clip + parameters.error_bound(summands=summands, clip=clip)
+    """A decrypted (and published, rounded) total must be ``length`` finite values no larger
+    than ``summands`` clipped inputs plus the noise bound and half the rounding step can
+    reach; anything else is not a sum of valid encryptions."""
+    limit = (summands * clip + parameters.error_bound(summands=summands, clip=clip)
+             + parameters.published_step(summands=summands) / 2)
     if total.shape != (length,) or not np.all(np.isfinite(total)) or np.max(np.abs(total)) > limit:
         worst = float(np.max(np.abs(total))) if total.size and np.all(np.isfinite(total)) else float("nan")
         raise MalformedInput(f"ckks total must be {length} finite values within +-{limit:g}; "
@@ -481,6 +511,7 @@ class CkksProtocol(AggregationProtocol):
             "aggregate_sha256": list(decryption.aggregate_sha256),
             "decrypted_total": decryption.total.tolist(),
             "error_bound": self.parameters.error_bound(summands=len(included), clip=self.clip),
+            "published_step": decryption.step,
             "decryption_provable": False,
         }
         return AggregationResult(protocol=self.name, total=total, included=tuple(included),
@@ -494,7 +525,8 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
 
     CKKS decryption is **not provable**: this checks that the recorded aggregate is the
     sum of the committed submissions under the recorded public context, and that the
-    claimed total is in range (|total| <= included * clip + error bound); it cannot check
+    claimed total is in range (|total| <= included * clip + error bound + step / 2) and
+    rounded to the published step; it cannot check
     that the claimed total is the decryption of that aggregate.
     """
     if not isinstance(transcript, Mapping) or transcript.get("protocol") != "ckks":
@@ -524,11 +556,16 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
         total = np.asarray(transcript["decrypted_total"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedInput(f"ckks transcript decrypted_total does not parse: {exc}") from exc
-    return _checked_total(total, length=length, summands=len(included), clip=clip, parameters=parameters)
+    total = _checked_total(total, length=length, summands=len(included), clip=clip, parameters=parameters)
+    step = parameters.published_step(summands=len(included))
+    if transcript.get("published_step") != step or not np.array_equal(np.round(total / step) * step, total):
+        raise MalformedInput(f"ckks claimed total is not rounded to the published step {step:g}: "
+                             f"its low-order digits would expose the decryption error")
+    return total
 
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
-    """CKKS adds no rounding of its own beyond its noise: the error bound for the included count."""
+    """CKKS's noise bound for the included count, plus half the published rounding step."""
     included = transcript.get("included") if isinstance(transcript, Mapping) else None
     if not isinstance(included, list):
         raise MalformedInput("ckks transcript lacks its 'included' list")
@@ -537,4 +574,5 @@ def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedInput(f"ckks transcript field 'clip' does not parse: {exc}") from exc
     parameters = CkksParameters.from_json(transcript.get("parameters"))
-    return parameters.error_bound(summands=len(included), clip=clip)
+    summands = len(included)
+    return parameters.error_bound(summands=summands, clip=clip) + parameters.published_step(summands=summands) / 2

@@ -922,13 +922,19 @@ def run_round(
         announcement = server.close_mask()
         for i in sorted(server.survivors):
             if answers(i, "unmask"):
-                server.receive_acknowledgement(clients[i].acknowledge(announcement))
+                try:
+                    acknowledgement = clients[i].acknowledge(announcement)
+                except ProtocolError:
+                    # A client that refuses (or, forging, never followed the protocol) stays
+                    # silent, as it would over the wire; the server's thresholds decide.
+                    continue
+                server.receive_acknowledgement(acknowledgement)
         signatures = server.close_acknowledge()
         for i in sorted(server.acknowledged):
             try:
                 response = clients[i].unmask(signatures)
-            except TooManyDropouts:
-                continue  # too few neighbours signed: this client stays silent; finish() decides
+            except ProtocolError:
+                continue  # too few neighbours signed, or a refusal: this client stays silent
             server.receive_unmask(response)
         return replace(server.finish(), rejected={i: why for i, (why, _) in rejected.items()})
     except RoundAbort as exc:

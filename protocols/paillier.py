@@ -18,10 +18,11 @@ Roles and trust model
 
 What this does **not** protect against: a key holder who obtains an individual client's
 ciphertext (from the ledger's blob store, where submissions are public) can decrypt it
-on its own. Unlike masking, which needs no key holder at all, Paillier mode trusts the key
-holder not to do so (or requires it to be a committee holding a shared key). The key
-holder also trusts the participant set it is given (committed on the ledger): it cannot
-tell a real client from an aggregator-made encryption of zero.
+on its own. Federations therefore use a committee of validators sharing a threshold key
+instead (:mod:`.paillier_committee`, any :class:`PaillierDecryptor` fits here), so that
+only a quorum can decrypt. Either decryptor trusts the participant set it is given
+(committed on the ledger): it cannot tell a real client from an aggregator-made
+encryption of zero.
 
 Verifiable decryption
 ---------------------
@@ -46,7 +47,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import gmpy2
 import numpy as np
@@ -82,6 +83,7 @@ from .errors import (
 )
 from .paillier_modulus import ModulusProof, prove_modulus, verify_modulus
 from .quantize import FixedPointCodec
+from .threshold_paillier import ThresholdDecryptionRecord, round_context
 
 KEY_BITS: tuple[int, ...] = (1024, 2048, 3072)
 """Modulus sizes this module handles. A federation's policy (genesis) allows only 2048
@@ -434,6 +436,62 @@ class AggregateDecryption:
     proofs: tuple[int, ...]
     summands: int
 
+    def transcript_record(self) -> dict[str, Any]:
+        """The transcript fields with which the auditor checks this decryption."""
+        return {"proofs": [format(r, "x") for r in self.proofs]}
+
+
+class PaillierDecryptor(Protocol):
+    """Who decrypts a round's sum: the single :class:`PaillierKeyHolder`, or a quorum of
+    validators holding key shares (``paillier_committee.ValidatorCommittee``)."""
+
+    @property
+    def public_key(self) -> PaillierPublicKey: ...
+
+    def decrypt_aggregate(self, submissions: Mapping[str, bytes], *, layout: PackingLayout,
+                          claimed: Sequence[int] | None = None, round_id: int | None = None) -> Any:
+        """Recompute the sum of ``submissions`` (refusing what :func:`checked_sum` refuses),
+        decrypt it, and return an object with ``aggregate``, ``plaintexts`` and
+        ``transcript_record()``."""
+
+
+def checked_sum(
+    public_key: PaillierPublicKey,
+    submissions: Mapping[str, bytes],
+    *,
+    layout: PackingLayout,
+    min_summands: int,
+    claimed: Sequence[int] | None = None,
+) -> list[int]:
+    """A decryptor's own recomputation of the homomorphic sum it is asked to decrypt.
+
+    Refuses (before anything is decrypted): fewer than ``min_summands`` or more than the
+    layout's headroom of submissions, a submission under another key or malformed, two
+    identical ciphertext vectors (a replayed input), and a ``claimed`` aggregate that
+    differs from the recomputed one.
+    """
+    if layout.key_bits != public_key.n.bit_length():
+        raise WrongKey(f"layout is for {layout.key_bits}-bit keys; this key has {public_key.n.bit_length()}")
+    if len(submissions) < min_summands:
+        raise TooManyDropouts(
+            f"decryptor decrypts sums of at least {min_summands} inputs, got {len(submissions)}",
+            stage="decrypt", required=min_summands, available=len(submissions),
+        )
+    if len(submissions) > layout.max_summands:
+        raise HeadroomExceeded(f"{len(submissions)} submissions exceed the packing headroom of {layout.max_summands}")
+    vectors: dict[str, list[int]] = {}
+    seen: dict[tuple[int, ...], str] = {}
+    for client in sorted(submissions):
+        vector = decode_submission(submissions[client], public_key=public_key, layout=layout, client=client)
+        first = seen.setdefault(tuple(vector), client)
+        if first != client:
+            raise ReplayedMessage(f"submission of {client!r} repeats the ciphertexts of {first!r}")
+        vectors[client] = vector
+    aggregate = add(public_key, (vectors[c] for c in sorted(vectors)))
+    if claimed is not None and list(claimed) != aggregate:
+        raise AggregateMismatch("claimed aggregate differs from the homomorphic sum of the submissions")
+    return aggregate
+
 
 class PaillierKeyHolder:
     """Owns the Paillier secret key; decrypts only aggregates it recomputed itself.
@@ -505,37 +563,16 @@ class PaillierKeyHolder:
         *,
         layout: PackingLayout,
         claimed: Sequence[int] | None = None,
+        round_id: int | None = None,
     ) -> AggregateDecryption:
-        """Recompute the homomorphic sum of ``submissions`` and decrypt it, with proofs.
-
-        Refuses (before decrypting anything): fewer than ``min_summands`` or more than the
-        layout's headroom of submissions, a submission under another key or malformed,
-        two identical ciphertext vectors (a replayed input), and a ``claimed`` aggregate
-        that differs from the recomputed one.
-        """
-        if layout.key_bits != self.public_key.n.bit_length():
-            raise WrongKey(f"layout is for {layout.key_bits}-bit keys; this key has {self.public_key.n.bit_length()}")
-        if len(submissions) < self.min_summands:
-            raise TooManyDropouts(
-                f"key holder decrypts sums of at least {self.min_summands} inputs, got {len(submissions)}",
-                stage="decrypt", required=self.min_summands, available=len(submissions),
-            )
-        if len(submissions) > layout.max_summands:
-            raise HeadroomExceeded(f"{len(submissions)} submissions exceed the packing headroom of {layout.max_summands}")
-        vectors: dict[str, list[int]] = {}
-        seen: dict[tuple[int, ...], str] = {}
-        for client in sorted(submissions):
-            vector = decode_submission(submissions[client], public_key=self.public_key, layout=layout, client=client)
-            first = seen.setdefault(tuple(vector), client)
-            if first != client:
-                raise ReplayedMessage(f"submission of {client!r} repeats the ciphertexts of {first!r}")
-            vectors[client] = vector
-        aggregate = add(self.public_key, (vectors[c] for c in sorted(vectors)))
-        if claimed is not None and list(claimed) != aggregate:
-            raise AggregateMismatch("claimed aggregate differs from the homomorphic sum of the submissions")
+        """Recompute the homomorphic sum of ``submissions`` (see :func:`checked_sum` for
+        what is refused) and decrypt it, with proofs. ``round_id`` is not needed: (m, r)
+        opens the ciphertext whatever the round."""
+        aggregate = checked_sum(self.public_key, submissions, layout=layout, min_summands=self.min_summands,
+                                claimed=claimed)
         plaintexts = tuple(int(self._private_key.raw_decrypt(c)) for c in aggregate)
         proofs = tuple(self._randomness(c) for c in aggregate)
-        return AggregateDecryption(tuple(aggregate), plaintexts, proofs, len(vectors))
+        return AggregateDecryption(tuple(aggregate), plaintexts, proofs, len(submissions))
 
 
 # ---------------------------------------------------------------- the protocol
@@ -558,8 +595,9 @@ def encrypt_update(
 class PaillierProtocol(AggregationProtocol):
     """Packed Paillier aggregation: the aggregator holds only the public key.
 
-    ``key_holder`` is a handle to the separate party that decrypts; this object never
-    reads its secret key.
+    ``key_holder`` is a handle to whoever decrypts (a :class:`PaillierDecryptor`: the
+    single key holder, or a committee of validators holding key shares); this object
+    never reads a secret key or share.
     """
 
     name: ClassVar[str] = "paillier"
@@ -568,7 +606,7 @@ class PaillierProtocol(AggregationProtocol):
         self,
         *,
         public_key: PaillierPublicKey,
-        key_holder: PaillierKeyHolder,
+        key_holder: PaillierDecryptor,
         codec: FixedPointCodec,
         workers: int | None = None,
     ) -> None:
@@ -646,14 +684,16 @@ class PaillierProtocol(AggregationProtocol):
         claimed = add(self.public_key, (received[c] for c in included))
         submissions = {c: blobs[c] for c in included}
         try:
-            decryption = self.key_holder.decrypt_aggregate(submissions, layout=layout, claimed=claimed)
+            decryption = self.key_holder.decrypt_aggregate(submissions, layout=layout, claimed=claimed,
+                                                           round_id=round_id)
         except RoundAbort as exc:
             exc.received = dict(blobs)  # sent, so spent, though never decrypted
             raise
-        except ProtocolError as exc:  # the key holder refused what the aggregator let through
+        except ProtocolError as exc:  # the decryptor refused what the aggregator let through
             raise refused_by_key_holder(exc, round_id=round_id, received=blobs) from exc
         total = decode_or_refuse(
-            lambda: self.codec.decode_sum(layout.unpack(decryption.plaintexts, summands=len(included)), len(included)),
+            lambda: self.codec.decode_sum(layout.unpack(list(decryption.plaintexts), summands=len(included)),
+                                          len(included)),
             round_id=round_id, received=blobs)
         transcript = {
             "protocol": self.name,
@@ -664,7 +704,7 @@ class PaillierProtocol(AggregationProtocol):
             "included": included,
             "aggregate": [format(c, "x") for c in decryption.aggregate],
             "plaintexts": [format(m, "x") for m in decryption.plaintexts],
-            "proofs": [format(r, "x") for r in decryption.proofs],
+            **decryption.transcript_record(),
         }
         return AggregationResult(
             protocol=self.name,
@@ -721,13 +761,26 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
         raise MalformedInput(f"paillier transcript names clients without a submission: {missing}")
     recorded = _hex_list(transcript, "aggregate", layout.ciphertexts)
     plaintexts = _hex_list(transcript, "plaintexts", layout.ciphertexts)
-    proofs = _hex_list(transcript, "proofs", layout.ciphertexts)
     vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c) for c in sorted(included))
     if add(public_key, vectors) != recorded:
         raise AggregateMismatch("recorded aggregate ciphertexts differ from the homomorphic sum of the submissions")
-    for index, (c, m, r) in enumerate(zip(recorded, plaintexts, proofs)):
-        try:
-            verify_decryption(public_key, c, m, r)
-        except DecryptionProofError as exc:
-            raise DecryptionProofError(f"aggregate ciphertext {index}: {exc}") from exc
+    if "threshold_decryption" in transcript:  # decrypted by a quorum of validators: re-check and re-combine their partials
+        record = ThresholdDecryptionRecord.from_json(transcript["threshold_decryption"])
+        if record.public_key.n != public_key.n:
+            raise WrongKey("paillier transcript: the threshold key's modulus is not the round's public key")
+        round_id = transcript.get("round")
+        if not isinstance(round_id, int) or isinstance(round_id, bool):
+            raise MalformedInput("paillier transcript lacks an integer 'round'")
+        combined = record.verify_and_combine(recorded, context=round_context(round_id))
+        if combined != plaintexts:
+            bad = next(i for i, (a, b) in enumerate(zip(combined, plaintexts)) if a != b)
+            raise DecryptionProofError(f"aggregate ciphertext {bad}: the recorded plaintext is not what the "
+                                       f"validators' partial decryptions combine to")
+    else:
+        proofs = _hex_list(transcript, "proofs", layout.ciphertexts)
+        for index, (c, m, r) in enumerate(zip(recorded, plaintexts, proofs)):
+            try:
+                verify_decryption(public_key, c, m, r)
+            except DecryptionProofError as exc:
+                raise DecryptionProofError(f"aggregate ciphertext {index}: {exc}") from exc
     return codec.decode_sum(layout.unpack(plaintexts, summands=len(included)), len(included))

@@ -67,7 +67,6 @@ class Federation:
                            for n, v in self.validators.items()],
             "initial_model_cid": None,
             "normalisation": {"source": "test constants", "records": 0, "mean": [0.0], "scale": [1.0]},
-            "paillier": {},  # ledger-level tests: no HE round, no key (the schema leaves it to the protocol)
         })
 
     def sign(self, proposed: ProposedBlock, signers: Sequence[str] | None = None

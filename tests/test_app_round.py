@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bfl_private.ledger.entries import SUBMISSION
-from bfl_private.ledger.errors import ContractViolation
+from bfl_private.ledger.entries import ROUND_CLOSE, ROUND_OPEN, SUBMISSION
+from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
 from bfl_private.ledger.store import DATABASE, Ledger
 from click.testing import CliRunner
 
@@ -24,6 +24,7 @@ import bfl_private.coordinator as coordinator_module
 import bfl_private.federation as federation_module
 from bfl_private.audit import audit
 from bfl_private.cli import main
+from bfl_private.round_checks import check_threshold_key
 from bfl_private.runner import RoundOptions, RunRefused, run_command
 from bfl_private.validator import Validator
 
@@ -68,8 +69,9 @@ def test_round_then_verify_for_each_protocol(tmp_path: Path, protocol: str) -> N
     assert len(notes) == len(set(notes)), "one note per kind"
     assert "noise was actually drawn" in " ".join(notes) and "self-declared" in " ".join(notes)
     assert ("cannot be proven (CKKS" in " ".join(notes)) == (protocol == "ckks")
-    # The homomorphic modes name their key holder once, with every round it served.
-    key_holder = [n for n in notes if "key holder" in n]
+    # The homomorphic modes name who can decrypt (CKKS's key holder, Paillier's trusted
+    # dealer) once, with every round it served.
+    key_holder = [n for n in notes if "key holder" in n or "trusted dealer" in n]
     assert len(key_holder) == (protocol in ("paillier", "ckks"))
     assert all(n.endswith("(rounds 1-2)") for n in key_holder)
     epsilons = [c.epsilon for c in result.summary.clients]
@@ -262,3 +264,49 @@ def test_masking_transcript_with_unregistered_identity_keys_fails(copy: Path, mo
     run(copy, rounds=1)
     number, name, detail = failed_check(copy)
     assert (number, name) == (8, "aggregates recomputed") and "not its registered key" in detail
+
+
+def test_paillier_rounds_are_decrypted_by_a_quorum_of_validators(tmp_path: Path) -> None:
+    """No key holder: each validator keeps one share, the transcript carries a quorum of
+    proven partial decryptions, and the audit re-checks them."""
+    directory = tmp_path / "fed"
+    run(directory, protocol="paillier", rounds=1)
+    keys = sorted(p.name for p in (directory / "keys").iterdir() if "paillier" in p.name)
+    assert keys == ["paillier-modulus-proof.json", *(f"paillier-share.validator-{i}.json" for i in range(4))]
+    ledger = Ledger.open(directory)
+    try:
+        close = next(e for e in ledger.entries() if e.type == ROUND_CLOSE)
+        transcript = ledger.blobs.get_json(close.payload["transcript_cid"])
+    finally:
+        ledger.close()
+    record = transcript["threshold_decryption"]
+    assert "proofs" not in transcript
+    assert record["public_key"]["quorum"] == 3 and record["public_key"]["key_generation"] == "trusted-dealer"
+    assert [p["party"] for p in record["partials"]] == ["validator-0", "validator-1", "validator-2"]
+    assert all(len(p["values"]) == len(transcript["aggregate"]) for p in record["partials"])
+    assert audit(directory).ok
+
+
+def test_a_round_decrypted_with_a_key_other_than_the_announced_one_fails_the_audit(tmp_path: Path) -> None:
+    directory = tmp_path / "fed"
+    run(directory, protocol="paillier", rounds=1)
+    assert any("trusted dealer" in note for note in audit(directory).report.notes)
+    ledger = Ledger.open(directory)
+    try:
+        opened = next(e for e in ledger.entries() if e.type == ROUND_OPEN)
+        close = next(e for e in ledger.entries() if e.type == ROUND_CLOSE)
+        transcript = ledger.blobs.get_json(close.payload["transcript_cid"])
+    finally:
+        ledger.close()
+    validators = [f"validator-{i}" for i in range(4)]
+    params = opened.payload["protocol_params"]
+    check_threshold_key(transcript, params, validators, where="round 1")  # as committed: passes
+    other = json.loads(json.dumps(transcript))
+    other["threshold_decryption"]["public_key"]["quorum"] = 1
+    with pytest.raises(SemanticCheckError, match="not the one the round opening announced"):
+        check_threshold_key(other, params, validators, where="round 1")
+    without = {k: v for k, v in transcript.items() if k != "threshold_decryption"}
+    with pytest.raises(SemanticCheckError, match="holds no threshold decryption"):
+        check_threshold_key(without, params, validators, where="round 1")
+    with pytest.raises(SemanticCheckError, match="not the registered validators"):
+        check_threshold_key(transcript, params, validators[:3] + ["validator-9"], where="round 1")

@@ -25,7 +25,7 @@ from bfl_private.ledger.store import Ledger
 from bfl_private.coordinator import Federation
 from bfl_private.flower.deployment import LoopbackDeployment
 from bfl_private.flower.setup import export_hospitals
-from bfl_private.protocol_setup import PAILLIER_KEY
+from bfl_private.protocol_setup import PAILLIER_SHARE
 from bfl_private.settings import FederationSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -71,9 +71,10 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
             entries = _round_entries(fed_dir, round_id)
             assert entries[ROUND_OPEN]["protocol"] == "paillier"
             assert entries[ROUND_CLOSE]["survivors"] == sorted(folders) and entries[ROUND_CLOSE]["dropouts"] == []
-        assert (fed_dir / "keys" / PAILLIER_KEY).exists(), "the key holder is the ServerApp's federation directory"
+        share = PAILLIER_SHARE.format(validator="validator-0")
+        assert (fed_dir / "keys" / share).exists(), "the validators' key shares are in the ServerApp's federation directory"
         for folder in folders.values():  # the hospitals got the public key only
-            assert not any(PAILLIER_KEY in p.name for p in folder.iterdir())
+            assert not any("paillier-share" in p.name for p in folder.iterdir())
 
         def kill_mid_round(line: str) -> None:
             # the log line arrives while the hospitals share keys: the victim vanishes before

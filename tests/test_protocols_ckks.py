@@ -84,9 +84,31 @@ def test_sum_is_within_the_documented_error(holder, clients, length, seed, scale
     result = _protocol(holder).aggregate(updates, round_id=1, round_seed=b"s" * 32)
     exact = np.sum([np.clip(v, -CLIP, CLIP) for v in updates.values()], axis=0)
     bound = CkksParameters().error_bound(summands=clients, clip=CLIP)
+    step = CkksParameters().published_step(summands=clients)
     assert result.total.shape == (length,)
-    assert 0 < np.max(np.abs(result.total - exact)) <= bound  # approximate, never exact: it was encrypted
-    assert result.transcript["error_bound"] == bound
+    assert np.max(np.abs(result.total - exact)) <= bound + step / 2
+    assert np.array_equal(np.round(result.total / step) * step, result.total)  # rounded before publication
+    assert result.transcript["error_bound"] == bound and result.transcript["published_step"] == step
+
+
+def test_published_step_is_a_power_of_two_far_above_the_error_bound():
+    p = CkksParameters()
+    for summands in range(1, 16):
+        step, bound = p.published_step(summands=summands), p.error_bound(summands=summands, clip=1.0)
+        assert step == 2.0 ** round(np.log2(step))
+        assert 2**10 * bound <= step < 2**11 * bound  # the documented margin, and no coarser
+    assert p.published_step(summands=10) == 2.0**-8  # the figure the docstring quotes
+
+
+def test_published_total_hides_the_decryption_error(holder):
+    """The unrounded decryption differs from the exact sum by the CKKS error; what is
+    published is the same for every decryption of that sum (up to rare midpoint slots)."""
+    updates = _updates(4, 3000, 11, 0.5)
+    first = _protocol(holder).aggregate(updates, round_id=1, round_seed=b"s" * 32)
+    second = _protocol(holder).aggregate(updates, round_id=2, round_seed=b"s" * 32)  # fresh encryption noise
+    assert first.transcript["aggregate_sha256"] != second.transcript["aggregate_sha256"]
+    differs = np.mean(first.total != second.total)
+    assert differs <= 2 * 2.0**-9  # midpoint slots only; unrounded, every slot would differ
 
 
 def test_round_recomputes_and_says_decryption_is_not_provable(holder):
@@ -114,6 +136,14 @@ def test_recompute_rejects_tampering(holder, round_result):
     t = json.loads(json.dumps(round_result.transcript))
     t["decrypted_total"][0] = 1e6  # out of any possible range
     with pytest.raises(MalformedInput, match="within"):
+        recompute_from_submissions(t, round_result.submissions)
+    t = json.loads(json.dumps(round_result.transcript))
+    t["decrypted_total"][0] += 1e-7  # in range, but carrying digits below the published step
+    with pytest.raises(MalformedInput, match="not rounded to the published step"):
+        recompute_from_submissions(t, round_result.submissions)
+    t = json.loads(json.dumps(round_result.transcript))
+    t["published_step"] = t["published_step"] / 2
+    with pytest.raises(MalformedInput, match="published step"):
         recompute_from_submissions(t, round_result.submissions)
     t = json.loads(json.dumps(round_result.transcript))
     t["public_context"] = t["public_context"][:-100]
@@ -184,7 +214,7 @@ def test_secret_context_round_trip_and_malformed_records(holder, round_result):
     again = CkksKeyHolder.from_private_bytes(holder.to_private_bytes())
     assert again.parameters == holder.parameters
     decryption = again.decrypt_aggregate(round_result.submissions, length=5000, max_summands=10)
-    assert np.max(np.abs(decryption.total - round_result.total)) < 2 * round_result.transcript["error_bound"]
+    assert np.max(np.abs(decryption.total - round_result.total)) <= round_result.transcript["published_step"]
     record = json.loads(holder.to_private_bytes())
     for bad in (b"[", json.dumps({**record, "format": "v0"}).encode(),
                 json.dumps({**record, "context": record["context"][:1000]}).encode(),

@@ -80,8 +80,6 @@ class Registry:
     settings: FederationSettings
     coordinator: VerifyingKey
     clients: Mapping[str, Mapping[str, Any]]
-    paillier: Mapping[str, Any]
-    """The Paillier key holder's published key and modulus proof (checked when first used)."""
 
     @classmethod
     def from_genesis(cls, data: bytes, *, where: str) -> Registry:
@@ -96,7 +94,7 @@ class Registry:
         except (VerificationError, SettingsError) as exc:
             raise HospitalConfigError(f"{where}: {exc}") from exc
         return cls(entry.payload["federation_id"], settings, coordinator,
-                   {c["id"]: c for c in entry.payload["clients"]}, entry.payload["paillier"])
+                   {c["id"]: c for c in entry.payload["clients"]})
 
     def key(self, client: str) -> VerifyingKey:
         if client not in self.clients:
@@ -480,13 +478,9 @@ class Hospital:
         except (ValueError, TypeError, ProtocolError) as exc:  # not JSON, not a key, a wrong fingerprint
             raise PublicKeyMessageError(f"{where}: {type(exc).__name__}: {exc}") from exc
         try:  # the size is genesis policy and the modulus must carry its proof, whatever the round says
-            published = PublishedKey.from_json(self.registry.paillier,
-                                               key_bits=self.registry.settings.protocol.paillier_key_bits)
+            PublishedKey.from_json(params, key_bits=self.registry.settings.protocol.paillier_key_bits)
         except ProtocolError as exc:
-            raise PublicKeyMessageError(f"the federation's genesis Paillier key, checked by {self.name}: {exc}") from exc
-        if key.n != published.public_key.n:
-            raise PublicKeyMessageError(f"{where}: key {key_id(key).hex()[:16]}... is not the key "
-                                        f"{key_id(published.public_key).hex()[:16]}... that genesis published")
+            raise PublicKeyMessageError(f"the Paillier key the round opening announces to {self.name}: {exc}") from exc
         try:
             named = public_key_from_json(params["public_key"])
             codec = FixedPointCodec.from_json(dict(params["codec"]))

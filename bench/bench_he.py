@@ -4,7 +4,8 @@ the CKKS protocol vs raw TenSEAL calls, every pair timed in the same process.
 Paillier (2048- and 3072-bit keys, 16-bit values, headroom for 15 clients: 102 and 153
 slots): the baseline
 encrypts one value per ciphertext with phe's ``raw_encrypt`` on one core; the protocol
-packs and encrypts a client's whole update (codec + packing + encryption + blob), on one
+packs and encrypts a client's whole update (codec + packing + encryption + a proof of
+plaintext knowledge per ciphertext, bound to round and sender + blob), on one
 core and on all cores. Decryption with its proof and the auditor's verification are
 reported per value against the same baseline; so are the modulus proof's cost (made once
 at genesis, checked by every party) and each step at 3072 bits against 2048.
@@ -51,7 +52,8 @@ def _bench_paillier_key(bits: int, *, quick: bool) -> tuple[list[dict], dict[str
             pk.raw_encrypt(m)
 
     def packed(workers: int) -> Callable[[], None]:
-        return lambda: paillier.encrypt_update(vectors[0], public_key=pk, codec=codec, layout=layout, workers=workers)
+        return lambda: paillier.encrypt_update(vectors[0], public_key=pk, codec=codec, layout=layout, round_id=1,
+                                               client="c0", workers=workers)
 
     timings: dict[str, list[float]] = {"unpacked": [], "packed_1": [], "packed_n": []}
     for _ in range(3 if quick else 5):  # interleaved, so all three see the same load
@@ -59,9 +61,10 @@ def _bench_paillier_key(bits: int, *, quick: bool) -> tuple[list[dict], dict[str
         timings["packed_1"].append(best_time(packed(1), 1) / layout.length)
         timings["packed_n"].append(best_time(packed(cores), 1) / layout.length)
     t_unpacked, t_packed_1, t_packed_n = (min(timings[k]) for k in ("unpacked", "packed_1", "packed_n"))
-    blobs = {f"c{i}": paillier.encrypt_update(v, public_key=pk, codec=codec, layout=layout) for i, v in enumerate(vectors)}
+    blobs = {f"c{i}": paillier.encrypt_update(v, public_key=pk, codec=codec, layout=layout, round_id=1, client=f"c{i}")
+             for i, v in enumerate(vectors)}
     started = time.perf_counter()
-    decryption = holder.decrypt_aggregate(blobs, layout=layout)
+    decryption = holder.decrypt_aggregate(blobs, layout=layout, round_id=1)
     t_decrypt = (time.perf_counter() - started) / layout.length
     started = time.perf_counter()
     for c, m, r in zip(decryption.aggregate, decryption.plaintexts, decryption.proofs):

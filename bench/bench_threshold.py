@@ -46,11 +46,12 @@ def _round_cost(bits: int, length: int, *, repeats: int) -> dict:
     layout = paillier.PackingLayout.for_codec(key_bits=bits, codec=codec, length=length)
     rng = np.random.default_rng(0)
     blobs = {f"client-{i}": paillier.encrypt_update(rng.normal(0, 0.3, length), public_key=holder.public_key,
-                                                    codec=codec, layout=layout, rng=rng)
+                                                    codec=codec, layout=layout, round_id=1, client=f"client-{i}",
+                                                    rng=rng)
              for i in range(CLIENTS)}
 
     def single() -> None:
-        decryption = holder.decrypt_aggregate(blobs, layout=layout)
+        decryption = holder.decrypt_aggregate(blobs, layout=layout, round_id=1)
         for c, m, r in zip(decryption.aggregate, decryption.plaintexts, decryption.proofs):
             paillier.verify_decryption(holder.public_key, c, m, r)
 
@@ -59,7 +60,7 @@ def _round_cost(bits: int, length: int, *, repeats: int) -> dict:
         assert decryption.record.verify_and_combine(decryption.aggregate, context=round_context(1)) \
             == list(decryption.plaintexts)
 
-    reference = holder.decrypt_aggregate(blobs, layout=layout).plaintexts
+    reference = holder.decrypt_aggregate(blobs, layout=layout, round_id=1).plaintexts
     assert committee.decrypt_aggregate(blobs, layout=layout, round_id=1).plaintexts == reference
     t_single, t_threshold = [], []
     for _ in range(repeats):  # interleaved, so both see the same load

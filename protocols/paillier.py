@@ -82,6 +82,13 @@ from .errors import (
     WrongKey,
 )
 from .paillier_modulus import ModulusProof, prove_modulus, verify_modulus
+from .paillier_plaintext_proof import (
+    PlaintextProof,
+    PlaintextProofError,
+    encrypt_with_proof,
+    submission_context,
+    verify_plaintext_proof,
+)
 from .quantize import FixedPointCodec
 from .threshold_paillier import ThresholdDecryptionRecord, round_context
 
@@ -92,6 +99,7 @@ DEFAULT_KEY_BITS = 3072
 """128-bit security (NIST SP 800-57); 2048 gives about 112."""
 _KEY_FORMAT = "bfl-private/paillier-private-key/v1"
 _CIPHERTEXTS = "ciphertexts"
+_PROOFS = "plaintext_proofs"
 _KEY_ID = "key_id"
 # Below this many ciphertexts forking workers costs more than it saves.
 _MIN_PARALLEL = 16
@@ -286,9 +294,44 @@ class PackingLayout:
 # ---------------------------------------------------------------- encryption and addition
 
 
-def _encrypt_serial(n: int, plaintexts: Sequence[int]) -> list[int]:
+@dataclass(frozen=True)
+class ProvenCiphertext:
+    """A ciphertext with its sender's proof of knowing the plaintext, bound to a context."""
+
+    ciphertext: int
+    proof: PlaintextProof
+
+
+def _widths(n: int) -> tuple[int, int]:
+    """Bytes of an element of Z_n and of Z_(n^2), written fixed-width big-endian."""
+    return (n.bit_length() + 7) // 8, (2 * n.bit_length() + 7) // 8
+
+
+def _encrypt_serial(n: int, plaintexts: Sequence[int], *, context: bytes, first_index: int) -> list[ProvenCiphertext]:
     key = PaillierPublicKey(n)
-    return [int(key.raw_encrypt(int(m))) for m in plaintexts]
+    out = []
+    for offset, m in enumerate(plaintexts):
+        ciphertext, proof = encrypt_with_proof(key, int(m), context=context, index=first_index + offset)
+        out.append(ProvenCiphertext(ciphertext, proof))
+    return out
+
+
+def _to_bytes(n: int, items: Sequence[ProvenCiphertext]) -> bytes:
+    small, large = _widths(n)
+    return b"".join(item.ciphertext.to_bytes(large, "big") + item.proof.commitment.to_bytes(large, "big")
+                    + item.proof.z.to_bytes(small, "big") + item.proof.w.to_bytes(small, "big") for item in items)
+
+
+def _from_bytes(n: int, data: bytes) -> list[ProvenCiphertext]:
+    small, large = _widths(n)
+    size = 2 * large + 2 * small
+    out = []
+    for start in range(0, len(data), size):
+        row = data[start:start + size]
+        values = [int.from_bytes(row[a:b], "big") for a, b in
+                  ((0, large), (large, 2 * large), (2 * large, 2 * large + small), (2 * large + small, size))]
+        out.append(ProvenCiphertext(values[0], PlaintextProof(*values[1:])))
+    return out
 
 
 def _read_all(fd: int) -> bytes:
@@ -298,12 +341,15 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, workers: int | None = None) -> list[int]:
-    """Encrypt plaintexts in [0, n) with fresh randomness, spread over ``workers`` processes.
+def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, context: bytes,
+            workers: int | None = None) -> list[ProvenCiphertext]:
+    """Encrypt plaintexts in [0, n) with fresh randomness, each with a proof of knowing its
+    plaintext bound to ``context`` (:func:`~.paillier_plaintext_proof.submission_context`),
+    spread over ``workers`` processes.
 
-    Workers are forked children that return fixed-width big-endian ciphertexts over a
-    pipe (no pickling); each draws r from the OS CSPRNG (phe uses ``SystemRandom``), which
-    is fork-safe. ``workers`` defaults to the CPU count; 1 encrypts in-process.
+    Workers are forked children that return fixed-width big-endian values over a pipe (no
+    pickling); each draws its randomness from the OS CSPRNG (``secrets``), which is
+    fork-safe. ``workers`` defaults to the CPU count; 1 encrypts in-process.
     """
     n = public_key.n
     for index, m in enumerate(plaintexts):
@@ -314,8 +360,9 @@ def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, workers
     if workers < 1:
         raise ConfigurationError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(plaintexts) < _MIN_PARALLEL or not hasattr(os, "fork"):
-        return _encrypt_serial(n, plaintexts)
-    width = _ciphertext_width(public_key)
+        return _encrypt_serial(n, plaintexts, context=context, first_index=0)
+    small, large = _widths(n)
+    row = 2 * large + 2 * small
     bounds = np.linspace(0, len(plaintexts), workers + 1).astype(int)
     children: list[tuple[int, int, int]] = []
     try:
@@ -326,7 +373,7 @@ def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, workers
                 status = 1
                 try:
                     os.close(read_fd)
-                    out = b"".join(c.to_bytes(width, "big") for c in _encrypt_serial(n, plaintexts[lo:hi]))
+                    out = _to_bytes(n, _encrypt_serial(n, plaintexts[lo:hi], context=context, first_index=int(lo)))
                     view = memoryview(out)
                     while view:
                         view = view[os.write(write_fd, view):]
@@ -335,12 +382,12 @@ def encrypt(public_key: PaillierPublicKey, plaintexts: Sequence[int], *, workers
                     os._exit(status)
             os.close(write_fd)
             children.append((pid, read_fd, hi - lo))
-        result = _encrypt_serial(n, plaintexts[: bounds[1]])
+        result = _encrypt_serial(n, plaintexts[: bounds[1]], context=context, first_index=0)
         for pid, read_fd, count in children:
             data = _read_all(read_fd)
-            if len(data) != count * width:
-                raise ChildProcessError(f"encryption worker {pid} returned {len(data)} bytes, expected {count * width}")
-            result.extend(int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width))
+            if len(data) != count * row:
+                raise ChildProcessError(f"encryption worker {pid} returned {len(data)} bytes, expected {count * row}")
+            result.extend(_from_bytes(n, data))
         return result
     finally:
         failed = []
@@ -371,34 +418,54 @@ def add(public_key: PaillierPublicKey, ciphertext_vectors: Iterable[Sequence[int
 # ---------------------------------------------------------------- submissions
 
 
-def encode_submission(public_key: PaillierPublicKey, ciphertexts: Sequence[int]) -> bytes:
-    """A safetensors blob: fixed-width big-endian ciphertexts and the key fingerprint."""
-    width = _ciphertext_width(public_key)
-    raw = b"".join(int(c).to_bytes(width, "big") for c in ciphertexts)
-    table = np.frombuffer(raw, dtype=np.uint8).reshape(len(ciphertexts), width)
-    return save_safetensors({_CIPHERTEXTS: table, _KEY_ID: np.frombuffer(key_id(public_key), dtype=np.uint8)})
+def encode_submission(public_key: PaillierPublicKey, proven: Sequence[ProvenCiphertext]) -> bytes:
+    """A safetensors blob: fixed-width big-endian ciphertexts, their plaintext-knowledge
+    proofs (commitment, z, w per row) and the key fingerprint."""
+    small, large = _widths(public_key.n)
+    ciphertexts = b"".join(item.ciphertext.to_bytes(large, "big") for item in proven)
+    proofs = b"".join(item.proof.commitment.to_bytes(large, "big") + item.proof.z.to_bytes(small, "big")
+                      + item.proof.w.to_bytes(small, "big") for item in proven)
+    return save_safetensors({
+        _CIPHERTEXTS: np.frombuffer(ciphertexts, dtype=np.uint8).reshape(len(proven), large),
+        _PROOFS: np.frombuffer(proofs, dtype=np.uint8).reshape(len(proven), large + 2 * small),
+        _KEY_ID: np.frombuffer(key_id(public_key), dtype=np.uint8),
+    })
 
 
-def decode_submission(blob: bytes, *, public_key: PaillierPublicKey, layout: PackingLayout, client: str) -> list[int]:
-    """Parse and check one client's submission: right key, right count, every c in Z_(n^2)^*."""
+def decode_submission(blob: bytes, *, public_key: PaillierPublicKey, layout: PackingLayout, client: str,
+                      round_id: int) -> list[int]:
+    """Parse and check one client's submission: right key, right count, every c in Z_(n^2)^*,
+    and every proof of plaintext knowledge valid for this round and this client (a replayed
+    or re-randomised ciphertext cannot carry one)."""
     tensors = load_submission_tensors(blob, client=client)
-    if set(tensors) != {_CIPHERTEXTS, _KEY_ID}:
-        raise MalformedInput(f"submission of {client!r} holds tensors {sorted(tensors)}, expected {[_CIPHERTEXTS, _KEY_ID]}")
+    expected = [_CIPHERTEXTS, _KEY_ID, _PROOFS]
+    if set(tensors) != set(expected):
+        raise MalformedInput(f"submission of {client!r} holds tensors {sorted(tensors)}, expected {expected}")
     fingerprint = tensors[_KEY_ID]
     if fingerprint.dtype != np.uint8 or fingerprint.tobytes() != key_id(public_key):
         raise WrongKey(f"submission of {client!r} was made under key {fingerprint.tobytes().hex()[:16]}..., "
                        f"not the round's key {key_id(public_key).hex()[:16]}...")
-    table = tensors[_CIPHERTEXTS]
-    width = _ciphertext_width(public_key)
-    if table.dtype != np.uint8 or table.shape != (layout.ciphertexts, width):
-        raise MalformedInput(f"submission of {client!r} has a {table.dtype} table of shape {table.shape}, "
-                             f"expected uint8 ({layout.ciphertexts}, {width})")
+    small, large = _widths(public_key.n)
+    table, proofs = tensors[_CIPHERTEXTS], tensors[_PROOFS]
+    if table.dtype != np.uint8 or table.shape != (layout.ciphertexts, large) \
+            or proofs.dtype != np.uint8 or proofs.shape != (layout.ciphertexts, large + 2 * small):
+        raise MalformedInput(f"submission of {client!r} has tables of shapes {table.shape} and {proofs.shape}, "
+                             f"expected uint8 ({layout.ciphertexts}, {large}) and ({layout.ciphertexts}, "
+                             f"{large + 2 * small})")
     n = gmpy2.mpz(public_key.n)
+    context = submission_context(round_id=round_id, client=client, key_fingerprint=key_id(public_key))
     ciphertexts = []
-    for index, row in enumerate(table):
+    for index, (row, proof_row) in enumerate(zip(table, proofs)):
         c = int.from_bytes(row.tobytes(), "big")
         if not 0 < c < public_key.nsquare or gmpy2.gcd(c, n) != 1:
             raise MalformedInput(f"submission of {client!r}: ciphertext {index} is not in Z_(n^2)^*")
+        raw = proof_row.tobytes()
+        proof = PlaintextProof(int.from_bytes(raw[:large], "big"), int.from_bytes(raw[large:large + small], "big"),
+                               int.from_bytes(raw[large + small:], "big"))
+        try:
+            verify_plaintext_proof(public_key, c, proof, context=context, index=index)
+        except PlaintextProofError as exc:
+            raise PlaintextProofError(f"submission of {client!r} in round {round_id}: {exc}") from exc
         ciphertexts.append(c)
     return ciphertexts
 
@@ -461,6 +528,7 @@ def checked_sum(
     *,
     layout: PackingLayout,
     min_summands: int,
+    round_id: int,
     claimed: Sequence[int] | None = None,
 ) -> list[int]:
     """A decryptor's own recomputation of the homomorphic sum it is asked to decrypt.
@@ -482,7 +550,8 @@ def checked_sum(
     vectors: dict[str, list[int]] = {}
     seen: dict[tuple[int, ...], str] = {}
     for client in sorted(submissions):
-        vector = decode_submission(submissions[client], public_key=public_key, layout=layout, client=client)
+        vector = decode_submission(submissions[client], public_key=public_key, layout=layout, client=client,
+                                   round_id=round_id)
         first = seen.setdefault(tuple(vector), client)
         if first != client:
             raise ReplayedMessage(f"submission of {client!r} repeats the ciphertexts of {first!r}")
@@ -563,13 +632,12 @@ class PaillierKeyHolder:
         *,
         layout: PackingLayout,
         claimed: Sequence[int] | None = None,
-        round_id: int | None = None,
+        round_id: int,
     ) -> AggregateDecryption:
-        """Recompute the homomorphic sum of ``submissions`` (see :func:`checked_sum` for
-        what is refused) and decrypt it, with proofs. ``round_id`` is not needed: (m, r)
-        opens the ciphertext whatever the round."""
+        """Recompute the homomorphic sum of ``submissions`` of round ``round_id`` (see
+        :func:`checked_sum` for what is refused) and decrypt it, with proofs."""
         aggregate = checked_sum(self.public_key, submissions, layout=layout, min_summands=self.min_summands,
-                                claimed=claimed)
+                                round_id=round_id, claimed=claimed)
         plaintexts = tuple(int(self._private_key.raw_decrypt(c)) for c in aggregate)
         proofs = tuple(self._randomness(c) for c in aggregate)
         return AggregateDecryption(tuple(aggregate), plaintexts, proofs, len(submissions))
@@ -584,12 +652,16 @@ def encrypt_update(
     public_key: PaillierPublicKey,
     codec: FixedPointCodec,
     layout: PackingLayout,
+    round_id: int,
+    client: str,
     rng: np.random.Generator | None = None,
     workers: int | None = None,
 ) -> bytes:
-    """A client's step: clip, encode, pack, encrypt; returns the submission blob."""
+    """A client's step: clip, encode, pack, encrypt with proofs bound to this round and this
+    client; returns the submission blob."""
     plaintexts = layout.pack(codec.encode(vector, rng))
-    return encode_submission(public_key, encrypt(public_key, plaintexts, workers=workers))
+    context = submission_context(round_id=round_id, client=client, key_fingerprint=key_id(public_key))
+    return encode_submission(public_key, encrypt(public_key, plaintexts, context=context, workers=workers))
 
 
 class PaillierProtocol(AggregationProtocol):
@@ -645,21 +717,24 @@ class PaillierProtocol(AggregationProtocol):
         if len(submitters) > layout.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed the codec's max_summands {layout.max_summands}")
         blobs = {
-            client: self._forged_blob(forged[client]) if client in forged
-            else encrypt_update(updates[client], public_key=self.public_key, codec=self.codec,
-                                layout=layout, rng=rng, workers=self.workers)
+            client: self._forged_blob(forged[client], round_id=round_id, client=client) if client in forged
+            else encrypt_update(updates[client], public_key=self.public_key, codec=self.codec, layout=layout,
+                                round_id=round_id, client=client, rng=rng, workers=self.workers)
             for client in submitters
         }
         return self.aggregate_submissions(blobs, round_id=round_id, length=length,
                                           dropped={c: (drop or {})[c] for c in dropped})
 
-    def _forged_blob(self, forgery: ForgedInput) -> bytes:
+    def _forged_blob(self, forgery: ForgedInput, *, round_id: int, client: str) -> bytes:
         """The blob of a client that skips our encoder: its bytes, or any plaintexts in
-        [0, n) encrypted under the round's key (no packing, no range)."""
+        [0, n) encrypted under the round's key (no packing, no range; it knows them, so it
+        proves so)."""
         if forgery.message is not None:
             return forgery.message
         plaintexts = [int(m) for m in forgery.values]  # type: ignore[union-attr]
-        return encode_submission(self.public_key, encrypt(self.public_key, plaintexts, workers=self.workers))
+        context = submission_context(round_id=round_id, client=client, key_fingerprint=key_id(self.public_key))
+        return encode_submission(self.public_key, encrypt(self.public_key, plaintexts, context=context,
+                                                          workers=self.workers))
 
     def aggregate_submissions(
         self, blobs: Mapping[str, bytes], *, round_id: int, length: int, dropped: Mapping[str, Stage]
@@ -676,7 +751,8 @@ class PaillierProtocol(AggregationProtocol):
             raise HeadroomExceeded(f"{len(blobs)} submissions exceed the codec's max_summands {layout.max_summands}")
         width = _ciphertext_width(self.public_key)
         received, rejected = receive_submissions(
-            blobs, lambda client, blob: decode_submission(blob, public_key=self.public_key, layout=layout, client=client),
+            blobs, lambda client, blob: decode_submission(blob, public_key=self.public_key, layout=layout, client=client,
+                                                          round_id=round_id),
             round_id=round_id, drop=dropped,
             fingerprint=lambda ciphertexts: b"".join(c.to_bytes(width, "big") for c in ciphertexts),
         )
@@ -759,18 +835,19 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     missing = sorted(set(included) - set(submissions))
     if missing:
         raise MalformedInput(f"paillier transcript names clients without a submission: {missing}")
+    round_id = transcript.get("round")
+    if not isinstance(round_id, int) or isinstance(round_id, bool):
+        raise MalformedInput("paillier transcript lacks an integer 'round'")
     recorded = _hex_list(transcript, "aggregate", layout.ciphertexts)
     plaintexts = _hex_list(transcript, "plaintexts", layout.ciphertexts)
-    vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c) for c in sorted(included))
+    vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c, round_id=round_id)
+               for c in sorted(included))
     if add(public_key, vectors) != recorded:
         raise AggregateMismatch("recorded aggregate ciphertexts differ from the homomorphic sum of the submissions")
     if "threshold_decryption" in transcript:  # decrypted by a quorum of validators: re-check and re-combine their partials
         record = ThresholdDecryptionRecord.from_json(transcript["threshold_decryption"])
         if record.public_key.n != public_key.n:
             raise WrongKey("paillier transcript: the threshold key's modulus is not the round's public key")
-        round_id = transcript.get("round")
-        if not isinstance(round_id, int) or isinstance(round_id, bool):
-            raise MalformedInput("paillier transcript lacks an integer 'round'")
         combined = record.verify_and_combine(recorded, context=round_context(round_id))
         if combined != plaintexts:
             bad = next(i for i, (a, b) in enumerate(zip(combined, plaintexts)) if a != b)

@@ -57,7 +57,7 @@ class ShareHolder:
                             claimed: Sequence[int] | None, round_id: int) -> PartialDecryption:
         public_key = PaillierPublicKey(self.share.public_key.n)
         aggregate = checked_sum(public_key, submissions, layout=layout, min_summands=self.min_summands,
-                                claimed=claimed)
+                                round_id=round_id, claimed=claimed)
         return partial_decrypt(self.share, aggregate, context=round_context(round_id))
 
 
@@ -104,7 +104,8 @@ class ValidatorCommittee:
         """
         if round_id is None:
             raise ConfigurationError("a threshold decryption is bound to its round: pass round_id")
-        aggregate = checked_sum(self.public_key, submissions, layout=layout, min_summands=1, claimed=claimed)
+        aggregate = checked_sum(self.public_key, submissions, layout=layout, min_summands=1, round_id=round_id,
+                                claimed=claimed)
         context = round_context(round_id)
         accepted: list[PartialDecryption] = []
         refused: dict[str, str] = {}

@@ -161,8 +161,8 @@ def test_a_signed_ciphertext_that_does_not_decode_is_rejected_and_recorded(
     encryptor = "_paillier_encryptor" if he.protocol == "paillier" else "_ckks_encryptor"
     honest = getattr(hospital, encryptor)
 
-    def garbage(*args: Any) -> Any:
-        encrypt = honest(*args)
+    def garbage(*args: Any, **kwargs: Any) -> Any:
+        encrypt = honest(*args, **kwargs)
         return lambda vector: encrypt(vector)[:-7] + b"garbage"
 
     monkeypatch.setattr(hospital, encryptor, garbage)

@@ -13,7 +13,6 @@ from bfl_private.protocols.errors import (
     DecryptionProofError,
     HeadroomExceeded,
     MalformedInput,
-    ReplayedMessage,
     SlotOverflow,
     TooManyDropouts,
     WrongKey,
@@ -23,11 +22,18 @@ from bfl_private.protocols.paillier import (
     PaillierKeyHolder,
     PaillierProtocol,
     decode_submission,
+    ProvenCiphertext,
     encode_submission,
     encrypt,
+    key_id,
     public_key_from_json,
     recompute_from_submissions,
     verify_decryption,
+)
+from bfl_private.protocols.paillier_plaintext_proof import (
+    PlaintextProofError,
+    submission_context,
+    verify_plaintext_proof,
 )
 from bfl_private.protocols.quantize import FixedPointCodec
 from hypothesis import given, settings
@@ -46,9 +52,14 @@ def other_holder() -> PaillierKeyHolder:
     return PaillierKeyHolder.generate(bits=BITS)
 
 
+def _context(holder, client: str, round_id: int = 1) -> bytes:
+    return submission_context(round_id=round_id, client=client, key_fingerprint=key_id(holder.public_key))
+
+
 def _blobs(holder, layout, level_vectors):
     return {
-        f"c{i}": encode_submission(holder.public_key, encrypt(holder.public_key, layout.pack(v), workers=1))
+        f"c{i}": encode_submission(holder.public_key, encrypt(holder.public_key, layout.pack(v),
+                                                              context=_context(holder, f"c{i}"), workers=1))
         for i, v in enumerate(level_vectors)
     }
 
@@ -85,7 +96,7 @@ def test_encrypted_packed_sum_is_exact_up_to_the_headroom_limit(holder, summands
     layout = PackingLayout(key_bits=BITS, value_bits=16, max_summands=7, length=length)
     levels = np.random.default_rng(seed).integers(0, 1 << 16, size=(summands, length), dtype=np.uint64)
     levels[0, :] = (1 << 16) - 1  # the worst case for carries
-    decryption = holder.decrypt_aggregate(_blobs(holder, layout, levels), layout=layout)
+    decryption = holder.decrypt_aggregate(_blobs(holder, layout, levels), layout=layout, round_id=1)
     assert np.array_equal(layout.unpack(decryption.plaintexts, summands=summands), levels.sum(axis=0))
 
 
@@ -94,7 +105,7 @@ def test_past_the_headroom_is_refused_not_wrapped(holder):
     full = np.full((4, 5), 255, dtype=np.uint64)  # 4 x 255 = 1020 would need 10 bits; slots have 10
     blobs = _blobs(holder, layout, full)
     with pytest.raises(HeadroomExceeded, match="headroom of 3"):
-        holder.decrypt_aggregate(blobs, layout=layout)
+        holder.decrypt_aggregate(blobs, layout=layout, round_id=1)
     with pytest.raises(HeadroomExceeded):
         layout.unpack([0] * layout.ciphertexts, summands=4)
 
@@ -113,9 +124,12 @@ def test_overflowing_slots_are_named_errors():
 
 def test_parallel_encryption_decrypts_to_the_same_plaintexts(holder):
     plaintexts = list(range(1000, 1040))
-    ciphertexts = encrypt(holder.public_key, plaintexts, workers=2)
+    proven = encrypt(holder.public_key, plaintexts, context=_context(holder, "c0"), workers=2)
+    ciphertexts = [p.ciphertext for p in proven]
     assert len(set(ciphertexts)) == len(ciphertexts)
     assert [holder._private_key.raw_decrypt(c) for c in ciphertexts] == plaintexts
+    for index, item in enumerate(proven):  # the forked workers' proofs carry their global index
+        verify_plaintext_proof(holder.public_key, item.ciphertext, item.proof, context=_context(holder, "c0"), index=index)
 
 
 @settings(max_examples=25, deadline=None)
@@ -192,7 +206,7 @@ def test_recompute_rejects_missing_or_swapped_submissions(holder, round_result):
         recompute_from_submissions(round_result.transcript, {c: b for c, b in subs.items() if c != first})
     other = _protocol(holder).aggregate(_updates(clients=3, length=200, seed=9), round_id=2, round_seed=b"y" * 32)
     subs[first] = other.submissions[first]  # a valid ciphertext, but not the one that was summed
-    with pytest.raises(AggregateMismatch):
+    with pytest.raises(PlaintextProofError, match="round 1"):  # it was proven for round 2
         recompute_from_submissions(round_result.transcript, subs)
 
 
@@ -201,16 +215,24 @@ def test_submission_checks(holder, other_holder, round_result):
     blob = round_result.submissions["client-0"]
     pk = holder.public_key
     with pytest.raises(MalformedInput, match="not a safetensors blob"):
-        decode_submission(blob[: len(blob) // 2], public_key=pk, layout=layout, client="client-0")
-    foreign = encode_submission(other_holder.public_key, encrypt(other_holder.public_key, [1] * layout.ciphertexts))
+        decode_submission(blob[: len(blob) // 2], public_key=pk, layout=layout, client="client-0", round_id=1)
+    foreign = encode_submission(other_holder.public_key, encrypt(other_holder.public_key, [1] * layout.ciphertexts,
+                                                                 context=_context(other_holder, "client-9")))
     with pytest.raises(WrongKey, match="client-9"):
-        decode_submission(foreign, public_key=pk, layout=layout, client="client-9")
-    cts = decode_submission(blob, public_key=pk, layout=layout, client="client-0")
-    with pytest.raises(MalformedInput, match=r"shape \(2, 256\), expected uint8 \(3, 256\)"):
-        decode_submission(encode_submission(pk, cts[:-1]), public_key=pk, layout=layout, client="client-0")
+        decode_submission(foreign, public_key=pk, layout=layout, client="client-9", round_id=1)
+    proven = encrypt(pk, [1] * layout.ciphertexts, context=_context(holder, "client-0"), workers=1)
+    with pytest.raises(MalformedInput, match=r"shapes \(2, 256\) and \(2, 512\), expected uint8 \(3, 256\)"):
+        decode_submission(encode_submission(pk, proven[:-1]), public_key=pk, layout=layout, client="client-0", round_id=1)
     for bad in (0, pk.n, holder._private_key.p):  # not units of Z_(n^2)
+        forged = [ProvenCiphertext(bad, proven[0].proof), *proven[1:]]
         with pytest.raises(MalformedInput, match="ciphertext 0 is not in"):
-            decode_submission(encode_submission(pk, [bad] + cts[1:]), public_key=pk, layout=layout, client="c")
+            decode_submission(encode_submission(pk, forged), public_key=pk, layout=layout, client="client-0", round_id=1)
+    # Proven for client-0 in round 1: refused under any other name or round.
+    decode_submission(encode_submission(pk, proven), public_key=pk, layout=layout, client="client-0", round_id=1)
+    for client, round_id in (("client-1", 1), ("client-0", 2)):
+        with pytest.raises(PlaintextProofError, match="does not verify"):
+            decode_submission(encode_submission(pk, proven), public_key=pk, layout=layout, client=client,
+                              round_id=round_id)
 
 
 def test_key_holder_refuses_what_it_did_not_recompute(holder, round_result):
@@ -218,14 +240,14 @@ def test_key_holder_refuses_what_it_did_not_recompute(holder, round_result):
     subs = round_result.submissions
     aggregate = [int(c, 16) for c in round_result.transcript["aggregate"]]
     with pytest.raises(AggregateMismatch):
-        holder.decrypt_aggregate(subs, layout=layout, claimed=[aggregate[0] + 1] + aggregate[1:])
+        holder.decrypt_aggregate(subs, layout=layout, claimed=[aggregate[0] + 1] + aggregate[1:], round_id=1)
     one = dict(list(subs.items())[:1])
     with pytest.raises(TooManyDropouts, match="at least 2"):
-        holder.decrypt_aggregate(one, layout=layout)
-    replay = {**subs, "mallory": subs["client-0"]}
-    with pytest.raises(ReplayedMessage, match="repeats the ciphertexts of 'client-0'"):
-        holder.decrypt_aggregate(replay, layout=layout)
-    assert holder.decrypt_aggregate(subs, layout=layout, claimed=aggregate).aggregate == tuple(aggregate)
+        holder.decrypt_aggregate(one, layout=layout, round_id=1)
+    replay = {**subs, "mallory": subs["client-0"]}  # client-0's proofs name client-0, not mallory
+    with pytest.raises(PlaintextProofError, match="mallory"):
+        holder.decrypt_aggregate(replay, layout=layout, round_id=1)
+    assert holder.decrypt_aggregate(subs, layout=layout, claimed=aggregate, round_id=1).aggregate == tuple(aggregate)
 
 
 def test_private_key_round_trip_and_malformed_keys(holder):

@@ -363,7 +363,8 @@ def test_committee_needs_the_round_it_decrypts_for(shares, committee_round):
     (lambda t: t["threshold_decryption"]["partials"].pop(0), TooManyDropouts, "quorum of 3"),
     (lambda t: t["plaintexts"].__setitem__(0, format(int(t["plaintexts"][0], 16) + 1, "x")), DecryptionProofError,
      "ciphertext 0"),
-    (lambda t: t.update(round=4), BadPartialDecryption, "validator-0"),  # partials replayed into another round
+    # replayed into another round: the submissions' plaintext proofs name round 3 (and so do the partials)
+    (lambda t: t.update(round=4), MalformedInput, "in round 4"),
     (lambda t: t["threshold_decryption"]["partials"][1]["values"].pop(), BadPartialDecryption, "validator-1"),
     (lambda t: t["threshold_decryption"]["public_key"].update(quorum=1), BadPartialDecryption, "validator-0"),
     (lambda t: t["threshold_decryption"]["partials"].append(t["threshold_decryption"]["partials"][0]), MalformedInput, "two partial"),

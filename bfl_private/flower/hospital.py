@@ -458,7 +458,7 @@ class Hospital:
         params = opened.payload["protocol_params"]
         # the key material is checked before training, so a bad message costs no ε
         if protocol == "paillier":
-            encrypt = self._paillier_encryptor(params, fields["public-key"], length)
+            encrypt = self._paillier_encryptor(params, fields["public-key"], length, round_id=opened.round)
         else:
             encrypt = self._ckks_encryptor(params, fields["public-key"])
         vector, records, privacy = self._train(opened, base)
@@ -467,7 +467,7 @@ class Hospital:
         return reply, _Submitted(opened.round).to_bytes()
 
     def _paillier_encryptor(self, params: Mapping[str, Any], message: bytes,
-                            length: int) -> Callable[[np.ndarray], bytes]:
+                            length: int, *, round_id: int) -> Callable[[np.ndarray], bytes]:
         """The in-process client step under the Paillier public key in ``message``, which
         must be the key the round opening names."""
         from ..protocols.paillier import PackingLayout, PublishedKey, encrypt_update, key_id, public_key_from_json
@@ -490,8 +490,8 @@ class Hospital:
         if key.n != named.n:
             raise PublicKeyMessageError(f"{where}: key {key_id(key).hex()[:16]}... is not the key "
                                         f"{key_id(named).hex()[:16]}... that the round opening names")
-        return lambda vector: encrypt_update(vector, public_key=key, codec=codec, layout=layout,
-                                             rng=np.random.default_rng())
+        return lambda vector: encrypt_update(vector, public_key=key, codec=codec, layout=layout, round_id=round_id,
+                                             client=self.name, rng=np.random.default_rng())
 
     def _ckks_encryptor(self, params: Mapping[str, Any], message: bytes) -> Callable[[np.ndarray], bytes]:
         """The in-process client step under the CKKS public context in ``message``, which

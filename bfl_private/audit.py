@@ -66,7 +66,9 @@ HE_KEY_HOLDER = {
              "submission, which the blob store publishes; the sum ciphertext was recomputed but "
              "its decryption cannot be proven (CKKS has no verifiable decryption); the published "
              "total is rounded to a grid at least 1024x its error bound, which hides most but not "
-             "all of the decryption error (values near a rounding midpoint leak one bit)."),
+             "all of the decryption error (values near a rounding midpoint leak one bit); and a CKKS "
+             "submission is not bound to its round or sender, so a re-randomised copy of an earlier "
+             "one is not caught (exact copies are)."),
 }
 
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gmpy2
+import numpy as np
 import rfc8785
 
 from .errors import (
@@ -274,24 +275,35 @@ class KeyShare:
                    -magnitude if negative else magnitude)
 
 
-_SIEVE = tuple(int(p) for p in range(3, 2000) if gmpy2.is_prime(p))
+_SIEVE_PRIMES = tuple(int(p) for p in range(3, 1 << 16) if gmpy2.is_prime(p))
 
 
 def safe_prime(bits: int) -> int:
     """A random safe prime p = 2p' + 1 of ``bits`` bits (p' prime), from the OS CSPRNG.
 
-    Candidates p' are sieved so that neither p' nor 2p' + 1 has a factor below 2000,
-    then tested by gmpy2's Miller-Rabin (25 rounds each). About 1.5-3 s at 1024 bits and
-    8 s at 1536 bits here.
+    From a random odd start, a window of 2^16 consecutive odd candidates p' is sieved at
+    once (numpy) so that neither p' nor 2p' + 1 has a prime factor below 2^16; survivors
+    are tested by gmpy2's Miller-Rabin (25 rounds each). Measured here: 0.5-3 s at 1024 bits
+    and 1.4-4 s at 1536 bits (4 draws each), where sieving one candidate at a time below 2000
+    took 0.7-11 s at 1024 bits.
     """
-    if bits < 16:
+    if bits < 24:
         raise ConfigurationError(f"safe primes of {bits} bits are too small")
+    window = 1 << 16
     while True:
-        half = secrets.randbits(bits - 1) | (1 << (bits - 2)) | 1
-        if any(half % s == 0 or (2 * half + 1) % s == 0 for s in _SIEVE):
-            continue
-        if gmpy2.is_prime(half, 1) and gmpy2.is_prime(2 * half + 1, 25) and gmpy2.is_prime(half, 25):
-            return 2 * half + 1
+        start = secrets.randbits(bits - 1) | (1 << (bits - 2)) | 1
+        alive = np.ones(window, dtype=bool)
+        for prime in _SIEVE_PRIMES:
+            half_inverse = (prime + 1) // 2  # 2^-1 mod prime
+            residue = start % prime
+            alive[(-residue * half_inverse) % prime::prime] = False  # p' = start + 2i = 0
+            alive[(((prime - 1) // 2 - residue) * half_inverse) % prime::prime] = False  # 2p' + 1 = 0
+        for offset in np.flatnonzero(alive):
+            half = start + 2 * int(offset)
+            if half.bit_length() != bits - 1:
+                break
+            if gmpy2.is_prime(half, 1) and gmpy2.is_prime(2 * half + 1, 25) and gmpy2.is_prime(half, 25):
+                return 2 * half + 1
 
 
 def deal_shares(p: int, q: int, *, parties: Sequence[str], quorum: int) -> list[KeyShare]:

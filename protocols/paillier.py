@@ -131,9 +131,10 @@ def public_key_from_json(data: Any) -> PaillierPublicKey:
 
 @dataclass(frozen=True)
 class PublishedKey:
-    """What the key holder publishes in genesis: its public key and the proof that the
-    modulus is well formed (:mod:`.paillier_modulus`). Everyone checks both once there;
-    every round must then use this very key."""
+    """A Paillier public key with the proof that its modulus is well formed
+    (:mod:`.paillier_modulus`), as every Paillier round's opening announces it (fields
+    ``public_key`` and ``modulus_proof`` of its protocol parameters). Hospitals, validators
+    and the verifier check both; the federation's first Paillier round pins the key."""
 
     public_key: PaillierPublicKey
     proof: ModulusProof
@@ -594,7 +595,7 @@ class PaillierKeyHolder:
         return self._private_key.public_key
 
     def publish(self) -> PublishedKey:
-        """The public key with the proof that its modulus is well formed, for genesis."""
+        """The public key with the proof that its modulus is well formed."""
         return PublishedKey(self.public_key, prove_modulus(self._private_key.p, self._private_key.q))
 
     def to_private_bytes(self) -> bytes:

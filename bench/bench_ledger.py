@@ -9,7 +9,7 @@ Merkle hashing) plus ``Ledger.commit`` (quorum certificate, one SQLite WAL trans
 
 * append: inserting the same entry bytes into a bare SQLite table, one transaction per
   block, same pragmas (the storage floor; the ratio is the cost of the checks);
-* verify: raw libsodium Ed25519 verification (:func:`bfl_private.ed25519.verify_signature`)
+* verify: raw libsodium Ed25519 verification (:func:`bfl_private.primitives.ed25519.verify_signature`)
   of the same messages (the signature floor; the ratio is the cost of parsing, key lookup
   and canonical bytes);
 * proofs: the RFC 9162 reference recursion over the full list of leaf hashes.
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bfl_private.ed25519 import verify_signature
+from bfl_private.primitives.ed25519 import verify_signature
 from bfl_private.ledger.blocks import Block
 from bfl_private.ledger.entries import (
     ATTESTATION,

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..ed25519 import verify_signature
+from ..primitives.ed25519 import verify_signature
 from .errors import MalformedRecord, SignatureError
 
 #: Signature type byte of Ed25519 in C2SP signed notes.

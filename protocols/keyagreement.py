@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from ..ed25519 import verify_signature
+from ..primitives.ed25519 import verify_signature
 from .errors import BadSignature, MalformedInput
 from .prg import SEED_BYTES
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bfl_private.ed25519 import verify_signature
+from bfl_private.primitives.ed25519 import verify_signature
 
 # RFC 8032 §7.1, TEST 1 and TEST 2: (public key, message, signature).
 RFC8032_VECTORS = [

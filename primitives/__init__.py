@@ -1,0 +1,1 @@
+"""Cryptographic primitives every layer may use; they import no layer and no app code."""

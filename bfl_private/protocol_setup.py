@@ -111,13 +111,14 @@ def build_protocol(
         protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
-        from .protocols.paillier import PaillierProtocol, public_key_to_json
+        from .protocols.paillier import PaillierProtocol, PublishedKey
 
         committee, proof = _validator_committee(keys, settings)
         protocol = PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec)
-        return ProtocolSetup(protocol, {"codec": codec.to_json(), "public_key": public_key_to_json(committee.public_key),
-                                        "modulus_proof": proof.to_json(), "threshold_key": committee.key.to_json()},
-                             bound)
+        # public_key and modulus_proof: the record hospitals and the verifier parse back (PublishedKey.from_json)
+        announced = PublishedKey(committee.public_key, proof).to_json()
+        return ProtocolSetup(protocol, {"codec": codec.to_json(), **announced,
+                                        "threshold_key": committee.key.to_json()}, bound)
     if name == "ckks":
         from .protocols.ckks import CkksKeyHolder, CkksProtocol, context_id
 

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .distributed_round import is_distributed_plan
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
@@ -43,6 +44,7 @@ from .round_checks import (
     check_paillier_key,
     check_round_aggregate,
     check_round_model,
+    registered_records,
 )
 from .settings import FederationSettings
 
@@ -70,6 +72,11 @@ HE_KEY_HOLDER = {
              "submission is not bound to its round or sender, so a re-randomised copy of an earlier "
              "one is not caught (exact copies are)."),
 }
+
+DISTRIBUTED_DP = ("Distributed DP: each recorded ε holds if the secure sum hid every single share and at most "
+                  "t participants (the plan's collusion_threshold) dropped out or colluded with the aggregator; "
+                  "the ledger proves the Skellam share parameters each participant declared, not that its "
+                  "share was drawn or its records clipped.")
 
 
 class AggregateHook(VerifierHook):
@@ -99,23 +106,26 @@ class AggregateHook(VerifierHook):
         protocol = view.opened.payload["protocol"]
         if protocol in HE_KEY_HOLDER:
             context.note(HE_KEY_HOLDER[protocol], round=view.round)
+        if is_distributed_plan(view.opened.payload["privacy_plan"]):
+            context.note(DISTRIBUTED_DP, round=view.round)
 
 
 class ModelChainHook(VerifierHook):
     name = "model chain"
 
     def __init__(self) -> None:
-        self.server_learning_rate: float | None = None
+        self.settings: FederationSettings | None = None
 
     def check_block(self, context: BlockContext) -> None:
         genesis = next((e for e in context.entries if e.type == GENESIS), None)
         if genesis is not None:
-            self.server_learning_rate = float(genesis.payload["settings"]["training"]["server_learning_rate"])
+            self.settings = FederationSettings.from_json(genesis.payload["settings"])
             return
         view = RoundView.of(context.entries)
         if view is not None:
-            assert self.server_learning_rate is not None
-            check_round_model(view, context.blobs, server_learning_rate=self.server_learning_rate)
+            assert self.settings is not None
+            check_round_model(view, context.blobs, settings=self.settings,
+                              records=registered_records(context.state_before))
 
 
 class PrivacyHook(VerifierHook):

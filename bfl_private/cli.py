@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from rich.console import Console
 
-from .settings import PROTOCOLS
+from .settings import PRIVACY_MODES, PROTOCOLS
 
 if TYPE_CHECKING:  # the runner imports torch: commands import it when they run
     from .config import RunConfig
@@ -102,6 +102,9 @@ def _federation_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--dataset", type=click.Choice(["breast_cancer", "digits"]), default=None, help="Dataset (at genesis only)."),
         click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only)."),
         click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking)."),
+        click.option("--dp", type=click.Choice(PRIVACY_MODES), default=None,
+                     help="Privacy mode (at genesis only; default local): 'local' DP-SGD noise on each hospital, or "
+                          "'distributed' Skellam noise shares inside the secure sum (masking or paillier)."),
         click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory."),
         click.option("--budget", type=float, callback=_finite, default=None, help="Lifetime ε budget per client (at genesis only; default 3.0)."),
         click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round."),

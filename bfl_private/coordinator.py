@@ -16,22 +16,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .artifacts import get_model, put_aggregate, put_model
+from . import distributed_round
+from .artifacts import get_model, get_server_state, put_aggregate, put_model
 from .csvdata import check_unchanged, load_csv
 from .csvdata import commitments as csv_commitments
 from .data import DataError, FederatedDataset, federation_data
 from .fedavg import payload_weight
-from .federation import Aggregator, Client, LocalUpdate, accuracy, train_private
+from .distributed_round import DistributedPlan
+from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
 from .keyring import Keyring
 from .ledger.contracts import min_quorum
 from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.identity import SigningIdentity
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
-from .privacy.accounting import PrivacyRecord
+from .privacy.accounting import SpendRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
@@ -42,10 +45,10 @@ from .round_checks import (
     PrivacyHistories,
     charged_epsilon,
     planned_record,
-    privacy_rule_violation,
+    spend_rule_violation,
     registered_records,
 )
-from .settings import FederationSettings, validator_ids
+from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
 
 COORDINATOR = "coordinator"
@@ -65,12 +68,22 @@ class ClientPlan:
 
 @dataclass(frozen=True)
 class CommandPlan:
-    """What one command may spend: σ per admitted client, and who was left out."""
+    """What one command may spend: σ per admitted client (local DP) or one share plan for
+    all of them (distributed DP), and who was left out."""
 
     epsilon: float
     rounds: int
-    clients: Mapping[str, ClientPlan]
+    clients: Mapping[str, ClientPlan | None]
+    """Admitted clients; their local DP-SGD plan, None in distributed DP (see ``distributed``)."""
     left_out: Mapping[str, str]
+    distributed: DistributedPlan | None = None
+
+    def privacy_plan(self) -> dict[str, object]:
+        """The ``privacy_plan`` a round opening states."""
+        if self.distributed is not None:
+            return self.distributed.to_json()
+        return {"epsilon_this_command": self.epsilon, "rounds_this_command": self.rounds,
+                "noise_multipliers": {c: p.noise_multiplier for c, p in self.clients.items() if p is not None}}
 
 
 @dataclass(frozen=True)
@@ -99,19 +112,26 @@ def checked_data(settings: FederationSettings) -> FederatedDataset:
 
 def plan_command(
     settings: FederationSettings,
-    histories: Mapping[str, list[PrivacyRecord]],
+    histories: Mapping[str, list[SpendRecord]],
     budgets: Mapping[str, float],
     *,
     epsilon: float,
     rounds: int,
     skip_exhausted: bool,
+    records: Mapping[str, int],
+    dimension: int,
 ) -> CommandPlan:
-    """σ per client so that this command's rounds spend at most ``epsilon``, within lifetime budgets.
+    """σ per client (local DP) or the shares (distributed DP) so that this command's rounds
+    spend at most ``epsilon`` per record, within lifetime budgets. ``records``: each client's
+    record count; ``dimension``: the model's parameter count.
 
     Refuses (RunRefused) before anything is trained or written when a client's lifetime
     budget cannot afford the command, unless ``skip_exhausted``. Pure: a new federation is
     planned from its settings (empty histories, full budgets) before its directory exists.
     """
+    if settings.privacy.mode == "distributed":
+        return _plan_distributed(settings, histories, budgets, epsilon=epsilon, rounds=rounds,
+                                 skip_exhausted=skip_exhausted, records=records, dimension=dimension)
     privacy = settings.privacy
     try:
         sigma = plan_noise_multiplier(
@@ -131,9 +151,41 @@ def plan_command(
     if len(admitted) < 2:
         raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; a round needs 2. "
                          f"Every other client's lifetime budget is exhausted")
-    reasons = {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
-               for c, s in left_out.items()}
-    return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, reasons)
+    return CommandPlan(epsilon, rounds, {c: client_plan for c in sorted(admitted)}, _reasons(left_out))
+
+
+def _reasons(left_out: Mapping[str, Any]) -> dict[str, str]:
+    return {c: f"ε {s.spent:.4g} + this command would reach {s.projected:.4g} > budget {s.budget:g}"
+            for c, s in left_out.items()}
+
+
+def _plan_distributed(settings: FederationSettings, histories: Mapping[str, list[SpendRecord]],
+                      budgets: Mapping[str, float], *, epsilon: float, rounds: int, skip_exhausted: bool,
+                      records: Mapping[str, int], dimension: int) -> CommandPlan:
+    """One share plan for the clients that can afford it. The shares depend on who takes part
+    (N, and the grid on their records), so leaving a client out re-plans the others."""
+    admitted, left_out = sorted(budgets), {}
+    while True:
+        if len(admitted) - settings.privacy.collusion_threshold < 2:
+            raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; distributed DP with "
+                             f"t = {settings.privacy.collusion_threshold} needs at least "
+                             f"{settings.privacy.collusion_threshold + 2}")
+        try:
+            plan = distributed_round.plan_round(settings, records=distributed_round.records_of(records, admitted),
+                                                dimension=dimension, epsilon=epsilon, rounds=rounds)
+        except PrivacyError as exc:
+            raise RunRefused(f"cannot plan distributed DP at ε={epsilon} over {rounds} rounds: {exc}") from exc
+        record = distributed_round.planned_record(settings, plan, participants=len(admitted))
+        affordable, over = split_by_budget({c: [record] * rounds for c in admitted},
+                                           histories=dict(histories), budgets=dict(budgets))
+        if not over:
+            return CommandPlan(epsilon, rounds, {c: None for c in admitted}, _reasons(left_out), plan)
+        if not skip_exhausted:
+            first, *others = over.values()
+            raise RunRefused(f"{first.error(tuple(s.client_id for s in others))}; nothing was run "
+                             f"(use --skip-exhausted to leave such clients out)")
+        left_out.update(over)
+        admitted = sorted(affordable)
 
 
 class Federation:
@@ -244,7 +296,7 @@ class Federation:
     def identity(self, name: str) -> SigningIdentity:
         return self.keys.identity(name)
 
-    def histories(self) -> dict[str, list[PrivacyRecord]]:
+    def histories(self) -> dict[str, list[SpendRecord]]:
         """Each client's privacy records, in log order, from its signed submissions."""
         self._histories.sync(self.ledger)
         return {c: list(self._histories.records.get(c, [])) for c in self.clients}
@@ -264,7 +316,8 @@ class Federation:
     def plan(self, *, epsilon: float, rounds: int, skip_exhausted: bool) -> CommandPlan:
         """σ per client so that this command's rounds spend at most ``epsilon`` (see :func:`plan_command`)."""
         return plan_command(self.settings, self.histories(), self.budgets(), epsilon=epsilon, rounds=rounds,
-                            skip_exhausted=skip_exhausted)
+                            skip_exhausted=skip_exhausted, records={c: v.records for c, v in self.clients.items()},
+                            dimension=int(self.current_model().shape[0]))
 
     # --- one round --------------------------------------------------------------------
 
@@ -292,6 +345,10 @@ class Federation:
         state = self.ledger.state
         round_id = state.last_round + 1
         participants = sorted(plan.clients)
+        dp_plan = plan.distributed
+        if dp_plan is not None and protocol not in DISTRIBUTED_PROTOCOLS:
+            raise RunRefused(f"distributed DP needs a secure sum exact in the integer ring "
+                             f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
         coordinator = self.identity(COORDINATOR)
         aggregation = build_protocol(protocol, self.settings, self.keys, participants=participants)
         base_cid = state.model_cid
@@ -302,8 +359,7 @@ class Federation:
             "protocol": protocol,
             "protocol_params": aggregation.public_parameters(),
             "base_model_cid": base_cid,
-            "privacy_plan": {"epsilon_this_command": plan.epsilon, "rounds_this_command": plan.rounds,
-                             "noise_multipliers": {c: p.noise_multiplier for c, p in plan.clients.items()}},
+            "privacy_plan": plan.privacy_plan(),
         })]
 
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
@@ -315,40 +371,51 @@ class Federation:
         substitutes: dict[str, np.ndarray] = {}
         registered = registered_records(state)
         max_records = max(registered.values())
+        # Local DP: [w·Δ, w]; distributed DP: an integer share of the model's dimension.
+        length = base.shape[0] + (1 if dp_plan is None else 0)
+        planned = self._planned_records(plan, participants)
         # What each client that trains signs with its submission. A faulty or forging client
         # trained nothing but claims the planned parameters; the ledger records the claim (it
         # cannot prove noise either way, see the audit notes).
-        records = {c: planned_record(self.settings, noise_multiplier=plan.clients[c].noise_multiplier)
-                   for c in faulty | set(forged)}
+        records: dict[str, SpendRecord] = {c: planned[c] for c in faulty | set(forged)}
         for client_id in participants:
             on_client(client_id)
             if drop.get(client_id) in ("advertise", "share"):
                 # Gone before it would have trained: the protocol still counts it among the
                 # round's parties, but its input is never sent, so it holds only zeros.
-                substitutes[client_id] = np.zeros(base.shape[0] + 1, dtype=np.float32)
+                substitutes[client_id] = np.zeros(length, dtype=np.float32)
                 continue
             if client_id in forged:
-                substitutes[client_id] = np.zeros(base.shape[0] + 1, dtype=np.float32)  # replaced by its forgery
+                substitutes[client_id] = np.zeros(length, dtype=np.float32)  # replaced by its forgery
                 continue
             if client_id in faulty:
-                weight = payload_weight(registered[client_id], max_records=max_records)
-                substitutes[client_id] = aggregation.garbage_payload(base.shape[0] + 1, weight, rng)
+                substitutes[client_id] = self._garbage(aggregation, length, registered[client_id], max_records,
+                                                       rng, distributed=dp_plan is not None)
+                continue
+            if dp_plan is not None:
+                updates.append(distributed_share(self.clients[client_id], base, self.settings.training, dp_plan))
+                records[client_id] = planned[client_id]
                 continue
             client_plan = plan.clients[client_id]
+            assert client_plan is not None
             update = train_private(
                 self.clients[client_id], base, self.settings.training, self.settings.privacy,
                 noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
             )
             updates.append(update)
+            assert update.privacy is not None
             records[client_id] = update.privacy
         # Refused on receipt: a record that breaks the plan or genesis rules cannot be
         # posted (it would understate ε), so its update never enters the sum; the protocol
         # treats the sender as gone at the mask stage and the ledger names it as rejected.
         refused = {c: reason for c, record in records.items()
-                   if (reason := privacy_rule_violation(record, planned_sigma=plan.clients[c].noise_multiplier,
-                                                        settings=self.settings)) is not None}
+                   if (reason := spend_rule_violation(record, planned_sigma=_sigma(plan, c),
+                                                      planned=planned[c] if dp_plan is not None else None,
+                                                      settings=self.settings)) is not None}
         drop.update({c: "mask" for c in refused})
-        aggregator = Aggregator(aggregation.protocol, registered, self.settings.training)
+        aggregator = Aggregator(aggregation.protocol, registered, self.settings.training, None if dp_plan is None else
+                                DistributedRound(dp_plan, len(participants), get_server_state(self.ledger.blobs, base_cid),
+                                                 self.settings))
         histories = self.histories()
 
         def charge(sent: Mapping[str, bytes]) -> dict[str, float]:
@@ -362,9 +429,9 @@ class Federation:
             return charged_epsilon(histories, {c: records[c] for c in sent})
 
         try:
-            new_params, result = aggregator.aggregate(
+            new_params, server_state, result = aggregator.aggregate(
                 base, [u for u in updates if u.client_id not in refused], round_id=round_id, round_seed=seed,
-                drop=drop, payloads={**substitutes, **{c: np.zeros(base.shape[0] + 1, np.float32) for c in refused}},
+                drop=drop, payloads={**substitutes, **{c: np.zeros(length, np.float32) for c in refused}},
                 forged={c: f for c, f in forged.items() if c not in drop},
             )
         except RoundAbort as exc:
@@ -383,7 +450,7 @@ class Federation:
 
         claims = charge({**result.submissions, **result.rejected_submissions})
         rejected = {**result.rejected, **refused}
-        model_cid = put_model(self.ledger.blobs, new_params)
+        model_cid = put_model(self.ledger.blobs, new_params, server_state)
         dropouts = sorted(set(participants) - set(result.included) - set(rejected))
         entries.append(Entry.create(coordinator, ROUND_CLOSE, round_id, {
             "aggregate_cid": put_aggregate(self.ledger.blobs, result.total),
@@ -402,6 +469,23 @@ class Federation:
         return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
                             tuple(dropouts), rejected, time.perf_counter() - started)
 
+    def _planned_records(self, plan: CommandPlan, participants: list[str]) -> dict[str, SpendRecord]:
+        """The record each participant may sign this round: the plan's σ (local DP) or the
+        round's one Skellam record (distributed DP)."""
+        if plan.distributed is not None:
+            record = distributed_round.planned_record(self.settings, plan.distributed, participants=len(participants))
+            return {c: record for c in participants}
+        return {c: planned_record(self.settings, noise_multiplier=_sigma(plan, c)) for c in participants}
+
+    @staticmethod
+    def _garbage(aggregation: Any, length: int, records: int, max_records: int, rng: np.random.Generator, *,
+                 distributed: bool) -> np.ndarray:
+        """A naive malicious client's input: values far outside the honest range (local DP: with
+        its true weight), which the encoder clips (fixed point) or wraps (ring)."""
+        if distributed:
+            return rng.integers(-(1 << 30), 1 << 30, size=length).astype(np.float64)
+        return aggregation.garbage_payload(length, payload_weight(records, max_records=max_records), rng)
+
     def commit_block(self, entries: list[Entry]) -> None:
         """Propose the round's block; each validator co-signs only after re-checking it."""
         head_time = self.ledger.head.time if self.ledger.head else 0
@@ -411,3 +495,9 @@ class Federation:
             signature = validator.cosign(proposed, self.ledger)
             signatures[validator.identity.public.key_id_hex] = signature
         self.ledger.commit(proposed, signatures)
+
+
+def _sigma(plan: CommandPlan, client: str) -> float:
+    """A local-DP plan's σ for ``client`` (NaN in distributed DP, where no σ is planned)."""
+    client_plan = plan.clients.get(client)
+    return float("nan") if client_plan is None else client_plan.noise_multiplier

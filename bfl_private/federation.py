@@ -12,14 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed_round
 from .data import ClientData, Split
+from .distributed_round import DistributedPlan, ServerState
+from .distributed_round import aggregate_violation as distributed_violation
 from .fedavg import next_global_model, weighted_payload
 from .models import build_model, flatten_parameters, load_flat
 from .privacy.accounting import PrivacyRecord
 from .protocols.base import AggregationProtocol, AggregationResult, ForgedInput, Stage
 from .protocols.errors import InvalidAggregate
 from .round_checks import aggregate_rule_violation
-from .settings import PrivacySettings, TrainingConfig
+from .settings import FederationSettings, PrivacySettings, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,17 @@ class Client:
         return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, self.records)
 
 
+@dataclass(frozen=True)
+class DistributedRound:
+    """What the aggregator of a distributed-DP round needs beyond the protocol."""
+
+    plan: DistributedPlan
+    participants: int
+    state: ServerState
+    """The server optimiser's state that goes with the round's base model."""
+    settings: FederationSettings
+
+
 @dataclass
 class Aggregator:
     """Combines protected updates through a protocol; never sees a secret of a client."""
@@ -90,6 +104,9 @@ class Aggregator:
     records: Mapping[str, int]
     """Every client's registered record count (public): its FedAvg weight."""
     config: TrainingConfig = field(default_factory=TrainingConfig)
+    distributed: DistributedRound | None = None
+    """Set in distributed DP: updates are integer shares, summed as they are, and the server
+    optimiser steps on the noisy sum (:mod:`bfl_private.distributed_round`)."""
 
     def aggregate(
         self,
@@ -101,8 +118,9 @@ class Aggregator:
         drop: Mapping[str, Stage] | None = None,
         payloads: Mapping[str, np.ndarray] | None = None,
         forged: Mapping[str, ForgedInput] | None = None,
-    ) -> tuple[np.ndarray, AggregationResult]:
-        """Run the protocol and return the new global parameters and the protocol result.
+    ) -> tuple[np.ndarray, ServerState | None, AggregationResult]:
+        """Run the protocol; return the new global parameters, the server optimiser's state
+        (distributed DP; None otherwise) and the protocol result.
 
         ``payloads`` replaces chosen clients' vectors (a client whose input never leaves
         it, or one that follows the encoding with garbage values), ``forged`` what chosen
@@ -112,24 +130,35 @@ class Aggregator:
         """
         max_records = max(self.records.values())
         vectors = {
-            u.client_id: weighted_payload(
+            u.client_id: u.delta if self.distributed is not None else weighted_payload(
                 u.delta, records=u.records, max_records=max_records, bound=self.config.update_bound
             )
             for u in updates
         }
         vectors.update(payloads or {})
         result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop, forged=forged)
-        violation = aggregate_rule_violation(
-            result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
-            records=self.records, bound=self.config.update_bound)
+        if self.distributed is None:
+            violation = aggregate_rule_violation(
+                result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
+                records=self.records, bound=self.config.update_bound)
+        else:
+            violation = distributed_violation(
+                result.total, self.distributed.plan, participants=self.distributed.participants,
+                included_records=distributed_round.records_of(self.records, result.included))
         if violation is not None:
             refused = InvalidAggregate(f"round {round_id}: {violation}", stage="decode")
             refused.received = {**result.submissions, **result.rejected_submissions}
             raise refused
+        if self.distributed is not None:
+            new_params, state = distributed_round.model_after(
+                global_params, self.distributed.state, result.total, self.distributed.plan,
+                settings=self.distributed.settings,
+                included_records=distributed_round.records_of(self.records, result.included))
+            return new_params, state, result
         new_params = next_global_model(
             global_params, result.total, server_learning_rate=self.config.server_learning_rate
         )
-        return new_params, result
+        return new_params, None, result
 
 
 def train_private(
@@ -156,3 +185,18 @@ def train_private(
         delta=privacy.delta, accountant=privacy.accountant, neighboring_relation=privacy.neighboring_relation,
     )
     return LocalUpdate(client.client_id, flatten_parameters(result.model) - global_params, client.records, result.record)
+
+
+def distributed_share(client: Client, global_params: np.ndarray, config: TrainingConfig,
+                      plan: DistributedPlan) -> LocalUpdate:
+    """A participant's input to a distributed-DP round: its Poisson-sampled, clipped, rounded
+    per-record gradient sum at the global model plus its Skellam share, as an integer-valued
+    float64 vector in ``delta`` (the protocol's ring codec encodes it exactly). Sampling,
+    rounding and noise come from fresh OS randomness (:mod:`bfl_private.privacy.distributed_dp`)."""
+    from .privacy.distributed_dp import noisy_gradient_share
+
+    model = build_model(config.model, client.n_features, client.n_classes)
+    load_flat(model, global_params)
+    split = client.data.train
+    share = noisy_gradient_share(model, split.features, split.labels, plan.shares)
+    return LocalUpdate(client.client_id, share.astype(np.float64), client.records)

@@ -23,8 +23,8 @@ import rfc8785
 
 from .keyring import Keyring, KeyringError
 from .protocols.base import AggregationProtocol
-from .protocols.quantize import FixedPointCodec
-from .settings import FederationSettings, validator_ids
+from .protocols.quantize import Codec, FixedPointCodec, IntegerRingCodec
+from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 
 PAILLIER_SHARE = "paillier-share.{validator}.json"
 PAILLIER_MODULUS_PROOF = "paillier-modulus-proof.json"
@@ -65,9 +65,10 @@ def _key_holder(keys: Keyring, name: str, load, generate):
         return holder
 
 
-def _validator_committee(keys: Keyring, settings: FederationSettings):
+def _validator_committee(keys: Keyring, settings: FederationSettings, *, min_summands: int):
     """The validators' threshold Paillier key and its modulus proof, dealt on first use
-    (trusted dealer, see above)."""
+    (trusted dealer, see above); each validator refuses to decrypt a sum of fewer than
+    ``min_summands`` inputs."""
     from .ledger.contracts import min_quorum
     from .protocols.paillier_committee import ShareHolder, ValidatorCommittee
     from .protocols.paillier_modulus import ModulusProof, prove_modulus
@@ -86,17 +87,27 @@ def _validator_committee(keys: Keyring, settings: FederationSettings):
         for share in shares:
             keys.store(PAILLIER_SHARE.format(validator=share.party), share.to_private_bytes())
         keys.store(PAILLIER_MODULUS_PROOF, rfc8785.dumps(proof.to_json()))
-    return ValidatorCommittee(shares[0].public_key, [ShareHolder(share) for share in shares]), proof
+    return ValidatorCommittee(shares[0].public_key, [ShareHolder(share, min_summands=min_summands)
+                                                     for share in shares]), proof
 
 
 def build_protocol(
     name: str, settings: FederationSettings, keys: Keyring, *, participants: Sequence[str]
 ) -> ProtocolSetup:
     """The protocol for a round among ``participants`` (in the simulation every party's
-    keys are at hand; masking signs with the clients' registered identity keys)."""
+    keys are at hand; masking signs with the clients' registered identity keys).
+
+    In distributed DP the clients' vectors are integer shares, encoded exactly in the ring
+    (:class:`IntegerRingCodec`), and Paillier's decrypting validators refuse a sum of fewer
+    than N - t inputs: it would carry less noise than the participants' records claim."""
     max_summands = len(participants)
     bound = settings.training.update_bound
-    codec = FixedPointCodec(clip=bound, bits=settings.protocol.bits, max_summands=max_summands)
+    distributed = settings.privacy.mode == "distributed"
+    if distributed and name not in DISTRIBUTED_PROTOCOLS:
+        raise ValueError(f"distributed DP needs {' or '.join(DISTRIBUTED_PROTOCOLS)}, not {name!r}")
+    codec: Codec = (IntegerRingCodec(max_summands=max_summands) if distributed
+                    else FixedPointCodec(clip=bound, bits=settings.protocol.bits, max_summands=max_summands))
+    min_summands = max_summands - settings.privacy.collusion_threshold if distributed else 2
     if name == "plain":
         from .protocols.plain import PlainProtocol
 
@@ -113,7 +124,7 @@ def build_protocol(
     if name == "paillier":
         from .protocols.paillier import PaillierProtocol, PublishedKey
 
-        committee, proof = _validator_committee(keys, settings)
+        committee, proof = _validator_committee(keys, settings, min_summands=min_summands)
         protocol = PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec)
         # public_key and modulus_proof: the record hospitals and the verifier parse back (PublishedKey.from_json)
         announced = PublishedKey(committee.public_key, proof).to_json()

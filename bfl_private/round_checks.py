@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import get_aggregate, get_model
+from . import distributed_round
+from .artifacts import get_aggregate, get_model, get_server_state
+from .distributed_round import DistributedPlan, is_distributed_plan
 from .fedavg import aggregate_violation, next_global_model, payload_weight
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
@@ -20,11 +22,12 @@ from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION,
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
-from .privacy.accounting import PrivacyRecord, recorded_epsilon, verify_claim
+from .privacy.accounting import PrivacyRecord, SpendRecord, privacy_record_from_json, recorded_epsilon, verify_claim
 from .privacy.errors import PrivacyError
 from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ProtocolError
-from .settings import FederationSettings
+from .protocols.quantize import IntegerRingCodec
+from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings
 
 
 def check_aggregate(
@@ -136,6 +139,24 @@ def privacy_rule_violation(record: PrivacyRecord, *, planned_sigma: Any, setting
     if not differences:
         return None
     return "privacy record breaks the round's rules: " + "; ".join(
+        f"{name} {got!r} recorded, {want!r} required" for name, got, want in differences)
+
+
+def spend_rule_violation(record: SpendRecord, *, planned_sigma: Any, planned: SpendRecord | None,
+                         settings: FederationSettings) -> str | None:
+    """Why ``record`` is not what the open round allows, or None: in distributed DP the one
+    ``planned`` record of the round's plan, field for field; in local DP the plan's σ for
+    this client with genesis' other parameters (:func:`privacy_rule_violation`)."""
+    if planned is None:
+        if not isinstance(record, PrivacyRecord):
+            return f"a {record.mechanism} record in a local-DP round"
+        return privacy_rule_violation(record, planned_sigma=planned_sigma, settings=settings)
+    if type(record) is not type(planned):
+        return f"a {record.mechanism} record in a round planned for {planned.mechanism}"
+    differences = record.differences(planned)  # type: ignore[arg-type]
+    if not differences:
+        return None
+    return "privacy record breaks the round's plan: " + "; ".join(
         f"{name} {got!r} recorded, {want!r} required" for name, got, want in differences)
 
 
@@ -271,29 +292,93 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
         claimed_total=total,
         where=where,
     )
-    violation = aggregate_rule_violation(total, protocol=protocol, transcript=transcript,
-                                         included=list(view.submissions), records=registered_records(state),
-                                         bound=settings.training.update_bound)
+    records = registered_records(state)
+    plan = check_distributed_round(view.opened, settings, records)
+    if plan is not None:
+        if transcript.get("codec") != view.opened.payload["protocol_params"]["codec"]:
+            raise SemanticCheckError(f"{where}: the transcript's codec is not the one the opening announced")
+        violation = distributed_round.aggregate_violation(
+            total, plan, participants=len(view.opened.payload["participants"]),
+            included_records=distributed_round.records_of(records, list(view.submissions)))
+    else:
+        violation = aggregate_rule_violation(total, protocol=protocol, transcript=transcript,
+                                             included=list(view.submissions), records=records,
+                                             bound=settings.training.update_bound)
     if violation is not None:
         raise SemanticCheckError(f"{where}: {violation}")
     return total
 
 
-def check_round_model(view: RoundView, blobs: BlobStore, *, server_learning_rate: float) -> np.ndarray:
-    """The posted model is the base model plus the averaged aggregate; returns it."""
-    new = get_model(blobs, view.close.payload["new_model_cid"])
-    check_model(
-        base=get_model(blobs, view.opened.payload["base_model_cid"]),
-        total=get_aggregate(blobs, view.close.payload["aggregate_cid"]),
-        new=new,
-        server_learning_rate=server_learning_rate,
-        where=f"round {view.round}",
-    )
+def check_round_model(view: RoundView, blobs: BlobStore, *, settings: FederationSettings,
+                      records: Mapping[str, int]) -> np.ndarray:
+    """The posted model is the base model plus the averaged aggregate (local DP), or the
+    server optimiser's step from the base model and its state on the noisy sum (distributed
+    DP, state included); returns it. ``records``: the registered record counts."""
+    where = f"round {view.round}"
+    new_cid, base_cid = view.close.payload["new_model_cid"], view.opened.payload["base_model_cid"]
+    new = get_model(blobs, new_cid)
+    total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
+    plan = distributed_plan(view.opened)
+    if plan is None:
+        check_model(base=get_model(blobs, base_cid), total=total, new=new,
+                    server_learning_rate=settings.training.server_learning_rate, where=where)
+        return new
+    try:
+        expected, state = distributed_round.model_after(
+            get_model(blobs, base_cid), get_server_state(blobs, base_cid), total, plan, settings=settings,
+            included_records=distributed_round.records_of(records, list(view.submissions)))
+    except (ValueError, KeyError) as exc:
+        raise SemanticCheckError(f"{where}: the model cannot be derived from the aggregate: {exc}") from exc
+    posted = get_server_state(blobs, new_cid)
+    if expected.shape != new.shape or not np.array_equal(expected, new):
+        raise SemanticCheckError(f"{where}: the new model is not the server optimiser's step on the noisy sum")
+    if posted.steps != state.steps or not (np.array_equal(posted.first_moment, state.first_moment)
+                                           and np.array_equal(posted.second_moment, state.second_moment)):
+        raise SemanticCheckError(f"{where}: the new model's optimiser state is not the step's state")
     return new
 
 
-def charged_epsilon(histories: Mapping[str, Sequence[PrivacyRecord]],
-                    records: Mapping[str, PrivacyRecord]) -> dict[str, float]:
+def distributed_plan(opened: Entry) -> DistributedPlan | None:
+    """A round opening's distributed-DP plan, or None for a local-DP round."""
+    plan = opened.payload["privacy_plan"]
+    if not is_distributed_plan(plan):
+        return None
+    try:
+        return DistributedPlan.from_json(plan, where=f"round {opened.round} opening")
+    except PrivacyError as exc:
+        raise SemanticCheckError(str(exc)) from exc
+
+
+def check_distributed_round(opened: Entry, settings: FederationSettings, records: Mapping[str, int]) -> DistributedPlan | None:
+    """A round opening agrees with the federation's privacy mode; a distributed one states a
+    plan genesis allows, over a protocol whose sum is exact in the ring, with the ring codec
+    for its N participants. Returns the plan (None in local mode)."""
+    where = f"round {opened.round}"
+    plan = distributed_plan(opened)
+    if (plan is not None) != (settings.privacy.mode == "distributed"):
+        raise SemanticCheckError(f"{where}: the opening's privacy plan is not the federation's "
+                                 f"{settings.privacy.mode!r} mode")
+    if plan is None:
+        return None
+    participants = list(opened.payload["participants"])
+    unknown = sorted(set(participants) - set(records))
+    if unknown:
+        raise SemanticCheckError(f"{where}: participants {unknown} are not registered")
+    violation = distributed_round.plan_violation(plan, settings,
+                                                 records=distributed_round.records_of(records, participants))
+    if violation is not None:
+        raise SemanticCheckError(f"{where}: {violation}")
+    protocol = opened.payload["protocol"]
+    codec = (opened.payload.get("protocol_params") or {}).get("codec")
+    if protocol not in DISTRIBUTED_PROTOCOLS or codec != IntegerRingCodec(max_summands=len(participants)).to_json():
+        raise SemanticCheckError(f"{where}: distributed DP runs over {', '.join(DISTRIBUTED_PROTOCOLS)} with the "
+                                 f"integer_ring codec for {len(participants)} participants; the opening says "
+                                 f"{protocol!r} with codec {codec!r:.120}")
+    return plan
+
+
+def charged_epsilon(histories: Mapping[str, Sequence[SpendRecord]],
+                    records: Mapping[str, SpendRecord]) -> dict[str, float]:
     """Each sender's cumulative ε once the round's ``records`` are added to its history:
     the ``cumulative_epsilon`` a close or abort posts (the spending rule)."""
     return {c: recorded_epsilon([*histories.get(c, ()), record]) for c, record in sorted(records.items())}
@@ -307,33 +392,51 @@ class PrivacyHistories:
     """
 
     def __init__(self) -> None:
-        self.records: dict[str, list[PrivacyRecord]] = {}
+        self.records: dict[str, list[SpendRecord]] = {}
         self.size = 0
         """Log entries consumed by :meth:`sync`."""
         self.settings: FederationSettings | None = None
+        self.registered: dict[str, int] = {}
+        """Each client's registered record count (genesis)."""
         self.plan: dict[str, Any] = {}
-        """The open round's planned σ per participant."""
+        """The open round's planned σ per participant (local DP)."""
+        self.planned: SpendRecord | None = None
+        """The open round's one allowed record (distributed DP)."""
 
     def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
         for offset, entry in enumerate(entries):
             if entry.type == GENESIS:
                 self.settings = FederationSettings.from_json(entry.payload["settings"])
+                self.registered = {c["id"]: int(c["data_weight"]) for c in entry.payload["clients"]}
             elif entry.type == ROUND_OPEN:
-                plan = entry.payload["privacy_plan"].get("noise_multipliers")
-                self.plan = dict(plan) if isinstance(plan, Mapping) else {}
+                self._open(entry)
             elif entry.type == SUBMISSION:
                 client = entry.payload["client"]
                 where = f"entry {first_index + offset} (round {entry.round}, {client})"
                 if self.settings is None:
                     raise SemanticCheckError(f"{where}: a submission before genesis")
                 try:
-                    record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
+                    record = privacy_record_from_json(entry.payload["privacy"], where=where)
                 except PrivacyError as exc:
                     raise SemanticCheckError(str(exc)) from exc
-                violation = privacy_rule_violation(record, planned_sigma=self.plan.get(client), settings=self.settings)
+                violation = spend_rule_violation(record, planned_sigma=self.plan.get(client), planned=self.planned,
+                                                 settings=self.settings)
                 if violation is not None:
                     raise SemanticCheckError(f"{where}: {violation}")
                 self.records.setdefault(client, []).append(record)
+
+    def _open(self, entry: Entry) -> None:
+        if self.settings is None:
+            raise SemanticCheckError(f"round {entry.round}: opened before genesis")
+        plan = check_distributed_round(entry, self.settings, self.registered)
+        if plan is not None:
+            self.plan = {}
+            self.planned = distributed_round.planned_record(self.settings, plan,
+                                                            participants=len(entry.payload["participants"]))
+            return
+        sigmas = entry.payload["privacy_plan"].get("noise_multipliers")
+        self.plan = dict(sigmas) if isinstance(sigmas, Mapping) else {}
+        self.planned = None
 
     def sync(self, ledger: Ledger) -> PrivacyHistories:
         """Add only the entries the ledger committed since the last sync (no re-reading)."""
@@ -348,7 +451,9 @@ class PrivacyHistories:
         copy.records = {c: list(r) for c, r in self.records.items()}
         copy.size = self.size
         copy.settings = self.settings
+        copy.registered = self.registered
         copy.plan = dict(self.plan)
+        copy.planned = self.planned
         copy.add(entries, first_index=self.size)
         return copy
 

@@ -21,7 +21,8 @@ from .coordinator import (
 )
 from .dirlock import exclusive_writer
 from .ledger.store import Ledger
-from .settings import FederationSettings
+from .models import build_model, parameter_count
+from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings
 
 DEFAULT_ROUNDS = 40
 
@@ -44,6 +45,7 @@ class RoundOptions:
     dataset: str | None = None
     model: str | None = None
     protocol: str | None = None
+    dp: str | None = None
     seed: int | None = None
     budget: float | None = None
     dropout: float = 0.0
@@ -55,7 +57,8 @@ class RoundOptions:
     def genesis_choices(self) -> tuple[GenesisChoice, ...]:
         """Every genesis setting asked for: ``genesis``, then the shortcut flags (which win)."""
         return self.genesis + shortcut_choices(dataset=self.dataset, clients=self.clients, model=self.model,
-                                               seed=self.seed, budget=self.budget, protocol=self.protocol)
+                                               seed=self.seed, budget=self.budget, protocol=self.protocol,
+                                               dp=self.dp)
 
     def new_federation_settings(self) -> FederationSettings:
         """The settings a new federation gets: the defaults with every choice applied."""
@@ -64,11 +67,12 @@ class RoundOptions:
 
 def shortcut_choices(*, dataset: str | None = None, clients: int | None = None, model: str | None = None,
                      seed: int | None = None, budget: float | None = None,
-                     protocol: str | None = None) -> tuple[GenesisChoice, ...]:
+                     protocol: str | None = None, dp: str | None = None) -> tuple[GenesisChoice, ...]:
     """The command line's genesis flags as choices (None: not given)."""
     fields = [("dataset", dataset, "--dataset"), ("n_clients", clients, "--clients"),
               ("training.model", model, "--model"), ("data_seed", seed, "--seed"),
-              ("privacy.lifetime_epsilon", budget, "--budget"), ("protocol.name", protocol, "--protocol")]
+              ("privacy.lifetime_epsilon", budget, "--budget"), ("protocol.name", protocol, "--protocol"),
+              ("privacy.mode", dp, "--dp")]
     return tuple(GenesisChoice(f, v, flag) for f, v, flag in fields if v is not None)
 
 
@@ -141,9 +145,11 @@ def preflight(settings: FederationSettings, options: RoundOptions) -> None:
     (RunRefused)."""
     data = checked_data(settings)  # DataError and PrivacyError propagate
     ids = [c.client_id for c in data.clients]
+    dimension = parameter_count(build_model(settings.training.model, data.n_features, data.n_classes))
     plan = plan_command(settings, {c: [] for c in ids}, {c: settings.privacy.lifetime_epsilon for c in ids},
                         epsilon=options.epsilon, rounds=options.rounds or DEFAULT_ROUNDS,
-                        skip_exhausted=options.skip_exhausted)
+                        skip_exhausted=options.skip_exhausted,
+                        records={c.client_id: len(c.train) for c in data.clients}, dimension=dimension)
     _check_malicious(options, plan)
 
 
@@ -214,6 +220,9 @@ def _run(federation: Federation, directory: Path, options: RoundOptions, *, crea
         _check_continuation(federation.settings, options)
     rounds = options.rounds or DEFAULT_ROUNDS
     protocol = options.protocol or federation.settings.protocol.name
+    if federation.settings.privacy.mode == "distributed" and protocol not in DISTRIBUTED_PROTOCOLS:
+        raise RunRefused(f"this federation runs distributed DP, whose noise shares need a secure sum exact in the "
+                         f"integer ring ({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
     plan = federation.plan(epsilon=options.epsilon, rounds=rounds, skip_exhausted=options.skip_exhausted)
     _check_malicious(options, plan)
     report = RunReport(directory, protocol, created, plan)

@@ -15,6 +15,9 @@ from .privacy.accounting import DEFAULT_RELATION, check_accountant, check_relati
 from .privacy.errors import PrivacyError
 
 PROTOCOLS = ("plain", "masking", "paillier", "ckks")
+PRIVACY_MODES = ("local", "distributed")
+DISTRIBUTED_PROTOCOLS = ("masking", "paillier")
+"""Protocols whose sum is exact in the integer ring that distributed DP's shares live in."""
 PAILLIER_KEY_BITS = (2048, 3072)
 """Paillier key sizes a federation may fix at genesis (about 112- and 128-bit security)."""
 
@@ -66,11 +69,34 @@ class PrivacySettings:
     neighboring_relation: str = DEFAULT_RELATION
     """The unit of privacy is one record of one hospital, and record counts are public: the
     relation must hold with n fixed (zero-out by default; see the accounting module)."""
+    mode: str = "local"
+    """``local``: each hospital trains with DP-SGD and adds the full noise itself.
+    ``distributed``: each round each hospital sends its Poisson-sampled, clipped, rounded
+    gradient sum plus a Skellam *share* of the noise inside the secure sum, and the server's
+    optimiser (``training.optimizer`` at ``training.learning_rate``) steps on the noisy total
+    (:mod:`bfl_private.distributed_round`)."""
+    collusion_threshold: int = 2
+    """Distributed mode: t, the participants that may drop out or collude with the aggregator
+    while the sum still carries the planned noise (each share is sized for N - t). A round
+    with more than t dropouts is aborted before its sum is decoded."""
+    rounding_beta: float = 0.6065306597126334
+    """Distributed mode: conditional rounding's β (e^-0.5, as Kairouz et al. use)."""
 
     def __post_init__(self) -> None:
         _positive(self, "delta", "lifetime_epsilon", "sample_rate", "clipping_norm")
         if not self.sample_rate <= 1:
             raise SettingsError(f"PrivacySettings.sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if self.mode not in PRIVACY_MODES:
+            raise SettingsError(f"PrivacySettings.mode must be one of {', '.join(PRIVACY_MODES)}, got {self.mode!r}")
+        if isinstance(self.collusion_threshold, bool) or not isinstance(self.collusion_threshold, int) \
+                or self.collusion_threshold < 0:
+            raise SettingsError(f"PrivacySettings.collusion_threshold must be an integer >= 0, got "
+                                f"{self.collusion_threshold!r}")
+        if not 0 < self.rounding_beta < 1:
+            raise SettingsError(f"PrivacySettings.rounding_beta must be in (0, 1), got {self.rounding_beta!r}")
+        if self.mode == "distributed" and self.neighboring_relation != DEFAULT_RELATION:
+            raise SettingsError(f"distributed DP is accounted under {DEFAULT_RELATION!r} neighbours only, got "
+                                f"{self.neighboring_relation!r}")
         try:
             check_accountant(self.accountant, resolve_interval(self.accountant, None), where="PrivacySettings")
             check_relation(self.neighboring_relation, self.accountant, where="PrivacySettings")
@@ -197,6 +223,14 @@ class FederationSettings:
             raise SettingsError(f"a federation needs at least 1 validator, got {self.n_validators}")
         if not 0 <= self.quality_tolerance < 1:
             raise SettingsError(f"quality_tolerance must be in [0, 1), got {self.quality_tolerance!r}")
+        if self.privacy.mode == "distributed":
+            if self.protocol.name not in DISTRIBUTED_PROTOCOLS:
+                raise SettingsError(f"distributed DP needs a secure sum that is exact in the integer ring "
+                                    f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not {self.protocol.name!r}")
+            if not self.privacy.collusion_threshold < self.n_clients - 1:
+                raise SettingsError(f"collusion_threshold {self.privacy.collusion_threshold} leaves fewer than 2 "
+                                    f"honest hospitals' noise among {self.n_clients}: it must be below "
+                                    f"{self.n_clients - 1}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

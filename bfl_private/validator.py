@@ -30,6 +30,7 @@ from .round_checks import (
     RoundView,
     check_round_aggregate,
     check_round_model,
+    registered_records,
 )
 from .settings import FederationSettings
 
@@ -58,7 +59,7 @@ class Validator:
             raise SemanticCheckError("no closed round to check among the proposed entries")
         check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=ledger.genesis(),
                               paillier_key=self.paillier_key.sync(ledger).n)
-        check_round_model(view, ledger.blobs, server_learning_rate=self.settings.training.server_learning_rate)
+        check_round_model(view, ledger.blobs, settings=self.settings, records=registered_records(ledger.state))
         self.histories.sync(ledger).extended(entries).check_claims(entries)
         return view
 

@@ -32,9 +32,11 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from .errors import EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
+from .errors import ConfigurationError, EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
+from .skellam import ShareParameters, composed_epsilon, round_rdp
 
 MECHANISM = "subsampled_gaussian"
+SKELLAM_MECHANISM = "distributed_skellam"
 ACCOUNTANTS = ("pld", "rdp")
 LIBRARY = "dp-accounting"
 LIBRARY_VERSION = metadata.version(LIBRARY)
@@ -211,6 +213,117 @@ def _validate(record: Mapping[str, Any], *, where: str) -> None:
     check_accountant(record['accountant'], record['value_discretization_interval'], where=where)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SkellamRecord:
+    """One participant's spend in one round of distributed DP (:mod:`.skellam`).
+
+    The round releases one Poisson-subsampled Skellam sum. Its noise is what the
+    ``participants - collusion_threshold`` honest, present participants' shares carry, so
+    the record states both and the ε is computed from that variance, whoever else colludes
+    or drops out (up to ``collusion_threshold`` of them; a round with more dropouts is
+    aborted). Accounting is Rényi DP (Skellam and the subsampling bound are RDP results),
+    under zero-out neighbours.
+    """
+
+    scale: float
+    clipping_norm: float
+    beta: float
+    sample_rate: float
+    share_variance: float
+    participants: int
+    collusion_threshold: int
+    dimension: int
+    delta: float = DEFAULT_DELTA
+    mechanism: str = SKELLAM_MECHANISM
+    accountant: str = "rdp"
+    neighboring_relation: str = DEFAULT_RELATION
+    library: str = LIBRARY
+    library_version: str = field(default=LIBRARY_VERSION)
+
+    def __post_init__(self) -> None:
+        where = "SkellamRecord"
+        for name in ("scale", "clipping_norm", "beta", "sample_rate", "share_variance"):
+            object.__setattr__(self, name, _finite_number(getattr(self, name), name, where))
+        for name in ("participants", "collusion_threshold", "dimension"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MalformedPrivacyRecord(f"{where}: field {name!r} must be an integer >= 0, got {value!r}")
+        if self.dimension < 1 or not self.collusion_threshold < self.participants:
+            raise MalformedPrivacyRecord(
+                f"{where}: needs dimension >= 1 and collusion_threshold < participants (some honest noise), got "
+                f"dimension {self.dimension}, t {self.collusion_threshold}, {self.participants} participants")
+        try:
+            self.shares
+        except ConfigurationError as exc:
+            raise MalformedPrivacyRecord(f"{where}: {exc}") from None
+        object.__setattr__(self, "delta", float(check_delta(self.delta, where=where)))
+        fixed = {"mechanism": SKELLAM_MECHANISM, "accountant": "rdp", "neighboring_relation": DEFAULT_RELATION,
+                 "library": LIBRARY}
+        for name, required in fixed.items():
+            if getattr(self, name) != required:
+                raise MalformedPrivacyRecord(f"{where}: {name} must be {required!r}, got {getattr(self, name)!r}")
+        if not isinstance(self.library_version, str) or not self.library_version:
+            raise MalformedPrivacyRecord(f"{where}: library_version must be a non-empty string")
+
+    @property
+    def shares(self) -> ShareParameters:
+        return ShareParameters(scale=self.scale, clipping_norm=self.clipping_norm, beta=self.beta,
+                               sample_rate=self.sample_rate, share_variance=self.share_variance)
+
+    @property
+    def noise_variance(self) -> float:
+        """Per-coordinate variance (grid units) of the noise the honest, present shares sum to."""
+        return (self.participants - self.collusion_threshold) * self.share_variance
+
+    def rdp(self) -> tuple[float, ...]:
+        """This round's RDP at each of :data:`~.skellam.ORDERS`."""
+        return round_rdp(variance=self.noise_variance, scale=self.scale, clipping_norm=self.clipping_norm,
+                         dim=self.dimension, beta=self.beta, sample_rate=self.sample_rate)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def differences(self, expected: SkellamRecord) -> list[tuple[str, Any, Any]]:
+        """As :meth:`PrivacyRecord.differences`."""
+        return [(f.name, getattr(self, f.name), getattr(expected, f.name)) for f in fields(self)
+                if f.name != "library_version" and getattr(self, f.name) != getattr(expected, f.name)]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, where: str) -> SkellamRecord:
+        """Exactly the fields of :meth:`to_json`; MalformedPrivacyRecord naming ``where`` otherwise."""
+        if not isinstance(data, Mapping):
+            raise MalformedPrivacyRecord(f"{where}: privacy record must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise MalformedPrivacyRecord(f"{where}: a {SKELLAM_MECHANISM} record holds exactly {', '.join(sorted(names))}; "
+                                         f"missing {sorted(names - set(data))}, unknown {sorted(map(str, set(data) - names))}")
+        try:
+            return cls(**data)
+        except MalformedPrivacyRecord as exc:
+            raise MalformedPrivacyRecord(f"{where}: {exc}") from None
+
+
+SpendRecord = PrivacyRecord | SkellamRecord
+"""What one participant spent in one round: local DP-SGD or a distributed-DP share."""
+
+
+def privacy_record_from_json(data: Any, *, where: str) -> SpendRecord:
+    """A ledger's privacy record, parsed as the mechanism it names."""
+    mechanism = data.get("mechanism") if isinstance(data, Mapping) else None
+    if mechanism == SKELLAM_MECHANISM:
+        return SkellamRecord.from_json(data, where=where)
+    return PrivacyRecord.from_json(data, where=where)
+
+
+def _skellam_epsilon(records: Sequence[SkellamRecord], *, delta: float) -> float:
+    """ε at ``delta`` of a history of distributed-DP rounds (RDP composition)."""
+    times: dict[tuple[float, ...], int] = {}
+    for record in records:
+        curve = record.rdp()
+        times[curve] = times.get(curve, 0) + 1
+    return composed_epsilon(sorted(times.items()), delta=delta)
+
+
 Mechanisms = tuple[tuple[float, float, int], ...]
 """Canonical history: sorted (noise_multiplier, sample_rate, total steps) per distinct mechanism."""
 
@@ -293,7 +406,7 @@ def cumulative_epsilon(
     return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval, neighboring_relation)
 
 
-def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
+def recorded_epsilon(records: Sequence[SpendRecord]) -> float:
     """Cumulative ε as its latest record says to compute it (its δ, accountant, discretisation).
 
     This is the figure a round's ledger entry claims for a client; :func:`verify_claim`
@@ -302,6 +415,12 @@ def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
     if not records:
         return 0.0
     last = records[-1]
+    kinds = {type(r) for r in records}
+    if len(kinds) > 1:
+        raise MalformedPrivacyRecord("a history mixes local DP-SGD and distributed-DP records; a federation's "
+                                     "privacy mode is fixed at genesis")
+    if isinstance(last, SkellamRecord):
+        return _skellam_epsilon(records, delta=last.delta)
     return cumulative_epsilon(
         records,
         delta=last.delta,
@@ -311,7 +430,7 @@ def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
     )
 
 
-def verify_claim(records: Sequence[PrivacyRecord], claimed_epsilon: float, *, where: str, rel_tol: float = 1e-9) -> float:
+def verify_claim(records: Sequence[SpendRecord], claimed_epsilon: float, *, where: str, rel_tol: float = 1e-9) -> float:
     """Recompute :func:`recorded_epsilon` and raise :class:`EpsilonMismatch` unless it equals the claim.
 
     The same library version reproduces the figure bit for bit; ``rel_tol`` only absorbs

@@ -23,11 +23,7 @@ the OS per call and never stored, so nothing public replays them (as
 """
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,79 +31,15 @@ from randomgen import AESCounter
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .errors import ConfigurationError, PrivacyError
-from .skellam import rounded_l2_bound
+from .errors import PrivacyError
+from .skellam import MODULUS_BITS, ShareParameters
 
-MODULUS_BITS = 32
-"""Secure aggregation sums uint32 words; the decoded sum is read as a signed 32-bit integer."""
 _MAX_ROUNDING_TRIES = 1000
-_TAIL_STDS = 12.0
-"""Noise is budgeted to 12 standard deviations when checking the modulus (a wrap then has
-probability below 1e-32 per coordinate)."""
 
 
 def fresh_generator() -> np.random.Generator:
     """A Generator over AES-128-CTR keyed with 128 fresh OS bits (never recorded)."""
     return np.random.Generator(AESCounter(key=int.from_bytes(os.urandom(16), "big")))
-
-
-@dataclass(frozen=True)
-class ShareParameters:
-    """What every participant of a distributed-DP round uses; public, stated on the ledger."""
-
-    scale: float
-    """Grid: one integer step is 1/scale of a gradient coordinate."""
-    clipping_norm: float
-    beta: float
-    """Conditional rounding redraws a record whose rounded norm exceeds the bound; each
-    draw passes with probability at least 1 - beta."""
-    sample_rate: float
-    share_variance: float
-    """Variance, in grid units, of each participant's Skellam share."""
-
-    def __post_init__(self) -> None:
-        for name in ("scale", "clipping_norm", "share_variance"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigurationError(f"ShareParameters.{name} must be finite and > 0, got {value!r}")
-        if not 0 < self.beta < 1 or not 0 < self.sample_rate <= 1:
-            raise ConfigurationError(f"ShareParameters needs 0 < beta < 1 and 0 < sample_rate <= 1, got "
-                                     f"{self.beta!r}, {self.sample_rate!r}")
-
-    def rounded_bound(self, dim: int) -> float:
-        return rounded_l2_bound(scaled_clip=self.scale * self.clipping_norm, dim=dim, beta=self.beta)
-
-    def check_modulus(self, *, dim: int, records: int, participants: int) -> None:
-        """Refuse parameters whose sum could wrap modulo 2^32: every record sampled at its
-        norm bound, plus every share's noise to 12 standard deviations, stays below 2^31."""
-        worst = records * self.rounded_bound(dim) + _TAIL_STDS * math.sqrt(participants * self.share_variance)
-        if worst >= 2 ** (MODULUS_BITS - 1):
-            raise ConfigurationError(
-                f"a sum of up to {records} records at scale {self.scale:g} plus noise reaches {worst:.3g}, "
-                f"past the signed {MODULUS_BITS}-bit range: lower the scale")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"scale": self.scale, "clipping_norm": self.clipping_norm, "beta": self.beta,
-                "sample_rate": self.sample_rate, "share_variance": self.share_variance}
-
-    @classmethod
-    def from_json(cls, data: Any, *, where: str) -> ShareParameters:
-        if not isinstance(data, Mapping) or set(data) != {"scale", "clipping_norm", "beta", "sample_rate",
-                                                          "share_variance"}:
-            raise PrivacyError(f"{where}: distributed-DP share parameters must hold exactly scale, "
-                               f"clipping_norm, beta, sample_rate and share_variance")
-        try:
-            return cls(**{k: float(v) for k, v in data.items()})
-        except (TypeError, ValueError, ConfigurationError) as exc:
-            raise PrivacyError(f"{where}: {exc}") from exc
-
-
-def grid_scale(*, records: int, clipping_norm: float) -> float:
-    """The largest power of two that keeps ``records`` clipped records' sum within 2^30
-    (half the signed range, the other half left for noise and rounding), capped at 2^20."""
-    if records < 1 or not clipping_norm > 0:
-        raise ConfigurationError(f"grid_scale needs records >= 1 and clipping_norm > 0, got {records}, {clipping_norm}")
-    return float(2 ** min(20, math.floor(math.log2(2**30 / (records * clipping_norm)))))
 
 
 def per_record_gradients(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

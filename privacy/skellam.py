@@ -42,17 +42,88 @@ sensitivity of an integer vector is at most min(l2^2, sqrt(d) l2).
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 from scipy.special import gammaln
 
-from .errors import PrivacyError
+from .errors import ConfigurationError, PrivacyError
 
 ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (72, 80, 96, 112, 128, 160, 192, 256)
 """Integer RDP orders (the subsampling bound and the Skellam bound are stated for integers)."""
+
+
+MODULUS_BITS = 32
+"""Secure aggregation sums uint32 words; the decoded sum is read as a signed 32-bit integer."""
+_TAIL_STDS = 12.0
+"""Noise is budgeted to 12 standard deviations when checking the modulus (a wrap then has
+probability below 1e-32 per coordinate)."""
+
+
+@dataclass(frozen=True)
+class ShareParameters:
+    """What every participant of a distributed-DP round uses; public, stated on the ledger."""
+
+    scale: float
+    """Grid: one integer step is 1/scale of a gradient coordinate."""
+    clipping_norm: float
+    beta: float
+    """Conditional rounding redraws a record whose rounded norm exceeds the bound; each
+    draw passes with probability at least 1 - beta."""
+    sample_rate: float
+    share_variance: float
+    """Variance, in grid units, of each participant's Skellam share."""
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "clipping_norm", "share_variance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"ShareParameters.{name} must be finite and > 0, got {value!r}")
+        if not 0 < self.beta < 1 or not 0 < self.sample_rate <= 1:
+            raise ConfigurationError(f"ShareParameters needs 0 < beta < 1 and 0 < sample_rate <= 1, got "
+                                     f"{self.beta!r}, {self.sample_rate!r}")
+
+    def rounded_bound(self, dim: int) -> float:
+        """One record's l2 norm bound after conditional rounding: the l2 sensitivity."""
+        return rounded_l2_bound(scaled_clip=self.scale * self.clipping_norm, dim=dim, beta=self.beta)
+
+    def check_modulus(self, *, dim: int, records: int, participants: int) -> None:
+        """Refuse parameters whose sum could wrap modulo 2^32: every record sampled at its
+        norm bound, plus every share's noise to 12 standard deviations, stays below 2^31."""
+        worst = records * self.rounded_bound(dim) + _TAIL_STDS * math.sqrt(participants * self.share_variance)
+        if worst >= 2 ** (MODULUS_BITS - 1):
+            raise ConfigurationError(
+                f"a sum of up to {records} records at scale {self.scale:g} plus noise reaches {worst:.3g}, "
+                f"past the signed {MODULUS_BITS}-bit range: lower the scale")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "clipping_norm": self.clipping_norm, "beta": self.beta,
+                "sample_rate": self.sample_rate, "share_variance": self.share_variance}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> ShareParameters:
+        """Parse the record a round's opening states; PrivacyError naming ``where`` otherwise."""
+        if not isinstance(data, Mapping) or set(data) != {"scale", "clipping_norm", "beta", "sample_rate",
+                                                          "share_variance"}:
+            raise PrivacyError(f"{where}: distributed-DP share parameters must hold exactly scale, "
+                               f"clipping_norm, beta, sample_rate and share_variance")
+        try:
+            return cls(**{k: float(v) for k, v in data.items()})
+        except (TypeError, ValueError, ConfigurationError) as exc:
+            raise PrivacyError(f"{where}: {exc}") from exc
+
+
+def grid_scale(*, records: int, clipping_norm: float) -> float:
+    """The largest power of two that keeps ``records`` clipped records' sum within 2^30
+    (half the signed range, the other half left for noise and rounding), capped at 2^20."""
+    if records < 1 or not clipping_norm > 0:
+        raise ConfigurationError(f"grid_scale needs records >= 1 and clipping_norm > 0, got {records}, {clipping_norm}")
+    return float(2 ** min(20, math.floor(math.log2(2**30 / (records * clipping_norm)))))
 
 
 def rounded_l2_bound(*, scaled_clip: float, dim: int, beta: float) -> float:
@@ -104,6 +175,32 @@ def subsampled_rdp(order: int, *, sample_rate: float, rdp: Callable[[int], float
     return min(log_sum / (alpha - 1), rdp(order))
 
 
+@functools.lru_cache(maxsize=1024)
+def round_rdp(*, variance: float, scale: float, clipping_norm: float, dim: int, beta: float,
+              sample_rate: float) -> tuple[float, ...]:
+    """One release's RDP at each of :data:`ORDERS`: the Poisson-subsampled Skellam sum whose
+    total noise has per-coordinate ``variance`` (grid units, i.e. after ``scale``). Memoised:
+    a federation's rounds repeat a handful of parameter sets."""
+    l2 = rounded_l2_bound(scaled_clip=scale * clipping_norm, dim=dim, beta=beta)
+    l1 = l1_bound(l2=l2, dim=dim)
+
+    def one(order: int) -> float:
+        return skellam_rdp(order, l1=l1, l2=l2, variance=variance)
+
+    return tuple(subsampled_rdp(order, sample_rate=sample_rate, rdp=one) for order in ORDERS)
+
+
+def composed_epsilon(releases: Sequence[tuple[tuple[float, ...], int]], *, delta: float) -> float:
+    """ε at ``delta`` of the composition of ``(round_rdp curve, times)`` pairs: RDP adds up."""
+    if not 0 < delta < 1:
+        raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
+    if not releases:
+        return 0.0
+    rdp = sum(times * np.asarray(curve) for curve, times in releases)
+    epsilon, _ = compute_epsilon(list(ORDERS), rdp, delta)
+    return float(epsilon)
+
+
 def distributed_skellam_epsilon(
     *,
     variance: float,
@@ -114,25 +211,16 @@ def distributed_skellam_epsilon(
     sample_rate: float,
     rounds: int,
     delta: float,
-    orders: Sequence[int] = ORDERS,
 ) -> float:
     """ε per record after ``rounds`` releases of the Poisson-subsampled Skellam sum whose
     total noise has per-coordinate ``variance`` (in grid units, i.e. after ``scale``)."""
     if rounds < 0:
         raise PrivacyError(f"rounds must be >= 0, got {rounds!r}")
-    if not 0 < delta < 1:
-        raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
     if rounds == 0:
-        return 0.0
-    l2 = rounded_l2_bound(scaled_clip=scale * clipping_norm, dim=dim, beta=beta)
-    l1 = l1_bound(l2=l2, dim=dim)
-
-    def one(order: int) -> float:
-        return skellam_rdp(order, l1=l1, l2=l2, variance=variance)
-
-    rdp = np.array([rounds * subsampled_rdp(order, sample_rate=sample_rate, rdp=one) for order in orders])
-    epsilon, _ = compute_epsilon(list(orders), rdp, delta)
-    return float(epsilon)
+        return composed_epsilon((), delta=delta)
+    curve = round_rdp(variance=float(variance), scale=float(scale), clipping_norm=float(clipping_norm), dim=int(dim),
+                      beta=float(beta), sample_rate=float(sample_rate))
+    return composed_epsilon([(curve, rounds)], delta=delta)
 
 
 def plan_variance(

@@ -124,7 +124,7 @@ from .masking_messages import (
     survivor_payload,
 )
 from .prg import SEED_BYTES, MaskExpander
-from .quantize import FixedPointCodec
+from .quantize import Codec, codec_from_json
 
 PROTOCOL = "masking"
 TRANSCRIPT_VERSION = 2
@@ -1197,7 +1197,7 @@ class MaskingProtocol(AggregationProtocol):
 
     def __init__(
         self,
-        codec: FixedPointCodec,
+        codec: Codec,
         *,
         neighbours: int | None = None,
         threshold: int | None = None,
@@ -1302,8 +1302,8 @@ def recompute_from_submissions(
         raise MalformedInput(f"masking transcript names survivors without a submission: {missing}")
     codec_json = transcript.get("codec")
     if not isinstance(codec_json, Mapping):
-        raise MalformedInput("masking transcript lacks the fixed-point 'codec' parameters")
-    codec = FixedPointCodec.from_json(dict(codec_json))
+        raise MalformedInput("masking transcript lacks its 'codec' parameters")
+    codec = codec_from_json(dict(codec_json))
     vectors = {name: decode_submission(submissions[name], client=name) for name in survivors}
     total = recompute_total(transcript, vectors)
     return codec.decode_sum(total, len(survivors))
@@ -1315,7 +1315,7 @@ def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     codec_json = transcript.get("codec") if isinstance(transcript, Mapping) else None
     if not isinstance(survivors, list) or not isinstance(codec_json, Mapping):
         raise MalformedInput("masking transcript lacks its 'survivors' list or 'codec' parameters")
-    return len(survivors) * FixedPointCodec.from_json(dict(codec_json)).step
+    return len(survivors) * codec_from_json(dict(codec_json)).step
 
 
 __all__ = [

@@ -89,7 +89,7 @@ from .paillier_plaintext_proof import (
     submission_context,
     verify_plaintext_proof,
 )
-from .quantize import FixedPointCodec
+from .quantize import Codec, codec_from_json
 from .threshold_paillier import ThresholdDecryptionRecord, round_context
 
 KEY_BITS: tuple[int, ...] = (1024, 2048, 3072)
@@ -196,7 +196,7 @@ class PackingLayout:
             raise ConfigurationError(f"slot of {self.slot_bits} bits exceeds 63: lower value_bits or max_summands")
 
     @classmethod
-    def for_codec(cls, *, key_bits: int, codec: FixedPointCodec, length: int) -> PackingLayout:
+    def for_codec(cls, *, key_bits: int, codec: Codec, length: int) -> PackingLayout:
         """The layout for ``codec``'s levels, with headroom for ``codec.max_summands`` clients."""
         return cls(key_bits=key_bits, value_bits=codec.bits, max_summands=codec.max_summands, length=length)
 
@@ -651,7 +651,7 @@ def encrypt_update(
     vector: np.ndarray,
     *,
     public_key: PaillierPublicKey,
-    codec: FixedPointCodec,
+    codec: Codec,
     layout: PackingLayout,
     round_id: int,
     client: str,
@@ -680,7 +680,7 @@ class PaillierProtocol(AggregationProtocol):
         *,
         public_key: PaillierPublicKey,
         key_holder: PaillierDecryptor,
-        codec: FixedPointCodec,
+        codec: Codec,
         workers: int | None = None,
     ) -> None:
         if public_key.n.bit_length() not in KEY_BITS:
@@ -808,7 +808,7 @@ def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     codec_record = transcript.get("codec") if isinstance(transcript, Mapping) else None
     if not isinstance(included, list) or not isinstance(codec_record, dict):
         raise MalformedInput("paillier transcript lacks its 'included' list or 'codec' record")
-    return len(included) * FixedPointCodec.from_json(codec_record).step
+    return len(included) * codec_from_json(codec_record).step
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
@@ -823,7 +823,7 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     codec_record = transcript.get("codec")
     if not isinstance(codec_record, dict):
         raise MalformedInput("paillier transcript lacks its 'codec' record")
-    codec = FixedPointCodec.from_json(codec_record)
+    codec = codec_from_json(codec_record)
     layout = PackingLayout.from_json(transcript.get("layout") or {})
     if layout.key_bits != public_key.n.bit_length() or layout.value_bits != codec.bits \
             or layout.max_summands != codec.max_summands:

@@ -21,6 +21,7 @@ or the decoded sum would wrap. ``FixedPointCodec`` refuses such a configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -120,3 +121,65 @@ class FixedPointCodec:
                 f"fixed-point codec parameter 'clip' must be a number, got {clip!r}"
             )
         return cls(clip=float(clip), bits=bits, max_summands=max_summands)
+
+
+@dataclass(frozen=True)
+class IntegerRingCodec:
+    """Integer vectors (distributed DP's rounded gradients plus noise shares) as words of
+    Z_(2^32), two's complement; their sum is read back as signed 32-bit integers.
+
+    Unlike :class:`FixedPointCodec` the sum wraps by design: the participants' integers are
+    signed, and the sum is correct whenever the true sum lies in [-2^31, 2^31), which the
+    distributed-DP plan checks at setup (:meth:`~bfl_private.privacy.skellam.ShareParameters.check_modulus`).
+    Decoding is exact, so the encoding error bound (``step``) is zero.
+    """
+
+    max_summands: int
+    kind: ClassVar[str] = "integer_ring"
+    bits: ClassVar[int] = MODULUS_BITS
+    step: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_summands, bool) or not isinstance(self.max_summands, int) or self.max_summands < 1:
+            raise ConfigurationError(f"max_summands must be an integer >= 1, got {self.max_summands!r}")
+
+    @property
+    def levels(self) -> int:
+        return MODULUS - 1
+
+    def encode(self, values: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Integer-valued ``values`` in [-2^31, 2^31) as uint32 words (``rng`` is unused: exact)."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise MalformedInput(f"expected a 1-D vector, got shape {x.shape}")
+        bad = np.flatnonzero(~np.isfinite(x) | (x != np.round(x)) | (x < -(MODULUS >> 1)) | (x >= MODULUS >> 1))
+        if bad.size:
+            raise MalformedInput(f"value {x[bad[0]]!r} at index {int(bad[0])} is not a signed 32-bit integer")
+        return x.astype(np.int64).astype(np.uint32)
+
+    def decode_sum(self, total: np.ndarray, summands: int) -> np.ndarray:
+        """The uint32 sum of ``summands`` encoded vectors as signed integers (float64, exact)."""
+        if not 0 < summands <= self.max_summands:
+            raise MalformedInput(f"summands must be in 1..{self.max_summands}, got {summands}")
+        t = np.asarray(total)
+        if t.dtype != np.uint32 or t.ndim != 1:
+            raise MalformedInput(f"expected a 1-D uint32 sum, got {t.dtype} of shape {t.shape}")
+        return t.view(np.int32).astype(np.float64)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "max_summands": int(self.max_summands)}
+
+
+Codec = FixedPointCodec | IntegerRingCodec
+"""How a protocol turns clients' vectors into words of Z_(2^32) and a sum back."""
+
+
+def codec_from_json(data: object) -> Codec:
+    """The codec a transcript or round opening names: ``integer_ring``, else fixed point."""
+    if not isinstance(data, dict):
+        raise MalformedInput(f"codec parameters must be an object, got {type(data).__name__}")
+    if data.get("kind") == IntegerRingCodec.kind:
+        if set(data) != {"kind", "max_summands"}:
+            raise MalformedInput(f"integer_ring codec holds exactly kind and max_summands, got {sorted(data)}")
+        return IntegerRingCodec(max_summands=data["max_summands"])
+    return FixedPointCodec.from_json(data)

@@ -48,6 +48,10 @@ def one_line_error(result) -> str:
     (["--epsilon", "1", "--malicious", "10"], EXIT_REFUSED, "--malicious 10 leaves no honest client among 10"),
     (["--epsilon", "1", "--clients", "1000"], EXIT_USAGE, "at most 38 clients can get 10 records each"),
     (["--epsilon", "1", "--budget", "inf"], EXIT_USAGE, "--budget"),
+    (["--epsilon", "1", "--dp", "distributed", "--protocol", "ckks"], EXIT_USAGE,
+     "distributed DP needs a secure sum that is exact in the integer ring"),
+    (["--epsilon", "1", "--dp", "distributed", "--clients", "3"], EXIT_USAGE,
+     "collusion_threshold 2 leaves fewer than 2 honest hospitals' noise among 3"),
 ])
 def test_a_refused_first_command_creates_nothing(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     directory = tmp_path / "parent" / "fed"

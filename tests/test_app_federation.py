@@ -40,7 +40,7 @@ def test_fedavg_one_local_step_equals_direct_weighted_average():
     clients = [Client(c, n_features=data.n_features, n_classes=data.n_classes) for c in data.clients]
     updates = [c.train(params, config, seed=i) for i, c in enumerate(clients)]
     records = {u.client_id: u.records for u in updates}
-    new_params, result = Aggregator(PlainProtocol(bound=10.0), records, config).aggregate(
+    new_params, _, result = Aggregator(PlainProtocol(bound=10.0), records, config).aggregate(
         params, updates, round_id=1, round_seed=b"s"
     )
     # Direct FedAvg: one SGD step per client, average of the new models weighted by records.
@@ -65,7 +65,7 @@ def test_weight_travels_inside_the_vector_so_dropouts_keep_the_average_right():
     updates = [LocalUpdate(f"c{i}", np.full(3, float(i), dtype=np.float32), records=r) for i, r in enumerate((10, 30, 60))]
     protocol = PlainProtocol(bound=100.0)
     agg = Aggregator(protocol, {u.client_id: u.records for u in updates}, config=TrainingConfig(update_bound=100.0))
-    new, result = agg.aggregate(np.zeros(3, dtype=np.float32), updates, round_id=0, round_seed=b"", drop={"c2": "mask"})
+    new, _, result = agg.aggregate(np.zeros(3, dtype=np.float32), updates, round_id=0, round_seed=b"", drop={"c2": "mask"})
     np.testing.assert_allclose(new, (10 * 0 + 30 * 1) / 40, rtol=1e-6)
     assert result.dropped == ("c2",)
 
@@ -106,6 +106,6 @@ def test_non_private_federation_reaches_096_on_breast_cancer():
         agg = Aggregator(PlainProtocol(bound=config.update_bound), {c.client_id: c.records for c in clients}, config)
         for r in range(20):
             updates = [c.train(params, config, seed=1000 * seed + 10 * r + i) for i, c in enumerate(clients)]
-            params, _ = agg.aggregate(params, updates, round_id=r, round_seed=b"")
+            params, _, _ = agg.aggregate(params, updates, round_id=r, round_seed=b"")
         accuracies.append(accuracy("logreg", params, data.test, n_features=data.n_features, n_classes=data.n_classes))
     assert np.mean(accuracies) >= 0.96, accuracies

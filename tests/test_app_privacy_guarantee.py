@@ -21,12 +21,13 @@ from bfl_private.coordinator import Federation
 from bfl_private.data import federation_data
 from bfl_private.fedavg import weighted_payload
 from bfl_private.federation import train_private
-from bfl_private.ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, SUBMISSION, Entry
+from bfl_private.ledger.entries import ABORT, GENESIS, SUBMISSION
 from bfl_private.ledger.store import Ledger
 from bfl_private.protocols.plain import decode_submission
 from bfl_private.runner import RoundOptions, run_command
 from bfl_private.settings import FederationSettings
 from bfl_private.validator import Validator
+from round_fixtures import ScriptedDrops, rubber_stamp
 
 SMALL = {"clients": 4, "rounds": 1, "protocol": "plain"}
 
@@ -153,35 +154,13 @@ def test_a_record_that_breaks_the_rules_fails_the_audit_by_name(tmp_path: Path, 
     # A fresh federation: the lying records are each client's whole history, so the
     # contract's budget rules and the accountant accept them and only the record check is left.
     monkeypatch.setattr(Validator, "check_round", lambda self, entries, ledger: None)
-    monkeypatch.setattr(Validator, "attest", _rubber_stamp)
-    monkeypatch.setattr(coordinator_module, "privacy_rule_violation", lambda *a, **k: None)
+    monkeypatch.setattr(Validator, "attest", rubber_stamp)
+    monkeypatch.setattr(coordinator_module, "spend_rule_violation", lambda *a, **k: None)
     _lying_trainer(monkeypatch, None, **LIES[field])
     run(tmp_path / "fed", seed=2)
     failure = audit(tmp_path / "fed").report.failure
     assert (failure.number, failure.name) == (10, "privacy claims")
     assert field in failure.detail and "breaks the round's rules" in failure.detail
-
-
-def _rubber_stamp(self, entries, ledger):
-    """A colluding validator's attestation: accept, without checking anything."""
-    close = next(e for e in entries if e.type == ROUND_CLOSE)
-    return Entry.create(self.identity, ATTESTATION, close.round, {
-        "validator": self.identity.name, "model_cid": close.payload["new_model_cid"],
-        "quality_ppm": 1_000_000, "verdict": "accept"})
-
-
-class _ScriptedDrops:
-    """A stand-in for the round's random generator: the named clients vanish at ``stage``."""
-
-    def __init__(self, participants: list[str], gone: set[str], stage_index: int) -> None:
-        self._draws = iter(0.0 if c in gone else 1.0 for c in participants)
-        self._stage_index = stage_index
-
-    def random(self) -> float:
-        return next(self._draws)
-
-    def integers(self, high: int) -> int:
-        return self._stage_index
 
 
 def test_an_aborted_round_charges_everyone_whose_update_left_it(copy: Path) -> None:
@@ -192,7 +171,7 @@ def test_an_aborted_round_charges_everyone_whose_update_left_it(copy: Path) -> N
         participants = sorted(plan.clients)
         gone = set(participants[:3])  # three of four vanish after sending: nothing can be unmasked
         summary = fed.run_round(plan, protocol="masking", dropout=1.0, malicious=0,
-                                rng=_ScriptedDrops(participants, gone, 3))  # STAGES[3] == "unmask"
+                                rng=ScriptedDrops(participants, gone, 3))  # STAGES[3] == "unmask"
         assert summary.status == "aborted"
         entries = [e for e in fed.ledger.entries() if e.round == summary.round]
         abort = next(e for e in entries if e.type == ABORT)

@@ -12,17 +12,16 @@ from scipy import stats
 
 from bfl_private.models import build_model
 from bfl_private.privacy.distributed_dp import (
-    ShareParameters,
     conditional_round,
     decode_sum,
     fresh_generator,
-    grid_scale,
     noisy_gradient_share,
     per_record_gradients,
     skellam_share,
     to_ring,
 )
 from bfl_private.privacy.errors import ConfigurationError, PrivacyError
+from bfl_private.privacy.skellam import ShareParameters, grid_scale
 from bfl_private.protocols.masking import secure_sum
 
 

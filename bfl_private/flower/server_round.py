@@ -103,6 +103,11 @@ class FlowerRound:
                  protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
         if protocol not in PROTOCOL_STAGES:
             raise RunRefused(f"protocol {protocol!r} does not run over Flower; these do: {', '.join(PROTOCOL_STAGES)}")
+        if plan.distributed is not None:
+            # The hospital side over Flower trains DP-SGD; distributed DP's share step runs
+            # in-process only until the two engines are one (issue 15).
+            raise RunRefused("distributed DP runs in-process (bfl-private round) only; over Flower use a "
+                             "federation in local mode")
         self.federation = federation
         self.plan = plan
         self.transport = transport
@@ -181,8 +186,7 @@ class FlowerRound:
             "protocol": self.protocol,
             "protocol_params": public,
             "base_model_cid": base_cid,
-            "privacy_plan": {"epsilon_this_command": self.plan.epsilon, "rounds_this_command": self.plan.rounds,
-                             "noise_multipliers": {c: p.noise_multiplier for c, p in self.plan.clients.items()}},
+            "privacy_plan": self.plan.privacy_plan(),
         })
         try:
             if setup is None:

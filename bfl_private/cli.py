@@ -103,8 +103,9 @@ def _federation_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--model", type=click.Choice(["logreg", "mlp"]), default=None, help="Model (at genesis only)."),
         click.option("--protocol", type=click.Choice(PROTOCOLS), default=None, help="Aggregation protocol (default: masking)."),
         click.option("--dp", type=click.Choice(PRIVACY_MODES), default=None,
-                     help="Privacy mode (at genesis only; default local): 'local' DP-SGD noise on each hospital, or "
-                          "'distributed' Skellam noise shares inside the secure sum (masking or paillier)."),
+                     help="Privacy mode (at genesis only): 'distributed' Skellam noise shares inside the secure sum (the "
+                          "default with masking or paillier), or 'local' DP-SGD noise on each hospital (the default "
+                          "otherwise)."),
         click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("bfl-ledger"), show_default=True, help="The federation's directory."),
         click.option("--budget", type=float, callback=_finite, default=None, help="Lifetime ε budget per client (at genesis only; default 3.0)."),
         click.option("--seed", type=int, default=None, help="Seed of the demo data split and initial model only (at genesis; public). DP noise and sampling never depend on it: they come from fresh OS randomness every round."),
@@ -197,14 +198,12 @@ def main() -> None:
 @_federation_options
 def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
     """Create a federation in --dir (keys, genesis block) without running a round."""
-    from .config import apply_choices
-    from .runner import create_federation, shortcut_choices
-    from .settings import FederationSettings
+    from .runner import create_federation, new_federation_settings, shortcut_choices
 
     _check_directory(directory)
     choices = _load_config(config_file).genesis + shortcut_choices(**flags)
     with _federation_errors(directory):
-        settings = apply_choices(FederationSettings(), choices)
+        settings = new_federation_settings(choices)
         federation = create_federation(directory, settings, model_seed=flags["seed"] or 0)
     try:
         genesis = federation.ledger.genesis().payload

@@ -167,9 +167,9 @@ def _plan_distributed(settings: FederationSettings, histories: Mapping[str, list
     admitted, left_out = sorted(budgets), {}
     while True:
         if len(admitted) - settings.privacy.collusion_threshold < 2:
-            raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; distributed DP with "
-                             f"t = {settings.privacy.collusion_threshold} needs at least "
-                             f"{settings.privacy.collusion_threshold + 2}")
+            raise RunRefused(f"only {len(admitted)} client(s) can afford ε={epsilon} more; a round needs "
+                             f"{settings.privacy.collusion_threshold + 2} (distributed DP with t = "
+                             f"{settings.privacy.collusion_threshold})")
         try:
             plan = distributed_round.plan_round(settings, records=distributed_round.records_of(records, admitted),
                                                 dimension=dimension, epsilon=epsilon, rounds=rounds)
@@ -409,9 +409,7 @@ class Federation:
         # posted (it would understate ε), so its update never enters the sum; the protocol
         # treats the sender as gone at the mask stage and the ledger names it as rejected.
         refused = {c: reason for c, record in records.items()
-                   if (reason := spend_rule_violation(record, planned_sigma=_sigma(plan, c),
-                                                      planned=planned[c] if dp_plan is not None else None,
-                                                      settings=self.settings)) is not None}
+                   if (reason := spend_rule_violation(record, planned=planned[c])) is not None}
         drop.update({c: "mask" for c in refused})
         aggregator = Aggregator(aggregation.protocol, registered, self.settings.training, None if dp_plan is None else
                                 DistributedRound(dp_plan, len(participants), get_server_state(self.ledger.blobs, base_cid),
@@ -475,7 +473,8 @@ class Federation:
         if plan.distributed is not None:
             record = distributed_round.planned_record(self.settings, plan.distributed, participants=len(participants))
             return {c: record for c in participants}
-        return {c: planned_record(self.settings, noise_multiplier=_sigma(plan, c)) for c in participants}
+        sigmas = {c: p.noise_multiplier for c, p in plan.clients.items() if p is not None}
+        return {c: planned_record(self.settings, noise_multiplier=sigmas[c]) for c in participants}
 
     @staticmethod
     def _garbage(aggregation: Any, length: int, records: int, max_records: int, rng: np.random.Generator, *,
@@ -496,8 +495,3 @@ class Federation:
             signatures[validator.identity.public.key_id_hex] = signature
         self.ledger.commit(proposed, signatures)
 
-
-def _sigma(plan: CommandPlan, client: str) -> float:
-    """A local-DP plan's σ for ``client`` (NaN in distributed DP, where no σ is planned)."""
-    client_plan = plan.clients.get(client)
-    return float("nan") if client_plan is None else client_plan.noise_multiplier

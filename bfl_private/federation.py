@@ -16,6 +16,7 @@ from . import distributed_round
 from .data import ClientData, Split
 from .distributed_round import DistributedPlan, ServerState
 from .distributed_round import aggregate_violation as distributed_violation
+from .distributed_round import model_after
 from .fedavg import next_global_model, weighted_payload
 from .models import build_model, flatten_parameters, load_flat
 from .privacy.accounting import PrivacyRecord
@@ -150,7 +151,7 @@ class Aggregator:
             refused.received = {**result.submissions, **result.rejected_submissions}
             raise refused
         if self.distributed is not None:
-            new_params, state = distributed_round.model_after(
+            new_params, state = model_after(
                 global_params, self.distributed.state, result.total, self.distributed.plan,
                 settings=self.distributed.settings,
                 included_records=distributed_round.records_of(self.records, result.included))

@@ -126,37 +126,26 @@ def planned_record(settings: FederationSettings, *, noise_multiplier: float) -> 
     )
 
 
-def privacy_rule_violation(record: PrivacyRecord, *, planned_sigma: Any, settings: FederationSettings) -> str | None:
-    """Why ``record`` is not the record the round's plan and genesis allow, or None.
+def privacy_rule_violation(record: SpendRecord, *, planned_sigma: Any, settings: FederationSettings) -> str | None:
+    """Why ``record`` is not the record a local-DP round's plan and genesis allow, or None.
 
     Each field must be what the plan and genesis fix: a larger σ, a smaller q, fewer steps,
     a larger δ... would all lower the ε the ledger composes for the same training.
     """
     if isinstance(planned_sigma, bool) or not isinstance(planned_sigma, (int, float)):
         return f"the round's privacy plan has no noise multiplier for this client (got {planned_sigma!r})"
-    expected = planned_record(settings, noise_multiplier=float(planned_sigma))
-    differences = record.differences(expected)
-    if not differences:
-        return None
-    return "privacy record breaks the round's rules: " + "; ".join(
-        f"{name} {got!r} recorded, {want!r} required" for name, got, want in differences)
+    return spend_rule_violation(record, planned=planned_record(settings, noise_multiplier=float(planned_sigma)))
 
 
-def spend_rule_violation(record: SpendRecord, *, planned_sigma: Any, planned: SpendRecord | None,
-                         settings: FederationSettings) -> str | None:
-    """Why ``record`` is not what the open round allows, or None: in distributed DP the one
-    ``planned`` record of the round's plan, field for field; in local DP the plan's σ for
-    this client with genesis' other parameters (:func:`privacy_rule_violation`)."""
-    if planned is None:
-        if not isinstance(record, PrivacyRecord):
-            return f"a {record.mechanism} record in a local-DP round"
-        return privacy_rule_violation(record, planned_sigma=planned_sigma, settings=settings)
+def spend_rule_violation(record: SpendRecord, *, planned: SpendRecord) -> str | None:
+    """Why ``record`` is not the ``planned`` one (local DP: the plan's σ with genesis' other
+    parameters; distributed DP: the round's one Skellam record), field for field, or None."""
     if type(record) is not type(planned):
         return f"a {record.mechanism} record in a round planned for {planned.mechanism}"
     differences = record.differences(planned)  # type: ignore[arg-type]
     if not differences:
         return None
-    return "privacy record breaks the round's plan: " + "; ".join(
+    return "privacy record breaks the round's rules: " + "; ".join(
         f"{name} {got!r} recorded, {want!r} required" for name, got, want in differences)
 
 
@@ -419,8 +408,8 @@ class PrivacyHistories:
                     record = privacy_record_from_json(entry.payload["privacy"], where=where)
                 except PrivacyError as exc:
                     raise SemanticCheckError(str(exc)) from exc
-                violation = spend_rule_violation(record, planned_sigma=self.plan.get(client), planned=self.planned,
-                                                 settings=self.settings)
+                violation = (spend_rule_violation(record, planned=self.planned) if self.planned is not None else
+                             privacy_rule_violation(record, planned_sigma=self.plan.get(client), settings=self.settings))
                 if violation is not None:
                     raise SemanticCheckError(f"{where}: {violation}")
                 self.records.setdefault(client, []).append(record)

@@ -18,6 +18,11 @@ PROTOCOLS = ("plain", "masking", "paillier", "ckks")
 PRIVACY_MODES = ("local", "distributed")
 DISTRIBUTED_PROTOCOLS = ("masking", "paillier")
 """Protocols whose sum is exact in the integer ring that distributed DP's shares live in."""
+DISTRIBUTED_SAMPLE_RATE = 1.0
+"""The sample rate ``round`` gives a distributed-DP federation unless one is asked for: one
+full-batch gradient per round. Chosen on tuning runs apart from the reported ones (5 fresh
+seeds, ε = 1, 40 rounds: q = 1 gave 0.961 ± 0.016 test accuracy, q = 0.5 0.946, q = 0.25
+0.909); local DP-SGD keeps ``PrivacySettings.sample_rate``'s 0.25."""
 PAILLIER_KEY_BITS = (2048, 3072)
 """Paillier key sizes a federation may fix at genesis (about 112- and 128-bit security)."""
 

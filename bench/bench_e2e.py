@@ -1,12 +1,14 @@
 """End to end: the operator's command and the auditor's verification, as users run them.
 
 1. ``bfl-private round --epsilon 1.0`` on the defaults (10 hospitals, breast cancer,
-   masking SecAgg+, 40 rounds, 4 validators, a fresh ledger), run as a subprocess of the
-   real console script in a temporary directory: wall seconds and CPU seconds (children's
-   rusage), after one warm-up import. Baseline, timed in the same run: the same command
-   with ``--protocol plain`` (same DP training, ledger and validators; no secure
-   aggregation), so the CPU ratio is what protecting the updates costs on top of
-   everything else (CPU, not wall: wall time on a shared machine measures the neighbours).
+   masking SecAgg+, distributed DP, 40 rounds, 4 validators, a fresh ledger), run as a
+   subprocess of the real console script in a temporary directory: wall seconds and CPU
+   seconds (children's rusage), after one warm-up import. Baselines, timed in the same run:
+   the same command with ``--dp local`` (DP-SGD on each hospital), so the ratio is what
+   distributed DP costs against local DP; and ``--dp local --protocol plain`` against
+   ``--dp local`` (same DP training, ledger and validators; no secure aggregation), so that
+   ratio is what protecting the updates costs on top of everything else (CPU, not wall:
+   wall time on a shared machine measures the neighbours).
 2. The full audit (:func:`bfl_private.audit.audit`: integrity checks 1-7 plus the
    recomputed aggregates, model chain and ε claims) of a 50-round, 10-client ledger,
    built here with :func:`bfl_private.runner.run_command`. Target: under 30 s. Baseline:
@@ -64,28 +66,30 @@ def _timed_command(args: list[str], cwd: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def bench_round_command(*, rounds: int) -> dict:
+def bench_round_command(*, rounds: int) -> list[dict]:
     extra = [] if rounds == DEFAULT_ROUNDS else ["--rounds", str(rounds)]
     # Warm-up: the first process to import torch and Opacus pays for a cold file cache.
     _timed_command([sys.executable, "-c", "import bfl_private.runner"], Path.cwd())
+    variants = {"default": [], "local": ["--dp", "local"], "local plain": ["--dp", "local", "--protocol", "plain"]}
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for protocol in ("plain", "masking"):
-            work = Path(tmp) / protocol
+        for name, flags in variants.items():
+            work = Path(tmp) / name.replace(" ", "-")
             work.mkdir()
-            args = [_cli(), "round", "--epsilon", "1.0", *extra]
-            if protocol == "plain":
-                args += ["--protocol", "plain"]
-            timings[protocol] = _timed_command(args, work)
+            timings[name] = _timed_command([_cli(), "round", "--epsilon", "1.0", *extra, *flags], work)
             _timed_command([_cli(), "verify", "bfl-ledger"], work)  # it produced a valid ledger
-    (wall, cpu), (plain_wall, plain_cpu) = timings["masking"], timings["plain"]
     command = "bfl-private round --epsilon 1.0" + (f" --rounds {rounds}" if extra else "")
-    return {
-        "suite": "e2e", "case": f"`{command}` (defaults: 10 clients, masking)", "rounds": rounds,
-        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-        "baseline": "same command, --protocol plain", "baseline_wall_s": round(plain_wall, 2),
-        "baseline_cpu_s": round(plain_cpu, 2), "ratio": round(cpu / plain_cpu, 3),
-    }
+
+    def row(case: str, name: str, baseline: str, against: str) -> dict:
+        (wall, cpu), (base_wall, base_cpu) = timings[name], timings[against]
+        return {"suite": "e2e", "case": case, "rounds": rounds, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                "baseline": baseline, "baseline_wall_s": round(base_wall, 2), "baseline_cpu_s": round(base_cpu, 2),
+                "ratio": round(cpu / base_cpu, 3)}
+
+    return [row(f"`{command}` (defaults: 10 clients, masking, distributed DP)", "default",
+                "same command, --dp local", "local"),
+            row(f"`{command} --dp local` (masking, DP-SGD)", "local",
+                "same command, --dp local --protocol plain", "local plain")]
 
 
 def bench_verifier(*, rounds: int) -> list[dict]:
@@ -118,7 +122,7 @@ def bench_verifier(*, rounds: int) -> list[dict]:
 
 
 def run(*, quick: bool) -> list[dict]:
-    return [bench_round_command(rounds=1 if quick else DEFAULT_ROUNDS),
+    return [*bench_round_command(rounds=1 if quick else DEFAULT_ROUNDS),
             *bench_verifier(rounds=2 if quick else 50)]
 
 

@@ -4,11 +4,11 @@ Seeds are drawn from the OS when the benchmark runs, so the figure comes from sp
 tuned to. Each seed is a fresh federation (its data split and model initialisation; DP
 noise and sampling are fresh OS randomness whatever the seed) run through
 :func:`bfl_private.runner.run_command` exactly as the CLI runs it —
-DP-SGD planned for ε = 1 over the whole command, masking SecAgg+, validators' quality
-gate, ledger. Figure: test accuracy of the final global model, mean ± sd (sample) and min
+distributed DP (Skellam shares inside masking SecAgg+, server Adam) planned for ε = 1 over
+the whole command, validators' quality gate, ledger. Figure: test accuracy of the final global model, mean ± sd (sample) and min
 over runs, and the largest cumulative ε any hospital reached; the ratio is against the
-issue's target of 0.955. ``bench_dp_utility`` is the gate-free counterpart (pure DP
-FedAvg, no validators) with a non-private baseline. Quick mode: one seed, 4 rounds.
+issue's target of 0.955. ``bench_dp_utility`` is local DP-SGD's gate-free counterpart (pure
+DP FedAvg, no validators) with a non-private baseline. Quick mode: one seed, 4 rounds.
 
     python -m bench.bench_round_accuracy [--quick]
 """

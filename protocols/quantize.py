@@ -31,6 +31,16 @@ MODULUS_BITS = 32
 MODULUS = 1 << MODULUS_BITS
 
 
+def _checked_sum(total: np.ndarray, summands: int, max_summands: int) -> np.ndarray:
+    """``total`` as a 1-D uint32 array, for ``summands`` in 1..``max_summands``; MalformedInput otherwise."""
+    if not 0 < summands <= max_summands:
+        raise MalformedInput(f"summands must be in 1..{max_summands}, got {summands}")
+    t = np.asarray(total)
+    if t.dtype != np.uint32 or t.ndim != 1:
+        raise MalformedInput(f"expected a 1-D uint32 sum, got {t.dtype} of shape {t.shape}")
+    return t
+
+
 @dataclass(frozen=True)
 class FixedPointCodec:
     """Clip to ``[-clip, clip]`` and encode on ``bits`` bits, for up to ``max_summands`` clients."""
@@ -82,11 +92,7 @@ class FixedPointCodec:
 
     def decode_sum(self, total: np.ndarray, summands: int) -> np.ndarray:
         """Decode the uint32 sum of ``summands`` encoded vectors to float64."""
-        if not 0 < summands <= self.max_summands:
-            raise MalformedInput(f"summands must be in 1..{self.max_summands}, got {summands}")
-        t = np.asarray(total)
-        if t.dtype != np.uint32 or t.ndim != 1:
-            raise MalformedInput(f"expected a 1-D uint32 sum, got {t.dtype} of shape {t.shape}")
+        t = _checked_sum(total, summands, self.max_summands)
         if int(t.max(initial=0)) > summands * self.levels:
             raise MalformedInput(
                 f"sum level {int(t.max())} exceeds {summands} x {self.levels}: not a sum of "
@@ -159,12 +165,7 @@ class IntegerRingCodec:
 
     def decode_sum(self, total: np.ndarray, summands: int) -> np.ndarray:
         """The uint32 sum of ``summands`` encoded vectors as signed integers (float64, exact)."""
-        if not 0 < summands <= self.max_summands:
-            raise MalformedInput(f"summands must be in 1..{self.max_summands}, got {summands}")
-        t = np.asarray(total)
-        if t.dtype != np.uint32 or t.ndim != 1:
-            raise MalformedInput(f"expected a 1-D uint32 sum, got {t.dtype} of shape {t.shape}")
-        return t.view(np.int32).astype(np.float64)
+        return _checked_sum(total, summands, self.max_summands).view(np.int32).astype(np.float64)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "max_summands": int(self.max_summands)}

@@ -1,11 +1,11 @@
-"""FixedPointCodec: error bound, unbiasedness, overflow refusal, exact decoding."""
+"""FixedPointCodec: error bound, unbiasedness, overflow refusal, exact decoding; IntegerRingCodec: exact signed sums."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from bfl_private.protocols.errors import ConfigurationError, MalformedInput
-from bfl_private.protocols.quantize import MODULUS, FixedPointCodec
+from bfl_private.protocols.quantize import MODULUS, FixedPointCodec, IntegerRingCodec, codec_from_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,3 +125,29 @@ def test_json_round_trip_and_strict_parsing() -> None:
         FixedPointCodec.from_json({"clip": 0.5, "bits": 12})
     with pytest.raises(ConfigurationError):
         FixedPointCodec.from_json({"clip": 0.5, "bits": 31, "max_summands": 100})
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 30), st.integers(0, 2**32 - 1))
+def test_the_ring_codec_sums_signed_integers_exactly_through_wraparound(clients: int, length: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    bound = (2**31 - 1) // clients  # the plan keeps the true sum within the signed range
+    vectors = rng.integers(-bound, bound + 1, size=(clients, length))
+    codec = IntegerRingCodec(max_summands=clients)
+    words = sum((codec.encode(v.astype(np.float64)).astype(np.uint64) for v in vectors), np.zeros(length, np.uint64))
+    total = (words % 2**32).astype(np.uint32)  # the masking sum: modulo 2^32
+    np.testing.assert_array_equal(codec.decode_sum(total, clients), vectors.sum(axis=0).astype(np.float64))
+    assert codec_from_json(codec.to_json()) == codec and codec.step == 0.0
+
+
+def test_the_ring_codec_refuses_what_is_not_a_signed_32_bit_integer() -> None:
+    codec = IntegerRingCodec(max_summands=3)
+    for bad in ([0.5], [2.0**31], [-(2.0**31) - 1], [float("nan")]):
+        with pytest.raises(MalformedInput, match="not a signed 32-bit integer"):
+            codec.encode(np.asarray(bad))
+    with pytest.raises(MalformedInput, match="summands must be in 1..3"):
+        codec.decode_sum(np.zeros(2, np.uint32), 4)
+    with pytest.raises(MalformedInput, match="exactly kind and max_summands"):
+        codec_from_json({"kind": "integer_ring", "max_summands": 3, "clip": 1.0})
+    with pytest.raises(ConfigurationError):
+        codec_from_json({"kind": "integer_ring", "max_summands": 0})

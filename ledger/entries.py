@@ -374,6 +374,10 @@ class Entry:
             signature = b""
         if len(signature) != 64:
             raise MalformedRecord(f"{where}: sig must be a base64 64-byte Ed25519 signature")
+        if base64.b64encode(signature).decode("ascii") != sig:
+            # Non-zero padding bits decode to the same signature: one signed entry would have
+            # several byte strings and leaf hashes. Only the canonical spelling is an entry.
+            raise MalformedRecord(f"{where}: sig is not the canonical base64 of its signature (padding bits set)")
         return cls(entry_type, author, round_, record["payload"], signature, bytes(data))
 
     @cached_property

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from rich.console import Console
 
+from .primitives.errors import BflError
 from .settings import PRIVACY_MODES, PROTOCOLS
 
 if TYPE_CHECKING:  # the runner imports torch: commands import it when they run
@@ -43,7 +44,7 @@ def console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else CONSOLE_WIDTH)
 
 
-class CliError(Exception):
+class CliError(BflError):
     """An error to report in one line with a documented exit code."""
 
     def __init__(self, message: str, code: int) -> None:

@@ -5,8 +5,10 @@ boolean); the message says what failed and where (block height, entry index, CID
 """
 from __future__ import annotations
 
+from ..primitives.errors import BflError
 
-class VerificationError(Exception):
+
+class VerificationError(BflError):
     """Base class: something recorded does not verify."""
 
 

@@ -78,3 +78,19 @@ def test_the_root_lives_in_the_bottom_layer_and_imports_nothing_else() -> None:
             "bad = [m for m in sys.modules if m.startswith('bfl_private.') and "
             "not m.startswith('bfl_private.primitives')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_unreachable_chain_is_a_ledger_error_but_no_verification_error() -> None:
+    from bfl_private.ledger.errors import (
+        ChainMismatch,
+        ChainRevert,
+        ChainUnavailable,
+        EVMError,
+        LedgerError,
+        VerificationError,
+    )
+
+    assert issubclass(ChainUnavailable, EVMError) and issubclass(EVMError, LedgerError)
+    assert not issubclass(ChainUnavailable, VerificationError)
+    assert issubclass(ChainMismatch, VerificationError) and issubclass(ChainRevert, VerificationError)
+    assert issubclass(VerificationError, LedgerError) and issubclass(LedgerError, BflError)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from rich.console import Console
 
+from .primitives.errors import BflError
 from .settings import PRIVACY_MODES, PROTOCOLS
 
 if TYPE_CHECKING:  # the runner imports torch: commands import it when they run
@@ -43,7 +44,7 @@ def console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else CONSOLE_WIDTH)
 
 
-class CliError(Exception):
+class CliError(BflError):
     """An error to report in one line with a documented exit code."""
 
     def __init__(self, message: str, code: int) -> None:
@@ -261,7 +262,7 @@ def round_command(directory: Path, as_json: bool, chain_url: str | None, **flags
 def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
     """Anchor the ledger's new blocks on the EVM node at ``url`` (the rounds stay recorded
     if this fails; the next ``round --chain`` catches up). Exits on failure."""
-    from .ledger.errors import VerificationError
+    from .ledger.errors import LedgerError
 
     try:
         from .chain_sync import sync
@@ -272,7 +273,7 @@ def _sync_chain(directory: Path, url: str) -> dict[str, object] | None:
 
     try:
         return sync(directory, url).to_json()
-    except (VerificationError, KeyringError) as exc:
+    except (LedgerError, KeyringError) as exc:  # ChainUnavailable is no VerificationError
         _fail(f"chain {url}: {type(exc).__name__}: {exc} (the rounds are recorded; run "
               f"again with --chain to catch up)", EXIT_CHAIN)
         return None
@@ -322,12 +323,17 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
                    save_checkpoint: Path | None, chain_url: str | None, contract: str | None) -> None:
     """Check a federation's ledger from genesis, trusting nobody. Exit 0 only if all holds.
 
-    Reads DIR read-only and writes nothing into it (works on read-only media)."""
+    Reads DIR read-only and writes nothing into it (works on read-only media). Exit 1 if
+    a check failed; with --chain, exit 4 if the chain could not be reached (no verdict)."""
     from .audit import audit
-    from .ledger.errors import VerificationError
+    from .ledger.errors import ChainUnavailable, VerificationError
 
     if contract is not None and chain_url is None:
         _fail("--contract needs --chain URL", 2)
+    if chain_url is not None and contract is None and not (directory / "chain.json").exists():
+        # chain_sync.CHAIN_FILE, named here so that the check needs no web3
+        _fail(f"--chain: {directory} has no chain.json to name the contract: give --contract ADDRESS",
+              EXIT_USAGE)
     trusted = _read_checkpoint(checkpoint_file)
     expected = _expected_genesis(expect_genesis, "--expect-genesis")
     try:
@@ -335,6 +341,9 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
                        chain_url=chain_url, contract=contract)
     except ImportError as exc:
         _fail(f"--chain needs the chain extra (pip install 'bfl-private[chain]'): {exc}", 2)
+    except ChainUnavailable as exc:  # no verdict: the ledger was not checked against the chain
+        _fail(f"could not reach the chain {chain_url}: {exc}; nothing was concluded about "
+              f"the ledger (run verify without --chain to check it alone)", EXIT_CHAIN)
     except VerificationError as exc:
         _fail(f"chain {chain_url}: {type(exc).__name__}: {exc}", EXIT_VERIFICATION_FAILED)
     if as_json:

@@ -24,6 +24,7 @@ from typing import Any
 
 import tomllib
 
+from .primitives.errors import BflError
 from .settings import (
     CsvSource,
     FederationSettings,
@@ -39,7 +40,7 @@ NESTED = {"training": TrainingConfig, "privacy": PrivacySettings, "protocol": Pr
 """Config sections that are FederationSettings' nested records (same names as its fields)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(BflError, ValueError):
     """A configuration file that cannot be read or names something unknown or mistyped."""
 
 

@@ -34,6 +34,7 @@ from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION,
 from .ledger.identity import SigningIdentity
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
+from .primitives.errors import BflError
 from .privacy.accounting import SpendRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
@@ -56,7 +57,7 @@ CSV_COMMITMENT_KEY = "csv-commitment-key"
 """Keyring name of the secret under which genesis commits to the private CSV files."""
 
 
-class RunRefused(RuntimeError):
+class RunRefused(BflError, RuntimeError):
     """The command cannot run as asked (over budget, inconsistent flags); nothing was written."""
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
+from .primitives.errors import BflError
+
 if TYPE_CHECKING:
     from .settings import FederationSettings
 
@@ -32,7 +34,7 @@ PUBLIC_FRACTION = 0.05
 """Share of the bundled dataset set aside as the public reference sample (normalisation only)."""
 
 
-class DataError(ValueError):
+class DataError(BflError, ValueError):
     """Arguments that cannot give a valid federated split."""
 
 

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .primitives.errors import BflError
 
-class DirectoryBusy(RuntimeError):
+
+class DirectoryBusy(BflError, RuntimeError):
     """Another process holds the federation directory's writer lock."""
 
 

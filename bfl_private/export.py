@@ -15,10 +15,11 @@ from .artifacts import get_model
 from .ledger.errors import VerificationError
 from .ledger.store import Ledger
 from .models import build_model, classes_for, load_flat
+from .primitives.errors import BflError
 from .settings import FederationSettings
 
 
-class ExportError(RuntimeError):
+class ExportError(BflError, RuntimeError):
     """The model cannot be exported as asked (no such round, unreadable ledger or output)."""
 
 

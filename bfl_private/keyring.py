@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 from .ledger.identity import SigningIdentity
+from .primitives.errors import BflError
 
 KEYS_DIR = "keys"
 
 
-class KeyringError(RuntimeError):
+class KeyringError(BflError, RuntimeError):
     """A key file that is missing, unreadable or exposed to other users."""
 
 

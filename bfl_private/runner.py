@@ -22,6 +22,7 @@ from .coordinator import (
 from .dirlock import exclusive_writer
 from .ledger.store import Ledger
 from .models import build_model, parameter_count
+from .primitives.errors import BflError
 from .settings import DISTRIBUTED_PROTOCOLS, DISTRIBUTED_SAMPLE_RATE, FederationSettings, SettingsError
 
 DEFAULT_ROUNDS = 40
@@ -30,7 +31,7 @@ __all__ = ["RoundOptions", "RunInterrupted", "RunRefused", "RunReport", "create_
            "run_command"]
 
 
-class RunInterrupted(RuntimeError):
+class RunInterrupted(BflError, RuntimeError):
     """Ctrl-C during a command: the rounds committed before it stay on the ledger."""
 
     def __init__(self, committed: int) -> None:

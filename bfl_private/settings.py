@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .primitives.errors import BflError
 from .privacy.accounting import DEFAULT_RELATION, check_accountant, check_relation, resolve_interval
 from .privacy.errors import PrivacyError
 
@@ -27,7 +28,7 @@ PAILLIER_KEY_BITS = (2048, 3072)
 """Paillier key sizes a federation may fix at genesis (about 112- and 128-bit security)."""
 
 
-class SettingsError(ValueError):
+class SettingsError(BflError, ValueError):
     """Federation parameters that are inconsistent or out of range."""
 
 

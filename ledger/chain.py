@@ -30,7 +30,9 @@ round is never posted).
 Errors: a revert on either backend (eth-tester's ``TransactionFailed``, a node's
 ``ContractLogicError``) is :class:`~bfl_private.ledger.errors.ChainRevert`; an unreachable
 node or a missing contract is ``ChainUnavailable``; chain state that differs from the
-ledger is ``ChainMismatch``. All are VerificationErrors.
+ledger is ``ChainMismatch``. Reverts and mismatches are VerificationErrors; an unreachable
+chain is not (it proves nothing about the ledger), so it leaves the verifier's
+:func:`~bfl_private.ledger.verify.run_checks` as an exception instead of failing check 11.
 """
 from __future__ import annotations
 

@@ -2,11 +2,21 @@
 
 Every check raises a narrow subclass of :class:`VerificationError` (never returns a
 boolean); the message says what failed and where (block height, entry index, CID, ...).
+:class:`LedgerError` (below the package's root, :class:`BflError`) is the base of the
+layer's errors: a verification failure, or :class:`ChainUnavailable`, an EVM node or
+anchor contract that cannot be reached, which says nothing about the ledger and so is not
+a VerificationError.
 """
 from __future__ import annotations
 
+from ..primitives.errors import BflError
 
-class VerificationError(Exception):
+
+class LedgerError(BflError):
+    """Base class of every error raised by ``bfl_private.ledger``."""
+
+
+class VerificationError(LedgerError):
     """Base class: something recorded does not verify."""
 
 
@@ -67,19 +77,22 @@ class SemanticCheckError(VerificationError):
     """A semantic hook (aggregate, model, epsilon recomputation) found a false claim."""
 
 
-class EVMError(VerificationError):
+class EVMError(LedgerError):
     """Base class of failures on the EVM chain that anchors the ledger (ledger.chain)."""
 
 
-class ChainRevert(EVMError):
+class ChainRevert(EVMError, VerificationError):
     """A contract call reverted (eth-tester's TransactionFailed or a node's
-    ContractLogicError); the message carries the contract's reason."""
+    ContractLogicError); the message carries the contract's reason. The on-chain contract
+    refused what the ledger holds, as :class:`ContractViolation` is the embedded one's."""
 
 
 class ChainUnavailable(EVMError):
-    """No node answers at the URL, or no anchor contract runs at the address."""
+    """No node answers at the URL (refused, timed out, gone mid-run), the node refuses a
+    call, or no anchor contract runs at the address. Not a VerificationError: the chain
+    could not be asked, so nothing is known about the ledger (``bfl-private`` exits 4)."""
 
 
-class ChainMismatch(EVMError):
+class ChainMismatch(EVMError, VerificationError):
     """What the chain holds (anchored headers, finality, epsilon, balances) differs from
     the ledger."""

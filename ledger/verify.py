@@ -602,7 +602,9 @@ def run_checks(
     self-consistent directory alone cannot reveal. ``expected_genesis`` is the genesis
     fingerprint (:func:`genesis_fingerprint`) the auditor holds from elsewhere; a ledger
     with another genesis fails check 2 (MalformedRecord is raised, before any check, if
-    it is not a fingerprint at all).
+    it is not a fingerprint at all). A hook that cannot reach what it checks raises
+    through: :class:`~bfl_private.ledger.errors.ChainUnavailable` is no verdict on the
+    ledger, so it fails no check.
     """
     directory = Path(directory)
     expected = None if expected_genesis is None else parse_fingerprint(expected_genesis)

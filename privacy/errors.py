@@ -6,8 +6,10 @@ the auditor can name the false claim. Failures are exceptions, never booleans.
 """
 from __future__ import annotations
 
+from ..primitives.errors import BflError
 
-class PrivacyError(Exception):
+
+class PrivacyError(BflError):
     """Base class of every error raised by ``bfl_private.privacy``."""
 
 

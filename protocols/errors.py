@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..primitives.errors import BflError
 
-class ProtocolError(Exception):
+
+class ProtocolError(BflError):
     """Base class of every error raised by ``bfl_private.protocols``."""
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from bfl_private.audit import audit
 from bfl_private.cli import (
     EXIT_ALL_ABORTED,
+    EXIT_CHAIN,
     EXIT_INTERRUPTED,
     EXIT_REFUSED,
     EXIT_USAGE,
@@ -329,3 +330,26 @@ def test_bad_keys_or_a_broken_ledger_are_one_line_errors(federation: Path, tmp_p
     assert result.exit_code == EXIT_VERIFICATION_FAILED
     assert "the ledger does not check out (StorageError" in one_line_error(result)
     assert (broken / DATABASE).read_bytes() == b"not a database"
+
+
+def test_an_unreachable_chain_is_no_verdict_on_the_ledger(federation: Path) -> None:
+    """verify --chain with no node at the URL exits 4 (the chain could not be asked),
+    never 1: nothing was found wrong with the ledger."""
+    pytest.importorskip("web3")
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    contract = "0x" + "00" * 19 + "01"
+    result = invoke("verify", str(federation), "--chain", url, "--contract", contract)
+    assert result.exit_code == EXIT_CHAIN
+    line = one_line_error(result)
+    assert f"could not reach the chain {url}: no Ethereum JSON-RPC node answers" in line
+    assert "nothing was concluded about the ledger" in line and "FAILED" not in result.output
+    as_json = invoke("verify", str(federation), "--chain", url, "--contract", contract, "--json")
+    assert as_json.exit_code == EXIT_CHAIN
+    assert json.loads(as_json.stdout)["exit_code"] == EXIT_CHAIN
+    # Without chain.json and without --contract no contract is named: a usage error.
+    unnamed = invoke("verify", str(federation), "--chain", url)
+    assert unnamed.exit_code == EXIT_USAGE and "give --contract ADDRESS" in one_line_error(unnamed)

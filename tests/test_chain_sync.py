@@ -5,6 +5,7 @@ Ledgers come from the application (``run_command``); the chain is eth-tester on 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from bfl_private.ledger.entries import ROUND_CLOSE, Entry
 from bfl_private.ledger.errors import (
     ChainMismatch,
     ChainRevert,
+    ChainUnavailable,
     ContractViolation,
     MalformedRecord,
+    VerificationError,
 )
 from bfl_private.ledger.store import Ledger
 from bfl_private.ledger.verify import run_checks
@@ -252,3 +255,22 @@ def test_a_validator_key_file_that_is_not_a_key_is_named(synced: tuple[Path, Web
     (directory / "keys" / "validator-2.secp256k1").unlink()
     with pytest.raises(KeyringError, match="'validator-2.secp256k1' not found"):
         sync(directory, w3=w3)  # an anchored federation never silently mints a new validator key
+
+
+def test_a_chain_lost_mid_audit_fails_no_check(synced: tuple[Path, Web3]) -> None:
+    """The node going away while check 11 reads it is ChainUnavailable raised through the
+    verifier, not a failed check: an unreachable chain says nothing about the ledger."""
+    directory, w3 = synced
+    record = read_chain_file(directory)
+    assert record is not None
+    anchor = AnchorContract.at(w3, record["contract"])
+    with socket.socket() as s:  # then the node "goes": reads go to a closed loopback port
+        s.bind(("127.0.0.1", 0))
+        gone = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{s.getsockname()[1]}"))
+    anchor.contract = gone.eth.contract(address=anchor.address, abi=anchor.contract.abi)
+    with Ledger.open(directory) as ledger:
+        head = ledger.height
+    assert head is not None
+    with pytest.raises(ChainUnavailable, match=f"reading quorum from {anchor.address}") as raised:
+        run_checks(directory, hooks=[ChainHook(anchor, head_height=head)])
+    assert not isinstance(raised.value, VerificationError)

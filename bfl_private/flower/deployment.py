@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..primitives.errors import BflError
+
 CONNECTION = "bfl-loopback"
 SUPEREXEC_POLL_SECONDS = 0.25
 """How often each SuperExec (the SuperLink's and every SuperNode's) asks for a task to
@@ -30,7 +32,7 @@ APP_DIR = Path(__file__).resolve().parents[2] / "flower_app"
 """The Flower app folder of a source checkout (its pyproject.toml names our components)."""
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(BflError, RuntimeError):
     """A Flower process that did not start, or a run that failed or timed out."""
 
 

@@ -36,6 +36,7 @@ from ..ledger.cid import cid_for
 from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
+from ..primitives.errors import BflError
 from ..privacy.accounting import PrivacyRecord
 from ..privacy.errors import PrivacyError
 from ..protocol_setup import ProtocolSetup, build_protocol
@@ -86,7 +87,7 @@ def _entry_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _RoundAborted(Exception):
+class _RoundAborted(BflError):
     """Too few hospitals remain, a share holder cheated, or the decoded sum is not one of
     valid inputs: the round records an abort."""
 

@@ -21,7 +21,6 @@ This module imports no torch: the verifier path uses it.
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -256,8 +255,31 @@ def make_accountant(
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
 
 
-@functools.lru_cache(maxsize=4096)
+_EPSILONS: dict[tuple[Mechanisms, float, str, float | None, str], float] = {}
+_EPSILONS_MAX = 4096
+
+
 def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None, relation: str) -> float:
+    """ε of a canonical history, memoised on its arguments (the 4096 most recently used)."""
+    key = (mechanisms, delta, accountant, interval, relation)
+    value = _EPSILONS.pop(key, None)
+    if value is None:
+        value = _compute_epsilon(*key)
+        if len(_EPSILONS) >= _EPSILONS_MAX:
+            del _EPSILONS[next(iter(_EPSILONS))]  # the least recently used
+    _EPSILONS[key] = value
+    return value
+
+
+def _remember(key: tuple[Mechanisms, float, str, float | None, str], value: float) -> None:
+    _EPSILONS.pop(key, None)
+    if len(_EPSILONS) >= _EPSILONS_MAX:
+        del _EPSILONS[next(iter(_EPSILONS))]
+    _EPSILONS[key] = value
+
+
+def _compute_epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None,
+                     relation: str) -> float:
     if not mechanisms:
         return 0.0
     engine = make_accountant(accountant, value_discretization_interval=interval, neighboring_relation=relation)
@@ -293,6 +315,108 @@ def cumulative_epsilon(
     return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval, neighboring_relation)
 
 
+class HistorySummary:
+    """A history folded record by record into what :func:`recorded_epsilon` reads: the
+    steps per (σ, q) of :func:`canonical_mechanisms`, the neighbouring relations and
+    library versions seen, and the latest record. Adding a record is O(1), so a verifier
+    that checks a claim after every round of a long history does not re-walk it (the
+    walk is what made checking R rounds of claims cost R² record visits).
+
+    ``HistorySummary.of(records)`` gives exactly the figure and the errors that
+    ``records`` give to :func:`recorded_epsilon` and :func:`verify_claim`.
+    """
+
+    __slots__ = ("steps", "relations", "versions", "last")
+
+    def __init__(self) -> None:
+        self.steps: dict[tuple[float, float], int] = {}
+        self.relations: set[str] = set()
+        self.versions: set[str] = set()
+        self.last: PrivacyRecord | None = None
+
+    @classmethod
+    def of(cls, records: Sequence[PrivacyRecord]) -> HistorySummary:
+        summary = cls()
+        for record in records:
+            summary.add(record)
+        return summary
+
+    def add(self, record: PrivacyRecord) -> None:
+        key = (float(record.noise_multiplier), float(record.sample_rate))
+        self.steps[key] = self.steps.get(key, 0) + record.steps
+        self.relations.add(record.neighboring_relation)
+        self.versions.add(record.library_version)
+        self.last = record
+
+    def copy(self) -> HistorySummary:
+        other = HistorySummary()
+        other.steps, other.relations = dict(self.steps), set(self.relations)
+        other.versions, other.last = set(self.versions), self.last
+        return other
+
+    def mechanisms(self) -> Mechanisms:
+        """:func:`canonical_mechanisms` of the records added."""
+        return tuple((sigma, rate, n) for (sigma, rate), n in sorted(self.steps.items()))
+
+    def epsilon_key(self) -> tuple[Mechanisms, float, str, float | None, str] | None:
+        """The arguments of the accountant call :func:`recorded_epsilon` makes (None for an
+        empty history); raises as it does for a history it cannot compose."""
+        last = self.last
+        if last is None:
+            return None
+        delta = check_delta(last.delta, where="cumulative_epsilon")
+        interval = resolve_interval(last.accountant, last.value_discretization_interval)
+        check_accountant(last.accountant, interval, where="cumulative_epsilon")
+        check_relation(last.neighboring_relation, last.accountant, where="cumulative_epsilon")
+        others = sorted(self.relations - {last.neighboring_relation})
+        if others:
+            raise MalformedPrivacyRecord(
+                f"cumulative_epsilon: records under {', '.join(others)} cannot be composed under "
+                f"{last.neighboring_relation!r}"
+            )
+        return self.mechanisms(), delta, last.accountant, interval, last.neighboring_relation
+
+    def epsilon(self) -> float:
+        """:func:`recorded_epsilon` of the records added."""
+        key = self.epsilon_key()
+        return 0.0 if key is None else _epsilon(*key)
+
+
+def epsilons(keys: Sequence[tuple[Mechanisms, float, str, float | None, str]], *,
+             workers: int = 1) -> None:
+    """Compute the distinct accountant calls ``keys`` (:meth:`HistorySummary.epsilon_key`)
+    ahead of time, in ``workers`` processes, into the memo every ε figure is read from.
+
+    Only a speed-up: each figure is the same deterministic computation a later call would
+    make, so it is the same bits; a key that fails is left for that call to raise.
+    """
+    todo = list(dict.fromkeys(k for k in keys if k is not None))
+    if workers <= 1 or len(todo) < 2:
+        for key in todo:
+            try:
+                _epsilon(*key)
+            except Exception:  # noqa: BLE001 - the real call raises it in order
+                pass
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_epsilon_or_none, key): key for key in todo}
+        for future in concurrent.futures.as_completed(futures):
+            value = future.result()
+            if value is not None:
+                _remember(futures[future], value)
+
+
+def _epsilon_or_none(key: tuple[Mechanisms, float, str, float | None, str]) -> float | None:
+    try:
+        return _epsilon(*key)
+    except Exception:  # noqa: BLE001 - the caller's own computation raises it
+        return None
+
+
 def recorded_epsilon(records: Sequence[PrivacyRecord]) -> float:
     """Cumulative ε as its latest record says to compute it (its δ, accountant, discretisation).
 
@@ -318,11 +442,17 @@ def verify_claim(records: Sequence[PrivacyRecord], claimed_epsilon: float, *, wh
     floating-point differences between machines. A record written with another
     ``dp-accounting`` version is named in the message, since it may explain a difference.
     """
-    actual = recorded_epsilon(records)
+    return verify_summary_claim(HistorySummary.of(records), claimed_epsilon, where=where, rel_tol=rel_tol)
+
+
+def verify_summary_claim(summary: HistorySummary, claimed_epsilon: float, *, where: str,
+                         rel_tol: float = 1e-9) -> float:
+    """:func:`verify_claim` of the records folded into ``summary``."""
+    actual = summary.epsilon()
     if isinstance(claimed_epsilon, bool) or not isinstance(claimed_epsilon, (int, float)) or not math.isclose(
         float(claimed_epsilon), actual, rel_tol=rel_tol, abs_tol=1e-12
     ):
-        versions = sorted({r.library_version for r in records} - {LIBRARY_VERSION})
+        versions = sorted(summary.versions - {LIBRARY_VERSION})
         note = f" (records written with {LIBRARY} {', '.join(versions)}, recomputed with {LIBRARY_VERSION})" if versions else ""
         raise EpsilonMismatch(f"{where}: claimed cumulative ε {claimed_epsilon!r}, recomputed {actual!r}{note}")
     return actual

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
@@ -212,6 +213,8 @@ def _validate(record: Mapping[str, Any], *, where: str) -> None:
 
 Mechanisms = tuple[tuple[float, float, int], ...]
 """Canonical history: sorted (noise_multiplier, sample_rate, total steps) per distinct mechanism."""
+EpsilonKey = tuple[Mechanisms, float, str, "float | None", str]
+"""The arguments of one accountant call: mechanisms, δ, accountant, discretisation, relation."""
 
 
 def canonical_mechanisms(records: Sequence[PrivacyRecord]) -> Mechanisms:
@@ -255,7 +258,7 @@ def make_accountant(
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
 
 
-_EPSILONS: dict[tuple[Mechanisms, float, str, float | None, str], float] = {}
+_EPSILONS: dict[EpsilonKey, float] = {}
 _EPSILONS_MAX = 4096
 
 
@@ -271,7 +274,7 @@ def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: fl
     return value
 
 
-def _remember(key: tuple[Mechanisms, float, str, float | None, str], value: float) -> None:
+def _remember(key: EpsilonKey, value: float) -> None:
     _EPSILONS.pop(key, None)
     if len(_EPSILONS) >= _EPSILONS_MAX:
         del _EPSILONS[next(iter(_EPSILONS))]
@@ -358,7 +361,7 @@ class HistorySummary:
         """:func:`canonical_mechanisms` of the records added."""
         return tuple((sigma, rate, n) for (sigma, rate), n in sorted(self.steps.items()))
 
-    def epsilon_key(self) -> tuple[Mechanisms, float, str, float | None, str] | None:
+    def epsilon_key(self) -> EpsilonKey | None:
         """The arguments of the accountant call :func:`recorded_epsilon` makes (None for an
         empty history); raises as it does for a history it cannot compose."""
         last = self.last
@@ -382,35 +385,30 @@ class HistorySummary:
         return 0.0 if key is None else _epsilon(*key)
 
 
-def epsilons(keys: Sequence[tuple[Mechanisms, float, str, float | None, str]], *,
-             workers: int = 1) -> None:
-    """Compute the distinct accountant calls ``keys`` (:meth:`HistorySummary.epsilon_key`)
-    ahead of time, in ``workers`` processes, into the memo every ε figure is read from.
+def start_epsilons(keys: Sequence[EpsilonKey | None], executor: Executor
+                   ) -> list[tuple[EpsilonKey, Future[float | None]]]:
+    """Start the distinct accountant calls ``keys`` not yet memoised on ``executor`` (other
+    processes); :func:`finish_epsilons` stores their figures in the memo.
 
     Only a speed-up: each figure is the same deterministic computation a later call would
     make, so it is the same bits; a key that fails is left for that call to raise.
     """
-    todo = list(dict.fromkeys(k for k in keys if k is not None))
-    if workers <= 1 or len(todo) < 2:
-        for key in todo:
-            try:
-                _epsilon(*key)
-            except Exception:  # noqa: BLE001 - the real call raises it in order
-                pass
-        return
-    import concurrent.futures
-    import multiprocessing
+    todo = [k for k in dict.fromkeys(keys) if k is not None and k not in _EPSILONS]
+    return [(key, executor.submit(_epsilon_or_none, key)) for key in todo]
 
-    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_epsilon_or_none, key): key for key in todo}
-        for future in concurrent.futures.as_completed(futures):
+
+def finish_epsilons(started: Sequence[tuple[EpsilonKey, Future[float | None]]]) -> None:
+    """Wait for what :func:`start_epsilons` started and memoise each figure computed."""
+    for key, future in started:
+        try:
             value = future.result()
-            if value is not None:
-                _remember(futures[future], value)
+        except Exception:  # noqa: BLE001 - a lost worker: the figure is computed here instead
+            continue
+        if value is not None:
+            _remember(key, value)
 
 
-def _epsilon_or_none(key: tuple[Mechanisms, float, str, float | None, str]) -> float | None:
+def _epsilon_or_none(key: EpsilonKey) -> float | None:
     try:
         return _epsilon(*key)
     except Exception:  # noqa: BLE001 - the caller's own computation raises it

@@ -251,3 +251,19 @@ def test_epsilons_computed_in_another_process_are_the_same_bits() -> None:
     precomputed = [accounting._EPSILONS[key] for key in keys]
     assert precomputed == [accounting._compute_epsilon(*key) for key in keys]
     assert [recorded_epsilon(h) for h in histories] == precomputed
+
+
+@pytest.mark.parametrize("mechanisms, delta, interval, relation", [
+    (((1.1, 0.25, 3),), 1e-5, 1e-3, "zero_out"),
+    (((0.5954984712628422, 0.25, 150),), 1e-5, 1e-3, "zero_out"),
+    (((0.9, 0.25, 3), (1.1, 0.25, 6), (1.1, 0.1, 4)), 1e-5, 1e-3, "zero_out"),
+    (((0.9, 0.25, 30),), 1e-6, 1e-3, "replace_one"),
+    (((0.9, 0.1, 12),), 1e-5, 1e-4, "zero_out"),
+])
+def test_the_pld_path_with_a_shared_one_step_pld_gives_the_accountants_bits(mechanisms, delta, interval,
+                                                                          relation) -> None:
+    from bfl_private.privacy import accounting
+
+    reference = accounting._accountant_epsilon(mechanisms, delta, "pld", interval, relation)
+    for _ in range(2):  # the one-step PLD built, then reused
+        assert accounting._pld_epsilon(mechanisms, delta, interval, relation).hex() == reference.hex()

@@ -36,7 +36,13 @@ from rich.table import Table
 
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, Entry
-from .ledger.verify import BlockContext, VerificationReport, VerifierHook, default_workers, run_checks
+from .ledger.verify import (
+    BlockContext,
+    VerificationReport,
+    VerifierHook,
+    default_workers,
+    run_checks,
+)
 from .privacy.accounting import finish_epsilons, start_epsilons
 from .round_checks import (
     PrivacyHistories,
@@ -138,7 +144,7 @@ class PrivacyHook(VerifierHook):
             for index, entry in enumerate(entries):
                 trial.add((entry,), first_index=index)
                 keys.extend(trial.claim_keys((entry,)))
-        except Exception:  # noqa: BLE001 - a bad entry: check_block names it later
+        except Exception:  # noqa: BLE001, S110 - a bad entry: check_block names it later
             pass
         self.started = start_epsilons(keys, executor)
 

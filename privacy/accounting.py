@@ -365,7 +365,7 @@ class HistorySummary:
     ``records`` give to :func:`recorded_epsilon` and :func:`verify_claim`.
     """
 
-    __slots__ = ("steps", "relations", "versions", "last")
+    __slots__ = ("last", "relations", "steps", "versions")
 
     def __init__(self) -> None:
         self.steps: dict[tuple[float, float], int] = {}
@@ -445,7 +445,7 @@ def finish_epsilons(started: Sequence[tuple[EpsilonKey, Future[float | None]]]) 
             continue
         try:
             value = future.result()
-        except Exception:  # noqa: BLE001 - a lost worker: the figure is computed when asked for
+        except Exception:  # noqa: BLE001, S112 - a lost worker: the figure is computed when asked for
             continue
         if value is not None:
             _remember(key, value)

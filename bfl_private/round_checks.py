@@ -168,7 +168,7 @@ def check_transcript_identities(
 
 def registered_records(state: LedgerState) -> dict[str, int]:
     """Client id -> its record count, public and fixed at genesis (its FedAvg weight)."""
-    return {c: int(v["data_weight"]) for c, v in state.clients().items()}
+    return {c: int(w) for c, w in state.data_weights().items()}
 
 
 def aggregate_rule_violation(

@@ -69,3 +69,26 @@ def test_one_process_or_two_give_the_same_audit(ledger: Path) -> None:
     one, two = audit(ledger, workers=1), audit(ledger, workers=2)
     assert one.ok and two.ok and one.report.entries > 512
     assert one.to_json() == two.to_json()
+
+
+def test_the_plain_range_rule_names_the_first_offender_in_the_transcripts_order() -> None:
+    """Checked for all vectors at once, the range rule still refuses the first offender in
+    order, and before a later submission that does not even decode."""
+    import numpy as np
+
+    from bfl_private.protocols.errors import MalformedInput
+    from bfl_private.protocols.plain import encode_submission, recompute_from_submissions
+
+    good = encode_submission(np.full(3, 0.5, np.float32))
+    nan = encode_submission(np.array([0.1, np.nan, 0.2], np.float32))
+    big = encode_submission(np.array([0.1, 1.5, 0.2], np.float32))
+    transcript = {"included": ["a", "b", "c", "d"], "bound": 1.0}
+    cases = [({"a": good, "b": big, "c": nan, "d": b"junk"}, "'b' was accepted but has value 1.5"),
+             ({"a": good, "b": nan, "c": big, "d": good}, "'b' was accepted but has non-finite"),
+             ({"a": good, "b": b"junk", "c": big, "d": good}, "'b' is not a safetensors blob"),
+             ({"a": good, "b": good, "c": good, "d": big}, "'d' was accepted")]
+    for submissions, message in cases:
+        with pytest.raises(MalformedInput, match=message):
+            recompute_from_submissions(transcript, submissions)
+    total = recompute_from_submissions(transcript, {c: good for c in "abcd"})
+    assert total.tolist() == [2.0, 2.0, 2.0]

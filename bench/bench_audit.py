@@ -27,6 +27,8 @@ Target (issue 19): the 100-round, 1,000-client ledger in <= 30 s. The plot is wr
 from __future__ import annotations
 
 import json
+import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -83,18 +85,23 @@ print(json.dumps({"ok": report.ok, "error": str(report.report.error), "seconds":
 """
 
 
-def _timed_audit(directory: Path, *, workers: int | None = None) -> tuple[float, int]:
+def _timed_audit(directory: Path, *, workers: int | None = None) -> tuple[float, int, float]:
     """Seconds of :func:`audit` in a fresh interpreter (after its imports), as an auditor runs
-    it: nothing memoised while the ledger was built here (ε figures) helps it."""
+    it: nothing memoised while the ledger was built here (ε figures) helps it; its entries;
+    and the CPU seconds of that interpreter and its worker, imports included (steadier than
+    wall time on a shared machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-c", _AUDIT, str(directory),
                            "default" if workers is None else str(workers)],
                           capture_output=True, text=True, check=False, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"audit of {directory} exited {done.returncode}: {done.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if not result["ok"]:  # a ledger the coordinator wrote must verify
         raise RuntimeError(f"{directory}: the audit failed: {result['error']}")
-    return float(result["seconds"]), int(result["entries"])
+    return float(result["seconds"]), int(result["entries"]), cpu
 
 
 def measure(rounds: int, clients: int, *, repeats: int, tmp: Path, single: bool) -> dict:
@@ -102,11 +109,14 @@ def measure(rounds: int, clients: int, *, repeats: int, tmp: Path, single: bool)
     started = time.perf_counter()
     build_ledger(directory, clients=clients, rounds=rounds, progress=_progress)
     built = time.perf_counter() - started
-    times = []
+    times, cpus, loads = [], [], []
     for repeat in range(repeats):
-        seconds, entries = _timed_audit(directory)
+        loads.append(os.getloadavg()[0])
+        seconds, entries, cpu = _timed_audit(directory)
         times.append(seconds)
-        _progress(f"audit {rounds}x{clients} #{repeat + 1}: {seconds:.2f} s ({entries} entries)")
+        cpus.append(cpu)
+        _progress(f"audit {rounds}x{clients} #{repeat + 1}: {seconds:.2f} s, {cpu:.1f} s CPU "
+                  f"({entries} entries, load average {os.getloadavg()[0]:.2f})")
     floor = _signature_floor(directory)
     mean = statistics.fmean(times)
     row = {
@@ -116,6 +126,8 @@ def measure(rounds: int, clients: int, *, repeats: int, tmp: Path, single: bool)
         "audit_s": round(mean, 3), "audit_min_s": round(min(times), 3),
         "audit_stdev_s": round(statistics.stdev(times), 3) if len(times) > 1 else 0.0,
         "repeats": repeats, "us_per_entry": round(mean / entries * 1e6, 2),
+        "cpu_s": round(statistics.fmean(cpus), 2),
+        "load_average": round(statistics.fmean(loads), 2),
         "build_s": round(built, 1),
         "baseline": "raw libsodium Ed25519 verify of every entry (1 process)",
         "floor_verify_s": round(floor, 3), "ratio": round(mean / floor, 2),
@@ -123,7 +135,7 @@ def measure(rounds: int, clients: int, *, repeats: int, tmp: Path, single: bool)
     if (rounds, clients) == (100, 1000):
         row["target_s"] = TARGET_S
     if single:
-        one, _ = _timed_audit(directory, workers=1)
+        one, _, _ = _timed_audit(directory, workers=1)
         _progress(f"audit {rounds}x{clients} in one process: {one:.2f} s")
         row["one_process_audit_s"] = round(one, 3)
     return row

@@ -103,16 +103,18 @@ AUDIT_FIGURE = "bench/results/audit_scale.png"
 
 def audit_table(results: dict[str, Any]) -> str:
     rows, error = _suite(results, "audit")
-    lines = ["| ledger | entries | full audit (mean of runs) | per entry | floor: raw Ed25519, 1 process | ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| ledger | entries | full audit (mean of runs) | CPU s (both processes, imports included) "
+             "| per entry | floor: raw Ed25519, 1 process | ratio |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["entries"]):
         target = f", target <= {r['target_s']:g} s" if "target_s" in r else ""
         one = f"; one process: {r['one_process_audit_s']:.1f} s" if "one_process_audit_s" in r else ""
         lines.append(f"| {r['rounds']} rounds x {r['clients']:,} clients | {r['entries']:,} | "
-                     f"**{r['audit_s']:.2f} s** ± {r['audit_stdev_s']:.2f} ({r['repeats']} runs{target}{one}) | "
+                     f"**{r['audit_s']:.2f} s** ± {r['audit_stdev_s']:.2f} ({r['repeats']} runs{target}{one}; "
+                     f"load average {r['load_average']:.1f}) | {r['cpu_s']:.1f} | "
                      f"{r['us_per_entry']:.0f} µs | {r['floor_verify_s']:.2f} s | {r['ratio']:.1f}x |")
     if error:
-        lines.append(f"| suite failed: {error} | | | | | |")
+        lines.append(f"| suite failed: {error} | | | | | | |")
     return "\n".join(lines)
 
 

@@ -150,19 +150,23 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     for clients in sorted({r["clients"] for r in rows}):
         series = sorted((r for r in rows if r["clients"] == clients), key=lambda r: r["entries"])
+        rounds = "/".join(str(r["rounds"]) for r in series)
         axis.errorbar([r["entries"] for r in series], [r["audit_s"] for r in series],
                       yerr=[r["audit_stdev_s"] for r in series], marker="o", capsize=3,
-                      label=f"{clients} clients, rounds varied" if len(series) > 1 else f"{clients} clients")
-    floor = sorted(rows, key=lambda r: r["entries"])
-    axis.plot([r["entries"] for r in floor], [r["floor_verify_s"] for r in floor], ":", color="grey",
-              label="floor: raw Ed25519 verify, 1 process")
+                      label=f"{clients:,} clients, {rounds} rounds")
+    for r in rows:
+        axis.annotate(f"{r['rounds']}x{r['clients']}", (r["entries"], r["audit_s"]), fontsize=7,
+                      textcoords="offset points", xytext=(5, -10))
+    axis.plot([r["entries"] for r in rows], [r["floor_verify_s"] for r in rows], "x", color="grey",
+              label="floor: raw Ed25519 verify of the same entries, 1 process")
     if any("target_s" in r for r in rows):
         axis.axhline(TARGET_S, color="red", linestyle="--", linewidth=1, label=f"target {TARGET_S:g} s")
     axis.set_xlabel("ledger entries")
     axis.set_ylabel("full audit (checks 1-10), seconds")
-    axis.set_title("bfl-private verify against ledger size")
+    axis.set_title("bfl-private verify against ledger size (2 cores)")
+    axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

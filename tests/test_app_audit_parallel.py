@@ -92,3 +92,21 @@ def test_the_plain_range_rule_names_the_first_offender_in_the_transcripts_order(
             recompute_from_submissions(transcript, submissions)
     total = recompute_from_submissions(transcript, {c: good for c in "abcd"})
     assert total.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_an_audit_whose_second_process_refuses_work_is_the_same_audit(ledger: Path, monkeypatch) -> None:
+    from bfl_private.ledger import verify
+
+    class Refusing:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("no second process here")
+
+        def shutdown(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    expected = audit(ledger, workers=1).to_json()
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", Refusing)
+    assert audit(ledger, workers=2).to_json() == expected

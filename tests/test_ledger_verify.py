@@ -501,3 +501,24 @@ def test_two_processes_give_the_same_report_on_a_sound_ledger(wide) -> None:
     one, two = run_checks(directory, workers=1), run_checks(directory, workers=2)
     assert one.ok and two.ok and one.entries > 512
     assert one.to_json() == two.to_json()
+
+
+def test_a_second_process_that_cannot_start_leaves_the_checks_to_this_one(wide, monkeypatch) -> None:
+    """A pool that refuses work (a broken or forbidden second process) slows the run down,
+    nothing else: every check is made here and the report is the same."""
+    from bfl_private.ledger import verify
+
+    class Refusing:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("no second process here")
+
+        def shutdown(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    directory, _ = wide
+    expected = run_checks(directory, workers=1).to_json()
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", Refusing)
+    assert run_checks(directory, workers=2).to_json() == expected

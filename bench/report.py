@@ -98,6 +98,26 @@ def e2e_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+AUDIT_FIGURE = "bench/results/audit_scale.png"
+
+
+def audit_table(results: dict[str, Any]) -> str:
+    rows, error = _suite(results, "audit")
+    lines = ["| ledger | entries | full audit (mean of runs) | CPU s (both processes, imports included) "
+             "| per entry | floor: raw Ed25519, 1 process | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["entries"]):
+        target = f", target <= {r['target_s']:g} s" if "target_s" in r else ""
+        one = f"; one process: {r['one_process_audit_s']:.1f} s" if "one_process_audit_s" in r else ""
+        lines.append(f"| {r['rounds']} rounds x {r['clients']:,} clients | {r['entries']:,} | "
+                     f"**{r['audit_s']:.2f} s** ± {r['audit_stdev_s']:.2f} ({r['repeats']} runs{target}{one}; "
+                     f"load average {r['load_average']:.1f}) | {r['cpu_s']:.1f} | "
+                     f"{r['us_per_entry']:.0f} µs | {r['floor_verify_s']:.2f} s | {r['ratio']:.1f}x |")
+    if error:
+        lines.append(f"| suite failed: {error} | | | | | | |")
+    return "\n".join(lines)
+
+
 def performance(results: dict[str, Any]) -> str:
     return "\n\n".join([
         "## Performance",
@@ -115,6 +135,13 @@ def performance(results: dict[str, Any]) -> str:
         flower_table(results),
         "### End to end",
         e2e_table(results),
+        "### Audit against ledger size",
+        ("`bfl-private verify` (checks 1-10) of ledgers the coordinator wrote, R rounds x C clients "
+         "(`bench/bench_audit.py`: plain protocol, every submission signed by its client, four validators; "
+         "each audit in a fresh interpreter, two processes). Baseline: raw libsodium verification of the "
+         "same entries' signatures in one process, the least any audit must do."),
+        audit_table(results),
+        f"![audit seconds against ledger entries]({AUDIT_FIGURE})",
         "### Every suite",
         "<details><summary>All measured rows (case, figure, baseline, ratio)</summary>\n\n"
         + markdown(results) + "\n\n</details>",

@@ -25,6 +25,7 @@ ledger cannot prove is said in the report's notes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from rich.table import Table
 from .distributed_round import is_distributed_plan
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, Entry
-from .ledger.verify import BlockContext, VerificationReport, VerifierHook, run_checks
+from .ledger.verify import (
+    BlockContext,
+    VerificationReport,
+    VerifierHook,
+    default_workers,
+    run_checks,
+)
+from .privacy.accounting import finish_epsilons, start_epsilons
 from .round_checks import (
     PrivacyHistories,
     RoundView,
@@ -133,8 +141,30 @@ class PrivacyHook(VerifierHook):
 
     def __init__(self) -> None:
         self.histories = PrivacyHistories()
+        self.started: list[Any] = []
+
+    def begin(self, entries: Sequence[Entry], executor: Executor | None) -> None:
+        """Start every distinct ε recomputation the claims will need in the other process,
+        from a trial pass over the (not yet verified) entries: the checks themselves come
+        later and recompute nothing that was not asked for here, they only find it done."""
+        if executor is None:
+            return
+        trial, keys = PrivacyHistories(), []
+        try:
+            for index, entry in enumerate(entries):
+                trial.add((entry,), first_index=index)
+                keys.extend(trial.claim_keys((entry,)))
+        except Exception:  # noqa: BLE001, S110 - a bad entry: check_block names it later
+            pass
+        self.started = start_epsilons(keys, executor)
+
+    def end(self) -> None:
+        self.started = []
 
     def check_block(self, context: BlockContext) -> None:
+        if self.started:
+            finish_epsilons(self.started)
+            self.started = []
         self.histories.add(context.entries, first_index=context.block.first_entry)
         self.histories.check_claims(context.entries)
 
@@ -348,9 +378,12 @@ class AuditReport:
 
 def audit(directory: Path | str, *, trusted_checkpoint: str | None = None,
           expected_genesis: str | None = None, chain_url: str | None = None,
-          contract: str | None = None) -> AuditReport:
+          contract: str | None = None, workers: int | None = None) -> AuditReport:
     """Every check of ``bfl-private verify`` on ``directory``, read-only (see the module
-    docstring); ``trusted_checkpoint`` and ``expected_genesis`` pin what the auditor holds."""
+    docstring); ``trusted_checkpoint`` and ``expected_genesis`` pin what the auditor holds.
+    ``workers``: processes to use (default: two where there are two cores); half the entry
+    signatures and the distinct ε recomputations then run beside the other checks, with
+    the same checks made and the same report."""
     directory = Path(directory)
     hooks: list[VerifierHook] = [AggregateHook(), ModelChainHook(), PrivacyHook()]
     if chain_url is not None:
@@ -358,7 +391,8 @@ def audit(directory: Path | str, *, trusted_checkpoint: str | None = None,
 
         hooks.append(chain_hook(directory, chain_url, contract))
     report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint,
-                        expected_genesis=expected_genesis)
+                        expected_genesis=expected_genesis,
+                        workers=default_workers() if workers is None else workers)
     report.notes.extend(CANNOT_PROVE)
     summary = summarise(report.log, report.state) if report.ok and report.state is not None else None
     return AuditReport(report, summary)

@@ -6,7 +6,7 @@ no torch, no secret of any party.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,14 @@ from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION,
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
-from .privacy.accounting import PrivacyRecord, SpendRecord, privacy_record_from_json, recorded_epsilon, verify_claim
+from .privacy.accounting import (
+    HistorySummary,
+    PrivacyRecord,
+    SpendRecord,
+    privacy_record_from_json,
+    recorded_epsilon,
+    verify_summary_claim,
+)
 from .privacy.errors import PrivacyError
 from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ProtocolError
@@ -69,14 +76,19 @@ def check_epsilon_claims(
     histories: Mapping[str, Sequence[PrivacyRecord]], claims: Mapping[str, Any], *, where: str
 ) -> None:
     """Every claimed cumulative ε must equal the recomputation over the client's whole history."""
+    _check_summary_claims({c: HistorySummary.of(histories.get(c, ())) for c in claims}, claims, where=where)
+
+
+def _check_summary_claims(summaries: Mapping[str, HistorySummary], claims: Mapping[str, Any], *, where: str) -> None:
+    """:func:`check_epsilon_claims` over histories folded into summaries (O(1) per claim)."""
     for client, claimed in sorted(claims.items()):
-        history = histories.get(client, ())
-        if not history:
+        summary = summaries.get(client)
+        if summary is None or summary.last is None:
             if claimed != 0:
                 raise SemanticCheckError(f"{where}: client {client!r} claims ε={claimed!r} with no recorded training")
             continue
         try:
-            verify_claim(list(history), claimed, where=f"{where}, client {client!r}")
+            verify_summary_claim(summary, claimed, where=f"{where}, client {client!r}")
         except PrivacyError as exc:
             raise SemanticCheckError(str(exc)) from exc
 
@@ -150,14 +162,18 @@ def spend_rule_violation(record: SpendRecord, *, planned: SpendRecord) -> str | 
 
 
 def check_transcript_identities(
-    transcript: Mapping[str, Any], registered: Mapping[str, bytes], *, where: str
+    transcript: Mapping[str, Any], registered: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]], *,
+    where: str,
 ) -> None:
     """Identity keys a transcript vouches with (masking's signed advertisements and seed
     commitments) must be the clients' keys registered at genesis, or a server could sign
-    its own substitutes."""
+    its own substitutes. ``registered`` may be a function giving them, called only when
+    the transcript names keys (parsing every client's key is not free)."""
     claimed = transcript.get("identity_keys")
     if claimed is None:
         return
+    if callable(registered):
+        registered = registered()
     if not isinstance(claimed, Mapping):
         raise SemanticCheckError(f"{where}: transcript 'identity_keys' is not a mapping")
     for client, key in sorted(claimed.items()):
@@ -169,7 +185,7 @@ def check_transcript_identities(
 
 def registered_records(state: LedgerState) -> dict[str, int]:
     """Client id -> its record count, public and fixed at genesis (its FedAvg weight)."""
-    return {c: int(v["data_weight"]) for c, v in state.clients().items()}
+    return {c: int(w) for c, w in state.data_weights().items()}
 
 
 def aggregate_rule_violation(
@@ -267,7 +283,7 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     protocol = view.opened.payload["protocol"]
     settings = FederationSettings.from_json(genesis.payload["settings"])
     where = f"round {view.round}"
-    check_transcript_identities(transcript, registered_client_keys(state), where=where)
+    check_transcript_identities(transcript, lambda: registered_client_keys(state), where=where)
     check_paillier_key(view.opened, settings, pinned=paillier_key, where=where)
     check_threshold_key(transcript, view.opened.payload.get("protocol_params"), state.validators(), where=where)
     summed = transcript.get("survivors" if protocol == "masking" else "included")
@@ -378,10 +394,15 @@ class PrivacyHistories:
 
     Every record is checked against the rules as it is added: genesis fixes the settings,
     each ``round_open`` the plan's σ per participant (:func:`privacy_rule_violation`).
+    Identical records (every client of a round signs the same planned record) are parsed
+    and checked once: both are pure functions of the record's JSON, the plan's σ and the
+    genesis settings, and a record that fails is refused each time it appears.
     """
 
     def __init__(self) -> None:
         self.records: dict[str, list[SpendRecord]] = {}
+        self.summaries: dict[str, HistorySummary] = {}
+        """The same histories folded for ε (:class:`~bfl_private.privacy.accounting.HistorySummary`)."""
         self.size = 0
         """Log entries consumed by :meth:`sync`."""
         self.settings: FederationSettings | None = None
@@ -391,12 +412,15 @@ class PrivacyHistories:
         """The open round's planned σ per participant (local DP)."""
         self.planned: SpendRecord | None = None
         """The open round's one allowed record (distributed DP)."""
+        self._parsed: dict[tuple[Any, ...], SpendRecord] = {}
+        self._allowed: set[tuple[Any, ...]] = set()
 
     def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
         for offset, entry in enumerate(entries):
             if entry.type == GENESIS:
                 self.settings = FederationSettings.from_json(entry.payload["settings"])
                 self.registered = {c["id"]: int(c["data_weight"]) for c in entry.payload["clients"]}
+                self._allowed = set()
             elif entry.type == ROUND_OPEN:
                 self._open(entry)
             elif entry.type == SUBMISSION:
@@ -404,15 +428,41 @@ class PrivacyHistories:
                 where = f"entry {first_index + offset} (round {entry.round}, {client})"
                 if self.settings is None:
                     raise SemanticCheckError(f"{where}: a submission before genesis")
-                try:
-                    record = privacy_record_from_json(entry.payload["privacy"], where=where)
-                except PrivacyError as exc:
-                    raise SemanticCheckError(str(exc)) from exc
-                violation = (spend_rule_violation(record, planned=self.planned) if self.planned is not None else
-                             privacy_rule_violation(record, planned_sigma=self.plan.get(client), settings=self.settings))
-                if violation is not None:
-                    raise SemanticCheckError(f"{where}: {violation}")
+                record = self._record(entry.payload["privacy"], where=where)
+                self._check_rules(record, self.plan.get(client), where=where)
                 self.records.setdefault(client, []).append(record)
+                summary = self.summaries.get(client)
+                if summary is None:
+                    summary = self.summaries[client] = HistorySummary()
+                summary.add(record)
+
+    def _record(self, data: Any, *, where: str) -> SpendRecord:
+        """``privacy_record_from_json(data)``, memoised on the exact JSON value (types included)."""
+        key = _json_key(data)
+        record = self._parsed.get(key) if key is not None else None
+        if record is None:
+            try:
+                record = privacy_record_from_json(data, where=where)
+            except PrivacyError as exc:
+                raise SemanticCheckError(str(exc)) from exc
+            if key is not None:
+                self._parsed[key] = record
+        return record
+
+    def _check_rules(self, record: SpendRecord, planned_sigma: Any, *, where: str) -> None:
+        """The open round's spend rule under the genesis settings (distributed DP: the plan's one
+        record, :func:`spend_rule_violation`; local DP: the plan's σ for this client,
+        :func:`privacy_rule_violation`), remembering what passed."""
+        key = (record, self.planned if self.planned is not None else _json_key(planned_sigma))
+        if key[1] is not None and key in self._allowed:
+            return
+        assert self.settings is not None
+        violation = (spend_rule_violation(record, planned=self.planned) if self.planned is not None else
+                     privacy_rule_violation(record, planned_sigma=planned_sigma, settings=self.settings))
+        if violation is not None:
+            raise SemanticCheckError(f"{where}: {violation}")
+        if key[1] is not None:
+            self._allowed.add(key)
 
     def _open(self, entry: Entry) -> None:
         if self.settings is None:
@@ -438,11 +488,13 @@ class PrivacyHistories:
         """A copy with ``entries`` (a proposed, uncommitted block) added."""
         copy = PrivacyHistories()
         copy.records = {c: list(r) for c, r in self.records.items()}
+        copy.summaries = {c: s.copy() for c, s in self.summaries.items()}
         copy.size = self.size
         copy.settings = self.settings
         copy.registered = self.registered
         copy.plan = dict(self.plan)
         copy.planned = self.planned
+        copy._parsed, copy._allowed = self._parsed, set(self._allowed)
         copy.add(entries, first_index=self.size)
         return copy
 
@@ -450,7 +502,39 @@ class PrivacyHistories:
         """Every ε claim of a close or abort among ``entries`` (already added) must recompute."""
         for entry in entries:
             if entry.type in (ROUND_CLOSE, ABORT):
-                check_epsilon_claims(self.records, entry.payload["cumulative_epsilon"], where=f"round {entry.round}")
+                _check_summary_claims(self.summaries, entry.payload["cumulative_epsilon"], where=f"round {entry.round}")
+
+    def claim_keys(self, entries: Sequence[Entry]) -> list[Any]:
+        """The accountant calls :meth:`check_claims` would make for ``entries`` (already
+        added), without checking anything: for computing them ahead of time."""
+        keys = []
+        for entry in entries:
+            if entry.type in (ROUND_CLOSE, ABORT):
+                for client in entry.payload["cumulative_epsilon"]:
+                    summary = self.summaries.get(client)
+                    if summary is not None and summary.last is not None:
+                        keys.append(summary.epsilon_key())
+        return keys
+
+
+def _json_key(value: Any) -> tuple[Any, ...] | None:
+    """A hashable key equal only for equal JSON values of equal types (``1`` is not ``1.0``
+    nor ``True``; floats by their exact bits); None for anything but a flat object or a
+    scalar."""
+    if isinstance(value, Mapping):
+        items = []
+        for name, item in value.items():
+            key = _json_key(item)
+            if key is None or isinstance(item, Mapping):
+                return None
+            items.append((name, key))
+        return ("object", tuple(items))
+    kind = type(value)
+    if kind is float:
+        return (kind, value.hex())
+    if kind in (int, bool, str) or value is None:
+        return (kind, value)
+    return None
 
 
 def registered_client_keys(state: LedgerState) -> dict[str, bytes]:

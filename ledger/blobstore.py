@@ -12,6 +12,7 @@ Reads always re-hash: a blob whose bytes do not match its name is an error, not 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -66,6 +67,7 @@ class BlobStore:
     def __init__(self, root: Path, *, create: bool = True) -> None:
         """Open ``root``; with ``create=False`` (auditors) a missing directory is a StorageError."""
         self.root = Path(root)
+        self._root_text = str(self.root)
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
@@ -101,14 +103,16 @@ class BlobStore:
 
     def get(self, cid: str) -> bytes:
         """The bytes named ``cid``, re-hashed: CIDMismatch if missing or altered."""
-        path = self.path_of(cid)
+        digest = parse_cid(cid)  # validated first, so no path tricks (as path_of)
         try:
-            data = path.read_bytes()
+            with open(os.path.join(self._root_text, cid), "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             raise CIDMismatch(f"blob {cid} is missing from {self.root}") from None
         except OSError as exc:
             raise StorageError(f"blob {cid} in {self.root} is unreadable: {exc}") from None
-        check_cid(cid, data)
+        if hashlib.sha256(data).digest() != digest:
+            check_cid(cid, data)  # raises CIDMismatch with the reference message
         return data
 
     def has(self, cid: str) -> bool:
@@ -117,13 +121,15 @@ class BlobStore:
 
     def __iter__(self) -> Iterator[str]:
         """The CIDs present, sorted; temporary and foreign files are skipped."""
-        for path in sorted(self.root.iterdir()):
+        with os.scandir(self.root) as listing:
+            found = sorted((entry.name, entry) for entry in listing)
+        for name, entry in found:
             try:
-                parse_cid(path.name)
+                parse_cid(name)
             except MalformedRecord:
                 continue
-            if path.is_file():
-                yield path.name
+            if entry.is_file():  # follows symbolic links, as Path.is_file
+                yield name
 
     # --- canonical JSON records --------------------------------------------------------
 

@@ -16,7 +16,9 @@ byte against ``rfc8785.dumps``.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -103,6 +105,51 @@ def _encode(obj: Any, out: Callable[[str], None]) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _float_text(value: float) -> str:
+    """ECMAScript spelling of a finite double (memoised: ledgers repeat the same σ, q and ε
+    in every submission and close). ``-0.0 == 0.0`` share an entry; both are ``0``. NaN and
+    infinities raise, and a raise is never cached."""
+    return rfc8785.dumps(value).decode("ascii")
+
+
+def _fast(obj: Any) -> str:
+    """:func:`_encode` for the exact JSON types the ledger writes, returning the text.
+
+    Anything else (subclasses, non-string or non-ASCII keys, values JCS refuses) is handed
+    to :func:`_encode` for that subtree, which writes the same bytes or raises its error.
+    """
+    kind = type(obj)
+    if kind is str:
+        return encode_basestring(obj)
+    if kind is dict:
+        keys = list(obj)
+        for key in keys:
+            if type(key) is not str or not key.isascii():
+                break
+        else:
+            # ASCII keys: code point order is UTF-16 code unit order.
+            keys.sort()
+            return "{" + ",".join([encode_basestring(k) + ":" + _fast(obj[k]) for k in keys]) + "}"
+    elif kind is list or kind is tuple:
+        return "[" + ",".join([_fast(item) for item in obj]) + "]"
+    elif kind is int:
+        if -_MAX_SAFE_INTEGER <= obj <= _MAX_SAFE_INTEGER:
+            return int.__repr__(obj)
+    elif kind is float:
+        if math.isfinite(obj):
+            return _float_text(obj)
+    elif obj is None:
+        return "null"
+    elif obj is True:
+        return "true"
+    elif obj is False:
+        return "false"
+    parts: list[str] = []
+    _encode(obj, parts.append)
+    return "".join(parts)
+
+
 def canonical_bytes(obj: Any) -> bytes:
     """RFC 8785 bytes of ``obj`` (dicts with str keys, lists/tuples, str, int, float, bool, None).
 
@@ -110,10 +157,9 @@ def canonical_bytes(obj: Any) -> bytes:
     (RFC 8785 §3.2.2.3 / I-JSON), integers beyond ±2^53 - 1, non-string keys, strings
     that are not Unicode scalar values (lone surrogates), other types.
     """
-    parts: list[str] = []
-    _encode(obj, parts.append)
+    text = _fast(obj)
     try:
-        return "".join(parts).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedRecord(
             f"value cannot be canonicalised as RFC 8785 JSON: a string is not valid Unicode ({exc.reason})"
@@ -121,7 +167,10 @@ def canonical_bytes(obj: Any) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    result = {}
     for key, value in pairs:
         if key in result:
             raise ValueError(f"duplicate object key {key!r}")

@@ -189,6 +189,10 @@ class LedgerState:
         """Client id -> registration, ``epsilon_spent`` and ``balance`` (a copy)."""
         return _json_copy(self._get("clients"))
 
+    def data_weights(self) -> dict[str, int]:
+        """Client id -> registered record count (``data_weight``), without copying the rest."""
+        return {name: record["data_weight"] for name, record in self._get("clients").items()}
+
     def validators(self) -> dict[str, dict[str, Any]]:
         """Validator id -> registration and ``balance`` (a copy)."""
         return _json_copy(self._get("validators"))

@@ -33,14 +33,18 @@ cleanly truncated copy is indistinguishable from a shorter ledger, which the not
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..primitives.ed25519 import first_invalid
 from .blobstore import BlobStore
 from .blocks import (
     GENESIS_PREV,
@@ -249,6 +253,17 @@ class VerifierHook(ABC):
 
     name: str = "semantic hook"
 
+    def begin(self, entries: Sequence[Entry], executor: Executor | None) -> None:
+        """Called once the log has been read and parsed (check 1 passed), before the other
+        checks run; by default nothing. With an ``executor`` (other processes), a hook may
+        start work there that its checks will need later, e.g. figures to recompute. It
+        checks nothing and must not raise: the entries are not verified yet, so whatever it
+        starts is only ever a cache that :meth:`check_block` fills in the same way."""
+
+    def end(self) -> None:
+        """Called when the run finishes, passed or not (collect or drop what :meth:`begin`
+        started); by default nothing."""
+
     @abstractmethod
     def check_block(self, context: BlockContext) -> None:
         """Check one block; return None or raise a VerificationError subclass."""
@@ -366,6 +381,9 @@ class _Audit:
         self.notes: dict[str, list[int]] = {}
         """Note text -> the rounds it was noted for (collapsed: one line per text)."""
         self.loc = _Location()
+        self.executor: Executor | None = None
+        self.signature_share: tuple[int, Future[int | None]] | None = None
+        """(first log index, pending result) of the signatures handed to another process."""
 
     def note(self, text: str, *, round: int | None = None) -> None:
         rounds = self.notes.setdefault(text, [])
@@ -496,11 +514,35 @@ class _Audit:
         return f"{len(self.blocks)} roots, {len(nodes)} subtree hashes"
 
     # 4 -------------------------------------------------------------------------------------
+    def share_signatures(self) -> None:
+        """Hand the second half of the entry signatures to another process (after check 1),
+        so they are verified while this one runs checks 2 and 3 and the first half."""
+        if self.executor is None or len(self.entries) < 2 * _MIN_SHARE:
+            return
+        try:
+            keys = genesis_keys(self.entries[0].payload, where="entry 0 (genesis)")
+        except VerificationError:
+            return  # check 4 names it
+        start = len(self.entries) // 2
+        items = _signature_items(self.entries, keys, start, len(self.entries))
+        if items is not None:
+            try:
+                self.signature_share = (start, self.executor.submit(first_invalid, items))
+            except Exception:  # noqa: BLE001, S110 - no second process: check 4 does it all here
+                pass
+
     def entry_signatures(self) -> str:
         try:
             self.keys = genesis_keys(self.entries[0].payload, where="entry 0 (genesis)")
         except MalformedRecord as exc:
             raise MalformedRecord(f"entry 0 (genesis): bad verifier key: {exc}") from None
+        if self.signature_share is not None:
+            start, shared = self.signature_share
+            mine = _signature_items(self.entries, self.keys, 0, start)
+            if mine is not None and first_invalid(mine) is None and _result(shared) is None:
+                return f"{len(self.entries)} signatures"
+        # One process, or a refusal somewhere: the reference loop, which names the first
+        # entry (in log order) whose signature does not verify.
         for block in self.blocks:
             self.loc.block = block.height
             for index in block.entry_range:
@@ -577,6 +619,37 @@ class _Audit:
         return f"{len(self.blocks)} blocks"
 
 
+_MIN_SHARE = 256
+"""Fewer signatures than this a process are not worth handing to another one."""
+
+
+def _signature_items(entries: Sequence[Entry], keys: dict[str, VerifyingKey], start: int, end: int
+                     ) -> list[tuple[bytes, bytes, bytes]] | None:
+    """(public key, signature, signed bytes) of ``entries[start:end]`` under the keys their
+    authors name; None if an author is unknown (the reference loop then names it)."""
+    items = []
+    for entry in entries[start:end]:
+        key = keys.get(entry.author)
+        if key is None or key.key_id_hex != entry.author:
+            return None
+        items.append((key.public_bytes(), entry.signature, entry.signed_bytes()))
+    return items
+
+
+def _result(future: Future[int | None]) -> int | None | Exception:
+    """A shared share's outcome; the exception if its process failed (a refusal, for the
+    caller: the reference loop then checks everything itself)."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool
+        return exc
+
+
+def default_workers() -> int:
+    """Processes a run uses by default: two where there are two cores, else one."""
+    return min(2, os.cpu_count() or 1)
+
+
 CHECKS: tuple[tuple[int, str, Callable[[_Audit], str]], ...] = (
     (1, "storage integrity", _Audit.storage_integrity),
     (2, "hash chain of blocks", _Audit.hash_chain),
@@ -594,8 +667,14 @@ def run_checks(
     hooks: Sequence[VerifierHook] = (),
     trusted_checkpoint: str | None = None,
     expected_genesis: str | None = None,
+    workers: int = 1,
 ) -> VerificationReport:
     """Run every check in order and return the report (failures are in it, not raised).
+
+    ``workers`` > 1 starts that many processes less one beside this one: half the entry
+    signatures are verified there while checks 2 and 3 run, and hooks may start work there
+    (:meth:`VerifierHook.begin`). Every check is still made and the report is the same: a
+    refusal found anywhere is re-found by the one-process path, which names its entry.
 
     ``trusted_checkpoint`` is a signed checkpoint note obtained earlier (e.g. from a
     witness): the ledger must extend it, which catches truncation and forks that a
@@ -615,11 +694,23 @@ def run_checks(
     steps += [(len(CHECKS) + 1 + i, hook.name, partial(audit.run_hook, hook))
               for i, hook in enumerate(hooks)]
     report = VerificationReport(str(directory), [CheckResult(n, name) for n, name, _ in steps])
+    if workers > 1:
+        # The platform's default start method (fork on Linux up to Python 3.13): spawn would
+        # re-run a caller's script that lacks an ``if __name__ == "__main__"`` guard.
+        audit.executor = ProcessPoolExecutor(max_workers=workers - 1,
+                                             mp_context=multiprocessing.get_context())
     try:
-        for result, (_, _, step) in zip(report.checks, steps):
+        for result, (number, _, step) in zip(report.checks, steps):
             try:
                 result.detail = step()
                 result.status = "passed"
+                if number == 1:
+                    audit.share_signatures()
+                    for hook in hooks:
+                        try:
+                            hook.begin(tuple(audit.entries), audit.executor)
+                        except Exception:  # noqa: BLE001, S112 - a head start only, never a check
+                            continue
             except VerificationError as exc:
                 result.status, result.detail = "failed", str(exc)
                 result.error_type = type(exc).__name__
@@ -631,6 +722,10 @@ def run_checks(
                                          f"{where}: {exc}")
                 break
     finally:
+        for hook in hooks:
+            hook.end()
+        if audit.executor is not None:
+            audit.executor.shutdown(wait=True, cancel_futures=True)
         if audit.store is not None:
             audit.store.close()
     if expected is None:
@@ -719,9 +814,10 @@ def verify_ledger(
     hooks: Sequence[VerifierHook] = (),
     trusted_checkpoint: str | None = None,
     expected_genesis: str | None = None,
+    workers: int = 1,
 ) -> VerificationReport:
     """Like :func:`run_checks`, but raise the first failure's VerificationError subclass."""
     report = run_checks(directory, hooks=hooks, trusted_checkpoint=trusted_checkpoint,
-                        expected_genesis=expected_genesis)
+                        expected_genesis=expected_genesis, workers=workers)
     report.raise_for_failure()
     return report

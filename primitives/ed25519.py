@@ -12,6 +12,8 @@ callers keep one exception to turn into their own named error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cryptography.exceptions import InvalidSignature
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
@@ -32,3 +34,15 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> Non
         crypto_sign_open(bytes(signature) + bytes(message), bytes(public_key))
     except (BadSignatureError, NaclValueError):
         raise InvalidSignature("Ed25519 signature does not verify") from None
+
+
+def first_invalid(items: Sequence[tuple[bytes, bytes, bytes]]) -> int | None:
+    """Position of the first ``(public_key, signature, message)`` in ``items`` that
+    :func:`verify_signature` refuses, or None when every one verifies. A picklable unit of
+    work: a verifier hands a share of its signatures to another process with it."""
+    for position, (public_key, signature, message) in enumerate(items):
+        try:
+            verify_signature(public_key, signature, message)
+        except InvalidSignature:
+            return position
+    return None

@@ -24,12 +24,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import privacy_loss_distribution as pld_privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from .errors import ConfigurationError, EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
@@ -315,6 +317,9 @@ def privacy_record_from_json(data: Any, *, where: str) -> SpendRecord:
     return PrivacyRecord.from_json(data, where=where)
 
 
+_MIXED = "a history mixes local DP-SGD and distributed-DP records; a federation's privacy mode is fixed at genesis"
+
+
 def _skellam_epsilon(records: Sequence[SkellamRecord], *, delta: float) -> float:
     """ε at ``delta`` of a history of distributed-DP rounds (RDP composition)."""
     times: dict[tuple[float, ...], int] = {}
@@ -326,6 +331,8 @@ def _skellam_epsilon(records: Sequence[SkellamRecord], *, delta: float) -> float
 
 Mechanisms = tuple[tuple[float, float, int], ...]
 """Canonical history: sorted (noise_multiplier, sample_rate, total steps) per distinct mechanism."""
+EpsilonKey = tuple[Mechanisms, float, str, "float | None", str]
+"""The arguments of one accountant call: mechanisms, δ, accountant, discretisation, relation."""
 
 
 def canonical_mechanisms(records: Sequence[PrivacyRecord]) -> Mechanisms:
@@ -369,13 +376,70 @@ def make_accountant(
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
 
 
-@functools.lru_cache(maxsize=4096)
+_EPSILONS: dict[EpsilonKey, float] = {}
+_EPSILONS_MAX = 4096
+
+
 def _epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None, relation: str) -> float:
+    """ε of a canonical history, memoised on its arguments (the 4096 most recently used)."""
+    key = (mechanisms, delta, accountant, interval, relation)
+    value = _EPSILONS.pop(key, None)
+    if value is None:
+        value = _compute_epsilon(*key)
+        if len(_EPSILONS) >= _EPSILONS_MAX:
+            del _EPSILONS[next(iter(_EPSILONS))]  # the least recently used
+    _EPSILONS[key] = value
+    return value
+
+
+def _remember(key: EpsilonKey, value: float) -> None:
+    _EPSILONS.pop(key, None)
+    if len(_EPSILONS) >= _EPSILONS_MAX:
+        del _EPSILONS[next(iter(_EPSILONS))]
+    _EPSILONS[key] = value
+
+
+def _compute_epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None,
+                     relation: str) -> float:
     if not mechanisms:
         return 0.0
+    if accountant == "pld":
+        return _pld_epsilon(mechanisms, delta, interval, relation)
+    return _accountant_epsilon(mechanisms, delta, accountant, interval, relation)
+
+
+def _accountant_epsilon(mechanisms: Mechanisms, delta: float, accountant: str, interval: float | None,
+                        relation: str) -> float:
+    """ε through a ``dp-accounting`` accountant composing :func:`_event` (the reference)."""
     engine = make_accountant(accountant, value_discretization_interval=interval, neighboring_relation=relation)
     engine.compose(_event(mechanisms))
     return float(engine.get_epsilon(delta))
+
+
+def _pld_epsilon(mechanisms: Mechanisms, delta: float, interval: float | None, relation: str) -> float:
+    """The PLD accountant's own steps for :func:`_event`, with each mechanism's one-step PLD
+    built once per process (:func:`_subsampled_gaussian_pld`): ``PLDAccountant`` starts
+    from the identity PLD and, for every ``SelfComposedDpEvent(PoissonSampledDpEvent(q,
+    GaussianDpEvent(σ)), n)``, composes ``from_gaussian_mechanism(σ, q).self_compose(n)``;
+    so do we, call for call, which gives the same bits (a test compares the two). Building
+    the one-step PLD is two thirds of the work, and a history that grows round by round
+    asks for the same one every round."""
+    check_accountant("pld", interval, where="accountant")
+    check_relation(relation, "pld", where="accountant")
+    pld = pld_privacy_loss_distribution.identity(value_discretization_interval=interval)
+    for sigma, rate, steps in mechanisms:
+        pld = pld.compose(_subsampled_gaussian_pld(sigma, rate, interval, relation).self_compose(steps))
+    return float(pld.get_epsilon_for_delta(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def _subsampled_gaussian_pld(sigma: float, rate: float, interval: float | None,
+                             relation: str) -> pld_privacy_loss_distribution.PrivacyLossDistribution:
+    """One step of the Poisson-subsampled Gaussian, as ``PLDAccountant`` builds it (immutable:
+    composing returns new distributions)."""
+    return pld_privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=sigma, value_discretization_interval=interval, sampling_prob=rate,
+        neighboring_relation=NEIGHBORING_RELATIONS[relation])
 
 
 def cumulative_epsilon(
@@ -406,6 +470,124 @@ def cumulative_epsilon(
     return _epsilon(canonical_mechanisms(records), delta, accountant, value_discretization_interval, neighboring_relation)
 
 
+class HistorySummary:
+    """A history folded record by record into what :func:`recorded_epsilon` reads: the
+    steps per (σ, q) of :func:`canonical_mechanisms`, the neighbouring relations and
+    library versions seen, and the latest record. Adding a record is O(1), so a verifier
+    that checks a claim after every round of a long history does not re-walk it (the
+    walk is what made checking R rounds of claims cost R² record visits).
+
+    ``HistorySummary.of(records)`` gives exactly the figure and the errors that
+    ``records`` give to :func:`recorded_epsilon` and :func:`verify_claim`.
+    """
+
+    __slots__ = ("kinds", "last", "relations", "releases", "steps", "versions")
+
+    def __init__(self) -> None:
+        self.steps: dict[tuple[float, float], int] = {}
+        """Local DP-SGD: steps per (σ, q)."""
+        self.releases: dict[tuple[float, ...], int] = {}
+        """Distributed DP: rounds per RDP curve (as :func:`_skellam_epsilon` composes them)."""
+        self.kinds: set[type] = set()
+        self.relations: set[str] = set()
+        self.versions: set[str] = set()
+        self.last: SpendRecord | None = None
+
+    @classmethod
+    def of(cls, records: Sequence[SpendRecord]) -> HistorySummary:
+        summary = cls()
+        for record in records:
+            summary.add(record)
+        return summary
+
+    def add(self, record: SpendRecord) -> None:
+        if isinstance(record, SkellamRecord):
+            curve = record.rdp()
+            self.releases[curve] = self.releases.get(curve, 0) + 1
+        else:
+            key = (float(record.noise_multiplier), float(record.sample_rate))
+            self.steps[key] = self.steps.get(key, 0) + record.steps
+        self.kinds.add(type(record))
+        self.relations.add(record.neighboring_relation)
+        self.versions.add(record.library_version)
+        self.last = record
+
+    def copy(self) -> HistorySummary:
+        other = HistorySummary()
+        other.steps, other.releases, other.kinds = dict(self.steps), dict(self.releases), set(self.kinds)
+        other.relations, other.versions, other.last = set(self.relations), set(self.versions), self.last
+        return other
+
+    def mechanisms(self) -> Mechanisms:
+        """:func:`canonical_mechanisms` of the records added."""
+        return tuple((sigma, rate, n) for (sigma, rate), n in sorted(self.steps.items()))
+
+    def epsilon_key(self) -> EpsilonKey | None:
+        """The arguments of the accountant call :func:`recorded_epsilon` makes (None for an
+        empty or a distributed-DP history, which :meth:`epsilon` composes itself, cheaply);
+        raises as it does for a history it cannot compose."""
+        last = self.last
+        if last is None or isinstance(last, SkellamRecord):
+            return None
+        delta = check_delta(last.delta, where="cumulative_epsilon")
+        interval = resolve_interval(last.accountant, last.value_discretization_interval)
+        check_accountant(last.accountant, interval, where="cumulative_epsilon")
+        check_relation(last.neighboring_relation, last.accountant, where="cumulative_epsilon")
+        others = sorted(self.relations - {last.neighboring_relation})
+        if others:
+            raise MalformedPrivacyRecord(
+                f"cumulative_epsilon: records under {', '.join(others)} cannot be composed under "
+                f"{last.neighboring_relation!r}"
+            )
+        return self.mechanisms(), delta, last.accountant, interval, last.neighboring_relation
+
+    def epsilon(self) -> float:
+        """:func:`recorded_epsilon` of the records added."""
+        if len(self.kinds) > 1:
+            raise MalformedPrivacyRecord(_MIXED)
+        if isinstance(self.last, SkellamRecord):
+            return composed_epsilon(sorted(self.releases.items()), delta=self.last.delta)
+        key = self.epsilon_key()
+        return 0.0 if key is None else _epsilon(*key)
+
+
+def start_epsilons(keys: Sequence[EpsilonKey | None], executor: Executor
+                   ) -> list[tuple[EpsilonKey, Future[float | None]]]:
+    """Start the distinct accountant calls ``keys`` not yet memoised on ``executor`` (other
+    processes); :func:`finish_epsilons` stores their figures in the memo.
+
+    Only a speed-up: each figure is the same deterministic computation a later call would
+    make, so it is the same bits; a key that fails is left for that call to raise.
+    """
+    todo = [k for k in dict.fromkeys(keys) if k is not None and k not in _EPSILONS]
+    return [(key, executor.submit(_epsilon_or_none, key)) for key in todo]
+
+
+def finish_epsilons(started: Sequence[tuple[EpsilonKey, Future[float | None]]]) -> None:
+    """Memoise the figures :func:`start_epsilons` started. Rather than wait idle, this
+    process takes back the calls no worker has begun, from the last one backwards (the
+    workers take them from the first), and computes them itself."""
+    for key, future in reversed(started):
+        if future.cancel():
+            _epsilon_or_none(key)  # memoised by _epsilon; a failure is raised by the real call
+    for key, future in started:
+        if future.cancelled():
+            continue
+        try:
+            value = future.result()
+        except Exception:  # noqa: BLE001, S112 - a lost worker: the figure is computed when asked for
+            continue
+        if value is not None:
+            _remember(key, value)
+
+
+def _epsilon_or_none(key: EpsilonKey) -> float | None:
+    try:
+        return _epsilon(*key)
+    except Exception:  # noqa: BLE001 - the caller's own computation raises it
+        return None
+
+
 def recorded_epsilon(records: Sequence[SpendRecord]) -> float:
     """Cumulative ε as its latest record says to compute it (its δ, accountant, discretisation).
 
@@ -415,10 +597,8 @@ def recorded_epsilon(records: Sequence[SpendRecord]) -> float:
     if not records:
         return 0.0
     last = records[-1]
-    kinds = {type(r) for r in records}
-    if len(kinds) > 1:
-        raise MalformedPrivacyRecord("a history mixes local DP-SGD and distributed-DP records; a federation's "
-                                     "privacy mode is fixed at genesis")
+    if len({type(r) for r in records}) > 1:
+        raise MalformedPrivacyRecord(_MIXED)
     if isinstance(last, SkellamRecord):
         return _skellam_epsilon(records, delta=last.delta)
     return cumulative_epsilon(
@@ -437,11 +617,17 @@ def verify_claim(records: Sequence[SpendRecord], claimed_epsilon: float, *, wher
     floating-point differences between machines. A record written with another
     ``dp-accounting`` version is named in the message, since it may explain a difference.
     """
-    actual = recorded_epsilon(records)
+    return verify_summary_claim(HistorySummary.of(records), claimed_epsilon, where=where, rel_tol=rel_tol)
+
+
+def verify_summary_claim(summary: HistorySummary, claimed_epsilon: float, *, where: str,
+                         rel_tol: float = 1e-9) -> float:
+    """:func:`verify_claim` of the records folded into ``summary``."""
+    actual = summary.epsilon()
     if isinstance(claimed_epsilon, bool) or not isinstance(claimed_epsilon, (int, float)) or not math.isclose(
         float(claimed_epsilon), actual, rel_tol=rel_tol, abs_tol=1e-12
     ):
-        versions = sorted({r.library_version for r in records} - {LIBRARY_VERSION})
+        versions = sorted(summary.versions - {LIBRARY_VERSION})
         note = f" (records written with {LIBRARY} {', '.join(versions)}, recomputed with {LIBRARY_VERSION})" if versions else ""
         raise EpsilonMismatch(f"{where}: claimed cumulative ε {claimed_epsilon!r}, recomputed {actual!r}{note}")
     return actual

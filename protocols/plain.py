@@ -138,11 +138,33 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     bound = float(transcript.get("bound", np.inf))
     vectors = {}
     length = None
+    undecodable: MalformedInput | None = None
     for client in included:
-        vector = decode_submission(submissions[client], client=client, length=length)
+        try:
+            vector = decode_submission(submissions[client], client=client, length=length)
+        except MalformedInput as exc:
+            undecodable = exc  # raised after the range check of the clients before it
+            break
         length = vector.shape[0]
-        reason = _range_violation(vector, bound)
-        if reason is not None:
-            raise MalformedInput(f"submission of {client!r} was accepted but has {reason}")
         vectors[client] = vector
+    # The range rule for all decoded vectors at once; the first offender (in the
+    # transcript's order) is then named by the per-vector check, as one at a time would.
+    offenders = _out_of_range_rows(list(vectors.values()), bound)
+    if offenders.size:
+        client = list(vectors)[int(offenders[0])]
+        reason = _range_violation(vectors[client], bound)
+        raise MalformedInput(f"submission of {client!r} was accepted but has {reason}")
+    if undecodable is not None:
+        raise undecodable
     return sum_in_order(vectors)
+
+
+def _out_of_range_rows(vectors: list[np.ndarray], bound: float) -> np.ndarray:
+    """Positions of the vectors :func:`_range_violation` refuses (non-finite values or a
+    magnitude above ``bound``), checked for all of them in one numpy pass."""
+    if not vectors:
+        return np.empty(0, dtype=np.intp)
+    stacked = np.stack(vectors)
+    finite = np.isfinite(stacked).all(axis=1)
+    worst = np.max(np.abs(stacked), axis=1, initial=0.0).astype(np.float64)
+    return np.flatnonzero(~finite | (worst > bound))

@@ -31,7 +31,13 @@ from bfl_private.coordinator import Federation
 from bfl_private.distributed_round import DistributedPlan, ServerState, next_model, plan_round
 from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION
 from bfl_private.ledger.store import Ledger
-from bfl_private.privacy.accounting import PrivacyRecord, SkellamRecord, privacy_record_from_json, recorded_epsilon
+from bfl_private.privacy.accounting import (
+    HistorySummary,
+    PrivacyRecord,
+    SkellamRecord,
+    privacy_record_from_json,
+    recorded_epsilon,
+)
 from bfl_private.privacy.errors import ConfigurationError, MalformedPrivacyRecord
 from bfl_private.privacy.skellam import distributed_skellam_epsilon
 from bfl_private.protocols.base import ForgedInput
@@ -295,6 +301,12 @@ def test_skellam_records_parse_strictly() -> None:
     local = PrivacyRecord(noise_multiplier=1.0, sample_rate=0.1, steps=1, clipping_norm=1.0)
     with pytest.raises(MalformedPrivacyRecord, match="mixes"):
         recorded_epsilon([record, local])
+    with pytest.raises(MalformedPrivacyRecord, match="mixes"):
+        HistorySummary.of([record, local]).epsilon()
+    # The verifier's folded history gives the very bits the coordinator charged.
+    other = dataclasses.replace(record, participants=9)
+    history = [record, other, record]
+    assert HistorySummary.of(history).epsilon() == recorded_epsilon(history)
 
 
 def test_the_audit_of_a_distributed_ledger_recomputes_without_torch(federation: Path) -> None:

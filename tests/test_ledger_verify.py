@@ -456,3 +456,69 @@ def test_committed_blocks_still_in_the_wal_are_verified_from_a_snapshot(copy, tm
         assert listing(evidence) == before
     finally:
         make_writable(evidence)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> tuple[Path, Federation]:
+    """Rounds of 300 clients: enough entries (> 512) for two processes to share check 4."""
+    directory = tmp_path_factory.mktemp("wide") / "ledger"
+    return directory, build_ledger(directory, rounds=2, clients=300)
+
+
+def forged_round(directory: Path, federation: Federation) -> None:
+    """A certified round in which client-0's submission is signed by client-2's key."""
+    entries = next_round(directory, federation)
+    victim = entries[1]
+    record = json.loads(victim.to_bytes())
+    record["sig"] = base64.b64encode(federation.clients["client-2"].sign(victim.signed_bytes())).decode()
+    append_unchecked(directory, federation,
+                     [entries[0], Entry.from_bytes(canonical_bytes(record), where="forged"), *entries[2:]])
+
+
+@pytest.mark.parametrize(("rounds_after", "half"), [(0, "second"), (3, "first")])
+def test_signatures_shared_between_processes_fail_alike(wide, tmp_path: Path, rounds_after: int,
+                                                        half: str) -> None:
+    """With two processes, the second half of the signatures is verified in the other one;
+    a forgery in either half fails check 4 with the same error, block and entry as in one
+    process."""
+    source, federation = wide
+    directory = tmp_path / "ledger"
+    shutil.copytree(source, directory)
+    forged_round(directory, federation)
+    with Ledger.open(directory) as ledger:
+        for number in range(4, 4 + rounds_after):
+            federation.run_round(ledger, number)
+    one, two = run_checks(directory, workers=1), run_checks(directory, workers=2)
+    assert one.failure is not None and (one.failure.number, one.failure.block) == (4, 3)
+    assert (one.failure.entry < one.entries // 2) == (half == "first")
+    assert vars(one.failure) == vars(two.failure)
+    assert str(one.error) == str(two.error) and type(one.error) is type(two.error)
+    assert one.to_json() == two.to_json()
+
+
+def test_two_processes_give_the_same_report_on_a_sound_ledger(wide) -> None:
+    directory, _ = wide
+    one, two = run_checks(directory, workers=1), run_checks(directory, workers=2)
+    assert one.ok and two.ok and one.entries > 512
+    assert one.to_json() == two.to_json()
+
+
+def test_a_second_process_that_cannot_start_leaves_the_checks_to_this_one(wide, monkeypatch) -> None:
+    """A pool that refuses work (a broken or forbidden second process) slows the run down,
+    nothing else: every check is made here and the report is the same."""
+    from bfl_private.ledger import verify
+
+    class Refusing:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("no second process here")
+
+        def shutdown(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    directory, _ = wide
+    expected = run_checks(directory, workers=1).to_json()
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", Refusing)
+    assert run_checks(directory, workers=2).to_json() == expected

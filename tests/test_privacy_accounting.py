@@ -13,11 +13,15 @@ from scipy.stats import norm
 
 from bfl_private.privacy.accounting import (
     DEFAULT_PLD_DISCRETIZATION,
+    HistorySummary,
     PrivacyRecord,
     cumulative_epsilon,
+    finish_epsilons,
     history_event,
     recorded_epsilon,
+    start_epsilons,
     verify_claim,
+    verify_summary_claim,
 )
 from bfl_private.privacy.errors import EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
 
@@ -202,3 +206,64 @@ def test_replace_one_costs_about_twice_and_histories_do_not_mix_relations() -> N
     with pytest.raises(MalformedPrivacyRecord, match="cannot compute replace_one"):
         PrivacyRecord(noise_multiplier=1.3, sample_rate=0.25, steps=3, clipping_norm=1.0, accountant="rdp",
                       neighboring_relation="replace_one")
+
+
+def _outcome(function, *args, **kwargs):
+    try:
+        return "ok", function(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - compared, type and message
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("history", [
+    [],
+    [record(1.1, 0.25, 3)],
+    [record(1.1, 0.25, 3), record(0.9, 0.25, 3), record(1.1, 0.25, 5), record(1.1, 0.1, 2)],
+    [record(1.1, 0.25, 3, library_version="0.0.1"), record(1.1, 0.25, 3)],
+    [record(1.1, 0.25, 3, accountant="rdp"), record(1.2, 0.25, 3, accountant="rdp")],
+    [record(1.1, 0.25, 3, neighboring_relation="replace_one"), record(1.1, 0.25, 3)],
+    [record(1.1, 0.25, 3), record(1.1, 0.25, 3, delta=1e-6)],
+])
+def test_a_history_summary_gives_what_the_records_give(history) -> None:
+    """The incremental fold the verifier uses: same ε, same errors, same mismatch message."""
+    summary = HistorySummary.of(history)
+    assert _outcome(summary.epsilon) == _outcome(recorded_epsilon, history)
+    for claimed in (0.0, 1.0, _outcome(recorded_epsilon, history)[1]):
+        if isinstance(claimed, str):
+            continue
+        assert (_outcome(verify_summary_claim, summary, claimed, where="round 3")
+                == _outcome(verify_claim, history, claimed, where="round 3"))
+
+
+def test_epsilons_computed_in_another_process_are_the_same_bits() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bfl_private.privacy import accounting
+
+    histories = [[record(0.8 + 0.01 * k, 0.25, 3)] * k for k in range(1, 4)]
+    keys = [HistorySummary.of(h).epsilon_key() for h in histories]
+    for key in keys:
+        accounting._EPSILONS.pop(key, None)
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        started = start_epsilons([*keys, keys[0], None], pool)
+        assert len(started) == len(keys)
+        finish_epsilons(started)
+    precomputed = [accounting._EPSILONS[key] for key in keys]
+    assert precomputed == [accounting._compute_epsilon(*key) for key in keys]
+    assert [recorded_epsilon(h) for h in histories] == precomputed
+
+
+@pytest.mark.parametrize("mechanisms, delta, interval, relation", [
+    (((1.1, 0.25, 3),), 1e-5, 1e-3, "zero_out"),
+    (((0.5954984712628422, 0.25, 150),), 1e-5, 1e-3, "zero_out"),
+    (((0.9, 0.25, 3), (1.1, 0.25, 6), (1.1, 0.1, 4)), 1e-5, 1e-3, "zero_out"),
+    (((0.9, 0.25, 30),), 1e-6, 1e-3, "replace_one"),
+    (((0.9, 0.1, 12),), 1e-5, 1e-4, "zero_out"),
+])
+def test_the_pld_path_with_a_shared_one_step_pld_gives_the_accountants_bits(mechanisms, delta, interval,
+                                                                          relation) -> None:
+    from bfl_private.privacy import accounting
+
+    reference = accounting._accountant_epsilon(mechanisms, delta, "pld", interval, relation)
+    for _ in range(2):  # the one-step PLD built, then reused
+        assert accounting._pld_epsilon(mechanisms, delta, interval, relation).hex() == reference.hex()

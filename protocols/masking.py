@@ -174,6 +174,7 @@ def _reconstruct_checked(
     threshold: int,
     secret_bytes: int,
     valid: Callable[[bytes], bool],
+    coefficients: Mapping[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> tuple[bytes, tuple[int, ...]] | None:
     """Recover a secret that passes ``valid`` from shares of which some may be bad.
 
@@ -188,7 +189,10 @@ def _reconstruct_checked(
     def attempt(subset: Sequence[int]) -> bytes | None:
         try:
             secret = shamir.combine(
-                {x: shares[x] for x in subset}, threshold=threshold, secret_bytes=secret_bytes
+                {x: shares[x] for x in subset},
+                threshold=threshold,
+                secret_bytes=secret_bytes,
+                coefficients=coefficients,
             )
         except MalformedInput:  # interpolates to a value wider than the secret
             return None
@@ -282,9 +286,10 @@ class MaskingClient:
         self._require(len(peers), "share", "neighbours advertised keys")
         self._self_seed = os.urandom(SEED_BYTES)
         xs = tuple(p + 1 for p in peers)
-        b_shares = shamir.split(self._self_seed, threshold=self.params.threshold, xs=xs)
-        s_shares = shamir.split(
-            ka.private_bytes(self._mask_key), threshold=self.params.threshold, xs=xs
+        b_shares, s_shares = shamir.split_many(
+            [self._self_seed, ka.private_bytes(self._mask_key)],
+            threshold=self.params.threshold,
+            xs=xs,
         )
         items = []
         for peer, x in zip(peers, xs):
@@ -776,6 +781,16 @@ class MaskingServer:
                     )
         names = self.params.clients
         round_id = self.params.round_id
+        # Each secret has its own holders, hence its own abscissa set: the Lagrange
+        # coefficients of every first try (the t smallest abscissas) in one batch.
+        first_tries = {
+            tuple(sorted(shares)[:t])
+            for owner_shares in (b_shares, s_shares)
+            for shares in owner_shares.values()
+        }
+        coefficients = dict(
+            zip(first_tries, shamir.lagrange_at_zero_many(list(first_tries)))
+        )
 
         def reconstruct(
             v: int,
@@ -785,7 +800,9 @@ class MaskingServer:
             what: str,
             check: str,
         ) -> bytes:
-            found = _reconstruct_checked(shares, threshold=t, secret_bytes=size, valid=valid)
+            found = _reconstruct_checked(
+                shares, threshold=t, secret_bytes=size, valid=valid, coefficients=coefficients
+            )
             if found is None:
                 raise BadShare(
                     f"round {round_id}: reconstructed {what} of client {names[v]!r} does not match its "

@@ -9,6 +9,15 @@ masks — timed in the same process with the same ``update_into`` into a reused 
 with nothing else done. Each is the best of two runs. Dropouts happen at the ``mask`` stage (after sharing keys), the
 costliest case for the server.
 
+Scale rows (``scale=N``): N = 100, 300, 1,000, 3,000 at D = 1e5, k = 20 (t = 14), 10% of
+clients dropped at the ``mask`` stage, drawn at random among the draws that leave every
+client at least t live neighbours (an unrestricted draw aborts the round at N = 3,000). Besides the keystream floor they carry a second,
+higher floor: the public-key operations the protocol requires of all parties (Ed25519
+verifications and signatures, X25519 agreements and key generations), counted from the
+round's transcript and graph and priced at unit costs timed in the same process. What is
+left above keystream + public-key floor is our own overhead (parsing, Shamir, HKDF,
+AES-GCM, Python).
+
     python -m bench.bench_masking          # full grid
     python -m bench.bench_masking --quick  # CI subset
 """
@@ -21,7 +30,7 @@ import time
 import numpy as np
 from bfl_private.protocols.errors import TooManyDropouts
 from bfl_private.protocols.masking import secure_sum
-from bfl_private.protocols.masking_graph import neighbour_graph
+from bfl_private.protocols.masking_graph import default_threshold, neighbour_graph
 from bfl_private.protocols.prg import DEFAULT_CHUNK_WORDS, new_seed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -60,18 +69,117 @@ def keystream_floor(streams: int, length: int) -> float:
     return time.process_time() - start
 
 
-def measure(n: int, length: int, neighbours: int | None, dropout: float) -> dict:
+SEED = b"bench-round-seed" * 2
+SCALE_SIZES = (100, 300, 1_000, 3_000)
+SCALE_K = 20
+SCALE_D = 100_000
+
+
+def public_key_operations(transcript: dict, n: int) -> dict[str, int]:
+    """Public-key operations a round requires of all its parties, from its transcript.
+
+    Every client generates two X25519 keys and signs its advertisement and its seed
+    commitment; a sharer verifies its live neighbours' advertisements and agrees a cipher
+    key with each; a survivor agrees a mask seed with each sharing neighbour, signs U3 and
+    verifies t neighbours' signatures over it; the server verifies every advertisement,
+    commitment and acknowledgement and agrees the dangling seeds of dropped sharers.
+    """
+    index = {name: i for i, name in enumerate(transcript["clients"])}
+    advertised = {index[c] for c in transcript["advertisements"]}
+    shared = {index[c] for c in transcript["shared"]}
+    survivors = {index[c] for c in transcript["survivors"]}
+    k = transcript["neighbours"] if transcript["neighbours"] is not None else n - 1
+    t = transcript["threshold"]
+    graph = neighbour_graph(n, k, bytes.fromhex(transcript["round_seed"]))
+    client_adverts = sum(len(advertised.intersection(graph[u])) for u in shared)
+    consistency = sum(min(t, len(survivors.intersection(graph[u]))) for u in survivors)
+    dangling = sum(len(survivors.intersection(graph[v])) for v in shared - survivors)
+    return {
+        "ed25519_verify": client_adverts + consistency + len(advertised) + len(shared) + len(survivors),
+        "ed25519_sign": len(advertised) + len(shared) + len(survivors),
+        "x25519_agree": client_adverts + sum(len(shared.intersection(graph[u])) for u in survivors) + dangling,
+        "x25519_keygen": 2 * n + len(shared - survivors),  # + the server's check of each revealed key
+    }
+
+
+def _unit_costs() -> dict[str, float]:
+    """CPU seconds of one of each public-key operation, best of three batches of 200."""
+    from bfl_private.protocols import keyagreement as ka
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    identity = Ed25519PrivateKey.generate()
+    public = ka.public_bytes(identity)
+    message = bytes(145)
+    signature = ka.sign(identity, message)
+    mine, peer = X25519PrivateKey.generate(), ka.public_bytes(X25519PrivateKey.generate())
+    ops = {
+        "ed25519_verify": lambda: ka.verify(public, signature, message, what="bench"),
+        "ed25519_sign": lambda: ka.sign(identity, message),
+        "x25519_agree": lambda: ka.agree(mine, peer, what="bench"),
+        "x25519_keygen": lambda: ka.public_bytes(X25519PrivateKey.generate()),
+    }
+    costs = {}
+    for name, op in ops.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            for _ in range(200):
+                op()
+            best = min(best, (time.process_time() - start) / 200)
+        costs[name] = best
+    return costs
+
+
+def measure_scale(n: int, *, repeats: int = REPEATS) -> dict:
+    """One SecAgg+ round at N = n, D = 1e5, k = 20, 10% mask-stage dropouts, against both floors."""
+    row = measure(n, SCALE_D, SCALE_K, 0.1, repeats=repeats, feasible=True)
+    if "aborted" in row:
+        return row
+    ops = row.pop("_operations")
+    units = _unit_costs()
+    public_key = sum(count * units[name] for name, count in ops.items())
+    return {
+        "suite": "masking",
+        "scale": n,
+        "d": SCALE_D,
+        "graph": f"sparse k={SCALE_K}",
+        "dropout": 0.1,
+        "cpu_s": row["cpu_s"],
+        "baseline": "AES-128-CTR keystream floor (same process)",
+        "floor_s": row["floor_s"],
+        "public_key_floor_s": round(public_key, 4),
+        "overhead_s": round(row["cpu_s"] - row["floor_s"] - public_key, 4),
+        "keystream_gb": row["keystream_gb"],
+        **{f"count_{name}": count for name, count in ops.items()},
+        **{f"unit_us_{name}": round(cost * 1e6, 2) for name, cost in units.items()},
+        "ratio": row["ratio"],
+        "ratio_to_both_floors": round(row["cpu_s"] / (row["floor_s"] + public_key), 2),
+    }
+
+
+def measure(
+    n: int, length: int, neighbours: int | None, dropout: float, *, repeats: int = REPEATS, feasible: bool = False
+) -> dict:
     rng = np.random.default_rng(n * 1_000_003 + length)
     vectors = [rng.integers(0, 1 << 32, length, dtype=np.uint32) for _ in range(n)]
     dropped = rng.choice(n, size=round(dropout * n), replace=False)
+    if feasible and neighbours is not None:
+        # Redraw until no neighbourhood loses more than k - t: at N = 3,000 an iid 10% draw
+        # almost surely leaves some client with fewer than t = 14 of its 20 holders, and the
+        # round then (rightly) aborts; the scale rows measure rounds that finish.
+        graph_ = neighbour_graph(n, neighbours, SEED)
+        slack = neighbours - default_threshold(neighbours)
+        while max(len(set(dropped).intersection(graph_[u])) for u in range(n)) > slack:
+            dropped = rng.choice(n, size=round(dropout * n), replace=False)
     drop = {int(i): "mask" for i in dropped}
     graph = "complete" if neighbours is None else f"sparse k={neighbours}"
     row = {"suite": "masking", "n": n, "d": length, "graph": graph, "dropout": dropout}
     cpu = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.process_time()
         try:
-            result = secure_sum(vectors, neighbours=neighbours, drop=drop, seed=b"bench-round-seed" * 2)
+            result = secure_sum(vectors, neighbours=neighbours, drop=drop, seed=SEED)
         except TooManyDropouts as abort:
             return {**row, "aborted": str(abort)}
         cpu = min(cpu, time.process_time() - start)
@@ -82,7 +190,9 @@ def measure(n: int, length: int, neighbours: int | None, dropout: float) -> dict
         raise AssertionError(f"benchmark round {row} produced a wrong total")
     streams = keystream_streams(result.transcript, n)
     floor = min(keystream_floor(streams, length) for _ in range(REPEATS))
+    extra = {"_operations": public_key_operations(result.transcript, n)} if length == SCALE_D and neighbours == SCALE_K else {}
     return {
+        **extra,
         **row,
         "cpu_s": round(cpu, 4),
         "baseline": "AES-128-CTR keystream floor (same process)",
@@ -103,7 +213,30 @@ def run(*, quick: bool) -> list[dict]:
                 for dropout in (0.0, 0.1):
                     k = None if graph == "complete" else _sparse_k(n)
                     rows.append(measure(n, length, k, dropout))
+    for n in SCALE_SIZES[:2] if quick else SCALE_SIZES:
+        rows.append(measure_scale(n))
     return rows
+
+
+def scale_table(rows: list[dict]) -> str:
+    """Cost against N (the scale rows) against the keystream and public-key floors."""
+    lines = [
+        "| N | D | graph | dropout | CPU s (all parties) | AES-CTR floor s | public-key floor s | "
+        "overhead s | CPU / N (ms) | CPU / keystream floor | CPU / both floors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "scale" not in r:
+            continue
+        if "aborted" in r:
+            lines.append(f"| {r['scale']} | | | | aborted: {r['aborted']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['scale']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | {r['cpu_s']:.2f} | "
+            f"{r['floor_s']:.2f} | {r['public_key_floor_s']:.2f} | {r['overhead_s']:.2f} | "
+            f"{1e3 * r['cpu_s'] / r['scale']:.2f} | {r['ratio']:.2f}x | {r['ratio_to_both_floors']:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict]) -> str:
@@ -112,6 +245,8 @@ def _table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "scale" in r:
+            continue
         if "aborted" in r:
             lines.append(
                 f"| {r['n']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | aborted: {r['aborted']} | | | |"
@@ -125,4 +260,11 @@ def _table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(_table(run(quick="--quick" in sys.argv[1:])))
+    if "--scale" in sys.argv[1:]:  # only the scale rows: python -m bench.bench_masking --scale [N ...]
+        sizes = [int(a) for a in sys.argv[1:] if a.isdigit()] or list(SCALE_SIZES)
+        print(scale_table([measure_scale(n) for n in sizes]))
+    else:
+        rows = run(quick="--quick" in sys.argv[1:])
+        print(_table(rows))
+        print()
+        print(scale_table(rows))

@@ -174,6 +174,7 @@ def _reconstruct_checked(
     threshold: int,
     secret_bytes: int,
     valid: Callable[[bytes], bool],
+    coefficients: Mapping[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> tuple[bytes, tuple[int, ...]] | None:
     """Recover a secret that passes ``valid`` from shares of which some may be bad.
 
@@ -188,7 +189,10 @@ def _reconstruct_checked(
     def attempt(subset: Sequence[int]) -> bytes | None:
         try:
             secret = shamir.combine(
-                {x: shares[x] for x in subset}, threshold=threshold, secret_bytes=secret_bytes
+                {x: shares[x] for x in subset},
+                threshold=threshold,
+                secret_bytes=secret_bytes,
+                coefficients=coefficients,
             )
         except MalformedInput:  # interpolates to a value wider than the secret
             return None
@@ -239,7 +243,9 @@ class MaskingClient:
         self._cipher_secrets: dict[int, bytes] = {}
         self._peer_shares: dict[int, tuple[int, int]] = {}
         self._self_seed: bytes | None = None
-        self._survivors: tuple[int, ...] | None = None
+        self._survivors: np.ndarray | None = None
+        self._survivor_payload = b""
+        self._surviving_peers: frozenset[int] = frozenset()
         self._done: set[str] = set()
         self._expander = MaskExpander()
 
@@ -280,9 +286,10 @@ class MaskingClient:
         self._require(len(peers), "share", "neighbours advertised keys")
         self._self_seed = os.urandom(SEED_BYTES)
         xs = tuple(p + 1 for p in peers)
-        b_shares = shamir.split(self._self_seed, threshold=self.params.threshold, xs=xs)
-        s_shares = shamir.split(
-            ka.private_bytes(self._mask_key), threshold=self.params.threshold, xs=xs
+        b_shares, s_shares = shamir.split_many(
+            [self._self_seed, ka.private_bytes(self._mask_key)],
+            threshold=self.params.threshold,
+            xs=xs,
         )
         items = []
         for peer, x in zip(peers, xs):
@@ -387,20 +394,23 @@ class MaskingClient:
     def acknowledge(self, survivor_set: bytes) -> bytes:
         """Consistency check, part 1: sign the survivor set the server announced."""
         self._once("acknowledge")
-        message = SurvivorSet.from_bytes(survivor_set)
-        check_round(self.params, message.round_id, "survivor set")
-        survivors = frozenset(message.survivors)
-        if self.index not in survivors:
+        # U3 has N entries and every client reads it: parse and search it with numpy, so
+        # the client's own work stays O(k log N) in Python (no set of N built per client).
+        round_id, survivors = SurvivorSet.decode(survivor_set)
+        check_round(self.params, round_id, "survivor set")
+        if not _contains(survivors, np.array([self.index]))[0]:
             raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
-        if not survivors & self._neighbours <= set(self._peer_shares):
+        neighbours = np.array(self.params.graph[self.index], dtype=np.int64)
+        surviving = frozenset(neighbours[_contains(survivors, neighbours)].tolist())
+        if not surviving <= self._peer_shares.keys():
             raise MalformedInput(
                 f"survivor set names neighbours of client {self.index} that never shared keys"
             )
         self._require(len(survivors), "unmask", "survivors announced")
-        self._survivors = message.survivors
-        signature = ka.sign(
-            self._identity, survivor_payload(self.params.round_id, message.survivors)
-        )
+        self._survivors = survivors
+        self._surviving_peers = surviving
+        self._survivor_payload = survivor_payload(self.params.round_id, survivors)
+        signature = ka.sign(self._identity, self._survivor_payload)
         return Acknowledgements(
             Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
         ).to_bytes()
@@ -412,27 +422,32 @@ class MaskingClient:
                 f"client {self.index} was asked to unmask before acknowledging a survivor set"
             )
         self._once("unmask")
-        message = Acknowledgements.from_bytes(signature_list, Acknowledgements.LIST)
-        check_round(self.params, message.round_id, "signature list")
-        payload = survivor_payload(self.params.round_id, self._survivors)
+        round_id, _, signatures = Acknowledgements.decode(signature_list, Acknowledgements.LIST)
+        check_round(self.params, round_id, "signature list")
+        outsiders = signatures.ids[~_contains(self._survivors, signatures.ids)]
+        if outsiders.size:
+            raise MalformedInput(
+                f"signature list holds a signature of {int(outsiders[0])}, which is not a survivor"
+            )
+        # Only neighbours' views decide which of our shares we reveal, and t of them
+        # agreeing is the whole guarantee: checking more would cost without adding to it.
+        # The neighbours' signatures are found by binary search, in increasing order.
         verified = 0
-        for signer, signature in message.signatures:
-            if signer not in self._survivors:
-                raise MalformedInput(
-                    f"signature list holds a signature of {signer}, which is not a survivor"
-                )
-            # Only neighbours' views decide which of our shares we reveal, and t of them
-            # agreeing is the whole guarantee: checking more would cost without adding to it.
-            if signer in self._neighbours and verified < self.params.threshold:
-                ka.verify(
-                    self._identity_keys[signer],
-                    signature,
-                    payload,
-                    what=f"consistency check at client {self.index}: client {signer}'s signature over the survivor set",
-                )
-                verified += 1
+        for signer in self.params.graph[self.index]:
+            if verified >= self.params.threshold:
+                break
+            position = signatures.find(signer)
+            if position is None:
+                continue
+            ka.verify(
+                self._identity_keys[signer],
+                signatures.entry(position),
+                self._survivor_payload,
+                what=f"consistency check at client {self.index}: client {signer}'s signature over the survivor set",
+            )
+            verified += 1
         self._require(verified, "unmask", "neighbours' valid survivor-set signatures")
-        survivors = frozenset(self._survivors)
+        survivors = self._surviving_peers
         b_shares = tuple(
             (p, shamir.encode_share(s[0]))
             for p, s in sorted(self._peer_shares.items())
@@ -453,6 +468,14 @@ class MaskingClient:
                 required=self.params.threshold,
                 available=count,
             )
+
+
+def _contains(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in the sorted array ``sorted_ids`` (binary search, no set)."""
+    if sorted_ids.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    positions = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)
+    return sorted_ids[positions] == values
 
 
 def _verify_advertisement(
@@ -504,6 +527,8 @@ class MaskingServer:
         self.identity_keys = tuple(identity_keys)
         self.stage: str = "advertise"
         self.adverts: dict[int, KeyAdvertisement] = {}
+        self._advert_bytes: dict[int, bytes] = {}
+        self._survivor_payload = b""
         self.advertised: frozenset[int] = frozenset()
         self._bundles: dict[int, SealedShares] = {}
         self.bad_shares: dict[int, tuple[int, ...]] = {}
@@ -600,6 +625,7 @@ class MaskingServer:
             advert.sender, range(len(self.params.clients)), self.adverts, "key advertisement"
         )
         self.adverts[advert.sender] = advert
+        self._advert_bytes[advert.sender] = advert.to_bytes()
 
     def close_advertise(self) -> dict[int, list[bytes]]:
         """U1, pruned; returns for each member its live neighbours' advertisements."""
@@ -608,7 +634,7 @@ class MaskingServer:
         self.stage = "share"
         self._check_live("advertise", self.advertised)
         return {
-            u: [self.adverts[v].to_bytes() for v in self.params.graph[u] if v in self.advertised]
+            u: [self._advert_bytes[v] for v in self.params.graph[u] if v in self.advertised]
             for u in sorted(self.advertised)
         }
 
@@ -684,6 +710,7 @@ class MaskingServer:
                 raise self._abort(
                     "mask", holders, f"surviving share holders of client {self.params.clients[v]!r}"
                 )
+        self._survivor_payload = survivor_payload(self.params.round_id, sorted(self.survivors))
         return SurvivorSet(self.params.round_id, tuple(sorted(self.survivors))).to_bytes()
 
     # -- stage 4 -----------------------------------------------------------------------
@@ -699,7 +726,7 @@ class MaskingServer:
         ka.verify(
             self.identity_keys[message.party],
             signature,
-            survivor_payload(self.params.round_id, sorted(self.survivors)),
+            self._survivor_payload,
             what=f"survivor-set signature of client {message.party}",
         )
         self._acks[message.party] = signature
@@ -754,6 +781,16 @@ class MaskingServer:
                     )
         names = self.params.clients
         round_id = self.params.round_id
+        # Each secret has its own holders, hence its own abscissa set: the Lagrange
+        # coefficients of every first try (the t smallest abscissas) in one batch.
+        first_tries = {
+            tuple(sorted(shares)[:t])
+            for owner_shares in (b_shares, s_shares)
+            for shares in owner_shares.values()
+        }
+        coefficients = dict(
+            zip(first_tries, shamir.lagrange_at_zero_many(list(first_tries)))
+        )
 
         def reconstruct(
             v: int,
@@ -763,7 +800,9 @@ class MaskingServer:
             what: str,
             check: str,
         ) -> bytes:
-            found = _reconstruct_checked(shares, threshold=t, secret_bytes=size, valid=valid)
+            found = _reconstruct_checked(
+                shares, threshold=t, secret_bytes=size, valid=valid, coefficients=coefficients
+            )
             if found is None:
                 raise BadShare(
                     f"round {round_id}: reconstructed {what} of client {names[v]!r} does not match its "
@@ -893,7 +932,8 @@ def run_round(
         if identities is not None
         else [Ed25519PrivateKey.generate() for _ in range(n)]
     )
-    identity_keys = [ka.public_bytes(key) for key in identities]
+    # One tuple shared by every client (tuple() of a tuple is the same object: no N copies).
+    identity_keys = tuple(ka.public_bytes(key) for key in identities)
     forged = dict(forged_messages or {})
     rejected: dict[int, tuple[str, bytes]] = {}
     server = MaskingServer(params, identity_keys=identity_keys)
@@ -1251,6 +1291,7 @@ class MaskingProtocol(AggregationProtocol):
             if missing:
                 raise ConfigurationError(f"no identity key for clients {missing}")
             identities = [self.identities[name] for name in names]
+        position = {name: i for i, name in enumerate(names)}  # not names.index: no N^2
         encoded = [
             _forged_levels(forged[name], length) if name in forged and forged[name].values is not None
             else self.codec.encode(updates[name], rng)
@@ -1259,9 +1300,9 @@ class MaskingProtocol(AggregationProtocol):
         outcome = run_round(
             params,
             encoded,
-            drop={names.index(c): s for c, s in (drop or {}).items()},
+            drop={position[c]: s for c, s in (drop or {}).items()},
             identities=identities,
-            forged_messages={names.index(c): f.message for c, f in forged.items() if f.message is not None},
+            forged_messages={position[c]: f.message for c, f in forged.items() if f.message is not None},
         )
         transcript = {**outcome.transcript, "codec": self.codec.to_json()}
         included = tuple(names[i] for i in outcome.included)

@@ -119,3 +119,86 @@ def test_bad_arguments_are_named(call, message: str) -> None:
 def test_shares_round_trip_through_bytes() -> None:
     value = random.Random(1).randrange(shamir.PRIME)
     assert shamir.decode_share(shamir.encode_share(value)) == value
+
+
+def _scalar_lagrange(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """One inversion per coefficient, reduced at every step: the textbook form."""
+    p = shamir.PRIME
+    out = []
+    for i, xi in enumerate(xs):
+        numerator, denominator = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                numerator = numerator * xj % p
+                denominator = denominator * (xj - xi) % p
+        out.append(numerator * pow(denominator, -1, p) % p)
+    return tuple(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sets=st.lists(
+        st.sets(
+            st.one_of(st.integers(1, 5000), st.integers(1, shamir.PRIME - 1)),
+            min_size=1,
+            max_size=25,
+        ),
+        min_size=0,
+        max_size=12,
+    )
+)
+def test_batched_lagrange_equals_scalar_lagrange(sets) -> None:
+    """One Montgomery inversion for all sets gives the per-coefficient inversions' result,
+    for small party numbers and for any field elements."""
+    sets = [tuple(random.sample(sorted(s), len(s))) for s in sets]
+    assert shamir.lagrange_at_zero_many(sets) == [_scalar_lagrange(xs) for xs in sets]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    secrets_=st.lists(st.binary(min_size=1, max_size=32), min_size=1, max_size=3),
+    n=st.integers(2, 25),
+    data=st.data(),
+)
+def test_split_many_deals_each_secret_like_split(secrets_, n: int, data) -> None:
+    """Several secrets dealt in one pass: each is recovered from any t of its own shares,
+    the shares are the textbook evaluation of a polynomial with that constant term, and
+    the polynomials are independent (no two secrets share coefficients)."""
+    t = data.draw(st.integers(1, n))
+    xs = sorted(data.draw(st.sets(st.integers(1, 10**6), min_size=n, max_size=n)))
+    dealt = shamir.split_many(secrets_, threshold=t, xs=xs)
+    assert len(dealt) == len(secrets_)
+    for secret, shares in zip(secrets_, dealt):
+        assert sorted(shares) == xs
+        subset = data.draw(st.lists(st.sampled_from(xs), min_size=t, max_size=n, unique=True))
+        assert _interpolate_at_zero({x: shares[x] for x in subset[:t]}) == int.from_bytes(secret, "big")
+        got = shamir.combine({x: shares[x] for x in subset}, threshold=t, secret_bytes=len(secret))
+        assert got == secret
+    if t > 1 and len(secrets_) > 1 and n > t:
+        x = xs[-1]
+        differences = {(s[x] - int.from_bytes(c, "big")) % shamir.PRIME for c, s in zip(secrets_, dealt)}
+        assert len(differences) == len(secrets_)
+
+
+def test_evaluate_is_the_polynomial_at_each_abscissa() -> None:
+    p = shamir.PRIME
+    rng = random.Random(5)
+    polynomials = [(rng.randrange(p), [rng.randrange(p) for _ in range(d)]) for d in (0, 3, 7)]
+    xs = [1, 2, 77, 4096]
+    got = shamir.evaluate(polynomials, xs)
+    for (constant, coefficients), shares in zip(polynomials, got):
+        for x in xs:
+            assert shares[x] == (constant + sum(c * pow(x, j + 1, p) for j, c in enumerate(coefficients))) % p
+
+
+def test_combine_uses_given_coefficients_and_agrees_with_computing_them() -> None:
+    secret = os.urandom(32)
+    shares = shamir.split(secret, threshold=4, xs=range(1, 9))
+    xs = (2, 3, 5, 7)
+    table = dict(zip([xs], shamir.lagrange_at_zero_many([xs])))
+    subset = {x: shares[x] for x in xs}
+    assert shamir.combine(subset, threshold=4, secret_bytes=32, coefficients=table) == secret
+    assert shamir.combine(subset, threshold=4, secret_bytes=32, coefficients={}) == secret
+    wrong = {xs: tuple(reversed(table[xs]))}
+    # The table is what combine uses: wrong coefficients give a wrong secret.
+    assert shamir.combine(subset, threshold=4, secret_bytes=32, coefficients=wrong) != secret

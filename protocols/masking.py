@@ -400,20 +400,26 @@ class MaskingClient:
         check_round(self.params, round_id, "survivor set")
         if not _contains(survivors, np.array([self.index]))[0]:
             raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
+        self._require(len(survivors), "unmask", "survivors announced")
+        self.accept_survivors(survivors)
+        signature = ka.sign(self._identity, self._survivor_payload)
+        return Acknowledgements(
+            Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
+        ).to_bytes()
+
+    def accept_survivors(self, survivors: np.ndarray) -> None:
+        """Hold the sorted survivor set ``survivors`` (int64 ids containing this client) and
+        what derives from it: the surviving neighbours and the payload every survivor signs.
+        Also how a saved client (:mod:`bfl_private.flower.masking_state`) is restored."""
         neighbours = np.array(self.params.graph[self.index], dtype=np.int64)
         surviving = frozenset(neighbours[_contains(survivors, neighbours)].tolist())
         if not surviving <= self._peer_shares.keys():
             raise MalformedInput(
                 f"survivor set names neighbours of client {self.index} that never shared keys"
             )
-        self._require(len(survivors), "unmask", "survivors announced")
         self._survivors = survivors
         self._surviving_peers = surviving
         self._survivor_payload = survivor_payload(self.params.round_id, survivors)
-        signature = ka.sign(self._identity, self._survivor_payload)
-        return Acknowledgements(
-            Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
-        ).to_bytes()
 
     def unmask(self, signature_list: bytes) -> bytes:
         """Consistency check, part 2, then reveal one share per neighbour (never both)."""

@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..ledger.canonical import canonical_bytes
@@ -52,7 +54,7 @@ class PersistentMaskingClient(MaskingClient):
             "peer_shares": {str(p): [shamir.encode_share(b).hex(), shamir.encode_share(s).hex()]
                             for p, (b, s) in sorted(self._peer_shares.items())},
             "self_seed": None if self._self_seed is None else self._self_seed.hex(),
-            "survivors": None if self._survivors is None else list(self._survivors),
+            "survivors": None if self._survivors is None else [int(s) for s in self._survivors],
             "done": sorted(self._done),
         })
 
@@ -81,7 +83,8 @@ class PersistentMaskingClient(MaskingClient):
             seed = state["self_seed"]
             client._self_seed = None if seed is None else _hex(seed, SEED_BYTES, "self-mask seed")
             survivors = state["survivors"]
-            client._survivors = None if survivors is None else tuple(int(s) for s in survivors)
+            if survivors is not None:
+                client.accept_survivors(np.array(sorted(int(s) for s in survivors), dtype=np.int64))
             client._done = set(state["done"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, StageMessageError):

@@ -13,14 +13,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..ledger.canonical import canonical_bytes
 from ..protocols import keyagreement as ka
 from ..protocols import shamir
-from ..protocols.masking import MaskingClient
+from ..protocols.masking import MaskingClient, _contains
 from ..protocols.masking_graph import MaskingParams
-from ..protocols.masking_messages import KeyAdvertisement
+from ..protocols.masking_messages import KeyAdvertisement, survivor_payload
 from ..protocols.prg import SEED_BYTES
 from .errors import StageMessageError
 
@@ -52,7 +53,7 @@ class PersistentMaskingClient(MaskingClient):
             "peer_shares": {str(p): [shamir.encode_share(b).hex(), shamir.encode_share(s).hex()]
                             for p, (b, s) in sorted(self._peer_shares.items())},
             "self_seed": None if self._self_seed is None else self._self_seed.hex(),
-            "survivors": None if self._survivors is None else list(self._survivors),
+            "survivors": None if self._survivors is None else [int(s) for s in self._survivors],
             "done": sorted(self._done),
         })
 
@@ -81,7 +82,13 @@ class PersistentMaskingClient(MaskingClient):
             seed = state["self_seed"]
             client._self_seed = None if seed is None else _hex(seed, SEED_BYTES, "self-mask seed")
             survivors = state["survivors"]
-            client._survivors = None if survivors is None else tuple(int(s) for s in survivors)
+            client._survivors = None if survivors is None else np.array([int(s) for s in survivors], dtype=np.int64)
+            if client._survivors is not None:  # what acknowledge derived from U3, for unmask
+                if np.any(np.diff(client._survivors) <= 0):
+                    raise StageMessageError("saved masking state: survivor set is not strictly increasing")
+                neighbours = np.array(params.graph[client.index], dtype=np.int64)
+                client._surviving_peers = frozenset(neighbours[_contains(client._survivors, neighbours)].tolist())
+                client._survivor_payload = survivor_payload(params.round_id, client._survivors.tolist())
             client._done = set(state["done"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, StageMessageError):

@@ -31,9 +31,10 @@ from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accur
 from .keyring import Keyring
 from .ledger.contracts import min_quorum
 from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
-from .ledger.identity import SigningIdentity
+from .ledger.identity import SigningIdentity, VerifyingKey
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
+from .participant_checks import ParticipantRefusal, ParticipantView, check_opening, refusal_reason
 from .primitives.errors import BflError
 from .privacy.accounting import SpendRecord
 from .privacy.budget import split_by_budget, validate_delta
@@ -364,6 +365,10 @@ class Federation:
         })]
 
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
+        # Each participant checks the opening it is shown before it trains (as a Flower
+        # hospital does): one it refuses leaves the round before advertising, named.
+        declined = self._participant_checks(entries[0], participants)
+        drop.update({c: "advertise" for c in declined})
         answering = [c for c in participants if c not in drop]
         forged = dict(forged or {})
         honest = [c for c in answering if c not in forged]
@@ -439,16 +444,18 @@ class Federation:
             # abort is what gets recorded, with the spend of everyone whose input had left it.
             gone = sorted(drop)
             claims = charge(exc.received)
+            reason = str(exc) + ("; participants refused the round: " +
+                                 "; ".join(f"{c}: {r}" for c, r in sorted(declined.items())) if declined else "")
             entries.append(Entry.create(coordinator, ABORT, round_id, {
-                "stage": exc.stage or "unknown", "reason": str(exc),
+                "stage": exc.stage or "unknown", "reason": reason,
                 "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": claims,
             }))
             self.commit_block(entries)
-            return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), {},
+            return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), declined,
                                 time.perf_counter() - started)
 
         claims = charge({**result.submissions, **result.rejected_submissions})
-        rejected = {**result.rejected, **refused}
+        rejected = {**result.rejected, **refused, **declined}
         model_cid = put_model(self.ledger.blobs, new_params, server_state)
         dropouts = sorted(set(participants) - set(result.included) - set(rejected))
         entries.append(Entry.create(coordinator, ROUND_CLOSE, round_id, {
@@ -467,6 +474,32 @@ class Federation:
         accuracy = self.test_accuracy(new_params if accepted else base)
         return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
                             tuple(dropouts), rejected, time.perf_counter() - started)
+
+    def _shown_opening(self, opening: Entry, client: str) -> Entry:
+        """The round opening ``client`` is shown: the one the block commits (a test seam for
+        a coordinator that shows participants something else)."""
+        return opening
+
+    def _participant_checks(self, opening: Entry, participants: list[str]) -> dict[str, str]:
+        """Each participant's check of the opening it is shown, against genesis and the
+        ledger it syncs (this one): the refusals, by client, as the round records them."""
+        state = self.ledger.state
+        # The ledger is the simulated participants' memory too: every round they submitted
+        # in has ended in it, so "the next round" also refuses a second spend for one round id.
+        view = ParticipantView(model_cid=state.model_cid, last_round=state.last_round)
+        coordinator = VerifyingKey.from_vkey(self.ledger.genesis().payload["coordinator"]["vkey"])
+        declined: dict[str, str] = {}
+        for client in participants:
+            shown = self._shown_opening(opening, client)
+            try:
+                if shown is not opening:  # what this coordinator did not sign itself is verified
+                    shown.verify(coordinator, where=f"round opening shown to {client}")
+                check_opening(shown, settings=self.settings, participant=client, view=view)
+            except ParticipantRefusal as exc:
+                declined[client] = refusal_reason(exc)
+            except BflError as exc:  # a forged or malformed opening is refused too
+                declined[client] = f"refused the round opening: {type(exc).__name__}: {exc}"
+        return declined
 
     def _planned_records(self, plan: CommandPlan, participants: list[str]) -> dict[str, SpendRecord]:
         """The record each participant may sign this round: the plan's σ (local DP) or the

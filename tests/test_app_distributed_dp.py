@@ -214,7 +214,10 @@ def test_understated_noise_fails_the_audit_by_name(copy: Path, monkeypatch: pyte
 
 def test_a_plan_that_ignores_collusion_fails_the_audit(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Sized for t = 0: each share carries 1/N of the noise, so t colluders learn more than claimed.
+    # Honest participants refuse such an opening (WeakParameters, see test_app_participant_checks);
+    # here they do not check, so the audit is what must catch it.
     _colluding_validators(monkeypatch)
+    monkeypatch.setattr(coordinator_module, "check_opening", lambda *a, **k: None)
     honest = distributed_round.plan_round
 
     def no_collusion(settings, **kwargs):

@@ -186,9 +186,20 @@ def recorded(he: Setup) -> tuple[Setup, RecordingTransport]:
 
 
 def _ask(recorded, *, state: bytes | None = None, **changes: Any) -> tuple[dict[str, Any], bytes | None]:
+    """The recorded encrypt request, changed, to the hospital as it was before it took part:
+    its participation record (it submitted in the recorded round, so the request would be
+    refused as AlreadySubmitted before anything else) is set aside meanwhile."""
     he, recorder = recorded
     node = min(he.hospitals)
-    return he.hospitals[node].handle({**recorder.requests["encrypt"][node], **changes}, state)
+    hospital = he.hospitals[node]
+    record = hospital.participation_path
+    aside = record.with_name(record.name + ".aside")
+    record.rename(aside)
+    try:
+        return hospital.handle({**recorder.requests["encrypt"][node], **changes}, state)
+    finally:
+        record.unlink(missing_ok=True)
+        aside.rename(record)
 
 
 def _spent(recorded) -> list[Any]:

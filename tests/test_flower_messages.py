@@ -240,16 +240,24 @@ def test_unknown_data_format_is_refused(tmp_path: Path) -> None:
 # --- the Flower layer --------------------------------------------------------------------
 
 
-def test_client_app_answers_and_refuses_through_flower_messages(recorded) -> None:
+def test_client_app_answers_and_refuses_through_flower_messages(recorded, tmp_path: Path) -> None:
     pytest.importorskip("flwr")
+    import shutil
+
     from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
     from bfl_private.flower.client_app import STATE, app
+    from bfl_private.flower.hospital import PARTICIPATION_FILE
     from bfl_private.flower.stages import MESSAGE_TYPES, RECORD
+    from bfl_private.participant_checks import AlreadySubmitted
 
     recorder, hospitals, folders = recorded
     name = hospitals[NODE].name
-    context = Context(run_id=1, node_id=NODE, node_config={"hospital-dir": str(folders[name])},
+    # the same hospital before it took part: a copy of its folder without the participation record
+    fresh = tmp_path / name
+    shutil.copytree(folders[name], fresh)
+    (fresh / PARTICIPATION_FILE).unlink()
+    context = Context(run_id=1, node_id=NODE, node_config={"hospital-dir": str(fresh)},
                       state=RecordDict(), run_config={})
 
     def message(stage: str, fields: dict[str, Any], record: str = RECORD) -> Message:
@@ -259,6 +267,14 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded) -> Non
                             message_type=MESSAGE_TYPES[stage])
         return Message(content=RecordDict({record: ConfigRecord(fields)}), metadata=metadata)
 
+    # the fixture's hospital submitted in the recorded round: a replayed advertise is refused
+    # even on a fresh Context.state, by name, and recorded in its participation record
+    replayed = Context(run_id=1, node_id=NODE, node_config={"hospital-dir": str(folders[name])},
+                       state=RecordDict(), run_config={})
+    with pytest.raises(AlreadySubmitted):
+        app(message("advertise", recorder.requests["advertise"][NODE]), replayed)
+    assert STATE not in replayed.state
+    assert hospitals[NODE].participation()["refused"][-1]["error"] == "AlreadySubmitted"
     with pytest.raises(OutOfOrderMessage):
         app(message("share", recorder.requests["share"][NODE]), context)
     reply = app(message("advertise", recorder.requests["advertise"][NODE]), context)

@@ -4,8 +4,14 @@ A SuperNode is started with a node config naming the hospital's folder (see
 :mod:`.setup` for how an operator exports one per hospital)::
 
     hospital-dir   folder with identity.ed25519 (0600, raw 32-byte Ed25519 seed),
-                   genesis.json (the federation's signed genesis entry) and the
-                   hospital's privacy-history.json (created on first training)
+                   genesis.json (the federation's signed genesis entry), the
+                   hospital's privacy-history.json (created on first training) and
+                   its participation.json (rounds opened and submitted in, and every
+                   round opening it refused, with the named error)
+    ledger-dir     optional: the hospital's synced copy of the federation's ledger; the
+                   round opening's base model and round number are checked against it
+                   (without it: against genesis' initial model in round 1, and against
+                   the hospital's own participation record)
     data-path      optional: the hospital's records, .npz or .csv (default:
                    hospital-dir/data.npz)
     partition-id, num-partitions
@@ -36,7 +42,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +52,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
 from ..fedavg import weighted_payload
+from ..participant_checks import AlreadySubmitted, ParticipantRefusal, ParticipantView, check_opening, check_protocol
 from ..ledger.canonical import canonical_bytes
 from ..ledger.cid import cid_for
 from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
+from ..primitives.errors import BflError
 from ..ledger.identity import SigningIdentity, VerifyingKey
 from ..protocols.errors import ConfigurationError, ProtocolError
 from ..protocols.masking import encode_submission
@@ -69,6 +77,8 @@ IDENTITY_FILE = "identity.ed25519"
 GENESIS_FILE = "genesis.json"
 DATA_FILE = "data.npz"
 HISTORY_FILE = "privacy-history.json"
+PARTICIPATION_FILE = "participation.json"
+PARTICIPATION_VERSION = 1
 ROUND_STATE_VERSION = 1
 
 
@@ -80,6 +90,7 @@ class Registry:
     settings: FederationSettings
     coordinator: VerifyingKey
     clients: Mapping[str, Mapping[str, Any]]
+    initial_model_cid: str | None = None
 
     @classmethod
     def from_genesis(cls, data: bytes, *, where: str) -> Registry:
@@ -94,7 +105,7 @@ class Registry:
         except (VerificationError, SettingsError) as exc:
             raise HospitalConfigError(f"{where}: {exc}") from exc
         return cls(entry.payload["federation_id"], settings, coordinator,
-                   {c["id"]: c for c in entry.payload["clients"]})
+                   {c["id"]: c for c in entry.payload["clients"]}, entry.payload.get("initial_model_cid"))
 
     def key(self, client: str) -> VerifyingKey:
         if client not in self.clients:
@@ -139,6 +150,23 @@ def load_data_file(path: Path, *, n_classes: int) -> Split:
     if not np.issubdtype(labels.dtype, np.number) or labels.min() < 0 or labels.max() >= n_classes:
         raise HospitalConfigError(f"{path}: labels must be integers in 0..{n_classes - 1}")
     return Split(features.astype(np.float32), labels.astype(np.int64))
+
+
+def ledger_position(directory: Path) -> tuple[str | None, int]:
+    """The current model CID and the last ended round of a hospital's copy of the ledger
+    (opened read-only; its blocks were checked when it was synced)."""
+    from ..ledger.store import DATABASE, Ledger, SQLiteStore
+
+    try:
+        ledger = Ledger(Path(directory), SQLiteStore.open(Path(directory) / DATABASE, read_only=True))
+    except (OSError, BflError) as exc:
+        raise HospitalConfigError(f"ledger-dir {directory}: {exc}") from exc
+    try:
+        state = ledger.state
+        last = state.last_round - (1 if state.open_round is not None else 0)
+        return state.model_cid, last
+    finally:
+        ledger.close()
 
 
 def _config(node_config: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -213,8 +241,10 @@ def _saved_state(data: bytes) -> _RoundState | _Submitted:
 class Hospital:
     """One federation client on its own machine."""
 
-    def __init__(self, *, raw_key: bytes, registry: Registry, data: Callable[[], Split], history_path: Path) -> None:
-        """``data`` loads the records when first needed (only ``mask`` and ``encrypt`` train)."""
+    def __init__(self, *, raw_key: bytes, registry: Registry, data: Callable[[], Split], history_path: Path,
+                 ledger: Callable[[], tuple[str | None, int]] | None = None) -> None:
+        """``data`` loads the records when first needed (only ``mask`` and ``encrypt`` train);
+        ``ledger``, when the hospital syncs one, gives its current model CID and last round."""
         key = Ed25519PrivateKey.from_private_bytes(raw_key)
         public = key.public_key().public_bytes_raw()
         names = [c for c in registry.clients if registry.key(c).public_bytes() == public]
@@ -226,6 +256,8 @@ class Hospital:
         self.registry = registry
         self._load_data = data
         self.history_path = Path(history_path)
+        self.participation_path = self.history_path.with_name(PARTICIPATION_FILE)
+        self._ledger = ledger
 
     @cached_property
     def data(self) -> Split:
@@ -247,6 +279,10 @@ class Hospital:
             raise HospitalConfigError(f"{key_path} must hold a raw 32-byte Ed25519 seed, has {len(raw_key)} bytes")
         registry = Registry.from_genesis(genesis, where=str(folder / GENESIS_FILE))
         history = folder / HISTORY_FILE
+        ledger: Callable[[], tuple[str | None, int]] | None = None
+        if "ledger-dir" in node_config:
+            replica = Path(_config(node_config, "ledger-dir", str))
+            ledger = partial(ledger_position, replica)
         if "partition-id" in node_config:
             settings = registry.settings
             partitions = _config(node_config, "num-partitions", int)
@@ -264,10 +300,10 @@ class Hospital:
                     raise HospitalConfigError(f"partition {pid} belongs to {part.client_id}, the key to {hospital.name}")
                 return part.train
 
-            hospital = cls(raw_key=raw_key, registry=registry, data=partition, history_path=history)
+            hospital = cls(raw_key=raw_key, registry=registry, data=partition, history_path=history, ledger=ledger)
             return hospital
         data_path = Path(_config(node_config, "data-path", str)) if "data-path" in node_config else folder / DATA_FILE
-        return cls(raw_key=raw_key, registry=registry, history_path=history,
+        return cls(raw_key=raw_key, registry=registry, history_path=history, ledger=ledger,
                    data=lambda: load_data_file(data_path, n_classes=registry.n_classes()))
 
     # --- privacy history -------------------------------------------------------------
@@ -290,6 +326,51 @@ class Hospital:
         temporary = self.history_path.with_name(self.history_path.name + ".tmp")
         temporary.write_text(json.dumps(records, indent=1))
         os.replace(temporary, self.history_path)
+
+    # --- participation record ----------------------------------------------------------
+
+    def participation(self) -> dict[str, Any]:
+        """This hospital's own record of rounds: ``opened`` and ``submitted`` round ids, and
+        ``refused``: each round opening it refused, with the stage, error name and reason."""
+        empty = {"v": PARTICIPATION_VERSION, "opened": [], "submitted": [], "refused": []}
+        if not self.participation_path.exists():
+            return empty
+        try:
+            record = json.loads(self.participation_path.read_text())
+            if record.get("v") != PARTICIPATION_VERSION or set(record) != set(empty) \
+                    or not all(isinstance(r, int) and not isinstance(r, bool)
+                               for r in record["opened"] + record["submitted"]) \
+                    or not isinstance(record["refused"], list):
+                raise ValueError("not a version 1 participation record")
+            return record
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise HospitalConfigError(f"{self.participation_path}: unreadable participation record: {exc}") from exc
+
+    def _note(self, **changes: Any) -> None:
+        """Add round ids (``opened``, ``submitted``) or a refusal (``refused``) to the record."""
+        record = self.participation()
+        for key, value in changes.items():
+            if key == "refused":
+                record[key].append(value)
+            elif value not in record[key]:
+                record[key] = sorted(record[key] + [value])
+        temporary = self.participation_path.with_name(self.participation_path.name + ".tmp")
+        temporary.write_text(json.dumps(record, indent=1))
+        os.replace(temporary, self.participation_path)
+
+    def _refuse(self, stage: str, exc: ParticipantRefusal) -> ParticipantRefusal:
+        """Record the refusal in the participation record; returns it to raise."""
+        self._note(refused={"round": exc.round, "stage": stage, "error": type(exc).__name__, "reason": str(exc)})
+        return exc
+
+    def view(self, round_id: int) -> ParticipantView:
+        """What this hospital knows beyond genesis when asked to open ``round_id``."""
+        record = self.participation()
+        model_cid, last_round = self._ledger() if self._ledger is not None else (None, None)
+        if self._ledger is None and round_id == 1:  # no ledger copy: round 1 starts from genesis' model
+            model_cid = self.registry.initial_model_cid
+        return ParticipantView(model_cid=model_cid, last_round=last_round, opened=frozenset(record["opened"]),
+                               submitted=frozenset(record["submitted"]))
 
     # --- stages ----------------------------------------------------------------------
 
@@ -336,8 +417,10 @@ class Hospital:
             return {"unmask": client.unmask(fields["signatures"])}, None
         return reply, _RoundState(saved.round, stage, saved.open, saved.seed, saved.length, client.to_state()).to_bytes()
 
-    def _opening(self, data: bytes, round_id: int, *, stage: str) -> Entry:
-        """The coordinator's signed round opening, for a protocol that has ``stage``."""
+    def _opening(self, data: bytes, round_id: int, *, stage: str, check: bool = False) -> Entry:
+        """The coordinator's signed round opening, for a protocol that has ``stage``; with
+        ``check`` (a stage that opens the round) also what the participant checks
+        (:mod:`bfl_private.participant_checks`), each refusal recorded before it is raised."""
         where = f"round opening sent to {self.name}"
         try:
             entry = Entry.from_bytes(data, where=where)
@@ -347,18 +430,31 @@ class Hospital:
         if entry.type != ROUND_OPEN or entry.round != round_id:
             raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round}, expected round_open of round {round_id}")
         protocol = entry.payload["protocol"]
+        if check:
+            try:
+                check_protocol(self.name, entry.round, protocol, self.registry.settings)
+            except ParticipantRefusal as exc:
+                raise self._refuse(stage, exc) from None
         if stage not in PROTOCOL_STAGES.get(protocol, ()):
             runs = [p for p, stages in PROTOCOL_STAGES.items() if stage in stages]
             raise StageMessageError(f"{where}: protocol {protocol!r}, but a {stage} request belongs to a "
                                     f"{' or '.join(runs)} round")
         if self.name not in entry.payload["participants"]:
             raise StageMessageError(f"{where}: {self.name} is not among the participants")
+        if check:
+            try:
+                check_opening(entry, settings=self.registry.settings, participant=self.name,
+                              view=self.view(entry.round))
+            except ParticipantRefusal as exc:
+                raise self._refuse(stage, exc) from None
         return entry
 
     def _params(self, opened: Entry, seed: bytes, length: int) -> MaskingParams:
-        try:
+        public = opened.payload["protocol_params"]
+        try:  # a threshold, if the opening names one, was checked against k's rule when it opened
             return MaskingParams.create(round_id=opened.round, round_seed=seed, clients=opened.payload["participants"],
-                                        length=length, neighbours=opened.payload["protocol_params"].get("neighbours"))
+                                        length=length, neighbours=public.get("neighbours"),
+                                        threshold=public.get("threshold"))
         except (ConfigurationError, TypeError) as exc:
             raise StageMessageError(f"round {opened.round} parameters sent to {self.name}: {exc}") from exc
 
@@ -366,11 +462,12 @@ class Hospital:
         return [self.registry.key(c).public_bytes() for c in params.clients]
 
     def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        opened = self._opening(fields["round-open"], fields["round"], stage="advertise")
+        opened = self._opening(fields["round-open"], fields["round"], stage="advertise", check=True)
         params = self._params(opened, fields["round-seed"], fields["length"])
         client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
                                          identity_keys=self._identity_keys(params))
         reply = {"client": self.name, "advertisement": client.advertise()}
+        self._note(opened=opened.round)
         state = _RoundState(opened.round, "advertise", fields["round-open"], fields["round-seed"],
                             fields["length"], client.to_state())
         return reply, state.to_bytes()
@@ -438,11 +535,15 @@ class Hospital:
             "privacy": privacy.to_json(),
         })
         self._record_spend(privacy)
+        self._note(opened=opened.round, submitted=opened.round)
         return submission.to_bytes()
 
     def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
         base = self._base_model(opened, fields["model"], client.params.length)
+        if opened.round in self.participation()["submitted"]:  # e.g. a round state restored after it ended
+            raise self._refuse("mask", AlreadySubmitted(self.name, opened.round, f"{self.name} already submitted in "
+                                                        f"round {opened.round}: no retraining, no second spend"))
         vector, records, privacy = self._train(opened, base)
         codec = FixedPointCodec.from_json(dict(opened.payload["protocol_params"]["codec"]))
         frame = bytes(client.mask_input(codec.encode(vector, np.random.default_rng()), fields["delivery"]))
@@ -451,7 +552,7 @@ class Hospital:
 
     def _encrypt(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A one-shot HE round: check the key material, train, encrypt, sign."""
-        opened = self._opening(fields["round-open"], fields["round"], stage="encrypt")
+        opened = self._opening(fields["round-open"], fields["round"], stage="encrypt", check=True)
         base = self._base_model(opened, fields["model"], None)
         length = base.shape[0] + 1  # the update and its weight, as the coordinator aggregates them
         protocol = opened.payload["protocol"]

@@ -38,6 +38,7 @@ from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..primitives.errors import BflError
 from ..privacy.accounting import PrivacyRecord
+from ..participant_checks import parse_refusal
 from ..privacy.errors import PrivacyError
 from ..protocol_setup import ProtocolSetup, build_protocol
 from ..protocols.base import AggregationResult, decode_or_refuse
@@ -127,6 +128,9 @@ class FlowerRound:
         """What each of them sent (masked input or ciphertexts), as the ledger commits it."""
         self.refused: dict[str, str] = {}
         """Hospitals whose submission was refused on receipt, with the reason (rejected)."""
+        self.declined: dict[str, str] = {}
+        """Hospitals that refused the round (a named :mod:`~bfl_private.participant_checks`
+        error in their error reply), with it: named in the close's ``rejected`` or the abort."""
 
     # --- exchanges --------------------------------------------------------------------
 
@@ -142,6 +146,7 @@ class FlowerRound:
             if isinstance(reply, Failure):
                 self.failures[who] = f"{stage}: {reply.reason}"
                 self.log(f"round {self.round_id}: {who} failed at stage {stage}: {reply.reason}")
+                self._note_refusal(stage, who, reply.reason)
                 continue
             try:
                 good[node] = check_reply(stage, reply, where=f"{stage} reply of {who}")
@@ -150,6 +155,22 @@ class FlowerRound:
                 self.log(f"round {self.round_id}: refused the {stage} reply of {who}: {exc}")
         self.log(f"round {self.round_id}: stage {stage} answered by {len(good)} of {len(requests)}")
         return good
+
+    def _note_refusal(self, stage: str, who: str, reason: str) -> None:
+        """Keep a participant's named refusal of the round. At the first stage the node has
+        not claimed a seat yet, so the name is the one its (unsigned) error text gives."""
+        refusal = parse_refusal(reason)
+        if refusal is None or refusal[1] not in self.participants:
+            return
+        client = refusal[1]
+        if who == client:
+            self.declined[client] = f"refused the round at stage {stage}: {reason}"
+        elif who.startswith("node ") and client not in self.node_of and client not in self.declined:
+            self.declined[client] = f"refused the round at stage {stage} ({who}'s unsigned error reply): {reason}"
+
+    def _declined(self, excluded: set[str]) -> dict[str, str]:
+        """The refusals of participants that are not otherwise accounted for."""
+        return {c: r for c, r in sorted(self.declined.items()) if c not in excluded}
 
     def _exchange(self, stage: str, requests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """Send each client (by name) its request; return the well-formed replies by name."""
@@ -199,13 +220,16 @@ class FlowerRound:
             exc = aborted.cause
             stage = exc.stage
             entries, claims = self._charged(opened)
+            declined = self._declined(set(aborted.survivors))
+            reason = str(exc) + ("; participants refused the round: " +
+                                 "; ".join(f"{c}: {r}" for c, r in declined.items()) if declined else "")
             fed.commit_block([*entries, Entry.create(coordinator, ABORT, self.round_id, {
-                "stage": stage or "unknown", "reason": str(exc), "survivors": aborted.survivors,
+                "stage": stage or "unknown", "reason": reason, "survivors": aborted.survivors,
                 "cumulative_epsilon": claims,
             })])
             self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
             gone = tuple(sorted(set(self.participants) - set(aborted.survivors)))
-            return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, {},
+            return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, declined,
                                 time.perf_counter() - started)
         return self._close(opened, base, result, started)
 
@@ -215,6 +239,7 @@ class FlowerRound:
         new_params = next_global_model(base, result.total, server_learning_rate=fed.settings.training.server_learning_rate)
         entries, claims = self._charged(opened)
         rejected = {**result.rejected, **self.refused}
+        rejected.update(self._declined(set(result.included) | set(rejected)))
         model_cid = put_model(fed.ledger.blobs, new_params)
         dropouts = sorted(set(self.participants) - set(result.included) - set(rejected))
         entries.append(Entry.create(fed.identity(COORDINATOR), ROUND_CLOSE, self.round_id, {

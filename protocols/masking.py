@@ -139,7 +139,7 @@ def _remove_masks(
     total: np.ndarray,
     *,
     self_mask_seeds: Mapping[int, bytes],
-    dropped_mask_keys: Mapping[int, X25519PrivateKey],
+    dropped_mask_keys: Mapping[int, X25519PrivateKey | ka.X25519Key],
     mask_public_keys: Mapping[int, bytes],
     shared: frozenset[int],
     survivors: frozenset[int],
@@ -235,9 +235,10 @@ class MaskingClient:
         self.index = index
         self.params = params
         self._identity = identity
+        self._signer = ka.Signer(identity)
         self._identity_keys = tuple(identity_keys)
-        self._cipher_key = X25519PrivateKey.generate()
-        self._mask_key = X25519PrivateKey.generate()
+        self._cipher_key = ka.X25519Key.generate()
+        self._mask_key = ka.X25519Key.generate()
         self._neighbours = frozenset(params.graph[index])
         self._adverts: dict[int, KeyAdvertisement] = {}
         self._cipher_secrets: dict[int, bytes] = {}
@@ -265,7 +266,7 @@ class MaskingClient:
             ka.public_bytes(self._mask_key),
             b"",
         )
-        signature = ka.sign(self._identity, unsigned.signed_bytes())
+        signature = self._signer.sign(unsigned.signed_bytes())
         return replace(unsigned, signature=signature).to_bytes()
 
     def share_keys(self, advertisements: Sequence[bytes]) -> bytes:
@@ -320,8 +321,8 @@ class MaskingClient:
                 )
             )
         commitment = self_mask_commitment(self.params.round_id, self.index, self._self_seed)
-        signature = ka.sign(
-            self._identity, commitment_payload(self.params.round_id, self.index, commitment)
+        signature = self._signer.sign(
+            commitment_payload(self.params.round_id, self.index, commitment)
         )
         return SealedShares(
             SealedShares.BUNDLE,
@@ -410,7 +411,7 @@ class MaskingClient:
         self._survivors = survivors
         self._surviving_peers = surviving
         self._survivor_payload = survivor_payload(self.params.round_id, survivors)
-        signature = ka.sign(self._identity, self._survivor_payload)
+        signature = self._signer.sign(self._survivor_payload)
         return Acknowledgements(
             Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
         ).to_bytes()
@@ -819,8 +820,7 @@ class MaskingServer:
             return self_mask_commitment(round_id, v, seed) == self._bundles[v].commitment
 
         def key_matches(raw: bytes, v: int) -> bool:
-            key = ka.x25519_private_from_bytes(raw, what=f"reconstructed mask key of client {v}")
-            return ka.public_bytes(key) == self.adverts[v].mask_key
+            return ka.X25519Key(raw).public == self.adverts[v].mask_key
 
         self_seeds = {
             v: reconstruct(
@@ -851,10 +851,7 @@ class MaskingServer:
             self.params,
             total,
             self_mask_seeds=self_seeds,
-            dropped_mask_keys={
-                v: ka.x25519_private_from_bytes(raw, what="mask key")
-                for v, raw in dropped_keys.items()
-            },
+            dropped_mask_keys={v: ka.X25519Key(raw) for v, raw in dropped_keys.items()},
             mask_public_keys={v: a.mask_key for v, a in self.adverts.items()},
             shared=self.shared,
             survivors=self.survivors,

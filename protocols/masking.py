@@ -1017,13 +1017,15 @@ def secure_sum(
     drop: Mapping[int, Stage] | None = None,
     seed: bytes | int | None = None,
     round_id: int = 0,
+    identities: Sequence[Ed25519PrivateKey] | None = None,
 ) -> SecureSumResult:
     """Securely sum uint32 vectors mod 2^32 among ``len(vectors)`` in-process clients.
 
     ``neighbours=None`` is SecAgg (complete graph), an int k is SecAgg+; ``seed`` is the
     public round seed from which the graph is derived (bytes, or an int taken as 32
     big-endian bytes; fresh random bytes when None).
-    Client i is named ``str(i)`` in the transcript.
+    Client i is named ``str(i)`` in the transcript; ``identities`` are the clients'
+    long-term Ed25519 keys (fresh ones when None), as for :func:`run_round`.
     """
     length = _uint32_inputs(vectors)
     if seed is None:
@@ -1038,7 +1040,7 @@ def secure_sum(
         neighbours=neighbours,
         threshold=threshold,
     )
-    outcome = run_round(params, vectors, drop=drop)
+    outcome = run_round(params, vectors, drop=drop, identities=identities)
     return SecureSumResult(
         outcome.total, outcome.included, outcome.dropped, outcome.transcript, outcome.masked
     )

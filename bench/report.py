@@ -149,8 +149,11 @@ def performance(results: dict[str, Any]) -> str:
         "### Secure aggregation against Flower's SecAgg+",
         ("Flower 1.42's own `SecAggPlusWorkflow` and `secaggplus_mod`, driven in-process through Flower's "
         "protobuf message serde, against our masking (`bench/bench_flower_secagg.py`), at equal N, D, "
-        "neighbour degree, threshold and dropped clients. Figure: total CPU seconds of all parties of one "
-        "round (best of 3, interleaved), float encode and decode included on both sides."),
+        "neighbour degree, threshold and dropped clients. The dropped clients are drawn at random among the "
+        "sets that leave every client t live neighbours in both protocols' graphs (Flower's ring seeded per "
+        "row and read off a probe round), so both rounds complete. Figure: total CPU seconds of all parties "
+        "of one round (best of 3, interleaved), float encode and decode included on both sides; long-term "
+        "identity keys (ours only) made outside the timed round."),
         flower_table(results),
         "### Secure aggregation at scale",
         ("One SecAgg+ round (`bench/bench_masking.py`, scale rows), all parties in one process: k = 20 "

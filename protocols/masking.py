@@ -139,7 +139,7 @@ def _remove_masks(
     total: np.ndarray,
     *,
     self_mask_seeds: Mapping[int, bytes],
-    dropped_mask_keys: Mapping[int, X25519PrivateKey],
+    dropped_mask_keys: Mapping[int, X25519PrivateKey | ka.X25519Key],
     mask_public_keys: Mapping[int, bytes],
     shared: frozenset[int],
     survivors: frozenset[int],
@@ -235,9 +235,10 @@ class MaskingClient:
         self.index = index
         self.params = params
         self._identity = identity
+        self._signer = ka.Signer(identity)
         self._identity_keys = tuple(identity_keys)
-        self._cipher_key = X25519PrivateKey.generate()
-        self._mask_key = X25519PrivateKey.generate()
+        self._cipher_key = ka.X25519Key.generate()
+        self._mask_key = ka.X25519Key.generate()
         self._neighbours = frozenset(params.graph[index])
         self._adverts: dict[int, KeyAdvertisement] = {}
         self._cipher_secrets: dict[int, bytes] = {}
@@ -265,7 +266,7 @@ class MaskingClient:
             ka.public_bytes(self._mask_key),
             b"",
         )
-        signature = ka.sign(self._identity, unsigned.signed_bytes())
+        signature = self._signer.sign(unsigned.signed_bytes())
         return replace(unsigned, signature=signature).to_bytes()
 
     def share_keys(self, advertisements: Sequence[bytes]) -> bytes:
@@ -320,8 +321,8 @@ class MaskingClient:
                 )
             )
         commitment = self_mask_commitment(self.params.round_id, self.index, self._self_seed)
-        signature = ka.sign(
-            self._identity, commitment_payload(self.params.round_id, self.index, commitment)
+        signature = self._signer.sign(
+            commitment_payload(self.params.round_id, self.index, commitment)
         )
         return SealedShares(
             SealedShares.BUNDLE,
@@ -402,7 +403,7 @@ class MaskingClient:
             raise MalformedInput(f"survivor set sent to client {self.index} does not contain it")
         self._require(len(survivors), "unmask", "survivors announced")
         self.accept_survivors(survivors)
-        signature = ka.sign(self._identity, self._survivor_payload)
+        signature = self._signer.sign(self._survivor_payload)
         return Acknowledgements(
             Acknowledgements.SINGLE, self.params.round_id, self.index, ((self.index, signature),)
         ).to_bytes()
@@ -825,8 +826,7 @@ class MaskingServer:
             return self_mask_commitment(round_id, v, seed) == self._bundles[v].commitment
 
         def key_matches(raw: bytes, v: int) -> bool:
-            key = ka.x25519_private_from_bytes(raw, what=f"reconstructed mask key of client {v}")
-            return ka.public_bytes(key) == self.adverts[v].mask_key
+            return ka.X25519Key(raw).public == self.adverts[v].mask_key
 
         self_seeds = {
             v: reconstruct(
@@ -857,10 +857,7 @@ class MaskingServer:
             self.params,
             total,
             self_mask_seeds=self_seeds,
-            dropped_mask_keys={
-                v: ka.x25519_private_from_bytes(raw, what="mask key")
-                for v, raw in dropped_keys.items()
-            },
+            dropped_mask_keys={v: ka.X25519Key(raw) for v, raw in dropped_keys.items()},
             mask_public_keys={v: a.mask_key for v, a in self.adverts.items()},
             shared=self.shared,
             survivors=self.survivors,
@@ -1026,13 +1023,15 @@ def secure_sum(
     drop: Mapping[int, Stage] | None = None,
     seed: bytes | int | None = None,
     round_id: int = 0,
+    identities: Sequence[Ed25519PrivateKey] | None = None,
 ) -> SecureSumResult:
     """Securely sum uint32 vectors mod 2^32 among ``len(vectors)`` in-process clients.
 
     ``neighbours=None`` is SecAgg (complete graph), an int k is SecAgg+; ``seed`` is the
     public round seed from which the graph is derived (bytes, or an int taken as 32
     big-endian bytes; fresh random bytes when None).
-    Client i is named ``str(i)`` in the transcript.
+    Client i is named ``str(i)`` in the transcript; ``identities`` are the clients'
+    long-term Ed25519 keys (fresh ones when None), as for :func:`run_round`.
     """
     length = _uint32_inputs(vectors)
     if seed is None:
@@ -1047,7 +1046,7 @@ def secure_sum(
         neighbours=neighbours,
         threshold=threshold,
     )
-    outcome = run_round(params, vectors, drop=drop)
+    outcome = run_round(params, vectors, drop=drop, identities=identities)
     return SecureSumResult(
         outcome.total, outcome.included, outcome.dropped, outcome.transcript, outcome.masked
     )

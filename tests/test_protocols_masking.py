@@ -817,3 +817,35 @@ def test_a_bad_share_of_a_dropped_mask_key_is_skipped() -> None:
         recompute_total(outcome.transcript, {f"c{i}": v for i, v in outcome.masked.items()}),
         outcome.total,
     )
+
+
+def test_libsodium_round_keys_and_signer_give_the_openssl_bytes() -> None:
+    """X25519Key and Signer (libsodium) against cryptography's objects (OpenSSL): same
+    public keys, shared secrets, mask seeds and signatures, so no message changes."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    for _ in range(20):
+        ours, peer = ka.X25519Key.generate(), X25519PrivateKey.generate()
+        openssl = ka.x25519_private_from_bytes(ours.private, what="test")
+        assert ka.private_bytes(openssl) == ka.private_bytes(ours) == ours.private
+        assert ka.public_bytes(openssl) == ka.public_bytes(ours)
+        peer_public = ka.public_bytes(peer)
+        assert ka.agree(ours, peer_public, what="t") == ka.agree(openssl, peer_public, what="t")
+        assert ka.mask_seed(ours, peer_public, round_id=3, a=1, b=2) == ka.mask_seed(
+            openssl, peer_public, round_id=3, a=2, b=1
+        )
+        unclamped = os.urandom(32)  # clamped on the way in, as OpenSSL does
+        assert ka.X25519Key(unclamped).public == ka.public_bytes(
+            ka.x25519_private_from_bytes(unclamped, what="test")
+        )
+        identity = Ed25519PrivateKey.generate()
+        message = os.urandom(50)
+        assert ka.Signer(identity).sign(message) == ka.sign(identity, message)
+    key = ka.X25519Key.generate()
+    for low_order in (bytes(32), (1).to_bytes(32, "little")):
+        with pytest.raises(MalformedInput, match="key agreement refused"):
+            ka.agree(key, low_order, what="low order")
+    with pytest.raises(MalformedInput, match="32 bytes"):
+        ka.agree(key, bytes(31), what="short")
+    with pytest.raises(MalformedInput):
+        ka.X25519Key(bytes(31))

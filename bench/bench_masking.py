@@ -218,27 +218,6 @@ def run(*, quick: bool) -> list[dict]:
     return rows
 
 
-def scale_table(rows: list[dict]) -> str:
-    """Cost against N (the scale rows) against the keystream and public-key floors."""
-    lines = [
-        "| N | D | graph | dropout | CPU s (all parties) | AES-CTR floor s | public-key floor s | "
-        "overhead s | CPU / N (ms) | CPU / keystream floor | CPU / both floors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if "scale" not in r:
-            continue
-        if "aborted" in r:
-            lines.append(f"| {r['scale']} | | | | aborted: {r['aborted']} | | | | | | |")
-            continue
-        lines.append(
-            f"| {r['scale']} | {r['d']:.0e} | {r['graph']} | {r['dropout']:.0%} | {r['cpu_s']:.2f} | "
-            f"{r['floor_s']:.2f} | {r['public_key_floor_s']:.2f} | {r['overhead_s']:.2f} | "
-            f"{1e3 * r['cpu_s'] / r['scale']:.2f} | {r['ratio']:.2f}x | {r['ratio_to_both_floors']:.2f}x |"
-        )
-    return "\n".join(lines)
-
-
 def _table(rows: list[dict]) -> str:
     lines = [
         "| N | D | graph | dropout | CPU s (all parties) | AES-CTR floor s | keystream GB | ratio |",
@@ -260,11 +239,13 @@ def _table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    from bench.report import scale_rows_table
+
     if "--scale" in sys.argv[1:]:  # only the scale rows: python -m bench.bench_masking --scale [N ...]
         sizes = [int(a) for a in sys.argv[1:] if a.isdigit()] or list(SCALE_SIZES)
-        print(scale_table([measure_scale(n) for n in sizes]))
+        print(scale_rows_table([measure_scale(n) for n in sizes]))
     else:
         rows = run(quick="--quick" in sys.argv[1:])
         print(_table(rows))
         print()
-        print(scale_table(rows))
+        print(scale_rows_table(rows))

@@ -73,6 +73,15 @@ def flower_table(results: dict[str, Any]) -> str:
 
 def masking_scale_table(results: dict[str, Any]) -> str:
     rows, error = _suite(results, "masking")
+    table = scale_rows_table(rows)
+    if error:
+        table += "\n" + f"| suite failed: {error} | | | | | | | | | | |"
+    return table
+
+
+def scale_rows_table(rows: list[dict[str, Any]]) -> str:
+    """The masking suite's scale rows (cost against N and both floors) as a table; also what
+    ``python -m bench.bench_masking --scale`` prints."""
     lines = ["| N | D | k | dropout | CPU s (all parties) | AES-CTR floor s | public-key floor s | overhead s | "
              "CPU ms per client | CPU / keystream floor | CPU / both floors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -85,8 +94,6 @@ def masking_scale_table(results: dict[str, Any]) -> str:
         lines.append(f"| {r['scale']:,} | {r['d']:.0e} | {r['graph'].removeprefix('sparse k=')} | {r['dropout']:.0%} | "
                      f"{r['cpu_s']:.2f} | {r['floor_s']:.2f} | {r['public_key_floor_s']:.2f} | {r['overhead_s']:.2f} | "
                      f"{1e3 * r['cpu_s'] / r['scale']:.2f} | {r['ratio']:.1f}x | **{r['ratio_to_both_floors']:.2f}x** |")
-    if error:
-        lines.append(f"| suite failed: {error} | | | | | | | | | | |")
     return "\n".join(lines)
 
 

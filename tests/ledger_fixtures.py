@@ -151,3 +151,17 @@ def build_ledger(directory: Path, *, rounds: int = 3, **kwargs: object) -> Feder
         federation.run_round(ledger, number)
     ledger.close()
     return federation
+
+
+class RefusingPool:
+    """A stand-in for the verifier's second process that refuses all work (a broken or
+    forbidden process pool): the checks must then all run in the first."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("no second process here")
+
+    def shutdown(self, *args: object, **kwargs: object) -> None:
+        pass

@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ledger_fixtures import RefusingPool
 
 from bfl_private.audit import audit
 from bfl_private.ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION
@@ -97,16 +98,6 @@ def test_the_plain_range_rule_names_the_first_offender_in_the_transcripts_order(
 def test_an_audit_whose_second_process_refuses_work_is_the_same_audit(ledger: Path, monkeypatch) -> None:
     from bfl_private.ledger import verify
 
-    class Refusing:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def submit(self, *args: object, **kwargs: object) -> None:
-            raise RuntimeError("no second process here")
-
-        def shutdown(self, *args: object, **kwargs: object) -> None:
-            pass
-
     expected = audit(ledger, workers=1).to_json()
-    monkeypatch.setattr(verify, "ProcessPoolExecutor", Refusing)
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", RefusingPool)
     assert audit(ledger, workers=2).to_json() == expected

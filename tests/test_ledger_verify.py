@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from ledger_fixtures import Federation, build_ledger
+from ledger_fixtures import Federation, RefusingPool, build_ledger
 
 from bfl_private.ledger.blocks import BlockHeader
 from bfl_private.ledger.canonical import canonical_bytes
@@ -508,17 +508,7 @@ def test_a_second_process_that_cannot_start_leaves_the_checks_to_this_one(wide, 
     nothing else: every check is made here and the report is the same."""
     from bfl_private.ledger import verify
 
-    class Refusing:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def submit(self, *args: object, **kwargs: object) -> None:
-            raise RuntimeError("no second process here")
-
-        def shutdown(self, *args: object, **kwargs: object) -> None:
-            pass
-
     directory, _ = wide
     expected = run_checks(directory, workers=1).to_json()
-    monkeypatch.setattr(verify, "ProcessPoolExecutor", Refusing)
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", RefusingPool)
     assert run_checks(directory, workers=2).to_json() == expected

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +75,10 @@ class _Cli(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in argv
+        if threading.current_thread() is threading.main_thread():
+            # A command started by a script or a non-interactive shell's "&" may inherit SIGINT
+            # ignored; an interrupt must still stop it between rounds (exit 130, rounds kept).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except CliError as exc:

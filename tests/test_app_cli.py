@@ -190,7 +190,10 @@ def test_ctrl_c_says_how_many_rounds_were_committed_and_loses_none(tmp_path: Pat
     assert invoke("init", "--dir", str(directory), *SMALL, "--budget", "1000").exit_code == 0
     command = [sys.executable, "-m", "bfl_private.cli", "round", "--epsilon", "500", "--rounds", "1000",
                "--dir", str(directory), "--json"]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started with SIGINT ignored, as a non-interactive shell starts a background job: the
+    # command must still take the interrupt.
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and child.poll() is None:
@@ -202,7 +205,12 @@ def test_ctrl_c_says_how_many_rounds_were_committed_and_loses_none(tmp_path: Pat
             time.sleep(0.05)
     finally:
         child.send_signal(signal.SIGINT)
-        stdout, stderr = child.communicate(timeout=60)
+        try:
+            stdout, stderr = child.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            pytest.fail(f"the interrupted command did not stop within 120 s; stderr: {stderr[-2000:]}")
     assert child.returncode == EXIT_INTERRUPTED, stderr
     error = json.loads(stdout)
     with Ledger.open(directory) as ledger:

@@ -13,8 +13,9 @@ Kairouz, Liu and Steinke (ICML 2021), on one participant's machine:
 The shares of the N - t participants that are honest and present sum to Skellam noise of
 variance (N - t) * share_variance >= the planned total, whatever t others do; secure
 aggregation sums the integer vectors modulo 2^32 so the aggregator sees only the total.
-The aggregator's decoding (:func:`decode_sum`) and the server optimiser act on that noisy
-sum: post-processing. The accounting is :mod:`.skellam`.
+The aggregator's decoding (the ring codec,
+:class:`~bfl_private.protocols.quantize.IntegerRingCodec`) and the server optimiser act on
+that noisy sum: post-processing. The accounting is :mod:`.skellam`.
 
 Randomness: sampling, rounding and noise all come from a numpy ``Generator`` over
 randomgen's ``AESCounter`` (AES-128 in counter mode, AES-NI) keyed with 128 fresh bits from
@@ -32,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .errors import PrivacyError
-from .skellam import MODULUS_BITS, ShareParameters
+from .skellam import ShareParameters
 
 _MAX_ROUNDING_TRIES = 1000
 
@@ -93,12 +94,3 @@ def noisy_gradient_share(model: nn.Module, features: np.ndarray, labels: np.ndar
         total += rounded.sum(axis=0)
     return total + skellam_share(dim, parameters.share_variance, rng)
 
-
-def to_ring(values: np.ndarray) -> np.ndarray:
-    """Signed integers as uint32 words (two's complement), the secure-aggregation domain."""
-    return np.asarray(values, dtype=np.int64).astype(np.uint32)
-
-
-def decode_sum(total: np.ndarray, *, scale: float) -> np.ndarray:
-    """The uint32 sum read as signed 32-bit integers, back on the gradient scale (float64)."""
-    return np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64) / scale

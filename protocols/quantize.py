@@ -149,10 +149,6 @@ class IntegerRingCodec:
         if isinstance(self.max_summands, bool) or not isinstance(self.max_summands, int) or self.max_summands < 1:
             raise ConfigurationError(f"max_summands must be an integer >= 1, got {self.max_summands!r}")
 
-    @property
-    def levels(self) -> int:
-        return MODULUS - 1
-
     def encode(self, values: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Integer-valued ``values`` in [-2^31, 2^31) as uint32 words (``rng`` is unused: exact)."""
         x = np.asarray(values, dtype=np.float64)

@@ -119,7 +119,7 @@ def test_every_record_is_the_plans_and_the_charge_is_recomputed_independently(fe
     assert all(v["epsilon_spent"] == pytest.approx(spent, rel=1e-12) for v in clients.values())
 
 
-def test_the_model_chain_carries_adams_state_and_matches_torch(federation: Path) -> None:
+def test_the_model_chain_carries_the_optimiser_state(federation: Path) -> None:
     with Ledger.open(federation) as ledger:
         closes = [e for e in ledger.entries() if e.type == ROUND_CLOSE]
         states = [get_server_state(ledger.blobs, c.payload["new_model_cid"]) for c in closes]

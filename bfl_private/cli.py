@@ -33,6 +33,7 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_CHAIN = 4
 EXIT_ALL_ABORTED = 5
+EXIT_NOT_CERTIFIED = 6
 EXIT_INTERRUPTED = 130
 
 CONSOLE_WIDTH = 120
@@ -161,6 +162,26 @@ def _round_options(options: dict[str, Any]) -> RoundOptions:
     return RoundOptions(**{k: v for k, v in options.items() if v is not None}, genesis=config.genesis)
 
 
+def _validator_addresses(_ctx: click.Context, param: click.Parameter,
+                         values: tuple[str, ...]) -> tuple[tuple[str, str], ...] | None:
+    """--validator NAME=HOST:PORT, each name once."""
+    from .validator_service import parse_address
+
+    pairs = []
+    for value in values:
+        name, sep, address = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError(f"{value!r} is not NAME=HOST:PORT")
+            parse_address(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+        pairs.append((name, address))
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise click.BadParameter("a validator is named twice", param=param)
+    return tuple(pairs) or None
+
+
 def _param(name: str) -> click.Parameter:
     ctx = click.get_current_context()
     return next(p for p in ctx.command.params if p.name == name)
@@ -177,6 +198,7 @@ def _federation_errors(directory: Path) -> Iterator[None]:
     from .privacy.errors import PrivacyError
     from .runner import RunInterrupted
     from .settings import SettingsError
+    from .validator_service import QuorumNotReached
 
     try:
         yield
@@ -186,6 +208,8 @@ def _federation_errors(directory: Path) -> Iterator[None]:
         _fail(f"{directory}: {exc}", EXIT_USAGE)
     except (RunRefused, DirectoryBusy) as exc:
         _fail(str(exc), EXIT_REFUSED)
+    except QuorumNotReached as exc:
+        _fail(f"{exc} (the rounds before it are recorded)", EXIT_NOT_CERTIFIED)
     except RunInterrupted as exc:
         _fail(str(exc), EXIT_INTERRUPTED)
     except VerificationError as exc:
@@ -236,6 +260,9 @@ def init_command(directory: Path, as_json: bool, config_file: Path | None, **fla
 @click.option("--malicious", type=click.IntRange(0, 1000), default=None, help="Clients that submit a garbage update (demo; default 0).")
 @click.option("--skip-exhausted", is_flag=True, help="Leave out clients whose budget cannot afford the round instead of refusing.")
 @click.option("--chain", "chain_url", default=None, metavar="URL", help="Then anchor every block and post ε and rewards on the EVM node at URL (chain extra).")
+@click.option("--validator", "remote_validators", multiple=True, callback=_validator_addresses, metavar="NAME=HOST:PORT",
+              help="Validator NAME runs as its own process (bfl-private validator) at HOST:PORT; repeatable. "
+                   "The others run in this process.")
 def round_command(directory: Path, as_json: bool, chain_url: str | None, **flags: Any) -> None:
     """Run federated rounds; create the federation in --dir first if it is new.
 
@@ -364,6 +391,41 @@ def verify_command(directory: Path, as_json: bool, checkpoint_file: Path | None,
         if not as_json:
             click.echo(f"Head checkpoint saved to {save_checkpoint}: give it as --checkpoint next time.")
     sys.exit(0 if report.ok else EXIT_VERIFICATION_FAILED)
+
+
+@main.command("validator")
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The federation's directory (its ledger, and this validator's key).")
+@click.option("--name", required=True, metavar="NAME", help="This validator's name at genesis (e.g. validator-2).")
+@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="Where to answer the coordinator (port 0: any free port, printed at start).")
+def validator_command(directory: Path, name: str, listen: str) -> None:
+    """Run one validator as its own process: re-check each round against the ledger and this
+    validator's hold-out data, attest, and cosign blocks, until interrupted.
+
+    Prints "validator NAME listening on HOST:PORT", then one line per request. Start the
+    coordinator with round --validator NAME=HOST:PORT."""
+    from .keyring import KeyringError
+    from .ledger.errors import LedgerError
+    from .validator_service import UnknownValidator, describe, open_validator, parse_address, validator_server
+
+    try:
+        host, port = parse_address(listen)
+    except ValueError as exc:
+        _fail(f"--listen: {exc}", EXIT_USAGE)
+    try:
+        validator = open_validator(directory, name)
+    except (UnknownValidator, KeyringError, LedgerError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+    try:
+        server = validator_server(directory, validator, host=host, port=port,
+                                  on_request=lambda request, reply: click.echo(describe(request, reply)))
+    except OSError as exc:
+        _fail(f"--listen {listen}: {exc.strerror or exc}", EXIT_USAGE)
+    with server:
+        bound_host, bound_port = server.server_address[:2]
+        click.echo(f"validator {name} listening on {bound_host}:{bound_port}")
+        server.serve_forever()
 
 
 @main.command("report")

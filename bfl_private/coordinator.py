@@ -52,6 +52,7 @@ from .round_checks import (
 )
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
+from .validator_service import LoopbackValidator, RemoteValidator, ValidatorEndpoint, ValidatorPanel
 
 COORDINATOR = "coordinator"
 CSV_COMMITMENT_KEY = "csv-commitment-key"
@@ -193,7 +194,10 @@ def _plan_distributed(settings: FederationSettings, histories: Mapping[str, list
 class Federation:
     """A federation directory: its ledger, its keys and the simulated parties' data."""
 
-    def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings) -> None:
+    def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
+                 remote_validators: Mapping[str, str] | None = None) -> None:
+        """``remote_validators``: validator name -> ``HOST:PORT`` of a validator running as
+        its own process (``bfl-private validator``); the others run in this process."""
         self.directory = directory
         self.ledger = ledger
         self.settings = settings
@@ -204,10 +208,24 @@ class Federation:
             c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
             for c in self.data.clients
         }
-        self.validators = [
-            Validator(self.keys.identity(name), holdout, settings=settings, data=self.data)
-            for name, holdout in zip(validator_ids(settings.n_validators), self.data.validators)
+        self.validators = self._validator_panel(dict(remote_validators or {}))
+
+    def _validator_panel(self, remote: dict[str, str]) -> ValidatorPanel:
+        genesis = self.ledger.genesis().payload
+        names = [v["id"] for v in genesis["validators"]]
+        unknown = sorted(set(remote) - set(names))
+        if unknown:
+            raise RunRefused(f"no validator named {', '.join(unknown)} in this federation (its validators: "
+                             f"{', '.join(names)})")
+        endpoints: list[ValidatorEndpoint] = [
+            RemoteValidator(name, remote[name]) if name in remote else
+            LoopbackValidator(Validator(self.keys.identity(name), holdout, settings=self.settings,
+                                        n_features=self.data.n_features, n_classes=self.data.n_classes), self.ledger)
+            for name, holdout in zip(names, self.data.validators)
         ]
+        keys = {v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]}
+        return ValidatorPanel(endpoints, keys=keys, quorum=int(genesis["quorum"]),
+                              federation_id=genesis["federation_id"])
 
     # --- creation and opening ---------------------------------------------------------
 
@@ -277,7 +295,7 @@ class Federation:
         return cls(directory, ledger, settings)
 
     @classmethod
-    def open(cls, directory: Path) -> Federation:
+    def open(cls, directory: Path, *, remote_validators: Mapping[str, str] | None = None) -> Federation:
         ledger = Ledger.open(directory)
         try:
             settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
@@ -285,7 +303,7 @@ class Federation:
                 check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
                                 n_validators=settings.n_validators,
                                 key=Keyring(directory).load(CSV_COMMITMENT_KEY))
-            return cls(Path(directory), ledger, settings)
+            return cls(Path(directory), ledger, settings, remote_validators=remote_validators)
         except BaseException:
             ledger.close()
             raise
@@ -467,8 +485,7 @@ class Federation:
             "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
-        attestations = [v.attest(entries, self.ledger) for v in self.validators]
-        entries.extend(attestations)
+        entries.extend(self.validators.attest(entries).entries)
         self.commit_block(entries)
         accepted = self.ledger.state.model_cid == model_cid
         accuracy = self.test_accuracy(new_params if accepted else base)
@@ -520,12 +537,9 @@ class Federation:
         return aggregation.garbage_payload(length, payload_weight(records, max_records=max_records), rng)
 
     def commit_block(self, entries: list[Entry]) -> None:
-        """Propose the round's block; each validator co-signs only after re-checking it."""
+        """Propose the round's block; each validator co-signs only after re-checking it
+        (QuorumNotReached, nothing written, when fewer than a quorum do)."""
         head_time = self.ledger.head.time if self.ledger.head else 0
         proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))
-        signatures = {}
-        for validator in self.validators:
-            signature = validator.cosign(proposed, self.ledger)
-            signatures[validator.identity.public.key_id_hex] = signature
-        self.ledger.commit(proposed, signatures)
+        self.ledger.commit(proposed, self.validators.certify(proposed))
 

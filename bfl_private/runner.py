@@ -53,6 +53,8 @@ class RoundOptions:
     dropout: float = 0.0
     malicious: int = 0
     skip_exhausted: bool = False
+    remote_validators: tuple[tuple[str, str], ...] = ()
+    """(validator name, HOST:PORT) of validators running as their own processes."""
     genesis: tuple[GenesisChoice, ...] = ()
     """Further genesis settings (a config file's, or flags beyond the shortcuts above)."""
 
@@ -163,8 +165,11 @@ def _check_malicious(options: RoundOptions, plan: CommandPlan) -> None:
 
 def preflight(settings: FederationSettings, options: RoundOptions) -> None:
     """Every refusal a new federation's first command can meet, checked before anything is
-    written: the data split and δ (DataError, PrivacyError), the budget plan and --malicious
-    (RunRefused)."""
+    written: the data split and δ (DataError, PrivacyError), the budget plan, --malicious and
+    --validator (RunRefused)."""
+    if options.remote_validators:
+        raise RunRefused("--validator needs an existing federation: create it with bfl-private init, start its "
+                         "validators (bfl-private validator), then run rounds")
     data = checked_data(settings)  # DataError and PrivacyError propagate
     ids = [c.client_id for c in data.clients]
     dimension = parameter_count(build_model(settings.training.model, data.n_features, data.n_classes))
@@ -213,7 +218,7 @@ def run_command(directory: Path, options: RoundOptions, *, quiet: bool = False) 
         if created:
             federation = Federation.create(directory, options.new_federation_settings(), model_seed=options.seed or 0)
         else:
-            federation = Federation.open(directory)
+            federation = Federation.open(directory, remote_validators=dict(options.remote_validators))
         last_round = federation.ledger.state.last_round
         try:
             return _run(federation, directory, options, created=created, quiet=quiet)

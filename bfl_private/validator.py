@@ -18,12 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from .artifacts import get_model
-from .data import FederatedDataset, Split
+from .data import Split
 from .federation import accuracy
+from .ledger.blocks import BlockHeader
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import SigningIdentity
-from .ledger.store import Ledger, ProposedBlock
+from .ledger.store import Ledger
 from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
@@ -38,12 +39,13 @@ PPM = 1_000_000
 
 
 class Validator:
-    def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, data: FederatedDataset) -> None:
+    def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, n_features: int,
+                 n_classes: int) -> None:
         self.identity = identity
         self.holdout = holdout
         self.settings = settings
-        self.n_features = data.n_features
-        self.n_classes = data.n_classes
+        self.n_features = n_features
+        self.n_classes = n_classes
         self.histories = PrivacyHistories()
         self.paillier_key = PaillierKeyPin()
 
@@ -77,15 +79,15 @@ class Validator:
             "verdict": verdict,
         })
 
-    def cosign(self, proposed: ProposedBlock, ledger: Ledger) -> bytes:
-        """Sign the header only if replaying the contracts gives the same header and any
-        round the block closes carries this validator's own attestation (it checked it)."""
-        replayed = ledger.propose(proposed.entries, time=proposed.header.time)
-        if replayed.header.signing_bytes() != proposed.header.signing_bytes():
-            raise SemanticCheckError(f"block {proposed.header.height}: the proposed header is not what the entries give")
+    def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger) -> bytes:
+        """Sign ``header`` only if replaying the contracts over ``entries`` gives that header
+        and any round the block closes carries this validator's own attestation (it checked it)."""
+        replayed = ledger.propose(entries, time=header.time)
+        if replayed.header.signing_bytes() != header.signing_bytes():
+            raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")
         mine = self.identity.public.key_id_hex
-        if any(e.type == ROUND_CLOSE for e in proposed.entries) and not any(
-            e.type == ATTESTATION and e.author == mine for e in proposed.entries
+        if any(e.type == ROUND_CLOSE for e in entries) and not any(
+            e.type == ATTESTATION and e.author == mine for e in entries
         ):
-            raise SemanticCheckError(f"block {proposed.header.height}: closes a round this validator has not checked")
-        return self.identity.sign(proposed.header.signing_bytes())
+            raise SemanticCheckError(f"block {header.height}: closes a round this validator has not checked")
+        return self.identity.sign(header.signing_bytes())

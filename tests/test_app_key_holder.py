@@ -16,11 +16,11 @@ import pytest
 from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
 from bfl_private.ledger.entries import ROUND_OPEN
-from bfl_private.ledger.errors import SemanticCheckError
 from bfl_private.protocol_setup import PAILLIER_MODULUS_PROOF, PAILLIER_SHARE
 from bfl_private.protocols import paillier_modulus
 from bfl_private.protocols.paillier_modulus import ModulusProof
 from bfl_private.settings import FederationSettings, ProtocolSettings, validator_ids
+from bfl_private.validator_service import QuorumNotReached
 
 
 def _settings() -> FederationSettings:
@@ -55,7 +55,7 @@ def test_a_key_whose_proof_fails_is_refused_by_the_validators(tmp_path: Path, mo
     monkeypatch.setattr(paillier_modulus, "prove_modulus", forged)
     fed = Federation.create(tmp_path / "fed", _settings(), model_seed=0)
     try:
-        with pytest.raises(SemanticCheckError, match="announced Paillier key is not sound"):
+        with pytest.raises(QuorumNotReached, match="announced Paillier key is not sound"):
             _round(fed)
     finally:
         fed.close()
@@ -68,7 +68,7 @@ def test_a_later_round_under_another_key_is_refused(tmp_path: Path) -> None:
         # Whoever holds the keys folder deals a fresh key of its own making.
         for name in [PAILLIER_MODULUS_PROOF, *(PAILLIER_SHARE.format(validator=v) for v in validator_ids(4))]:
             (fed.keys.directory / name).unlink()
-        with pytest.raises(SemanticCheckError, match="another key than the federation's"):
+        with pytest.raises(QuorumNotReached, match="another key than the federation's"):
             _round(fed)
     finally:
         fed.close()

@@ -1,0 +1,381 @@
+"""Validators as parties of their own: one request handler, two transports, the panel.
+
+A validator answers two requests from the coordinator:
+
+* ``attest``: the entries of a round (opening, submissions, close). It re-checks the round
+  against its own view of the ledger and its own hold-out data and returns its signed
+  attestation entry (:meth:`Validator.attest`).
+* ``cosign``: a proposed block header with the block's entries. It replays the contracts
+  and returns its signature over the header only if the header is what the entries give
+  and any round the block closes carries its own attestation (:meth:`Validator.cosign`).
+
+:func:`answer` is the one handler. The in-process demo drives it through
+:class:`LoopbackValidator` (requests and replies pass through their byte encoding, as they
+would over the wire); ``bfl-private validator`` serves it over TCP (:func:`validator_server`), and the
+coordinator reaches such a process through :class:`RemoteValidator`. The transport needs
+no authentication for the quorum to mean something: a reply is an entry or a header
+signature under the validator's registered key, which the ledger checks before it
+commits, and a validator checks every request itself before it signs.
+
+:class:`ValidatorPanel` asks every validator and keeps going as long as a quorum can still
+sign: a validator that is down, times out or refuses is named, and the block is written
+only with a quorum of cosignatures (:class:`QuorumNotReached` otherwise, nothing written).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import socket
+import socketserver
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .ledger.blocks import BlockHeader
+from .ledger.canonical import check_nesting
+from .ledger.entries import ATTESTATION, Entry
+from .ledger.errors import MalformedRecord
+from .ledger.identity import VerifyingKey
+from .ledger.store import Ledger, ProposedBlock
+from .primitives.errors import BflError
+from .validator import Validator
+
+ATTEST = "attest"
+COSIGN = "cosign"
+REQUEST_KINDS = (ATTEST, COSIGN)
+MAX_MESSAGE_BYTES = 64 << 20
+"""Largest request or reply accepted on the wire (a round's entries are a few kB per client)."""
+DEFAULT_TIMEOUT_S = 120.0
+"""How long the coordinator waits for a remote validator's reply (it re-checks the round)."""
+
+
+class ValidatorUnavailable(BflError, RuntimeError):
+    """A validator did not answer: unreachable, timed out, or sent bytes that are no reply."""
+
+
+class UnknownValidator(BflError, ValueError):
+    """No validator of that name is registered at genesis."""
+
+
+class QuorumNotReached(BflError, RuntimeError):
+    """Fewer than a quorum of validators cosigned a block: nothing of it was written."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, *, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedRecord(f"{where}: expected a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise MalformedRecord(f"{where}: not base64") from None
+
+
+def _fields(data: Any, names: set[str], *, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict) or set(data) != names:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise MalformedRecord(f"{where}: expected the fields {sorted(names)}, got {found}")
+    return data
+
+
+@dataclass(frozen=True)
+class ValidatorRequest:
+    """What the coordinator asks a validator: attest a round, or cosign a block."""
+
+    kind: str
+    federation_id: str
+    entries: tuple[Entry, ...]
+    header: BlockHeader | None = None
+    """The proposed header (``cosign`` only)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "federation_id": self.federation_id,
+                "entries": [_b64(e.to_bytes()) for e in self.entries],
+                "header": None if self.header is None else _b64(self.header.signing_bytes())}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> ValidatorRequest:
+        data = _fields(data, {"kind", "federation_id", "entries", "header"}, where=where)
+        kind, federation_id, entries = data["kind"], data["federation_id"], data["entries"]
+        if kind not in REQUEST_KINDS:
+            raise MalformedRecord(f"{where}: kind must be one of {REQUEST_KINDS}, got {kind!r}")
+        if not isinstance(federation_id, str) or not isinstance(entries, list) or not entries:
+            raise MalformedRecord(f"{where}: federation_id must be a string and entries a non-empty list")
+        parsed = tuple(Entry.from_bytes(_unb64(e, where=f"{where} entry {i}"), where=f"{where} entry {i}")
+                       for i, e in enumerate(entries))
+        header = None
+        if kind == COSIGN:
+            header = BlockHeader.from_bytes(_unb64(data["header"], where=f"{where} header"), where=f"{where} header")
+        elif data["header"] is not None:
+            raise MalformedRecord(f"{where}: an attest request carries no header")
+        return cls(kind, federation_id, parsed, header)
+
+
+@dataclass(frozen=True)
+class ValidatorReply:
+    """Exactly one of: the attestation entry, the header signature, or why it refused."""
+
+    attestation: Entry | None = None
+    signature: bytes | None = None
+    refusal: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attestation": None if self.attestation is None else _b64(self.attestation.to_bytes()),
+                "signature": None if self.signature is None else _b64(self.signature),
+                "refusal": self.refusal}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> ValidatorReply:
+        data = _fields(data, {"attestation", "signature", "refusal"}, where=where)
+        given = [name for name, value in data.items() if value is not None]
+        if len(given) != 1:
+            raise MalformedRecord(f"{where}: a reply holds exactly one of attestation, signature, refusal; got {given}")
+        if data["refusal"] is not None:
+            if not isinstance(data["refusal"], str):
+                raise MalformedRecord(f"{where}: refusal must be a string")
+            return cls(refusal=data["refusal"])
+        if data["signature"] is not None:
+            return cls(signature=_unb64(data["signature"], where=f"{where} signature"))
+        raw = _unb64(data["attestation"], where=f"{where} attestation")
+        return cls(attestation=Entry.from_bytes(raw, where=f"{where} attestation"))
+
+
+def encode_message(record: ValidatorRequest | ValidatorReply) -> bytes:
+    return json.dumps(record.to_json(), separators=(",", ":")).encode("utf-8")
+
+
+def decode_message(data: bytes, *, where: str) -> Any:
+    """The JSON value of one message; MalformedRecord naming ``where`` if it is none."""
+    check_nesting(data, where=where)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedRecord(f"{where}: not JSON: {exc}") from None
+
+
+def answer(validator: Validator, ledger: Ledger, request: ValidatorRequest) -> ValidatorReply:
+    """The one handler of a validator, whatever carried the request."""
+    federation_id = ledger.state.federation_id
+    if request.federation_id != federation_id:
+        return ValidatorReply(refusal=f"request for federation {request.federation_id!r}; "
+                                      f"this validator's ledger is {federation_id!r}")
+    try:
+        if request.kind == ATTEST:
+            return ValidatorReply(attestation=validator.attest(request.entries, ledger))
+        assert request.header is not None  # from_json and the panel give cosign a header
+        return ValidatorReply(signature=validator.cosign_header(request.header, request.entries, ledger))
+    except BflError as exc:
+        return ValidatorReply(refusal=f"{type(exc).__name__}: {exc}")
+
+
+class ValidatorEndpoint(Protocol):
+    """How the coordinator reaches one validator."""
+
+    name: str
+
+    def call(self, request: ValidatorRequest) -> ValidatorReply:
+        """The validator's reply; ValidatorUnavailable when none came."""
+        ...
+
+
+class LoopbackValidator:
+    """A validator in this process, driven through the same handler and byte encoding as a
+    remote one (the demo's validators)."""
+
+    def __init__(self, validator: Validator, ledger: Ledger) -> None:
+        self.name = validator.identity.name
+        self.validator = validator
+        self._ledger = ledger
+
+    def call(self, request: ValidatorRequest) -> ValidatorReply:
+        where = f"request to {self.name}"
+        received = ValidatorRequest.from_json(decode_message(encode_message(request), where=where), where=where)
+        reply = answer(self.validator, self._ledger, received)
+        where = f"reply of {self.name}"
+        return ValidatorReply.from_json(decode_message(encode_message(reply), where=where), where=where)
+
+
+def _send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _receive_exactly(sock: socket.socket, size: int, *, where: str) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            raise MalformedRecord(f"{where}: connection closed after {size - remaining} of {size} bytes")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive_frame(sock: socket.socket, *, where: str) -> bytes:
+    (size,) = struct.unpack(">I", _receive_exactly(sock, 4, where=where))
+    if size > MAX_MESSAGE_BYTES:
+        raise MalformedRecord(f"{where}: a {size}-byte message is over the {MAX_MESSAGE_BYTES}-byte limit")
+    return _receive_exactly(sock, size, where=where)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a socket address; ValueError naming it otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"validator address {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+class RemoteValidator:
+    """A validator running as its own process (``bfl-private validator``), over TCP."""
+
+    def __init__(self, name: str, address: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.name = name
+        self.address = parse_address(address)
+        self.timeout = timeout
+
+    def call(self, request: ValidatorRequest) -> ValidatorReply:
+        where = f"validator {self.name} at {self.address[0]}:{self.address[1]}"
+        try:
+            with socket.create_connection(self.address, timeout=self.timeout) as sock:
+                _send_frame(sock, encode_message(request))
+                data = _receive_frame(sock, where=where)
+            return ValidatorReply.from_json(decode_message(data, where=where), where=where)
+        except OSError as exc:
+            raise ValidatorUnavailable(f"{where}: {exc.strerror or exc}") from None
+        except MalformedRecord as exc:
+            raise ValidatorUnavailable(f"{where} sent no valid reply: {exc}") from None
+
+
+def validator_server(directory: Path, validator: Validator, *, host: str, port: int,
+                     on_request: Callable[[ValidatorRequest, ValidatorReply], None] = lambda request, reply: None,
+                     ) -> socketserver.TCPServer:
+    """A TCP server bound to ``host:port`` (its ``server_address`` says which port, for 0)
+    that answers one request per connection, one at a time, each against the ledger in
+    ``directory`` as it is then: opened afresh per request and only read (the validator
+    proposes nothing). Run it with ``serve_forever``; a malformed request gets a refusal and
+    the server keeps serving."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            where = f"request from {self.client_address[0]}:{self.client_address[1]}"
+            try:
+                data = _receive_frame(self.request, where=where)
+                request = ValidatorRequest.from_json(decode_message(data, where=where), where=where)
+            except MalformedRecord as exc:
+                _send_frame(self.request, encode_message(ValidatorReply(refusal=f"malformed request: {exc}")))
+                return
+            with Ledger.open(directory) as ledger:
+                reply = answer(validator, ledger, request)
+            on_request(request, reply)
+            _send_frame(self.request, encode_message(reply))
+
+    class Server(socketserver.TCPServer):
+        allow_reuse_address = True
+
+    return Server((host, port), Handler)
+
+
+def _reasons(refusals: Mapping[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in refusals.items())
+
+
+@dataclass(frozen=True)
+class Attestations:
+    entries: list[Entry]
+    refusals: dict[str, str]
+    """Validators that did not attest, and why."""
+
+
+class ValidatorPanel:
+    """The federation's validators as the coordinator reaches them."""
+
+    def __init__(self, endpoints: Sequence[ValidatorEndpoint], *, keys: Mapping[str, VerifyingKey],
+                 quorum: int, federation_id: str) -> None:
+        self.endpoints = list(endpoints)
+        self.keys = dict(keys)
+        self.quorum = quorum
+        self.federation_id = federation_id
+
+    def _ask(self, endpoint: ValidatorEndpoint, request: ValidatorRequest) -> ValidatorReply:
+        try:
+            return endpoint.call(request)
+        except ValidatorUnavailable as exc:
+            return ValidatorReply(refusal=f"unavailable: {exc}")
+
+    def attest(self, entries: Sequence[Entry]) -> Attestations:
+        """Each validator's attestation of the round in ``entries`` (the ledger checks each
+        one's author, signature and round when the block is proposed); QuorumNotReached
+        when fewer than a quorum attest, since no quorum could then cosign the block."""
+        request = ValidatorRequest(ATTEST, self.federation_id, tuple(entries))
+        attestations, refusals = [], {}
+        for endpoint in self.endpoints:
+            reply = self._ask(endpoint, request)
+            if reply.attestation is not None and reply.attestation.type == ATTESTATION:
+                attestations.append(reply.attestation)
+            else:
+                refusals[endpoint.name] = reply.refusal or "replied with something other than an attestation"
+        if len(attestations) < self.quorum:
+            raise QuorumNotReached(f"round {entries[0].round}: {len(attestations)} of {len(self.endpoints)} "
+                                   f"validators attested, the quorum is {self.quorum}; nothing of it was written "
+                                   f"({_reasons(refusals)})")
+        return Attestations(attestations, refusals)
+
+    def certify(self, proposed: ProposedBlock) -> dict[str, bytes]:
+        """A quorum of cosignatures over ``proposed``'s header, keyed by signer key id;
+        QuorumNotReached naming every validator that did not sign, and why."""
+        request = ValidatorRequest(COSIGN, self.federation_id, proposed.entries, proposed.header)
+        message = proposed.header.signing_bytes()
+        signatures, refusals = {}, {}
+        for endpoint in self.endpoints:
+            reply = self._ask(endpoint, request)
+            key = self.keys[endpoint.name]
+            if reply.signature is None:
+                refusals[endpoint.name] = reply.refusal or "replied without a signature"
+                continue
+            try:
+                key.verify(reply.signature, message)
+            except BflError as exc:
+                refusals[endpoint.name] = str(exc)
+                continue
+            signatures[key.key_id_hex] = reply.signature
+        if len(signatures) < self.quorum:
+            raise QuorumNotReached(f"block {proposed.header.height}: {len(signatures)} of {len(self.endpoints)} "
+                                   f"validators cosigned, the quorum is {self.quorum}; nothing of it was written "
+                                   f"({_reasons(refusals)})")
+        return signatures
+
+
+def open_validator(directory: Path, name: str) -> Validator:
+    """Validator ``name`` of the federation in ``directory``: its key and its share of the
+    hold-out data (the genesis data split), for ``bfl-private validator``."""
+    from .data import federation_data
+    from .keyring import Keyring
+    from .settings import FederationSettings
+
+    with Ledger.open(directory) as ledger:
+        genesis = ledger.genesis().payload
+    names = [v["id"] for v in genesis["validators"]]
+    if name not in names:
+        raise UnknownValidator(f"{directory}: no validator named {name!r} (its validators: {', '.join(names)})")
+    settings = FederationSettings.from_json(genesis["settings"])
+    data = federation_data(settings)
+    return Validator(Keyring(directory).identity(name), data.validators[names.index(name)], settings=settings,
+                     n_features=data.n_features, n_classes=data.n_classes)
+
+
+def describe(request: ValidatorRequest, reply: ValidatorReply) -> str:
+    """One log line for a served request."""
+    if reply.refusal is not None:
+        return f"{request.kind}: refused: {reply.refusal}"
+    if reply.attestation is not None:
+        payload = reply.attestation.payload
+        return (f"round {reply.attestation.round}: attested {payload['verdict']} "
+                f"(hold-out accuracy {payload['quality_ppm'] / 1e6:.4f})")
+    assert request.header is not None
+    return f"block {request.header.height}: cosigned"

@@ -1,0 +1,254 @@
+"""Validators as their own processes: the request records, the TCP server, the panel's
+quorum rule, and ``bfl-private validator`` serving a real ``bfl-private round``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bfl_private.audit import audit
+from bfl_private.cli import EXIT_NOT_CERTIFIED, EXIT_REFUSED, EXIT_USAGE, main
+from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE
+from bfl_private.ledger.errors import MalformedRecord
+from bfl_private.ledger.store import Ledger
+from bfl_private.validator_service import (
+    ATTEST,
+    COSIGN,
+    RemoteValidator,
+    ValidatorReply,
+    ValidatorRequest,
+    decode_message,
+    open_validator,
+    validator_server,
+)
+
+VALIDATORS = [f"validator-{i}" for i in range(4)]
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("fed") / "ledger"
+    result = _cli("round", "--dir", str(directory), "--epsilon", "1", "--rounds", "1", "--clients", "4",
+                  "--seed", "1", "--json")
+    assert result.exit_code == 0, result.output
+    return directory
+
+
+@pytest.fixture
+def copy(federation: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "ledger"
+    shutil.copytree(federation, target)
+    return target
+
+
+@contextmanager
+def served(directory: Path, name: str) -> Iterator[str]:
+    """Validator ``name`` answering on a free port in a thread of this process."""
+    server = validator_server(directory, open_validator(directory, name), host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once it is closed
+
+
+def _round_entries(directory: Path) -> tuple:
+    with Ledger.open(directory) as ledger:
+        entries = ledger.entries()
+        block = ledger.block(ledger.height)
+    return tuple(entries[i] for i in block.entry_range), block
+
+
+def _last_round(directory: Path) -> int:
+    with Ledger.open(directory) as ledger:
+        return ledger.state.last_round
+
+
+# --- the records on the wire ------------------------------------------------------------
+
+def test_requests_and_replies_survive_their_encoding(federation: Path) -> None:
+    entries, block = _round_entries(federation)
+    for request in (ValidatorRequest(ATTEST, "bfl-x", entries),
+                    ValidatorRequest(COSIGN, "bfl-x", entries, block.header)):
+        again = ValidatorRequest.from_json(json.loads(json.dumps(request.to_json())), where="test")
+        assert [e.to_bytes() for e in again.entries] == [e.to_bytes() for e in request.entries]
+        assert (again.kind, again.federation_id, again.header) == (request.kind, request.federation_id, request.header)
+    attestation = next(e for e in entries if e.type == ATTESTATION)
+    for reply in (ValidatorReply(attestation=attestation), ValidatorReply(signature=bytes(64)),
+                  ValidatorReply(refusal="no")):
+        again = ValidatorReply.from_json(json.loads(json.dumps(reply.to_json())), where="test")
+        assert again.to_json() == reply.to_json()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: {**r, "kind": "decrypt"}, "kind must be one of"),
+    (lambda r: {k: v for k, v in r.items() if k != "entries"}, "expected the fields"),
+    (lambda r: {**r, "entries": []}, "non-empty list"),
+    (lambda r: {**r, "entries": ["not base64!"]}, "entry 0: not base64"),
+    (lambda r: {**r, "entries": ["e30="]}, "entry 0"),  # {} is no entry
+    (lambda r: {**r, "header": "e30="}, "an attest request carries no header"),
+    (lambda r: {**r, "kind": "cosign", "header": "e30="}, "header"),
+])
+def test_a_malformed_request_is_refused_by_name(federation: Path, change, message: str) -> None:
+    entries, _ = _round_entries(federation)
+    request = ValidatorRequest(ATTEST, "bfl-x", entries).to_json()
+    with pytest.raises(MalformedRecord, match=message):
+        ValidatorRequest.from_json(change(request), where="request")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["attestation", "signature", "refusal", "other"]),
+                       st.one_of(st.none(), st.text(max_size=8), st.integers())))
+def test_a_reply_is_exactly_one_well_formed_answer(data: dict) -> None:
+    try:
+        reply = ValidatorReply.from_json(data, where="reply")
+    except MalformedRecord:
+        return
+    assert sum(v is not None for v in (reply.attestation, reply.signature, reply.refusal)) == 1
+
+
+def test_deeply_nested_bytes_are_refused_before_parsing() -> None:
+    with pytest.raises(MalformedRecord, match="nested deeper"):
+        decode_message(b"[" * 100_000, where="request")
+
+
+# --- one validator over TCP ---------------------------------------------------------------
+
+def test_a_served_validator_attests_and_cosigns_only_what_checks_out(copy: Path) -> None:
+    # The served validator's ledger stands before a round that the coordinator then runs
+    # on another copy: the validator is asked about exactly that round.
+    older = copy.parent / "older"
+    shutil.copytree(copy, older)
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    entries, block = _round_entries(copy)
+    round_entries = tuple(e for e in entries if e.type != ATTESTATION)
+    with Ledger.open(copy) as ledger:
+        federation_id = ledger.state.federation_id
+    # Content-addressed blobs travel ahead of the block that names them (as a sync would).
+    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
+    with served(older, "validator-1") as address:
+        remote = RemoteValidator("validator-1", address, timeout=60)
+        attested = remote.call(ValidatorRequest(ATTEST, federation_id, round_entries))
+        assert attested.attestation is not None and attested.attestation.type == ATTESTATION
+        assert attested.attestation.payload["validator"] == "validator-1"
+        # The same signed attestation the round holds (Ed25519 signatures are deterministic).
+        assert attested.attestation.to_bytes() in {e.to_bytes() for e in entries}
+        # A block whose header the entries do not give is refused, and said why.
+        honest = remote.call(ValidatorRequest(COSIGN, federation_id, entries, block.header))
+        assert honest.signature is not None
+        open_validator(older, "validator-1").identity.public.verify(honest.signature, block.header.signing_bytes())
+        forged = dataclasses.replace(block.header, state_root=bytes(32))
+        refused = remote.call(ValidatorRequest(COSIGN, federation_id, entries, forged))
+        assert refused.refusal is not None and "not what the entries give" in refused.refusal
+        # Another federation's request is refused before anything is checked.
+        other = remote.call(ValidatorRequest(ATTEST, "bfl-other", round_entries))
+        assert other.refusal is not None and "bfl-other" in other.refusal
+        # Garbage on the socket gets a refusal, and the server keeps serving.
+        with socket.create_connection(remote.address, timeout=10) as sock:
+            body = b'{"kind": 1}'
+            sock.sendall(struct.pack(">I", len(body)) + body)
+            size = struct.unpack(">I", sock.recv(4))[0]
+            data = b""
+            while len(data) < size:
+                data += sock.recv(size)
+        assert "malformed request" in json.loads(data)["refusal"]
+        assert remote.call(ValidatorRequest(ATTEST, federation_id, round_entries)).attestation is not None
+
+
+# --- the coordinator's quorum rule ---------------------------------------------------------
+
+def test_a_round_needs_a_quorum_and_writes_nothing_without_one(copy: Path) -> None:
+    before = _last_round(copy)
+    down = [f"--validator=validator-{i}={_closed_port()}" for i in (0, 1)]
+    result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", *down)
+    assert result.exit_code == EXIT_NOT_CERTIFIED, result.output
+    assert "2 of 4 validators attested, the quorum is 3" in result.output
+    assert "validator-0: unavailable" in result.output and "validator-1: unavailable" in result.output
+    assert _last_round(copy) == before
+    assert audit(copy).ok
+
+
+def test_one_validator_down_still_leaves_a_quorum(copy: Path) -> None:
+    result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1",
+                  f"--validator=validator-3={_closed_port()}", "--json")
+    assert result.exit_code == 0, result.output
+    entries, _ = _round_entries(copy)
+    attesters = {e.payload["validator"] for e in entries if e.type == ATTESTATION}
+    assert attesters == {"validator-0", "validator-1", "validator-2"}
+    assert audit(copy).ok
+
+
+@pytest.mark.parametrize("flag, code, message", [
+    ("--validator=validator-9=127.0.0.1:1", EXIT_REFUSED, "no validator named validator-9"),
+    ("--validator=validator-1", EXIT_USAGE, "NAME=HOST:PORT"),
+    ("--validator=validator-1=localhost", EXIT_USAGE, "not HOST:PORT"),
+])
+def test_bad_validator_flags_are_refused(copy: Path, flag: str, code: int, message: str) -> None:
+    result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", flag)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+
+
+def test_a_new_federation_cannot_start_with_remote_validators(tmp_path: Path) -> None:
+    result = _cli("round", "--dir", str(tmp_path / "new"), "--epsilon", "1", "--validator=validator-0=127.0.0.1:9")
+    assert result.exit_code == EXIT_REFUSED and "bfl-private init" in result.output
+    assert not (tmp_path / "new" / "ledger.sqlite3").exists()
+
+
+def test_the_validator_command_refuses_an_unknown_name(federation: Path) -> None:
+    result = _cli("validator", "--dir", str(federation), "--name", "validator-7")
+    assert result.exit_code == EXIT_USAGE and "no validator named 'validator-7'" in result.output
+
+
+# --- every validator its own process ------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_round_certified_by_four_validator_processes(copy: Path) -> None:
+    processes, addresses = [], {}
+    try:
+        for name in VALIDATORS:
+            child = subprocess.Popen([sys.executable, "-m", "bfl_private.cli", "validator", "--dir", str(copy),
+                                      "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            processes.append(child)
+        for name, child in zip(VALIDATORS, processes):
+            line = child.stdout.readline()
+            assert line.startswith(f"validator {name} listening on "), line + child.stderr.read()
+            addresses[name] = line.split()[-1]
+        flags = [f"--validator={name}={address}" for name, address in addresses.items()]
+        result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", "--json", *flags)
+        assert result.exit_code == 0, result.output
+    finally:
+        for child in processes:
+            child.terminate()
+    logs = [child.communicate(timeout=30)[0] for child in processes]
+    assert all("round 2: attested" in log and "block 2: cosigned" in log for log in logs), logs
+    entries, block = _round_entries(copy)
+    assert any(e.type == ROUND_CLOSE for e in entries)
+    assert {e.payload["validator"] for e in entries if e.type == ATTESTATION} == set(VALIDATORS)
+    assert audit(copy).ok

@@ -251,7 +251,7 @@ class FlowerRound:
             "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
-        entries.extend(v.attest(entries, fed.ledger) for v in fed.validators)
+        entries.extend(fed.validators.attest(entries).entries)
         fed.commit_block(entries)
         accepted = fed.ledger.state.model_cid == model_cid
         named = f", rejected {sorted(rejected)}" if rejected else ""

@@ -220,7 +220,8 @@ class Federation:
         endpoints: list[ValidatorEndpoint] = [
             RemoteValidator(name, remote[name]) if name in remote else
             LoopbackValidator(Validator(self.keys.identity(name), holdout, settings=self.settings,
-                                        n_features=self.data.n_features, n_classes=self.data.n_classes), self.ledger)
+                                        n_features=self.data.n_features, n_classes=self.data.n_classes,
+                                        keys=self.keys), self.ledger)
             for name, holdout in zip(names, self.data.validators)
         ]
         keys = {v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]}

@@ -46,6 +46,9 @@ class Keyring:
             os.close(fd)
         os.replace(temporary, path)
 
+    def has(self, name: str) -> bool:
+        return self._path(name).exists()
+
     def load(self, name: str) -> bytes:
         path = self._path(name)
         try:

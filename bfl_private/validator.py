@@ -13,6 +13,7 @@ tolerance. The contracts advance the model only if a quorum accepts.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from .artifacts import get_model
 from .data import Split
 from .federation import accuracy
+from .keyring import Keyring, KeyringError
 from .ledger.blocks import BlockHeader
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
@@ -40,8 +42,13 @@ PPM = 1_000_000
 
 class Validator:
     def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, n_features: int,
-                 n_classes: int) -> None:
+                 n_classes: int, keys: Keyring | None = None) -> None:
+        """``keys``: where this validator keeps what it has cosigned (beside its key), so
+        that no restart lets it sign two different blocks at one height; None keeps it in
+        memory only."""
         self.identity = identity
+        self._keys = keys
+        self._cosigned = self._load_cosigned()
         self.holdout = holdout
         self.settings = settings
         self.n_features = n_features
@@ -79,9 +86,39 @@ class Validator:
             "verdict": verdict,
         })
 
+    def _load_cosigned(self) -> tuple[int, str] | None:
+        if self._keys is None or not self._keys.has(self._cosigned_name):
+            return None  # has cosigned no block since genesis
+        try:
+            record = json.loads(self._keys.load(self._cosigned_name))
+            return int(record["height"]), str(record["header_sha256"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # Fail closed: forgetting what it signed would let it sign a conflicting block.
+            raise KeyringError(f"{self._cosigned_name}: unreadable record of the last cosigned block: {exc}") from None
+
+    @property
+    def _cosigned_name(self) -> str:
+        return f"{self.identity.name}.cosigned"
+
+    def _remember_cosigned(self, header: BlockHeader) -> None:
+        """Refuse a second, different header at a height already cosigned (or an older
+        height), then remember this one before signing it: otherwise a proposer could collect
+        a quorum for two conflicting blocks at one height, a fork of honest signatures."""
+        digest = header.hash().hex()
+        if self._cosigned is not None:
+            height, cosigned = self._cosigned
+            if header.height < height or (header.height == height and digest != cosigned):
+                raise SemanticCheckError(f"block {header.height}: this validator has already cosigned another "
+                                         f"header at height {height}; it signs one block per height")
+        self._cosigned = (header.height, digest)
+        if self._keys is not None:
+            self._keys.store(self._cosigned_name, json.dumps(
+                {"height": header.height, "header_sha256": digest}).encode("ascii"))
+
     def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger) -> bytes:
-        """Sign ``header`` only if replaying the contracts over ``entries`` gives that header
-        and any round the block closes carries this validator's own attestation (it checked it)."""
+        """Sign ``header`` only if replaying the contracts over ``entries`` gives that header,
+        any round the block closes carries this validator's own attestation (it checked it),
+        and it has signed no other header at that height."""
         replayed = ledger.propose(entries, time=header.time)
         if replayed.header.signing_bytes() != header.signing_bytes():
             raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")
@@ -90,4 +127,5 @@ class Validator:
             e.type == ATTESTATION and e.author == mine for e in entries
         ):
             raise SemanticCheckError(f"block {header.height}: closes a round this validator has not checked")
+        self._remember_cosigned(header)
         return self.identity.sign(header.signing_bytes())

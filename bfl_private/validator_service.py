@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from .ledger.blocks import BlockHeader
 from .ledger.canonical import check_nesting
-from .ledger.entries import ATTESTATION, Entry
+from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import MalformedRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
@@ -50,6 +50,8 @@ MAX_MESSAGE_BYTES = 64 << 20
 """Largest request or reply accepted on the wire (a round's entries are a few kB per client)."""
 DEFAULT_TIMEOUT_S = 120.0
 """How long the coordinator waits for a remote validator's reply (it re-checks the round)."""
+READ_TIMEOUT_S = 30.0
+"""How long a served validator waits for a request's bytes once a peer has connected."""
 
 
 class ValidatorUnavailable(BflError, RuntimeError):
@@ -264,16 +266,28 @@ def validator_server(directory: Path, validator: Validator, *, host: str, port: 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             where = f"request from {self.client_address[0]}:{self.client_address[1]}"
+            # One request at a time: a peer that connects and sends nothing must not hold
+            # the validator, so reads (not the checks) are bounded.
+            self.request.settimeout(READ_TIMEOUT_S)
             try:
                 data = _receive_frame(self.request, where=where)
+            except (OSError, MalformedRecord):
+                return  # nothing usable arrived; there is no one to answer
+            try:
                 request = ValidatorRequest.from_json(decode_message(data, where=where), where=where)
             except MalformedRecord as exc:
-                _send_frame(self.request, encode_message(ValidatorReply(refusal=f"malformed request: {exc}")))
-                return
-            with Ledger.open(directory) as ledger:
-                reply = answer(validator, ledger, request)
-            on_request(request, reply)
-            _send_frame(self.request, encode_message(reply))
+                reply = ValidatorReply(refusal=f"malformed request: {exc}")
+            else:
+                try:
+                    with Ledger.open(directory) as ledger:
+                        reply = answer(validator, ledger, request)
+                except Exception as exc:  # noqa: BLE001 - the transport boundary: refuse, keep serving
+                    reply = ValidatorReply(refusal=f"could not check the request: {type(exc).__name__}: {exc}")
+                on_request(request, reply)
+            try:
+                _send_frame(self.request, encode_message(reply))
+            except OSError:
+                pass  # the coordinator has gone; it will count this validator as unavailable
 
     class Server(socketserver.TCPServer):
         allow_reuse_address = True
@@ -313,18 +327,36 @@ class ValidatorPanel:
         one's author, signature and round when the block is proposed); QuorumNotReached
         when fewer than a quorum attest, since no quorum could then cosign the block."""
         request = ValidatorRequest(ATTEST, self.federation_id, tuple(entries))
+        close = next((e for e in entries if e.type == ROUND_CLOSE), None)
         attestations, refusals = [], {}
         for endpoint in self.endpoints:
             reply = self._ask(endpoint, request)
-            if reply.attestation is not None and reply.attestation.type == ATTESTATION:
-                attestations.append(reply.attestation)
+            if reply.attestation is None:
+                refusals[endpoint.name] = reply.refusal or "replied without an attestation"
+            elif (problem := self._attestation_problem(endpoint.name, reply.attestation, close)) is not None:
+                # Proposing it would fail the whole block: one faulty validator must not
+                # stop a round that a quorum can certify.
+                refusals[endpoint.name] = problem
             else:
-                refusals[endpoint.name] = reply.refusal or "replied with something other than an attestation"
+                attestations.append(reply.attestation)
         if len(attestations) < self.quorum:
             raise QuorumNotReached(f"round {entries[0].round}: {len(attestations)} of {len(self.endpoints)} "
                                    f"validators attested, the quorum is {self.quorum}; nothing of it was written "
                                    f"({_reasons(refusals)})")
         return Attestations(attestations, refusals)
+
+    def _attestation_problem(self, name: str, attestation: Entry, close: Entry | None) -> str | None:
+        """Why ``attestation`` is not ``name``'s signed attestation of this round's model, or None."""
+        try:
+            attestation.verify(self.keys[name], where=f"attestation of {name}")
+        except BflError as exc:
+            return str(exc)
+        if attestation.type != ATTESTATION or attestation.payload["validator"] != name:
+            return f"replied with a {attestation.type} entry, not its own attestation"
+        if close is None or attestation.round != close.round or \
+                attestation.payload["model_cid"] != close.payload["new_model_cid"]:
+            return "attested another round or model than the one it was asked about"
+        return None
 
     def certify(self, proposed: ProposedBlock) -> dict[str, bytes]:
         """A quorum of cosignatures over ``proposed``'s header, keyed by signer key id;
@@ -365,8 +397,9 @@ def open_validator(directory: Path, name: str) -> Validator:
         raise UnknownValidator(f"{directory}: no validator named {name!r} (its validators: {', '.join(names)})")
     settings = FederationSettings.from_json(genesis["settings"])
     data = federation_data(settings)
-    return Validator(Keyring(directory).identity(name), data.validators[names.index(name)], settings=settings,
-                     n_features=data.n_features, n_classes=data.n_classes)
+    keys = Keyring(directory)
+    return Validator(keys.identity(name), data.validators[names.index(name)], settings=settings,
+                     n_features=data.n_features, n_classes=data.n_classes, keys=keys)
 
 
 def describe(request: ValidatorRequest, reply: ValidatorReply) -> str:

@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 
 from bfl_private.audit import audit
 from bfl_private.cli import EXIT_NOT_CERTIFIED, EXIT_REFUSED, EXIT_USAGE, main
-from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE
-from bfl_private.ledger.errors import MalformedRecord
+from bfl_private.keyring import KeyringError
+from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
+from bfl_private.ledger.errors import MalformedRecord, SemanticCheckError
+from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
 from bfl_private.validator_service import (
     ATTEST,
@@ -251,4 +253,47 @@ def test_a_round_certified_by_four_validator_processes(copy: Path) -> None:
     entries, block = _round_entries(copy)
     assert any(e.type == ROUND_CLOSE for e in entries)
     assert {e.payload["validator"] for e in entries if e.type == ATTESTATION} == set(VALIDATORS)
+    assert audit(copy).ok
+
+
+def test_a_validator_signs_one_header_per_height_across_restarts(copy: Path) -> None:
+    older = copy.parent / "older"
+    shutil.copytree(copy, older)
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
+    entries, block = _round_entries(copy)
+    # The same entries under another block time give another valid header at the same
+    # height: a proposer collecting a quorum for each would fork the chain.
+    other = dataclasses.replace(block.header, time=block.header.time + 1)
+    with Ledger.open(older) as ledger:
+        validator = open_validator(older, "validator-2")
+        signature = validator.cosign_header(block.header, entries, ledger)
+        validator.identity.public.verify(signature, block.header.signing_bytes())
+        assert validator.cosign_header(block.header, entries, ledger) == signature  # the same block again: fine
+        with pytest.raises(SemanticCheckError, match="already cosigned another header at height"):
+            validator.cosign_header(other, entries, ledger)
+        restarted = open_validator(older, "validator-2")  # what it signed is kept beside its key
+        with pytest.raises(SemanticCheckError, match="already cosigned another header at height"):
+            restarted.cosign_header(other, entries, ledger)
+        (older / "keys" / "validator-2.cosigned").write_bytes(b"{not json")
+        with pytest.raises(KeyringError, match="unreadable record of the last cosigned block"):
+            open_validator(older, "validator-2")
+
+
+def test_a_faulty_attestation_does_not_sink_a_round_a_quorum_certifies(copy: Path, monkeypatch) -> None:
+    from bfl_private.validator import Validator
+
+    honest = Validator.attest
+
+    def attest(self, entries, ledger):  # validator-0 signs its attestation with a key of its own making
+        entry = honest(self, entries, ledger)
+        if self.identity.name != "validator-0":
+            return entry
+        return Entry.create(SigningIdentity.generate("validator-0"), ATTESTATION, entry.round, entry.payload)
+
+    monkeypatch.setattr(Validator, "attest", attest)
+    result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", "--json")
+    assert result.exit_code == 0, result.output
+    entries, _ = _round_entries(copy)
+    assert {e.payload["validator"] for e in entries if e.type == ATTESTATION} == set(VALIDATORS[1:])
     assert audit(copy).ok

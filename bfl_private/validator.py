@@ -14,6 +14,7 @@ tolerance. The contracts advance the model only if a quorum accepts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -22,8 +23,8 @@ from .data import FederatedDataset, Split
 from .federation import accuracy
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
-from .ledger.identity import SigningIdentity
 from .ledger.store import Ledger, ProposedBlock
+from .parties import ValidatorParty
 from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
@@ -37,9 +38,13 @@ from .settings import FederationSettings
 PPM = 1_000_000
 
 
-class Validator:
-    def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, data: FederatedDataset) -> None:
-        self.identity = identity
+class Validator(ValidatorParty):
+    """One validator, built from its own folder ``DIR/parties/<name>/`` (its keys and any
+    per-validator state live there, see :mod:`bfl_private.parties`)."""
+
+    def __init__(self, directory: Path, name: str, holdout: Split, *, settings: FederationSettings,
+                 data: FederatedDataset) -> None:
+        super().__init__(directory, name)
         self.holdout = holdout
         self.settings = settings
         self.n_features = data.n_features
@@ -70,7 +75,7 @@ class Validator:
         quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
-        return Entry.create(self.identity, ATTESTATION, view.round, {
+        return self.entry(ATTESTATION, view.round, {
             "validator": self.identity.name,
             "model_cid": view.close.payload["new_model_cid"],
             "quality_ppm": quality,

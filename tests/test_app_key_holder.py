@@ -17,10 +17,9 @@ from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
 from bfl_private.ledger.entries import ROUND_OPEN
 from bfl_private.ledger.errors import SemanticCheckError
-from bfl_private.protocol_setup import PAILLIER_MODULUS_PROOF, PAILLIER_SHARE
 from bfl_private.protocols import paillier_modulus
 from bfl_private.protocols.paillier_modulus import ModulusProof
-from bfl_private.settings import FederationSettings, ProtocolSettings, validator_ids
+from bfl_private.settings import FederationSettings, ProtocolSettings
 
 
 def _settings() -> FederationSettings:
@@ -65,9 +64,10 @@ def test_a_later_round_under_another_key_is_refused(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path / "fed", _settings(), model_seed=0)
     try:
         _round(fed)
-        # Whoever holds the keys folder deals a fresh key of its own making.
-        for name in [PAILLIER_MODULUS_PROOF, *(PAILLIER_SHARE.format(validator=v) for v in validator_ids(4))]:
-            (fed.keys.directory / name).unlink()
+        # The dealer and the validators forget the key, so the dealer deals a fresh one.
+        fed.round_parties.paillier_dealer.forget()
+        for validator in fed.validators:
+            validator.forget_paillier_share()
         with pytest.raises(SemanticCheckError, match="another key than the federation's"):
             _round(fed)
     finally:

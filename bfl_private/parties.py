@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         for party, files in migrate(args.directory).items():
-            print(f"{party}\t{', '.join(files)}")
+            print(f"{party}\t{', '.join(sorted(files))}")
     except BflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

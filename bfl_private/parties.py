@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -45,6 +45,14 @@ from .keyring import Keyring, KeyringError
 from .ledger.entries import Entry
 from .ledger.identity import SigningIdentity, VerifyingKey
 from .primitives.errors import BflError
+
+if TYPE_CHECKING:  # the HE libraries load only when a round uses them
+    from contextlib import AbstractContextManager
+
+    from .protocols.ckks import CkksKeyHolder
+    from .protocols.paillier_committee import ShareHolder
+    from .protocols.paillier_modulus import ModulusProof
+    from .protocols.threshold_paillier import KeyShare
 
 PARTIES_DIR = "parties"
 LEGACY_KEYS_DIR = "keys"
@@ -82,8 +90,8 @@ def check_layout(directory: Path) -> None:
     """Refuse (LegacyKeyLayout) a federation whose secrets still sit in one ``keys/`` folder."""
     directory = Path(directory)
     if (directory / LEGACY_KEYS_DIR).is_dir() and not (directory / PARTIES_DIR).is_dir():
-        raise LegacyKeyLayout(f"{directory} keeps every party's keys in {LEGACY_KEYS_DIR}/; move them into one "
-                              f"folder per party with: python -m bfl_private.parties migrate {directory}")
+        raise LegacyKeyLayout(f"every party's keys are in one {LEGACY_KEYS_DIR}/ folder; move them into one folder "
+                              f"per party with: python -m bfl_private.parties migrate {directory}")
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,9 @@ def enrol(folder: Path, name: str, role: str) -> Registration:
     """Generate party ``name``'s Ed25519 identity in its own ``folder`` (refusing to replace
     one) and return its public registration: the one step a party runs before genesis."""
     keys = Keyring(folder)
-    if keys.holds(IDENTITY_FILE):
-        raise KeyringError(f"{folder} already holds an identity key; {name} is enrolled")
     with _acting_as(name):
+        if keys.holds(IDENTITY_FILE):
+            raise KeyringError(f"{folder} already holds an identity key; {name} is enrolled")
         identity = SigningIdentity.generate(name)
         keys.store(IDENTITY_FILE, identity.private_bytes())
     return Registration(name, role, identity.public.vkey())
@@ -138,7 +146,7 @@ class Party:
         self.name = name
         self._keys = Keyring(party_folder(directory, name))
 
-    def _acting(self) -> Any:
+    def _acting(self) -> AbstractContextManager[None]:
         return _acting_as(self.name)
 
     def _load_identity(self) -> SigningIdentity:
@@ -171,25 +179,21 @@ class LocalHospital(SigningParty):
 class ValidatorParty(SigningParty):
     """A validator's folder: its identity, its Paillier key share, its chain account key."""
 
-    def receive_paillier_share(self, share: Any) -> None:
-        """Store the share the dealer hands this validator (a threshold_paillier.KeyShare)."""
+    def receive_paillier_share(self, share: KeyShare) -> None:
+        """Store the share the dealer hands this validator."""
         if share.party != self.name:
             raise KeyringError(f"{self.name} was handed {share.party}'s Paillier share")
         with self._acting():
             self._keys.store(PAILLIER_SHARE_FILE, share.to_private_bytes())
 
-    def paillier_share_holder(self, *, min_summands: int) -> Any:
-        """This validator's decryptor (paillier_committee.ShareHolder); KeyringError before dealing."""
+    def paillier_share_holder(self, *, min_summands: int) -> ShareHolder:
+        """This validator's decryptor; KeyringError before dealing."""
         from .protocols.paillier_committee import ShareHolder
         from .protocols.threshold_paillier import KeyShare
 
         with self._acting():
             share = KeyShare.from_private_bytes(self._keys.load(PAILLIER_SHARE_FILE))
         return ShareHolder(share, min_summands=min_summands)
-
-    def forget_paillier_share(self) -> None:
-        with self._acting():
-            self._keys.remove(PAILLIER_SHARE_FILE)
 
     def chain_key(self, *, create: bool) -> bytes:
         """This validator's secp256k1 account key; with ``create``, a fresh one if it has none."""
@@ -213,8 +217,8 @@ class PaillierDealer(Party):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, PAILLIER_DEALER)
 
-    def proof(self) -> Any:
-        """The modulus proof of the key it dealt (paillier_modulus.ModulusProof); KeyringError before."""
+    def proof(self) -> ModulusProof:
+        """The modulus proof of the key it dealt; KeyringError before it has dealt."""
         from .protocols.paillier_modulus import ModulusProof
 
         with self._acting():
@@ -234,10 +238,6 @@ class PaillierDealer(Party):
                 validator.receive_paillier_share(share)
             self._keys.store(PAILLIER_MODULUS_PROOF_FILE, rfc8785.dumps(proof.to_json()))
 
-    def forget(self) -> None:
-        with self._acting():
-            self._keys.remove(PAILLIER_MODULUS_PROOF_FILE)
-
 
 class CkksKeyHolderParty(Party):
     """The CKKS key holder: generates its secret context in its own folder on first use."""
@@ -245,8 +245,8 @@ class CkksKeyHolderParty(Party):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, CKKS_KEY_HOLDER)
 
-    def holder(self) -> Any:
-        """Its decryptor (ckks.CkksKeyHolder), made and stored on first use."""
+    def holder(self) -> CkksKeyHolder:
+        """Its decryptor, made and stored on first use."""
         from .protocols.ckks import CkksKeyHolder
 
         with self._acting():

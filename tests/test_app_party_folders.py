@@ -22,12 +22,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from bfl_private.audit import audit
-from bfl_private.coordinator import Federation
-from bfl_private.keyring import Keyring, KeyringError
 from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
+from click.testing import CliRunner
+
+from bfl_private.audit import audit
+from bfl_private.cli import EXIT_USAGE
+from bfl_private.cli import main as cli_main
+from bfl_private.coordinator import Federation
+from bfl_private.keyring import Keyring, KeyringError
 from bfl_private.parties import (
     COORDINATOR,
     IDENTITY_FILE,
@@ -193,6 +196,10 @@ def test_an_old_single_keys_folder_is_refused_by_name_then_migrated(guarded_fede
     shutil.rmtree(old / PARTIES_DIR)
     with pytest.raises(LegacyKeyLayout, match=f"python -m bfl_private.parties migrate {old}$"):
         Federation.open(old)
+    refused = CliRunner().invoke(cli_main, ["round", "--epsilon", "0.5", "--rounds", "1", "--dir", str(old)])
+    assert refused.exit_code == EXIT_USAGE
+    assert refused.stderr.splitlines() == [(f"error: {old}: every party's keys are in one keys/ folder; move them "
+                                           f"into one folder per party with: python -m bfl_private.parties migrate {old}")]
     assert parties_main(["migrate", str(old)]) == 0
     assert "validator-0\tidentity.ed25519, paillier-share.json" in capsys.readouterr().out
     assert not (old / LEGACY_KEYS_DIR).exists()

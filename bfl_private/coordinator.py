@@ -67,7 +67,6 @@ from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
 
 
-
 class RunRefused(BflError, RuntimeError):
     """The command cannot run as asked (over budget, inconsistent flags); nothing was written."""
 

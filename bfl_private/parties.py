@@ -11,9 +11,10 @@ files 0600, through :class:`~bfl_private.keyring.Keyring`)::
     parties/paillier-dealer/  paillier-modulus-proof.json (public) once it has dealt
     parties/ckks-key-holder/  ckks-key.bin (the CKKS secret context)
 
-A party generates its own identity key in its own folder (:func:`enrol`, the same code a
-remote party runs) and hands over only its :class:`Registration`; the coordinator writes
-genesis from those public records. In the in-process federation each party is an object
+A party generates its own identity key in its own folder (:func:`enrol`, the code a remote
+party runs too) and hands over only its :class:`Registration`; the coordinator writes
+genesis from those public records. (The Flower setup enrols each hospital in its folder on
+the operator's machine, then moves the key out into the hospital's bundle.) In the in-process federation each party is an object
 built from its own folder (:class:`LocalHospital`, the validators, :class:`PaillierDealer`,
 :class:`CkksKeyHolderParty`); the coordinator calls them (sign this submission, attest,
 co-sign, deal, decrypt) and never opens another party's folder. While a party object
@@ -149,10 +150,6 @@ class Party:
     def _acting(self) -> AbstractContextManager[None]:
         return _acting_as(self.name)
 
-    def _load_identity(self) -> SigningIdentity:
-        with self._acting():
-            return SigningIdentity.from_private_bytes(self.name, self._keys.load(IDENTITY_FILE))
-
 
 class SigningParty(Party):
     """A party registered in genesis: it signs with the identity key of its folder, loaded
@@ -161,14 +158,16 @@ class SigningParty(Party):
 
     @cached_property
     def identity(self) -> SigningIdentity:
-        return self._load_identity()
+        with self._acting():
+            return SigningIdentity.from_private_bytes(self.name, self._keys.load(IDENTITY_FILE))
 
     def entry(self, entry_type: str, round_id: int, payload: Mapping[str, Any]) -> Entry:
         return Entry.create(self.identity, entry_type, round_id, payload)
 
 
 class LocalHospital(SigningParty):
-    """A simulated hospital: signs its own submissions; its key never leaves the object."""
+    """A simulated hospital: signs its own submissions, and hands its key to no one but the
+    in-process masking client that stands for its own code."""
 
     def masking_key(self) -> Ed25519PrivateKey:
         """The identity key the in-process masking protocol's client for this hospital

@@ -1,7 +1,7 @@
 """Real ledgers of R rounds x C clients for the audit benchmark, built by the coordinator.
 
 :class:`bfl_private.coordinator.Federation` writes everything: genesis (CSV data of C
-hospitals, keys in ``keys/``), each round's opening, C submissions signed by each client's
+hospitals, keys in ``parties/``), each round's opening, C submissions signed by each client's
 own identity, the plain protocol's aggregate and transcript, the new model, the four
 validators' checks, attestations and quorum certificates. The only thing skipped is the
 clients' DP-SGD (Opacus, far too slow for 10^5 client-rounds): each client sends, through

@@ -19,7 +19,7 @@ adds the semantic checks that need the protocols' and the accountant's maths:
                                   EVM contract with equal fields, on-chain ε, budgets and
                                   balances equal to the ledger's (bfl_private.chain_sync)
 
-It reads only the directory it is given (never ``keys/``) and imports no torch. What a
+It reads only the directory it is given (never ``parties/``, the parties' secrets) and imports no torch. What a
 ledger cannot prove is said in the report's notes.
 """
 from __future__ import annotations
@@ -69,10 +69,11 @@ HE_KEY_HOLDER = {
     "paillier": ("Paillier: rounds are decrypted by a quorum of validators, each partial "
                  "decryption proven and re-checked here, under the federation's one key (its "
                  "modulus proven well formed, its size the genesis policy). That key was made by a "
-                 "trusted dealer (the process that ran the first Paillier round), which could have "
-                 "kept p and q and so decrypt any single submission the blob store publishes."),
+                 "trusted dealer (the paillier-dealer party, run by the federation's operator for the "
+                 "first Paillier round), which could have kept p and q and so decrypt any single "
+                 "submission the blob store publishes."),
     "ckks": ("CKKS: the federation's key holder (a party apart from the aggregator, whose "
-             "secret key stays in the coordinator's keys/) can decrypt any single client's "
+             "secret key stays in its own party folder) can decrypt any single client's "
              "submission, which the blob store publishes; the sum ciphertext was recomputed but "
              "its decryption cannot be proven (CKKS has no verifiable decryption); the published "
              "total is rounded to a grid at least 1024x its error bound, which hides most but not "

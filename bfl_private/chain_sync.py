@@ -5,7 +5,7 @@ block approve its header from their accounts, and settles every closed or aborte
 (privacy spend and rewards) once its header is final. It is idempotent and resumes where
 the chain stands, so a run that crashed part-way is caught up by the next one.
 
-The federation directory gets ``chain.json`` (public, not in ``keys/``)::
+The federation directory gets ``chain.json`` (public, not in ``parties/``)::
 
     {"version": 2, "chain_id": 31337, "contract": "0x…", "deployer": "0x…",
      "validators": {"validator-0": "0x…", …}, "clients": {"client-0": "0x…", …}}
@@ -15,12 +15,13 @@ account), each validator's account and the derived address that names each clien
 (:func:`bfl_private.ledger.chain.client_address`). An auditor needs none of it:
 :func:`chain_hook` derives the same mapping from the ledger and the contract.
 
-Validators' accounts are their own secp256k1 keys, ``keys/<validator>.secp256k1`` (made
-on first use, mode 0600 like every key): each approval is a transaction the validator's
+Validators' accounts are their own secp256k1 keys, ``parties/<validator>/chain.secp256k1``
+(made by the validator's party object in its own folder on first use, mode 0600 like every
+key): each approval is a transaction the validator's
 key signs, sent raw, so the quorum on chain is a quorum of keys the node never held. On a
 development chain the deployer tops up their gas (:data:`VALIDATOR_FUNDING`); elsewhere
-fund them like any account. In this embedded federation the validators' keys sit in the
-same ``keys/`` as their Ed25519 identities and approve from this process; on a chain
+fund them like any account. In this embedded federation each validator's key sits in its
+party folder beside its Ed25519 identity and approves from this process; on a chain
 shared by organisations each validator would call
 :meth:`~bfl_private.ledger.chain.AnchorContract.approve_header` with its key on its own
 machine.
@@ -37,7 +38,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from .keyring import Keyring, KeyringError
+from .keyring import KeyringError
+from .parties import CHAIN_KEY_FILE, ValidatorParty
 from .ledger.chain import (
     AccountMap,
     AnchorContract,
@@ -102,24 +104,16 @@ def _write_chain_file(directory: Path, record: dict[str, Any]) -> None:
 
 
 def validator_keys(directory: Path, names: list[str], *, create: bool) -> dict[str, LocalAccount]:
-    """Each validator's secp256k1 key from ``keys/<name>.secp256k1``; with ``create``, a
-    fresh one (OS randomness) for a validator that has none. KeyringError if one is missing,
-    exposed to other users or not a key."""
-    keyring = Keyring(directory)
+    """Each validator's secp256k1 key, asked of its party (``parties/<name>/chain.secp256k1``);
+    with ``create``, a fresh one (OS randomness) for a validator that has none. KeyringError
+    if one is missing, exposed to other users or not a key."""
     keys: dict[str, LocalAccount] = {}
     for name in names:
-        file = f"{name}.secp256k1"
-        try:
-            raw = keyring.load(file)
-        except KeyringError:
-            if not create or (keyring.directory / file).exists():
-                raise
-            raw = bytes(Account.create().key)
-            keyring.store(file, raw)
+        raw = ValidatorParty(directory, name).chain_key(create=create)
         try:
             keys[name] = Account.from_key(raw)
         except ValueError as exc:
-            raise KeyringError(f"key file {keyring.directory / file} is not a secp256k1 private key: "
+            raise KeyringError(f"{name}'s chain key {CHAIN_KEY_FILE} is not a secp256k1 private key: "
                                f"{exc}") from None
     return keys
 
@@ -188,7 +182,7 @@ def sync(directory: Path | str, url: str | None = None, *, w3: Web3 | None = Non
         keys = validator_keys(directory, sorted(mapping.validators), create=False)
         for name, key in keys.items():
             if key.address != mapping.validators[name]:
-                raise ChainMismatch(f"{name}'s key in keys/ signs as {key.address}; "
+                raise ChainMismatch(f"{name}'s key in its party folder signs as {key.address}; "
                                     f"{directory / CHAIN_FILE} maps it to {mapping.validators[name]}")
         by_key = {r["key_id"]: name for name, r in state.validators().items()}
         head = ledger.height if ledger.height is not None else -1

@@ -196,6 +196,7 @@ def _federation_errors(directory: Path) -> Iterator[None]:
     from .keyring import KeyringError
     from .ledger.errors import VerificationError
     from .privacy.errors import PrivacyError
+    from .protocol_setup import ProtocolUnavailable
     from .runner import RunInterrupted
     from .settings import SettingsError
     from .validator_service import QuorumNotReached
@@ -206,7 +207,7 @@ def _federation_errors(directory: Path) -> Iterator[None]:
         _fail(str(exc), EXIT_USAGE)
     except KeyringError as exc:
         _fail(f"{directory}: {exc}", EXIT_USAGE)
-    except (RunRefused, DirectoryBusy) as exc:
+    except (RunRefused, DirectoryBusy, ProtocolUnavailable) as exc:
         _fail(str(exc), EXIT_REFUSED)
     except QuorumNotReached as exc:
         _fail(f"{exc} (the rounds before it are recorded)", EXIT_NOT_CERTIFIED)

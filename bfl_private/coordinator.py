@@ -3,8 +3,10 @@
 The coordinator opens each round, runs the clients' DP-SGD and the aggregation protocol
 in-process, commits every protected update and the round's result to the ledger, and
 asks the validators to check the round and attest the new model's quality before they
-co-sign the block. Everything an auditor needs is in the ledger directory; private keys
-stay in ``keys/`` (see :mod:`bfl_private.keyring`).
+co-sign the block. Everything an auditor needs is in the ledger directory; every party's
+private keys stay in its own folder under ``parties/`` (see :mod:`bfl_private.parties`):
+the hospitals, validators and key holders are objects built from their folders, which
+this object calls on and never reads itself.
 """
 from __future__ import annotations
 
@@ -29,9 +31,20 @@ from .fedavg import payload_weight
 from .distributed_round import DistributedPlan
 from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
 from .keyring import Keyring
+from .parties import (
+    COORDINATOR,
+    CSV_COMMITMENT_KEY_FILE,
+    CkksKeyHolderParty,
+    LocalHospital,
+    PaillierDealer,
+    SigningParty,
+    check_layout,
+    enrol,
+    party_folder,
+)
 from .ledger.contracts import min_quorum
 from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
-from .ledger.identity import SigningIdentity, VerifyingKey
+from .ledger.identity import VerifyingKey
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
 from .participant_checks import ParticipantRefusal, ParticipantView, check_opening, refusal_reason
@@ -40,7 +53,7 @@ from .privacy.accounting import SpendRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
-from .protocol_setup import build_protocol
+from .protocol_setup import RoundParties, build_protocol
 from .protocols.base import STAGES, ForgedInput, Stage
 from .protocols.errors import RoundAbort
 from .round_checks import (
@@ -52,11 +65,7 @@ from .round_checks import (
 )
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
-from .validator_service import LoopbackValidator, RemoteValidator, ValidatorEndpoint, ValidatorPanel
-
-COORDINATOR = "coordinator"
-CSV_COMMITMENT_KEY = "csv-commitment-key"
-"""Keyring name of the secret under which genesis commits to the private CSV files."""
+from .validator_service import LoopbackValidator, RemoteValidator, ValidatorPanel
 
 
 class RunRefused(BflError, RuntimeError):
@@ -192,41 +201,44 @@ def _plan_distributed(settings: FederationSettings, histories: Mapping[str, list
 
 
 class Federation:
-    """A federation directory: its ledger, its keys and the simulated parties' data."""
+    """A federation directory: its ledger, the coordinator's own keys, the simulated
+    parties (each built from its own folder) and their data."""
 
     def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
-                 remote_validators: Mapping[str, str] | None = None) -> None:
+                 remote_validators: Mapping[str, str] | None = None, genesis: Mapping[str, Any] | None = None) -> None:
         """``remote_validators``: validator name -> ``HOST:PORT`` of a validator running as
-        its own process (``bfl-private validator``); the others run in this process."""
+        its own process (``bfl-private validator``); the others run in this process.
+        ``genesis``: the genesis payload, while it is not yet on the ledger (at creation)."""
         self.directory = directory
         self.ledger = ledger
         self.settings = settings
-        self.keys = Keyring(directory)
+        self.coordinator = SigningParty(directory, COORDINATOR)
+        """The coordinator's own party: the one folder this object reads."""
         self._histories = PrivacyHistories()
         self.data: FederatedDataset = federation_data(settings)
         self.clients = {
             c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
             for c in self.data.clients
         }
-        self.validators = self._validator_panel(dict(remote_validators or {}))
-
-    def _validator_panel(self, remote: dict[str, str]) -> ValidatorPanel:
-        genesis = self.ledger.genesis().payload
+        self.hospitals = {c: LocalHospital(directory, c) for c in self.clients}
+        genesis = dict(genesis if genesis is not None else ledger.genesis().payload)
         names = [v["id"] for v in genesis["validators"]]
-        unknown = sorted(set(remote) - set(names))
-        if unknown:
+        remote = dict(remote_validators or {})
+        if unknown := sorted(set(remote) - set(names)):
             raise RunRefused(f"no validator named {', '.join(unknown)} in this federation (its validators: "
                              f"{', '.join(names)})")
-        endpoints: list[ValidatorEndpoint] = [
-            RemoteValidator(name, remote[name]) if name in remote else
-            LoopbackValidator(Validator(self.keys.identity(name), holdout, settings=self.settings,
-                                        n_features=self.data.n_features, n_classes=self.data.n_classes,
-                                        keys=self.keys), self.ledger)
-            for name, holdout in zip(names, self.data.validators)
-        ]
-        keys = {v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]}
-        return ValidatorPanel(endpoints, keys=keys, quorum=int(genesis["quorum"]),
-                              federation_id=genesis["federation_id"])
+        # The validators of this process, each built from its own folder; the others are
+        # reached where they run.
+        local = {name: Validator(directory, name, holdout, settings=settings, n_features=self.data.n_features,
+                                 n_classes=self.data.n_classes)
+                 for name, holdout in zip(names, self.data.validators) if name not in remote}
+        self.validators = ValidatorPanel(
+            [RemoteValidator(name, remote[name]) if name in remote else LoopbackValidator(local[name], ledger)
+             for name in names],
+            keys={v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]},
+            quorum=int(genesis["quorum"]), federation_id=genesis["federation_id"])
+        self.round_parties = RoundParties(self.hospitals, list(local.values()), PaillierDealer(directory),
+                                          CkksKeyHolderParty(directory))
 
     # --- creation and opening ---------------------------------------------------------
 
@@ -236,7 +248,8 @@ class Federation:
 
     @classmethod
     def create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
-        """Generate keys, write the genesis block, and return the new federation.
+        """Have every party enrol in its own folder, write the genesis block from their
+        public registrations, and return the new federation.
 
         A failure part-way removes what was created, so a directory never holds keys
         without a ledger or a ledger without its genesis block.
@@ -258,20 +271,23 @@ class Federation:
     @classmethod
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
         data = checked_data(settings)
-        keys = Keyring(directory)
         if settings.csv is not None:
-            # Genesis commits to the private files under a key only this directory holds.
+            # Genesis commits to the private files under a key only the coordinator holds.
             key = secrets.token_bytes(32)
-            keys.store(CSV_COMMITMENT_KEY, key)
+            Keyring(party_folder(directory, COORDINATOR)).store(CSV_COMMITMENT_KEY_FILE, key)
             described = load_csv(settings.csv, seed=settings.data_seed, n_validators=settings.n_validators)
             settings = dataclasses.replace(settings, csv_description=dataclasses.replace(
                 described.description, commitments=csv_commitments(settings.csv, key)))
-        coordinator = keys.new_identity(COORDINATOR)
-        clients = [(c, keys.new_identity(c.client_id)) for c in data.clients]
-        validators = [keys.new_identity(name) for name in validator_ids(settings.n_validators)]
+        # Each party enrols in its own folder (as a remote party would) and hands over only
+        # its public registration; genesis is written from these.
+        registered = enrol(party_folder(directory, COORDINATOR), COORDINATOR, "coordinator")
+        clients = [(c, enrol(party_folder(directory, c.client_id), c.client_id, "hospital")) for c in data.clients]
+        validators = [enrol(party_folder(directory, name), name, "validator")
+                      for name in validator_ids(settings.n_validators)]
+        coordinator = SigningParty(directory, COORDINATOR)
         ledger = Ledger.create(directory)
         initial = flatten_parameters(build_model(settings.training.model, data.n_features, data.n_classes, seed=model_seed))
-        genesis = Entry.create(coordinator, GENESIS, 0, {
+        genesis = coordinator.entry(GENESIS, 0, {
             "federation_id": f"bfl-{secrets.token_hex(6)}",
             "settings": settings.to_json(),
             "quorum": min_quorum(len(validators)),
@@ -281,29 +297,32 @@ class Federation:
                 "penalty_dropout": settings.rewards.penalty_dropout,
                 "validator_reward": settings.rewards.validator_reward,
             },
-            "coordinator": {"id": COORDINATOR, "vkey": coordinator.public.vkey()},
+            "coordinator": {"id": COORDINATOR, "vkey": registered.vkey},
             "clients": [
-                {"id": c.client_id, "vkey": identity.public.vkey(), "epsilon_budget": settings.privacy.lifetime_epsilon,
+                {"id": c.client_id, "vkey": r.vkey, "epsilon_budget": settings.privacy.lifetime_epsilon,
                  "delta": settings.privacy.delta, "data_weight": len(c.train)}
-                for c, identity in clients
+                for c, r in clients
             ],
-            "validators": [{"id": v.name, "vkey": v.public.vkey()} for v in validators],
+            "validators": [{"id": v.party, "vkey": v.vkey} for v in validators],
             "initial_model_cid": put_model(ledger.blobs, initial),
             "normalisation": data.normaliser.to_json(),
         })
-        proposed = ledger.propose([genesis], time=int(time.time()))
-        ledger.commit(proposed, {v.public.key_id_hex: v.sign(proposed.header.signing_bytes()) for v in validators})
-        return cls(directory, ledger, settings)
+        federation = cls(directory, ledger, settings, genesis=genesis.payload)
+        federation.commit_block([genesis])
+        return federation
 
     @classmethod
     def open(cls, directory: Path, *, remote_validators: Mapping[str, str] | None = None) -> Federation:
+        """The federation in ``directory``; LegacyKeyLayout if it still keeps one ``keys/``
+        folder (its message says how to migrate)."""
+        check_layout(directory)
         ledger = Ledger.open(directory)
         try:
             settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
             if settings.csv is not None and settings.csv_description is not None:
                 check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
                                 n_validators=settings.n_validators,
-                                key=Keyring(directory).load(CSV_COMMITMENT_KEY))
+                                key=Keyring(party_folder(directory, COORDINATOR)).load(CSV_COMMITMENT_KEY_FILE))
             return cls(Path(directory), ledger, settings, remote_validators=remote_validators)
         except BaseException:
             ledger.close()
@@ -313,9 +332,6 @@ class Federation:
         self.ledger.close()
 
     # --- what the ledger says ---------------------------------------------------------
-
-    def identity(self, name: str) -> SigningIdentity:
-        return self.keys.identity(name)
 
     def histories(self) -> dict[str, list[SpendRecord]]:
         """Each client's privacy records, in log order, from its signed submissions."""
@@ -370,8 +386,8 @@ class Federation:
         if dp_plan is not None and protocol not in DISTRIBUTED_PROTOCOLS:
             raise RunRefused(f"distributed DP needs a secure sum exact in the integer ring "
                              f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
-        coordinator = self.identity(COORDINATOR)
-        aggregation = build_protocol(protocol, self.settings, self.keys, participants=participants)
+        coordinator = self.coordinator.identity
+        aggregation = build_protocol(protocol, self.settings, self.round_parties, participants=participants)
         base_cid = state.model_cid
         base = self.current_model()
         seed = self.round_seed(round_id)
@@ -445,7 +461,7 @@ class Federation:
             """The spending rule: each client whose protected update left it signs its
             submission (its privacy record) and is charged, whatever the round's outcome."""
             for client_id, blob in sorted(sent.items()):
-                entries.append(Entry.create(self.identity(client_id), SUBMISSION, round_id, {
+                entries.append(self.hospitals[client_id].entry(SUBMISSION, round_id, {
                     "client": client_id, "blob_cid": self.ledger.blobs.put(blob),
                     "data_weight": self.clients[client_id].records, "privacy": records[client_id].to_json(),
                 }))

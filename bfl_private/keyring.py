@@ -1,20 +1,17 @@
-"""Private keys of the simulated parties, kept apart from what an auditor receives.
+"""One party's secrets in one folder, each file readable by its owner only.
 
-Everything secret lives in ``DIR/keys/`` (mode 0700, files 0600): Ed25519 identity keys
-of the coordinator, clients and validators, the validators' secp256k1 chain keys (when
-the ledger is anchored on an EVM chain) and the homomorphic key holder's secret.
-The ledger and blob store beside it hold only public material, so ``DIR`` minus
-``keys/`` is exactly what an auditor gets.
+A federation directory keeps every party's secrets apart, one folder per party under
+``DIR/parties/`` (see :mod:`bfl_private.parties`); this class is what reads and writes
+the files of one such folder (mode 0700, files 0600, written atomically). The ledger and
+blob store beside ``parties/`` hold only public material, so ``DIR`` minus ``parties/``
+is exactly what an auditor gets.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .ledger.identity import SigningIdentity
 from .primitives.errors import BflError
-
-KEYS_DIR = "keys"
 
 
 class KeyringError(BflError, RuntimeError):
@@ -22,10 +19,10 @@ class KeyringError(BflError, RuntimeError):
 
 
 class Keyring:
-    """Named secrets in one directory, each file readable by its owner only."""
+    """Named secrets in one party's folder, each file readable by its owner only."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory) / KEYS_DIR
+    def __init__(self, folder: Path) -> None:
+        self.directory = Path(folder)
 
     def _path(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
@@ -46,9 +43,6 @@ class Keyring:
             os.close(fd)
         os.replace(temporary, path)
 
-    def has(self, name: str) -> bool:
-        return self._path(name).exists()
-
     def load(self, name: str) -> bytes:
         path = self._path(name)
         try:
@@ -61,10 +55,8 @@ class Keyring:
         except PermissionError as exc:
             raise KeyringError(f"key file {path} is unreadable: {exc}") from None
 
-    def new_identity(self, name: str) -> SigningIdentity:
-        identity = SigningIdentity.generate(name)
-        self.store(f"{name}.ed25519", identity.private_bytes())
-        return identity
+    def holds(self, name: str) -> bool:
+        return self._path(name).exists()
 
-    def identity(self, name: str) -> SigningIdentity:
-        return SigningIdentity.from_private_bytes(name, self.load(f"{name}.ed25519"))
+    def remove(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)

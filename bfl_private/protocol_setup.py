@@ -1,35 +1,52 @@
-"""Build the aggregation protocol a round asked for, with its keys and public parameters.
+"""Build the aggregation protocol a round asked for, with its parties and public parameters.
+
+The coordinator builds the protocol from the round's parties (:class:`RoundParties`),
+each an object built from its own folder under ``parties/`` (:mod:`bfl_private.parties`):
+it never loads another party's key itself.
 
 Paillier rounds are decrypted by a quorum (2f+1 of 3f+1, as for blocks) of the
-validators, each holding one share of the threshold key in ``keys/`` (see
+validators, each holding one share of the threshold key in its own folder (see
 :mod:`~bfl_private.protocols.paillier_committee`). The shares are made once per
-federation by a TRUSTED DEALER in this process (:func:`~bfl_private.protocols.
-threshold_paillier.deal_key`, safe primes), which stores only the shares and, while it
-still knows p and q, the proof that n is well formed (:mod:`~bfl_private.protocols.
-paillier_modulus`); the public key says ``key_generation: "trusted-dealer"``. Every
-Paillier round announces that key with its proof, at the key size genesis fixes. CKKS keeps a single key holder, a party apart
-from the aggregator, its secret in ``keys/``. The aggregator object receives only public
-keys or contexts (see the modules' trust-model docstrings).
+federation by a TRUSTED DEALER, the ``paillier-dealer`` party
+(:class:`~bfl_private.parties.PaillierDealer`, :func:`~bfl_private.protocols.
+threshold_paillier.deal_shares`, safe primes): while dealing it knows p and q; it hands each
+validator its share and keeps only the proof that n is well formed (:mod:`~bfl_private.
+protocols.paillier_modulus`); the public key says ``key_generation: "trusted-dealer"``.
+A dealer-free generation exists (:mod:`~bfl_private.protocols.paillier_dkg`) but is not
+used here. Every Paillier round announces that key with its proof, at the key size genesis
+fixes. CKKS keeps a single key holder, the ``ckks-key-holder`` party apart from the
+aggregator, its secret in its own folder. Masking's in-process clients sign with keys
+each hospital object hands over from its own folder. The aggregator object receives only
+public keys or contexts (see the modules' trust-model docstrings).
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rfc8785
 
-from .keyring import Keyring, KeyringError
+from .keyring import KeyringError
+from .parties import CkksKeyHolderParty, LocalHospital, PaillierDealer, ValidatorParty
+from .primitives.errors import BflError
 from .protocols.base import AggregationProtocol
 from .protocols.quantize import Codec, FixedPointCodec, IntegerRingCodec
-from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
+from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings
 
-PAILLIER_SHARE = "paillier-share.{validator}.json"
-PAILLIER_MODULUS_PROOF = "paillier-modulus-proof.json"
-"""Public (it is posted in every Paillier round's opening); kept beside the shares."""
-CKKS_KEY = "ckks-key-holder.bin"
+
+class ProtocolUnavailable(BflError, RuntimeError):
+    """The round's protocol cannot run with the parties at hand; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class RoundParties:
+    """The parties a round's protocol calls on, each acting from its own folder."""
+
+    hospitals: Mapping[str, LocalHospital]
+    validators: Sequence[ValidatorParty]
+    paillier_dealer: PaillierDealer
+    ckks_key_holder: CkksKeyHolderParty
 
 
 @dataclass(frozen=True)
@@ -56,46 +73,36 @@ class ProtocolSetup:
         return garbage
 
 
-def _key_holder(keys: Keyring, name: str, load, generate):
-    try:
-        return load(keys.load(name))
-    except KeyringError:
-        holder = generate()
-        keys.store(name, holder.to_private_bytes())
-        return holder
-
-
-def _validator_committee(keys: Keyring, settings: FederationSettings, *, min_summands: int):
-    """The validators' threshold Paillier key and its modulus proof, dealt on first use
-    (trusted dealer, see above); each validator refuses to decrypt a sum of fewer than
+def _validator_committee(parties: RoundParties, settings: FederationSettings, *, min_summands: int):
+    """The validators' threshold Paillier key and its modulus proof, dealt by the dealer
+    party on first use (see above); each validator refuses to decrypt a sum of fewer than
     ``min_summands`` inputs."""
     from .ledger.contracts import min_quorum
-    from .protocols.paillier_committee import ShareHolder, ValidatorCommittee
-    from .protocols.paillier_modulus import ModulusProof, prove_modulus
-    from .protocols.threshold_paillier import KeyShare, deal_shares, safe_prime_pair
+    from .protocols.paillier_committee import ValidatorCommittee
 
-    validators = validator_ids(settings.n_validators)
+    validators = parties.validators
+    if len(validators) != settings.n_validators:
+        # Dealing among a subset would make a key the other validators do not share.
+        raise ProtocolUnavailable(f"a Paillier round is decrypted with the validators' key shares, and only "
+                                  f"{len(validators)} of the {settings.n_validators} validators run in this "
+                                  f"process (threshold decryption by validators in their own processes is not "
+                                  f"implemented): run Paillier rounds without --validator")
     try:
-        shares = [KeyShare.from_private_bytes(keys.load(PAILLIER_SHARE.format(validator=v))) for v in validators]
-        proof = ModulusProof.from_json(json.loads(keys.load(PAILLIER_MODULUS_PROOF)))
+        holders = [v.paillier_share_holder(min_summands=min_summands) for v in validators]
+        proof = parties.paillier_dealer.proof()
     except KeyringError:
-        p, q = safe_prime_pair(settings.protocol.paillier_key_bits)
-        shares = deal_shares(p, q, parties=validators, quorum=min_quorum(len(validators)))
-        proof = prove_modulus(p, q)
-        # Only the shares and the proof are stored: p and q are never written, so once this
-        # process exits only a quorum of validators can decrypt (while it runs, it is the dealer).
-        for share in shares:
-            keys.store(PAILLIER_SHARE.format(validator=share.party), share.to_private_bytes())
-        keys.store(PAILLIER_MODULUS_PROOF, rfc8785.dumps(proof.to_json()))
-    return ValidatorCommittee(shares[0].public_key, [ShareHolder(share, min_summands=min_summands)
-                                                     for share in shares]), proof
+        parties.paillier_dealer.deal(validators, bits=settings.protocol.paillier_key_bits,
+                                     quorum=min_quorum(len(validators)))
+        holders = [v.paillier_share_holder(min_summands=min_summands) for v in validators]
+        proof = parties.paillier_dealer.proof()
+    return ValidatorCommittee(holders[0].share.public_key, holders), proof
 
 
 def build_protocol(
-    name: str, settings: FederationSettings, keys: Keyring, *, participants: Sequence[str]
+    name: str, settings: FederationSettings, parties: RoundParties, *, participants: Sequence[str]
 ) -> ProtocolSetup:
-    """The protocol for a round among ``participants`` (in the simulation every party's
-    keys are at hand; masking signs with the clients' registered identity keys).
+    """The protocol for a round among ``participants`` (masking's in-process clients sign
+    with the keys their hospital objects hand over).
 
     In distributed DP the clients' vectors are integer shares, encoded exactly in the ring
     (:class:`IntegerRingCodec`), and Paillier's decrypting validators refuse a sum of fewer
@@ -113,27 +120,25 @@ def build_protocol(
 
         return ProtocolSetup(PlainProtocol(bound=bound), {"bound": bound}, bound)
     if name == "masking":
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
         from .protocols.masking import MaskingProtocol
 
         k = settings.protocol.neighbours
-        identities = {c: Ed25519PrivateKey.from_private_bytes(keys.identity(c).private_bytes()) for c in participants}
+        identities = {c: parties.hospitals[c].masking_key() for c in participants}
         protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
         from .protocols.paillier import PaillierProtocol, PublishedKey
 
-        committee, proof = _validator_committee(keys, settings, min_summands=min_summands)
+        committee, proof = _validator_committee(parties, settings, min_summands=min_summands)
         protocol = PaillierProtocol(public_key=committee.public_key, key_holder=committee, codec=codec)
         # public_key and modulus_proof: the record hospitals and the verifier parse back (PublishedKey.from_json)
         announced = PublishedKey(committee.public_key, proof).to_json()
         return ProtocolSetup(protocol, {"codec": codec.to_json(), **announced,
                                         "threshold_key": committee.key.to_json()}, bound)
     if name == "ckks":
-        from .protocols.ckks import CkksKeyHolder, CkksProtocol, context_id
+        from .protocols.ckks import CkksProtocol, context_id
 
-        holder = _key_holder(keys, CKKS_KEY, CkksKeyHolder.from_private_bytes, CkksKeyHolder.generate)
+        holder = parties.ckks_key_holder.holder()
         protocol = CkksProtocol(public_context=holder.public_context, key_holder=holder, clip=bound,
                                 max_summands=max_summands)
         return ProtocolSetup(protocol, {"clip": bound, "context_sha256": context_id(holder.public_context).hex()}, bound)

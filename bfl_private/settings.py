@@ -187,9 +187,9 @@ class CsvDescription:
     public_sha256: str
     """SHA-256 of the public reference file (it is public)."""
     commitments: tuple[str, ...]
-    """Per private file: HMAC-SHA256 of its bytes under a secret key kept in ``keys/``. It
-    binds the federation to the exact files without publishing a hash an outsider could
-    test a guessed file against."""
+    """Per private file: HMAC-SHA256 of its bytes under a secret key the coordinator keeps
+    in its folder ``parties/coordinator/``. It binds the federation to the exact files
+    without publishing a hash an outsider could test a guessed file against."""
 
     def __post_init__(self) -> None:
         for name in ("features", "classes", "sources", "commitments"):

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .artifacts import get_model
 from .data import Split
 from .federation import accuracy
-from .keyring import Keyring, KeyringError
+from .keyring import KeyringError
 from .ledger.blocks import BlockHeader
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import SemanticCheckError
-from .ledger.identity import SigningIdentity
 from .ledger.store import Ledger
+from .parties import ValidatorParty
 from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
@@ -38,16 +39,18 @@ from .round_checks import (
 from .settings import FederationSettings
 
 PPM = 1_000_000
+COSIGNED_FILE = "last-cosigned.json"
+"""In the validator's folder: the height and header hash of the last block it cosigned."""
 
 
-class Validator:
-    def __init__(self, identity: SigningIdentity, holdout: Split, *, settings: FederationSettings, n_features: int,
-                 n_classes: int, keys: Keyring | None = None) -> None:
-        """``keys``: where this validator keeps what it has cosigned (beside its key), so
-        that no restart lets it sign two different blocks at one height; None keeps it in
-        memory only."""
-        self.identity = identity
-        self._keys = keys
+class Validator(ValidatorParty):
+    """One validator, built from its own folder ``DIR/parties/<name>/``: its keys, and the
+    last block it cosigned, so that no restart lets it sign two blocks at one height (see
+    :mod:`bfl_private.parties`)."""
+
+    def __init__(self, directory: Path, name: str, holdout: Split, *, settings: FederationSettings,
+                 n_features: int, n_classes: int) -> None:
+        super().__init__(directory, name)
         self._cosigned = self._load_cosigned()
         self.holdout = holdout
         self.settings = settings
@@ -79,7 +82,7 @@ class Validator:
         quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
-        return Entry.create(self.identity, ATTESTATION, view.round, {
+        return self.entry(ATTESTATION, view.round, {
             "validator": self.identity.name,
             "model_cid": view.close.payload["new_model_cid"],
             "quality_ppm": quality,
@@ -87,18 +90,17 @@ class Validator:
         })
 
     def _load_cosigned(self) -> tuple[int, str] | None:
-        if self._keys is None or not self._keys.has(self._cosigned_name):
-            return None  # has cosigned no block since genesis
+        with self._acting():
+            if not self._keys.holds(COSIGNED_FILE):
+                return None  # has cosigned no block since genesis
+            record = self._keys.load(COSIGNED_FILE)
         try:
-            record = json.loads(self._keys.load(self._cosigned_name))
-            return int(record["height"]), str(record["header_sha256"])
+            parsed = json.loads(record)
+            return int(parsed["height"]), str(parsed["header_sha256"])
         except (ValueError, KeyError, TypeError) as exc:
             # Fail closed: forgetting what it signed would let it sign a conflicting block.
-            raise KeyringError(f"{self._cosigned_name}: unreadable record of the last cosigned block: {exc}") from None
-
-    @property
-    def _cosigned_name(self) -> str:
-        return f"{self.identity.name}.cosigned"
+            raise KeyringError(f"{self.name} {COSIGNED_FILE}: unreadable record of the last cosigned block: "
+                               f"{exc}") from None
 
     def _remember_cosigned(self, header: BlockHeader) -> None:
         """Refuse a second, different header at a height already cosigned (or an older
@@ -111,9 +113,8 @@ class Validator:
                 raise SemanticCheckError(f"block {header.height}: this validator has already cosigned another "
                                          f"header at height {height}; it signs one block per height")
         self._cosigned = (header.height, digest)
-        if self._keys is not None:
-            self._keys.store(self._cosigned_name, json.dumps(
-                {"height": header.height, "header_sha256": digest}).encode("ascii"))
+        with self._acting():
+            self._keys.store(COSIGNED_FILE, json.dumps({"height": header.height, "header_sha256": digest}).encode())
 
     def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger) -> bytes:
         """Sign ``header`` only if replaying the contracts over ``entries`` gives that header,

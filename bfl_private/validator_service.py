@@ -163,7 +163,8 @@ def decode_message(data: bytes, *, where: str) -> Any:
 
 def answer(validator: Validator, ledger: Ledger, request: ValidatorRequest) -> ValidatorReply:
     """The one handler of a validator, whatever carried the request."""
-    federation_id = ledger.state.federation_id
+    # Before genesis the block to certify is the genesis block itself, which names the federation.
+    federation_id = ledger.state.federation_id if ledger.size else request.entries[0].payload.get("federation_id")
     if request.federation_id != federation_id:
         return ValidatorReply(refusal=f"request for federation {request.federation_id!r}; "
                                       f"this validator's ledger is {federation_id!r}")
@@ -384,12 +385,14 @@ class ValidatorPanel:
 
 
 def open_validator(directory: Path, name: str) -> Validator:
-    """Validator ``name`` of the federation in ``directory``: its key and its share of the
-    hold-out data (the genesis data split), for ``bfl-private validator``."""
+    """Validator ``name`` of the federation in ``directory``, built from its own folder
+    (``parties/<name>/``) with its share of the hold-out data (the genesis data split),
+    for ``bfl-private validator``."""
     from .data import federation_data
-    from .keyring import Keyring
+    from .parties import check_layout
     from .settings import FederationSettings
 
+    check_layout(directory)
     with Ledger.open(directory) as ledger:
         genesis = ledger.genesis().payload
     names = [v["id"] for v in genesis["validators"]]
@@ -397,9 +400,10 @@ def open_validator(directory: Path, name: str) -> Validator:
         raise UnknownValidator(f"{directory}: no validator named {name!r} (its validators: {', '.join(names)})")
     settings = FederationSettings.from_json(genesis["settings"])
     data = federation_data(settings)
-    keys = Keyring(directory)
-    return Validator(keys.identity(name), data.validators[names.index(name)], settings=settings,
-                     n_features=data.n_features, n_classes=data.n_classes, keys=keys)
+    validator = Validator(directory, name, data.validators[names.index(name)], settings=settings,
+                          n_features=data.n_features, n_classes=data.n_classes)
+    validator.identity  # noqa: B018 - load its key now: a missing or exposed key stops the start, not a request
+    return validator
 
 
 def describe(request: ValidatorRequest, reply: ValidatorReply) -> str:

@@ -328,7 +328,7 @@ def test_bad_keys_or_a_broken_ledger_are_one_line_errors(federation: Path, tmp_p
 
     exposed = tmp_path / "exposed"
     shutil.copytree(federation, exposed)
-    (exposed / "keys" / "coordinator.ed25519").chmod(0o644)
+    (exposed / "parties" / "coordinator" / "identity.ed25519").chmod(0o644)
     result = invoke("round", "--epsilon", "0.5", "--rounds", "1", "--dir", str(exposed), "--json")
     assert result.exit_code == EXIT_USAGE and "must be 0600" in json.loads(result.stdout)["error"]
     broken = tmp_path / "broken"

@@ -16,7 +16,7 @@ import pytest
 from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
 from bfl_private.ledger.entries import ROUND_OPEN
-from bfl_private.protocol_setup import PAILLIER_MODULUS_PROOF, PAILLIER_SHARE
+from bfl_private.parties import PAILLIER_DEALER, PAILLIER_MODULUS_PROOF_FILE, PAILLIER_SHARE_FILE, party_folder
 from bfl_private.protocols import paillier_modulus
 from bfl_private.protocols.paillier_modulus import ModulusProof
 from bfl_private.settings import FederationSettings, ProtocolSettings, validator_ids
@@ -65,9 +65,10 @@ def test_a_later_round_under_another_key_is_refused(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path / "fed", _settings(), model_seed=0)
     try:
         _round(fed)
-        # Whoever holds the keys folder deals a fresh key of its own making.
-        for name in [PAILLIER_MODULUS_PROOF, *(PAILLIER_SHARE.format(validator=v) for v in validator_ids(4))]:
-            (fed.keys.directory / name).unlink()
+        # The dealer's proof and the validators' shares gone, the dealer deals a fresh key.
+        (party_folder(fed.directory, PAILLIER_DEALER) / PAILLIER_MODULUS_PROOF_FILE).unlink()
+        for validator in validator_ids(4):
+            (party_folder(fed.directory, validator) / PAILLIER_SHARE_FILE).unlink()
         with pytest.raises(QuorumNotReached, match="another key than the federation's"):
             _round(fed)
     finally:

@@ -80,7 +80,7 @@ def _forgery(draw, protocol: str, fed: Federation, client: str, round_id: int, l
         return ForgedInput(values=np.asarray(
             draw(st.lists(st.integers(0, scale - 1), min_size=length, max_size=length)), dtype=np.uint32))
     if protocol == "paillier":
-        setup = build_protocol("paillier", fed.settings, fed.keys, participants=sorted(fed.clients))
+        setup = build_protocol("paillier", fed.settings, fed.round_parties, participants=sorted(fed.clients))
         assert isinstance(setup.protocol, PaillierProtocol)
         n = setup.protocol.public_key.n
         count = setup.protocol.layout(length).ciphertexts

@@ -42,7 +42,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
 def _show(monkeypatch: pytest.MonkeyPatch, federation: Federation, rewrite: Rewrite,
           victims: set[str] | None = None) -> None:
     """The coordinator shows (victims of) the participants a re-signed, rewritten opening."""
-    coordinator = federation.identity(COORDINATOR)
+    coordinator = federation.coordinator.identity
 
     def shown(self: Federation, opening: Entry, client: str) -> Entry:
         if victims is not None and client not in victims:

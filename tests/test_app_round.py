@@ -18,6 +18,7 @@ import pytest
 from bfl_private.ledger.entries import ROUND_CLOSE, ROUND_OPEN, SUBMISSION
 from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
 from bfl_private.ledger.store import DATABASE, Ledger
+from bfl_private.parties import PARTIES_DIR
 from click.testing import CliRunner
 
 import bfl_private.coordinator as coordinator_module
@@ -84,11 +85,11 @@ def test_continuing_composes_privacy_and_keys_stay_private(copy: Path) -> None:
     second = {c.id: c.epsilon for c in audit(copy).summary.clients}
     # Composition is exact and sub-additive: more than before, less than the sum.
     assert all(first[c] < second[c] < first[c] + 1.0 for c in first)
-    keys = copy / "keys"
-    assert oct(keys.stat().st_mode & 0o777) == "0o700"
-    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys.iterdir())
+    folders = list((copy / PARTIES_DIR).iterdir())
+    assert folders and all(oct(f.stat().st_mode & 0o777) == "0o700" for f in folders)
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for f in folders for p in f.iterdir())
     auditor_copy = copy.parent / "auditor"
-    shutil.copytree(copy, auditor_copy, ignore=shutil.ignore_patterns("keys"))
+    shutil.copytree(copy, auditor_copy, ignore=shutil.ignore_patterns(PARTIES_DIR))
     assert audit(auditor_copy).ok
 
 
@@ -276,8 +277,10 @@ def test_paillier_rounds_are_decrypted_by_a_quorum_of_validators(tmp_path: Path)
     proven partial decryptions, and the audit re-checks them."""
     directory = tmp_path / "fed"
     run(directory, protocol="paillier", rounds=1)
-    keys = sorted(p.name for p in (directory / "keys").iterdir() if "paillier" in p.name)
-    assert keys == ["paillier-modulus-proof.json", *(f"paillier-share.validator-{i}.json" for i in range(4))]
+    parties = directory / PARTIES_DIR
+    keys = sorted(str(p.relative_to(parties)) for p in parties.rglob("*") if p.is_file() and "paillier" in p.name)
+    assert keys == ["paillier-dealer/paillier-modulus-proof.json",  # the dealer keeps nothing else
+                    *(f"validator-{i}/paillier-share.json" for i in range(4))]
     ledger = Ledger.open(directory)
     try:
         close = next(e for e in ledger.entries() if e.type == ROUND_CLOSE)

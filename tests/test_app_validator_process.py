@@ -26,6 +26,7 @@ from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from bfl_private.ledger.errors import MalformedRecord, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
+from bfl_private.validator import COSIGNED_FILE
 from bfl_private.validator_service import (
     ATTEST,
     COSIGN,
@@ -275,7 +276,7 @@ def test_a_validator_signs_one_header_per_height_across_restarts(copy: Path) -> 
         restarted = open_validator(older, "validator-2")  # what it signed is kept beside its key
         with pytest.raises(SemanticCheckError, match="already cosigned another header at height"):
             restarted.cosign_header(other, entries, ledger)
-        (older / "keys" / "validator-2.cosigned").write_bytes(b"{not json")
+        (older / "parties" / "validator-2" / COSIGNED_FILE).write_bytes(b"{not json")
         with pytest.raises(KeyringError, match="unreadable record of the last cosigned block"):
             open_validator(older, "validator-2")
 

@@ -133,7 +133,7 @@ def snapshot(directory: Path) -> list[tuple[str, int, int, bytes]]:
 def test_verify_and_check_proof_write_nothing_into_read_only_evidence(copy: Path, tmp_path: Path) -> None:
     proof = tmp_path / "p.json"
     proof.write_text(cli("prove", copy, "--entry", "3").stdout)
-    shutil.rmtree(copy / "keys")  # an auditor gets the directory without keys/
+    shutil.rmtree(copy / "parties")  # an auditor gets the directory without parties/
     paths = [copy, *copy.rglob("*")]
     for path in paths:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

@@ -27,6 +27,7 @@ from bfl_private.ledger.errors import (
     MalformedRecord,
     VerificationError,
 )
+from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
 from bfl_private.ledger.verify import run_checks
 from web3 import Web3
@@ -34,6 +35,7 @@ from web3 import Web3
 from bfl_private.chain_sync import CHAIN_FILE, read_chain_file, sync, validator_keys
 from bfl_private.coordinator import COORDINATOR
 from bfl_private.keyring import Keyring, KeyringError
+from bfl_private.parties import CHAIN_KEY_FILE, IDENTITY_FILE, party_folder
 
 pytest_plugins = ("chain_fixtures",)
 
@@ -171,7 +173,8 @@ def test_epsilon_past_budget_reverts_on_chain_as_the_ledger_refuses(
     budget = state_before.clients()[client]["epsilon_budget"]
     payload = {**close.payload,
                "cumulative_epsilon": {**close.payload["cumulative_epsilon"], client: budget + 0.25}}
-    forged = Entry.create(Keyring(directory).identity(COORDINATOR), ROUND_CLOSE, close.round,
+    forged = Entry.create(SigningIdentity.from_private_bytes(
+        COORDINATOR, Keyring(party_folder(directory, COORDINATOR)).load(IDENTITY_FILE)), ROUND_CLOSE, close.round,
                           payload)
     forged_entries = [forged if e is close else e for e in entries]
     with pytest.raises(ContractViolation, match="exceeds its lifetime budget"):
@@ -230,7 +233,7 @@ def test_validators_approve_with_their_own_keys_not_the_nodes(synced: tuple[Path
     names = sorted(record["validators"])
     keys = validator_keys(directory, names, create=False)
     for name in names:
-        assert (directory / "keys" / f"{name}.secp256k1").stat().st_mode & 0o777 == 0o600
+        assert (party_folder(directory, name) / CHAIN_KEY_FILE).stat().st_mode & 0o777 == 0o600
         assert keys[name].address == record["validators"][name]
     anchor = AnchorContract.at(w3, record["contract"])
     assert anchor.validators() == [keys[n].address for n in names]
@@ -242,18 +245,18 @@ def test_validators_approve_with_their_own_keys_not_the_nodes(synced: tuple[Path
 
 def test_a_validator_key_that_is_not_the_registered_account_is_named(synced: tuple[Path, Web3]) -> None:
     directory, w3 = synced
-    Keyring(directory).store("validator-1.secp256k1", bytes(range(1, 33)))
-    with pytest.raises(ChainMismatch, match="validator-1's key in keys/ signs as 0x"):
+    Keyring(party_folder(directory, "validator-1")).store(CHAIN_KEY_FILE, bytes(range(1, 33)))
+    with pytest.raises(ChainMismatch, match="validator-1's key in its party folder signs as 0x"):
         sync(directory, w3=w3)
 
 
 def test_a_validator_key_file_that_is_not_a_key_is_named(synced: tuple[Path, Web3]) -> None:
     directory, w3 = synced
-    Keyring(directory).store("validator-2.secp256k1", b"not a key")
-    with pytest.raises(KeyringError, match=r"validator-2\.secp256k1 is not a secp256k1 private key"):
+    Keyring(party_folder(directory, "validator-2")).store(CHAIN_KEY_FILE, b"not a key")
+    with pytest.raises(KeyringError, match=r"validator-2's chain key chain\.secp256k1 is not a secp256k1 private key"):
         sync(directory, w3=w3)
-    (directory / "keys" / "validator-2.secp256k1").unlink()
-    with pytest.raises(KeyringError, match="'validator-2.secp256k1' not found"):
+    (party_folder(directory, "validator-2") / CHAIN_KEY_FILE).unlink()
+    with pytest.raises(KeyringError, match="'chain.secp256k1' not found in .*validator-2"):
         sync(directory, w3=w3)  # an anchored federation never silently mints a new validator key
 
 

@@ -25,7 +25,7 @@ from bfl_private.ledger.store import Ledger
 from bfl_private.coordinator import Federation
 from bfl_private.flower.deployment import LoopbackDeployment
 from bfl_private.flower.setup import export_hospitals
-from bfl_private.protocol_setup import PAILLIER_SHARE
+from bfl_private.parties import IDENTITY_FILE, PAILLIER_SHARE_FILE, PARTIES_DIR, party_folder
 from bfl_private.settings import FederationSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -55,7 +55,8 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
         folders = export_hospitals(federation, tmp_path / "hospitals")
     finally:
         federation.close()
-    assert not any((fed_dir / "keys").glob("hospital-*")), "the ServerApp's side must hold no hospital key"
+    assert not any((fed_dir / PARTIES_DIR).glob(f"hospital-*/{IDENTITY_FILE}")), \
+        "the ServerApp's side must hold no hospital key"
     nodes = [{"hospital-dir": str(folder)} for folder in folders.values()]
     victim = sorted(folders)[VICTIM]
     # a light stage answers in seconds here; training gets minutes on a slow machine
@@ -71,8 +72,8 @@ def test_rounds_over_flower_verify_and_survive_a_killed_supernode(tmp_path: Path
             entries = _round_entries(fed_dir, round_id)
             assert entries[ROUND_OPEN]["protocol"] == "paillier"
             assert entries[ROUND_CLOSE]["survivors"] == sorted(folders) and entries[ROUND_CLOSE]["dropouts"] == []
-        share = PAILLIER_SHARE.format(validator="validator-0")
-        assert (fed_dir / "keys" / share).exists(), "the validators' key shares are in the ServerApp's federation directory"
+        assert (party_folder(fed_dir, "validator-0") / PAILLIER_SHARE_FILE).exists(), \
+            "the validators' key shares are in their folders in the ServerApp's federation directory"
         for folder in folders.values():  # the hospitals got the public key only
             assert not any("paillier-share" in p.name for p in folder.iterdir())
 

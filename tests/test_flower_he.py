@@ -90,7 +90,7 @@ def test_an_he_round_closes_and_the_ledger_verifies(he: Setup) -> None:
     opened, close = entries[ROUND_OPEN][0], entries[ROUND_CLOSE][0]
     assert opened["protocol"] == he.protocol and close["dropouts"] == [] and close["rejected"] == {}
     # the round opening posts what the in-process round posts for this protocol
-    in_process = build_protocol(he.protocol, he.federation.settings, he.federation.keys, participants=he.names())
+    in_process = build_protocol(he.protocol, he.federation.settings, he.federation.round_parties, participants=he.names())
     assert opened["protocol_params"] == in_process.public_parameters()
     # each hospital signed its own submission; its privacy history holds what it signed
     for hospital in he.hospitals.values():
@@ -110,7 +110,7 @@ def test_the_transcript_has_the_in_process_fields(he: Setup) -> None:
     blobs = he.federation.ledger.blobs
     transcript = blobs.get_json(close["transcript_cid"])
     length = he.federation.current_model().shape[0] + 1
-    setup = build_protocol(he.protocol, he.federation.settings, he.federation.keys, participants=he.names())
+    setup = build_protocol(he.protocol, he.federation.settings, he.federation.round_parties, participants=he.names())
     rng = np.random.default_rng(0)
     reference = setup.protocol.aggregate({c: rng.uniform(-0.1, 0.1, length).astype(np.float32) for c in he.names()},
                                          round_id=summary.round, round_seed=b"\0" * 32)

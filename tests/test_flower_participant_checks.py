@@ -17,7 +17,7 @@ from flower_transports import RecordingTransport
 from test_flower_round import make_federation
 
 from bfl_private.audit import audit
-from bfl_private.coordinator import COORDINATOR, Federation
+from bfl_private.coordinator import Federation
 from bfl_private.flower.hospital import Hospital
 from bfl_private.flower.loopback import LoopbackTransport
 from bfl_private.flower.server_round import FlowerRound
@@ -34,7 +34,7 @@ class RewritingTransport(LoopbackTransport):
     def __init__(self, hospitals: Mapping[int, Hospital], *, federation: Federation, rewrite: Rewrite,
                  victims: set[str] | None = None) -> None:
         super().__init__(hospitals)
-        self.coordinator = federation.identity(COORDINATOR)
+        self.coordinator = federation.coordinator.identity
         self.rewrite, self.victims = rewrite, victims
 
     def exchange(self, stage: str, requests, *, round_id: int):  # type: ignore[no-untyped-def]

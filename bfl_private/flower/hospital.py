@@ -52,6 +52,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
 from ..fedavg import weighted_payload
+from ..parties import IDENTITY_FILE
 from ..participant_checks import AlreadySubmitted, ParticipantRefusal, ParticipantView, check_opening, check_protocol
 from ..ledger.canonical import canonical_bytes
 from ..ledger.cid import cid_for
@@ -73,7 +74,6 @@ if TYPE_CHECKING:  # scikit-learn and dp-accounting load only in the stage that 
     from ..data import Split
     from ..privacy.accounting import PrivacyRecord
 
-IDENTITY_FILE = "identity.ed25519"
 GENESIS_FILE = "genesis.json"
 DATA_FILE = "data.npz"
 HISTORY_FILE = "privacy-history.json"

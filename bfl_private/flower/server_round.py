@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..artifacts import put_aggregate, put_model
-from ..coordinator import COORDINATOR, CommandPlan, Federation, RoundSummary, RunRefused
+from ..coordinator import CommandPlan, Federation, RoundSummary, RunRefused
 from ..fedavg import next_global_model
 from ..ledger.cid import cid_for
 from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
@@ -200,9 +200,9 @@ class FlowerRound:
             codec, neighbours = masking_parameters(settings, len(self.participants))
             public: dict[str, Any] = {"codec": codec.to_json(), "neighbours": neighbours}
         else:  # the federation's key holder, exactly as in-process; hospitals get its public key only
-            setup = build_protocol(self.protocol, settings, fed.keys, participants=self.participants)
+            setup = build_protocol(self.protocol, settings, fed.round_parties, participants=self.participants)
             public = setup.public_parameters()
-        coordinator = fed.identity(COORDINATOR)
+        coordinator = fed.coordinator.identity
         opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
             "participants": self.participants,
             "protocol": self.protocol,
@@ -242,7 +242,7 @@ class FlowerRound:
         rejected.update(self._declined(set(result.included) | set(rejected)))
         model_cid = put_model(fed.ledger.blobs, new_params)
         dropouts = sorted(set(self.participants) - set(result.included) - set(rejected))
-        entries.append(Entry.create(fed.identity(COORDINATOR), ROUND_CLOSE, self.round_id, {
+        entries.append(Entry.create(fed.coordinator.identity, ROUND_CLOSE, self.round_id, {
             "aggregate_cid": put_aggregate(fed.ledger.blobs, result.total),
             "new_model_cid": model_cid,
             "transcript_cid": fed.ledger.blobs.put_json(dict(result.transcript)),

@@ -1,10 +1,13 @@
 """Create a federation for a Flower deployment and export one bundle per hospital.
 
-The operator keeps the federation directory (ledger, blob store, the coordinator's and
-validators' keys) on the ServerApp's machine and hands each hospital its own bundle:
+The operator keeps the federation directory (ledger, blob store, the coordinator's,
+validators' and key holders' party folders) on the ServerApp's machine and hands each
+hospital its own bundle:
 
-    OUT/hospital-03/identity.ed25519    its Ed25519 identity key (0600), moved out of the
-                                        federation directory: the server keeps no hospital key
+    OUT/hospital-03/identity.ed25519    its Ed25519 identity key (0600), the one it made
+                                        itself in its party folder FEDERATION_DIR/parties/
+                                        hospital-03/ when it enrolled, moved out: the
+                                        server keeps no hospital key
     OUT/hospital-03/genesis.json        the signed genesis entry: the public registry
     OUT/hospital-03/data.npz            its records (the demo partition; replace with real data)
     OUT/hospital-03/privacy-history.json  what it has spent so far, from the ledger
@@ -17,29 +20,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..coordinator import Federation
+from ..keyring import Keyring
+from ..parties import party_folder
 from ..settings import FederationSettings, ProtocolSettings
 from .hospital import DATA_FILE, GENESIS_FILE, HISTORY_FILE, IDENTITY_FILE
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def export_hospitals(federation: Federation, out_dir: Path) -> dict[str, Path]:
     """Write each client's bundle under ``out_dir``; returns the folder of each client.
 
-    Each hospital's identity key is moved, not copied: afterwards the federation
-    directory (the ServerApp's side) holds no hospital's secret.
+    Each hospital's identity key is moved, not copied, out of its party folder: afterwards
+    the federation directory (the ServerApp's side) holds no hospital's secret. This runs
+    as the operator handing each hospital what is its own, not as the coordinator.
     """
     out_dir = Path(out_dir)
     genesis = federation.ledger.genesis().to_bytes()
@@ -48,12 +45,13 @@ def export_hospitals(federation: Federation, out_dir: Path) -> dict[str, Path]:
     for client_id, client in federation.clients.items():
         folder = out_dir / client_id
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key_file = federation.keys.directory / f"{client_id}.ed25519"  # Keyring.new_identity's name
-        if key_file.exists():
-            _write_private(folder / IDENTITY_FILE, federation.identity(client_id).private_bytes())
-            key_file.unlink()
-        elif not (folder / IDENTITY_FILE).exists():
-            raise FileNotFoundError(f"no identity key of {client_id}: neither {key_file} nor {folder / IDENTITY_FILE}")
+        enrolled, bundle = Keyring(party_folder(federation.directory, client_id)), Keyring(folder)
+        if enrolled.holds(IDENTITY_FILE):
+            bundle.store(IDENTITY_FILE, enrolled.load(IDENTITY_FILE))
+            enrolled.remove(IDENTITY_FILE)
+        elif not bundle.holds(IDENTITY_FILE):
+            raise FileNotFoundError(f"no identity key of {client_id}: neither in {enrolled.directory} "
+                                    f"nor in {folder}")
         (folder / GENESIS_FILE).write_bytes(genesis)
         train = client.data.train
         np.savez(folder / DATA_FILE, features=train.features, labels=train.labels)

@@ -83,8 +83,13 @@ class AlreadySubmitted(StaleRound):
     """A round this participant already submitted in: no retraining, no second spend."""
 
 
+class BadBeacon(ParticipantRefusal):
+    """A round beacon that does not give the seed: not for this opening or round, a bad or
+    unregistered validator signature, fewer than the quorum (:mod:`bfl_private.ledger.beacon`)."""
+
+
 REFUSALS: tuple[type[ParticipantRefusal], ...] = (
-    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted)
+    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted, BadBeacon)
 _REFUSAL = re.compile(r"^(?P<error>" + "|".join(c.__name__ for c in REFUSALS) +
                       r"): (?P<client>\S+) refuses round (?P<round>\d+): ")
 

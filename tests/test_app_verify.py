@@ -74,7 +74,7 @@ def test_verify_says_what_it_checked_against(federation: Path) -> None:
     assert anchor["genesis_fingerprint"] == fingerprint and anchor["genesis_pinned"] is False
     assert {v["id"]: v["key_id"] for v in anchor["validators"]} == validators
     assert anchor["head"]["size"] == head.size and anchor["head"]["root"] == head.root.hex()
-    assert [c["status"] for c in data["checks"]] == ["passed"] * 10
+    assert [c["status"] for c in data["checks"]] == ["passed"] * 11
 
 
 def test_expect_genesis(federation: Path, tmp_path: Path) -> None:

@@ -385,7 +385,7 @@ class Federation:
             opened, _ = self.open_round(opening)
             self.commit_block([*opened, Entry.create(self.identity(COORDINATOR), ABORT, opening.round, {
                 "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
-        pending.unlink()
+        pending.unlink(missing_ok=True)
 
     def beacon_policy(self) -> BeaconPolicy:
         return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
@@ -598,4 +598,6 @@ class Federation:
             signature = validator.cosign(proposed, self.ledger)
             signatures[validator.identity.public.key_id_hex] = signature
         self.ledger.commit(proposed, signatures)
+        if any(e.type == ROUND_OPEN for e in entries):  # its round is on the ledger: nothing left pending
+            (self.directory / PENDING_OPENING).unlink(missing_ok=True)
 

@@ -24,6 +24,9 @@ The rules, all against genesis (``settings``), never against the round's own cla
 * round: the next round of the ledger it knows, later than any round it already opened,
   and never one it submitted in (:class:`StaleRound`, :class:`AlreadySubmitted`): a
   closed round is not trained for again, and one round id never spends ε twice.
+* beacon (Flower hospitals, simulated participants): the validators' beacon must be for
+  this very opening and give the seed under genesis' validator keys and quorum
+  (:class:`BadBeacon`, :func:`bfl_private.ledger.beacon.round_seed`).
 
 Numpy-free, torch-free: the auditor and the hospital import it cheaply.
 """

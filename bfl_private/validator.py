@@ -7,6 +7,10 @@ Proof-of-Quality: a validator co-signs a block only after it has
    model from the previous one, and every cumulative ε claim (``round_checks``);
 3. evaluated the previous and the new model on its own held-out data.
 
+Before a round runs, a validator also signs the beacon of its opening, which fixes the
+round's seed (:meth:`Validator.sign_beacon`, :mod:`bfl_private.ledger.beacon`), and it
+co-signs no block whose rounds' beacons and seeds do not check out.
+
 Its attestation carries its quality figure (accuracy in parts per million) and its verdict:
 ``accept`` unless the new model is worse than the previous one by more than the genesis
 tolerance. The contracts advance the model only if a quorum accepts.

@@ -29,6 +29,12 @@ scikit-learn are imported only in the stage that trains (``mask``, or ``encrypt`
 Paillier or CKKS round), and the HE libraries only when a round uses them, so each
 ClientApp process (Flower starts one per message) starts fast.
 
+In a masking round the ``advertise`` request carries the round opening and the
+validators' beacon on it; the hospital checks the beacon's signatures against genesis'
+validator keys and quorum and derives the SecAgg+ graph seed itself
+(:func:`bfl_private.ledger.beacon.round_seed`), refusing by name (``BadBeacon``) a beacon
+that does not give it: the server never chooses the seed.
+
 In a Paillier or CKKS round the hospital receives only public key material (the Paillier
 public key or the CKKS public context, checked against what the coordinator's signed
 round opening names before anything is trained), encrypts its update with the

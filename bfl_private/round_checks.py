@@ -16,13 +16,15 @@ from . import distributed_round
 from .artifacts import get_aggregate, get_model, get_server_state
 from .distributed_round import DistributedPlan, is_distributed_plan
 from .fedavg import aggregate_violation, next_global_model, payload_weight
+from .flower.errors import StageMessageError
+from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, beacon_after, round_seed
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
-from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, beacon_after, round_seed
 from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
+from .participant_checks import ParticipantView, check_opening
 from .privacy.accounting import (
     HistorySummary,
     PrivacyRecord,
@@ -32,8 +34,6 @@ from .privacy.accounting import (
     verify_summary_claim,
 )
 from .privacy.errors import PrivacyError
-from .flower.errors import StageMessageError
-from .participant_checks import ParticipantView, check_opening
 from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ConfigurationError, ProtocolError
 from .protocols.masking_graph import MaskingParams

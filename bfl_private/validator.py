@@ -27,12 +27,12 @@ import numpy as np
 from .artifacts import get_model
 from .data import FederatedDataset, Split
 from .federation import accuracy
+from .flower.errors import StageMessageError
 from .ledger.beacon import beacon_message, opening_digest
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.errors import SemanticCheckError, VerificationError
 from .ledger.identity import SigningIdentity, VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
-from .flower.errors import StageMessageError
 from .participant_checks import ParticipantView, check_opening
 from .primitives.errors import BflError
 from .round_checks import (

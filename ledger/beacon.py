@@ -141,8 +141,9 @@ def round_seed(beacon: RoundBeacon, *, opening: Entry, policy: BeaconPolicy, whe
         except SignatureError:
             raise BeaconError(f"{where}: the beacon signature of validator {validator!r} does not verify "
                               f"for round {opening.round} of {policy.federation_id}") from None
-    used = [signature for validator, _ in policy.validators
-            if (signature := beacon.signatures.get(validator)) is not None][:policy.quorum]
+    # The first quorum in genesis order: which answers count is not the coordinator's to order.
+    used = [beacon.signatures[validator] for validator, _ in policy.validators
+            if validator in beacon.signatures][:policy.quorum]
     if len(used) < policy.quorum:
         raise BeaconError(f"{where}: {len(used)} validator beacon signatures, the quorum is {policy.quorum}")
     return hashlib.sha256(SEED_CONTEXT + digest + b"".join(used)).digest()

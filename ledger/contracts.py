@@ -50,7 +50,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .canonical import canonical_bytes, parse_canonical
-from .entries import ABORT, ATTESTATION, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .entries import (
+    ABORT,
+    ATTESTATION,
+    GENESIS,
+    ROUND_BEACON,
+    ROUND_CLOSE,
+    ROUND_OPEN,
+    SUBMISSION,
+    Entry,
+)
 from .errors import ContractViolation, MalformedRecord
 from .identity import VerifyingKey
 

@@ -26,7 +26,16 @@ from rich.table import Table
 from .blocks import note_checkpoint, origin_for
 from .checkpoint import Checkpoint, verify_note
 from .contracts import PPM, LedgerState
-from .entries import ABORT, ATTESTATION, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .entries import (
+    ABORT,
+    ATTESTATION,
+    GENESIS,
+    ROUND_BEACON,
+    ROUND_CLOSE,
+    ROUND_OPEN,
+    SUBMISSION,
+    Entry,
+)
 from .errors import ChainError, MalformedRecord, RootMismatch
 from .identity import VerifyingKey
 from .merkle import leaf_hash, verify_consistency, verify_inclusion

@@ -18,11 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from bfl_private.audit import LEGACY_RANDOMNESS, audit
-from bfl_private.coordinator import BEACON_MEMORY, COORDINATOR, Federation, RunRefused
 from bfl_private.ledger.beacon import (
     BeaconError,
     BeaconPolicy,
@@ -32,9 +27,21 @@ from bfl_private.ledger.beacon import (
     round_seed,
 )
 from bfl_private.ledger.cid import cid_for
-from bfl_private.ledger.entries import ABORT, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from bfl_private.ledger.entries import (
+    ABORT,
+    ROUND_BEACON,
+    ROUND_CLOSE,
+    ROUND_OPEN,
+    SUBMISSION,
+    Entry,
+)
 from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bfl_private.audit import LEGACY_RANDOMNESS, audit
+from bfl_private.coordinator import BEACON_MEMORY, COORDINATOR, Federation, RunRefused
 from bfl_private.round_checks import check_round_randomness
 from bfl_private.settings import FederationSettings
 from bfl_private.validator import BeaconRefused, SecondOpening, Validator
@@ -402,11 +409,11 @@ def _flower() -> Any:
 @pytest.fixture(scope="module")
 def flower_fed(tmp_path_factory: pytest.TempPathFactory):
     _flower()
+    from flower_transports import RecordingTransport
     from test_flower_round import make_federation
 
     from bfl_private.flower.hospital import Hospital
     from bfl_private.flower.server_round import FlowerRound
-    from flower_transports import RecordingTransport
 
     federation, exported = make_federation(tmp_path_factory.mktemp("flower-beacon"))
     hospitals = {node: Hospital.from_node_config({"hospital-dir": str(h.history_path.parent),
@@ -429,9 +436,9 @@ def _beacon_rewrite(recorder: Any, federation: Federation, what: str) -> Callabl
         if what == "replayed":
             return recorder.requests["advertise"][min(recorder.requests["advertise"])]["round-beacon"]
         if what == "too few":
-            changed = RoundBeacon(honest.opening_sha256, dict(list(sorted(honest.signatures.items()))[:2]))
+            changed = RoundBeacon(honest.opening_sha256, dict(sorted(honest.signatures.items())[:2]))
         elif what == "tampered":
-            first = sorted(honest.signatures)[0]
+            first = min(honest.signatures)
             changed = RoundBeacon(honest.opening_sha256, {
                 **honest.signatures, first: bytes([honest.signatures[first][0] ^ 1]) + honest.signatures[first][1:]})
         else:  # signed for a re-rolled opening the validators never saw: the coordinator's own grind

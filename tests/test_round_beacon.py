@@ -37,10 +37,12 @@ from bfl_private.ledger.entries import (
 )
 from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bfl_private.audit import LEGACY_RANDOMNESS, audit
+from bfl_private.cli import main
 from bfl_private.coordinator import BEACON_MEMORY, COORDINATOR, Federation, RunRefused
 from bfl_private.round_checks import check_round_randomness
 from bfl_private.settings import FederationSettings
@@ -397,6 +399,8 @@ def test_a_legacy_ledger_verifies_with_the_note(tmp_path: Path) -> None:
     result = audit(directory)
     assert result.ok and LEGACY_RANDOMNESS in result.report.notes
     assert "could have been chosen by the coordinator" in LEGACY_RANDOMNESS
+    printed = CliRunner().invoke(main, ["verify", str(directory)])
+    assert printed.exit_code == 0 and " ".join(LEGACY_RANDOMNESS.split()) in " ".join(printed.output.split())
 
 
 # --- Flower: the hospital derives the seed itself ------------------------------------------

@@ -60,30 +60,33 @@ class SecondOpening(BeaconRefused):
 
 
 class BeaconMemory:
-    """Round id -> SHA-256 of the one opening this validator signed a beacon for, kept in a
-    JSON file written before the signature leaves, so a restart cannot be used to sign a
-    second opening of the same round."""
+    """(federation id, round id) -> SHA-256 of the one opening this validator signed a beacon
+    for, kept in a JSON file written before the signature leaves, so a restart cannot be
+    used to sign a second opening of the same round. Keyed by federation too, so one file
+    may serve a validator of several federations."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def signed(self) -> dict[int, str]:
+    def signed(self) -> dict[tuple[str, int], str]:
         if not self.path.exists():
             return {}
         try:
             record = json.loads(self.path.read_text(encoding="utf-8"))
-            if record.get("v") != BEACON_MEMORY_VERSION or not isinstance(record.get("rounds"), dict):
+            if record.get("v") != BEACON_MEMORY_VERSION or not isinstance(record.get("openings"), dict):
                 raise ValueError(f"not a version {BEACON_MEMORY_VERSION} beacon record")
-            return {int(r): str(h) for r, h in record["rounds"].items()}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            return {(key.rsplit("/", 1)[0], int(key.rsplit("/", 1)[1])): str(digest)
+                    for key, digest in record["openings"].items()}
+        except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise BeaconRefused(f"{self.path}: unreadable beacon record, nothing is signed: {exc}") from exc
 
-    def remember(self, round_id: int, digest: str) -> None:
-        rounds = {**self.signed(), round_id: digest}
+    def remember(self, federation_id: str, round_id: int, digest: str) -> None:
+        openings = {**self.signed(), (federation_id, round_id): digest}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"v": BEACON_MEMORY_VERSION, "rounds": {str(r): h for r, h in sorted(rounds.items())}}, handle)
+            json.dump({"v": BEACON_MEMORY_VERSION,
+                       "openings": {f"{f}/{r}": h for (f, r), h in sorted(openings.items())}}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
@@ -121,13 +124,14 @@ class Validator:
         except (StageMessageError, VerificationError) as exc:  # a refusal by name, or a malformed opening
             raise BeaconRefused(f"{where}: {type(exc).__name__}: {exc}") from exc
         digest = opening_digest(opening)
-        signed = self.beacons.signed().get(opening.round)
+        federation = state.federation_id
+        signed = self.beacons.signed().get((federation, opening.round))
         if signed is not None and signed != digest.hex():
             raise SecondOpening(f"{where}: already signed the beacon of another opening of this round "
                                 f"({signed[:16]}...); one opening per round id")
         if signed is None:
-            self.beacons.remember(opening.round, digest.hex())
-        return self.identity.sign(beacon_message(ledger.state.federation_id, opening.round, digest))
+            self.beacons.remember(federation, opening.round, digest.hex())
+        return self.identity.sign(beacon_message(federation, opening.round, digest))
 
     def _quality_ppm(self, params: np.ndarray) -> int:
         value = accuracy(self.settings.training.model, params, self.holdout,

@@ -46,7 +46,7 @@ from bfl_private.cli import main
 from bfl_private.coordinator import BEACON_MEMORY, COORDINATOR, Federation, RunRefused
 from bfl_private.round_checks import check_round_randomness
 from bfl_private.settings import FederationSettings
-from bfl_private.validator import BeaconRefused, SecondOpening, Validator
+from bfl_private.validator import BeaconMemory, BeaconRefused, SecondOpening, Validator
 
 VALIDATORS = [SigningIdentity.generate(f"validator-{i}") for i in range(4)]
 COORDINATOR_KEY = SigningIdentity.generate("coordinator")
@@ -200,6 +200,16 @@ def test_a_grinding_coordinator_gets_no_second_opening_signed(fed: Federation) -
     with pytest.raises(SecondOpening):
         restarted.sign_beacon(second, fed.ledger)
     assert restarted.sign_beacon(first, fed.ledger) == signature
+
+
+def test_the_beacon_record_keeps_each_federations_rounds_and_refuses_when_unreadable(tmp_path: Path) -> None:
+    memory = BeaconMemory(tmp_path / "validator-0.json")
+    memory.remember("bfl-a", 7, "aa" * 32)
+    memory.remember("bfl-b", 7, "bb" * 32)
+    assert BeaconMemory(memory.path).signed() == {("bfl-a", 7): "aa" * 32, ("bfl-b", 7): "bb" * 32}
+    memory.path.write_text("{not json")
+    with pytest.raises(BeaconRefused, match="unreadable beacon record, nothing is signed"):
+        memory.signed()
 
 
 @pytest.mark.parametrize(("what", "opening", "message"), [

@@ -15,7 +15,14 @@ adds the semantic checks that need the protocols' and the accountant's maths:
                                   averaged aggregate, bit for bit
     10  privacy claims            every cumulative ε recomputed from the raw DP-SGD
                                   parameters of the client's whole history (dp-accounting)
-    11  anchored on chain         with ``--chain URL``: every block header final on the
+    11  round randomness          every round's SecAgg+ seed recomputed from its validator
+                                  beacon (a quorum of genesis-validator signatures on
+                                  exactly its opening, right after it), the transcript's
+                                  seed, participants, k and t equal to it and the opening,
+                                  k and t never below genesis' (ledgers whose genesis
+                                  predates the rule: a note that the coordinator could
+                                  choose their seeds)
+    12  anchored on chain         with ``--chain URL``: every block header final on the
                                   EVM contract with equal fields, on-chain ε, budgets and
                                   balances equal to the ledger's (bfl_private.chain_sync)
 
@@ -52,8 +59,10 @@ from .round_checks import (
     check_paillier_key,
     check_round_aggregate,
     check_round_model,
+    check_round_randomness,
     registered_records,
 )
+from .ledger.beacon import RANDOMNESS_BEACON
 from .settings import FederationSettings
 
 CANNOT_PROVE = (
@@ -81,6 +90,11 @@ HE_KEY_HOLDER = {
              "submission is not bound to its round or sender, so a re-randomised copy of an earlier "
              "one is not caught (exact copies are)."),
 }
+
+LEGACY_RANDOMNESS = ("Round randomness: this federation's genesis predates the validator beacon "
+                     "(round_randomness legacy-head-hash); each round's SecAgg+ graph seed was SHA-256 of the "
+                     "previous block's hash and the round id, which the coordinator could steer through the block "
+                     "time and its choice of participants, so the seeds could have been chosen by the coordinator.")
 
 DISTRIBUTED_DP = ("Distributed DP: each recorded ε holds if the secure sum hid every single share and at most "
                   "t participants (the plan's collusion_threshold) dropped out or colluded with the aggregator; "
@@ -168,6 +182,24 @@ class PrivacyHook(VerifierHook):
             self.started = []
         self.histories.add(context.entries, first_index=context.block.first_entry)
         self.histories.check_claims(context.entries)
+
+
+class RoundRandomnessHook(VerifierHook):
+    name = "round randomness"
+
+    def __init__(self) -> None:
+        self.genesis: Entry | None = None
+
+    def check_block(self, context: BlockContext) -> None:
+        genesis = next((e for e in context.entries if e.type == GENESIS), None)
+        if genesis is not None:
+            self.genesis = genesis
+            if FederationSettings.from_json(genesis.payload["settings"]).round_randomness != RANDOMNESS_BEACON:
+                context.note(LEGACY_RANDOMNESS)
+            return
+        assert self.genesis is not None
+        check_round_randomness(context.entries, genesis=self.genesis, blobs=context.blobs,
+                               where=f"block {context.block.height}")
 
 
 @dataclass(frozen=True)
@@ -386,7 +418,7 @@ def audit(directory: Path | str, *, trusted_checkpoint: str | None = None,
     signatures and the distinct ε recomputations then run beside the other checks, with
     the same checks made and the same report."""
     directory = Path(directory)
-    hooks: list[VerifierHook] = [AggregateHook(), ModelChainHook(), PrivacyHook()]
+    hooks: list[VerifierHook] = [AggregateHook(), ModelChainHook(), PrivacyHook(), RoundRandomnessHook()]
     if chain_url is not None:
         from .chain_sync import chain_hook  # web3 lives behind this import (chain extra)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import secrets
 import shutil
 import time
@@ -31,6 +32,10 @@ from .fedavg import payload_weight
 from .distributed_round import DistributedPlan
 from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
 from .keyring import Keyring
+from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
+from .ledger.contracts import min_quorum
+from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.identity import VerifyingKey
 from .parties import (
     COORDINATOR,
     CSV_COMMITMENT_KEY_FILE,
@@ -42,9 +47,6 @@ from .parties import (
     enrol,
     party_folder,
 )
-from .ledger.contracts import min_quorum
-from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
-from .ledger.identity import VerifyingKey
 from .ledger.store import DATABASE, Ledger
 from .models import build_model, flatten_parameters
 from .participant_checks import ParticipantRefusal, ParticipantView, check_opening, refusal_reason
@@ -66,6 +68,12 @@ from .round_checks import (
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
 from .validator_service import LoopbackValidator, RemoteValidator, ValidatorPanel
+
+PENDING_OPENING = "round-opening.pending"
+"""The coordinator's record of the opening it asked the validators to sign a beacon for,
+until its round is on the ledger (see :meth:`Federation.settle_interrupted_round`)."""
+INTERRUPTED = ("the coordinator stopped after the validators were asked for this opening's beacon; "
+               "they sign one opening per round id, so the round is ended here, unrun")
 
 
 class RunRefused(BflError, RuntimeError):
@@ -270,6 +278,9 @@ class Federation:
 
     @classmethod
     def _create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
+        if settings.round_randomness != RANDOMNESS_BEACON:
+            raise RunRefused(f"round_randomness {settings.round_randomness!r} is only read from old ledgers; "
+                             f"a new federation uses {RANDOMNESS_BEACON!r}")
         data = checked_data(settings)
         if settings.csv is not None:
             # Genesis commits to the private files under a key only the coordinator holds.
@@ -358,9 +369,53 @@ class Federation:
 
     # --- one round --------------------------------------------------------------------
 
-    def round_seed(self, round_id: int) -> bytes:
-        """Public randomness for the round (e.g. SecAgg+'s graph): bound to the chain's head."""
-        return hashlib.sha256(self.ledger.head.hash() + round_id.to_bytes(8, "big")).digest()
+    def open_round(self, opening: Entry) -> tuple[list[Entry], bytes]:
+        """The round's first entries and its public seed (SecAgg+'s graph).
+
+        Under the beacon rule (:mod:`bfl_private.ledger.beacon`) every validator is asked to
+        sign the beacon of ``opening``; the signatures are recorded in a ``round_beacon``
+        entry after it and give the seed. Fewer than a quorum of signatures: RunRefused,
+        nothing written. A legacy federation (genesis without the rule) keeps its old seed,
+        SHA-256(head hash, round id), which the coordinator can steer (the audit says so)."""
+        if self.settings.round_randomness != RANDOMNESS_BEACON:
+            return [opening], hashlib.sha256(self.ledger.head.hash() + opening.round.to_bytes(8, "big")).digest()
+        # Kept before any validator sees it: after a crash the round id is bound to this opening.
+        pending = self.directory / PENDING_OPENING
+        temporary = pending.with_name(pending.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(opening.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, pending)
+        signatures, refusals = self.validators.beacon(opening)
+        beacon = RoundBeacon(opening_digest(opening), signatures)
+        try:
+            seed = round_seed(beacon, opening=opening, policy=self.beacon_policy(), where=f"round {opening.round}")
+        except BeaconError as exc:
+            raise RunRefused(f"{exc}; nothing was written" +
+                             "".join(f"; {name}: {why}" for name, why in refusals.items())) from exc
+        return [opening, self.coordinator.entry(ROUND_BEACON, opening.round, beacon.to_json())], seed
+
+    def settle_interrupted_round(self) -> None:
+        """End a round the coordinator opened but never recorded (it stopped mid-round).
+
+        The validators sign a beacon for one opening per round id, so that round id can
+        only go on with that opening: it is recorded with its beacon and an abort (no one
+        is charged: no update of it reached the ledger), in a block of its own, and the next
+        command opens the next round. Each such abort is visible in the ledger."""
+        pending = self.directory / PENDING_OPENING
+        if not pending.exists():
+            return
+        opening = Entry.from_bytes(pending.read_bytes(), where=str(pending))
+        state = self.ledger.state
+        if opening.round == state.last_round + 1 and state.open_round is None:
+            opened, _ = self.open_round(opening)
+            self.commit_block([*opened, self.coordinator.entry(ABORT, opening.round, {
+                "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
+        pending.unlink(missing_ok=True)
+
+    def beacon_policy(self) -> BeaconPolicy:
+        return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
 
     def run_round(
         self,
@@ -379,6 +434,7 @@ class Federation:
         planned privacy record. Whatever they send, the round ends in a block: closed, or
         aborted with the reason and the spend of everyone whose input had left it."""
         started = time.perf_counter()
+        self.settle_interrupted_round()
         state = self.ledger.state
         round_id = state.last_round + 1
         participants = sorted(plan.clients)
@@ -390,19 +446,19 @@ class Federation:
         aggregation = build_protocol(protocol, self.settings, self.round_parties, participants=participants)
         base_cid = state.model_cid
         base = self.current_model()
-        seed = self.round_seed(round_id)
-        entries = [Entry.create(coordinator, ROUND_OPEN, round_id, {
+        opening = Entry.create(coordinator, ROUND_OPEN, round_id, {
             "participants": participants,
             "protocol": protocol,
             "protocol_params": aggregation.public_parameters(),
             "base_model_cid": base_cid,
             "privacy_plan": plan.privacy_plan(),
-        })]
+        })
+        entries, seed = self.open_round(opening)
 
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
         # Each participant checks the opening it is shown before it trains (as a Flower
         # hospital does): one it refuses leaves the round before advertising, named.
-        declined = self._participant_checks(entries[0], participants)
+        declined = self._participant_checks(entries, participants)
         drop.update({c: "advertise" for c in declined})
         answering = [c for c in participants if c not in drop]
         forged = dict(forged or {})
@@ -514,9 +570,13 @@ class Federation:
         a coordinator that shows participants something else)."""
         return opening
 
-    def _participant_checks(self, opening: Entry, participants: list[str]) -> dict[str, str]:
+    def _participant_checks(self, opened: list[Entry], participants: list[str]) -> dict[str, str]:
         """Each participant's check of the opening it is shown, against genesis and the
-        ledger it syncs (this one): the refusals, by client, as the round records them."""
+        ledger it syncs (this one), and of the beacon that gives the seed (it must be for
+        that very opening, as a Flower hospital checks): the refusals, by client, as the
+        round records them. ``opened``: the opening and its beacon entry, if any."""
+        opening, beacon = opened[0], (RoundBeacon.of(opened[1], where="round beacon") if len(opened) > 1 else None)
+        policy = self.beacon_policy()
         state = self.ledger.state
         # The ledger is the simulated participants' memory too: every round they submitted
         # in has ended in it, so "the next round" also refuses a second spend for one round id.
@@ -529,6 +589,8 @@ class Federation:
                 if shown is not opening:  # what this coordinator did not sign itself is verified
                     shown.verify(coordinator, where=f"round opening shown to {client}")
                 check_opening(shown, settings=self.settings, participant=client, view=view)
+                if beacon is not None:
+                    round_seed(beacon, opening=shown, policy=policy, where=f"beacon shown to {client}")
             except ParticipantRefusal as exc:
                 declined[client] = refusal_reason(exc)
             except BflError as exc:  # a forged or malformed opening is refused too
@@ -559,4 +621,6 @@ class Federation:
         head_time = self.ledger.head.time if self.ledger.head else 0
         proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))
         self.ledger.commit(proposed, self.validators.certify(proposed))
+        if any(e.type == ROUND_OPEN for e in entries):  # its round is on the ledger: nothing left pending
+            (self.directory / PENDING_OPENING).unlink(missing_ok=True)
 

@@ -24,6 +24,9 @@ The rules, all against genesis (``settings``), never against the round's own cla
 * round: the next round of the ledger it knows, later than any round it already opened,
   and never one it submitted in (:class:`StaleRound`, :class:`AlreadySubmitted`): a
   closed round is not trained for again, and one round id never spends ε twice.
+* beacon (Flower hospitals, simulated participants): the validators' beacon must be for
+  this very opening and give the seed under genesis' validator keys and quorum
+  (:class:`BadBeacon`, :func:`bfl_private.ledger.beacon.round_seed`).
 
 Numpy-free, torch-free: the auditor and the hospital import it cheaply.
 """
@@ -83,8 +86,13 @@ class AlreadySubmitted(StaleRound):
     """A round this participant already submitted in: no retraining, no second spend."""
 
 
+class BadBeacon(ParticipantRefusal):
+    """A round beacon that does not give the seed: not for this opening or round, a bad or
+    unregistered validator signature, fewer than the quorum (:mod:`bfl_private.ledger.beacon`)."""
+
+
 REFUSALS: tuple[type[ParticipantRefusal], ...] = (
-    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted)
+    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted, BadBeacon)
 _REFUSAL = re.compile(r"^(?P<error>" + "|".join(c.__name__ for c in REFUSALS) +
                       r"): (?P<client>\S+) refuses round (?P<round>\d+): ")
 

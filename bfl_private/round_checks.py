@@ -16,12 +16,15 @@ from . import distributed_round
 from .artifacts import get_aggregate, get_model, get_server_state
 from .distributed_round import DistributedPlan, is_distributed_plan
 from .fedavg import aggregate_violation, next_global_model, payload_weight
+from .flower.errors import StageMessageError
+from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, beacon_after, round_seed
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
-from .ledger.entries import ABORT, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
+from .participant_checks import ParticipantView, check_opening
 from .privacy.accounting import (
     HistorySummary,
     PrivacyRecord,
@@ -32,7 +35,8 @@ from .privacy.accounting import (
 )
 from .privacy.errors import PrivacyError
 from .protocols.base import decoding_tolerance, recompute_total
-from .protocols.errors import ProtocolError
+from .protocols.errors import ConfigurationError, ProtocolError
+from .protocols.masking_graph import MaskingParams
 from .protocols.quantize import IntegerRingCodec
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings
 
@@ -125,6 +129,55 @@ class RoundView:
         if unexplained:
             raise SemanticCheckError(f"round {close.round}: {unexplained} submitted but are neither survivors nor rejected")
         return cls(close.round, opened, {c: submitted[c] for c in survivors}, close)
+
+
+def check_round_randomness(entries: Sequence[Entry], *, genesis: Entry, blobs: BlobStore, where: str) -> None:
+    """Under the ``validator-beacon-v1`` rule, every round opened among ``entries`` (one
+    block) is followed by its beacon, the beacon gives the seed (:func:`round_seed`: a quorum
+    of valid genesis-validator signatures on exactly this opening), the opening keeps
+    genesis' protocol rules (SecAgg+ k and t never below them, the participant's own check
+    :func:`check_opening`), and a masking round closed here ran with that seed and the
+    opening's participants, k and t. Nothing is checked for a genesis without the rule
+    (the audit notes that its seeds could be chosen by the coordinator)."""
+    settings = FederationSettings.from_json(genesis.payload["settings"])
+    if settings.round_randomness != RANDOMNESS_BEACON:
+        return
+    policy = BeaconPolicy.from_genesis(genesis.payload)
+    for index, entry in enumerate(entries):
+        at = f"{where}, round {entry.round}"
+        if entry.type == ROUND_BEACON and (index == 0 or entries[index - 1].type != ROUND_OPEN):
+            raise BeaconError(f"{at}: a round_beacon entry that does not follow its round's opening")
+        if entry.type != ROUND_OPEN:
+            continue
+        seed = round_seed(beacon_after(entries, index, where=at), opening=entry, policy=policy, where=at)
+        try:
+            check_opening(entry, settings=settings, participant="the round check", view=ParticipantView())
+        except StageMessageError as exc:
+            raise SemanticCheckError(f"{at}: the opening breaks genesis' rules: {type(exc).__name__}: {exc}") from exc
+        close = next((e for e in entries if e.type == ROUND_CLOSE and e.round == entry.round), None)
+        if close is not None and entry.payload["protocol"] == "masking":
+            cid = close.payload["transcript_cid"]
+            if cid is None:
+                raise SemanticCheckError(f"{at}: a masking round closed without its transcript")
+            _check_masking_transcript(entry, blobs.get_json(cid), seed, where=at)
+
+
+def _check_masking_transcript(opening: Entry, transcript: Any, seed: bytes, *, where: str) -> None:
+    """The masking round ran on the parameters its opening and beacon fix: round, seed,
+    participants in order, k and t (a transcript's length is the protocol's own)."""
+    if not isinstance(transcript, Mapping):
+        raise SemanticCheckError(f"{where}: the masking transcript is not an object")
+    public = opening.payload["protocol_params"]
+    try:
+        expected = MaskingParams.create(round_id=opening.round, round_seed=seed,
+                                        clients=opening.payload["participants"], length=transcript.get("length"),
+                                        neighbours=public.get("neighbours"), threshold=public.get("threshold"))
+    except (ConfigurationError, TypeError) as exc:
+        raise SemanticCheckError(f"{where}: the opening's masking parameters: {exc}") from exc
+    for name, value in expected.to_json().items():
+        if transcript.get(name) != value:
+            raise SemanticCheckError(f"{where}: the transcript's {name} {transcript.get(name)!r:.80} is not "
+                                     f"{value!r:.80}, which the opening and its beacon fix")
 
 
 def planned_record(settings: FederationSettings, *, noise_multiplier: float) -> PrivacyRecord:

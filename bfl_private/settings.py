@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .ledger.beacon import RANDOMNESS_BEACON, RANDOMNESS_LEGACY
 from .primitives.errors import BflError
 from .privacy.accounting import DEFAULT_RELATION, check_accountant, check_relation, resolve_interval
 from .privacy.errors import PrivacyError
@@ -218,6 +219,10 @@ class FederationSettings:
     """The user's CSV data when ``dataset == "csv"``."""
     csv_description: CsvDescription | None = None
     """Filled in at genesis from the CSV files; never set by hand."""
+    round_randomness: str = RANDOMNESS_BEACON
+    """Where round seeds come from (:mod:`bfl_private.ledger.beacon`): every new federation
+    uses the validators' beacon; a genesis written before the rule existed lacks the field
+    and reads as ``legacy-head-hash``, under which its ledger is still verified."""
 
     def __post_init__(self) -> None:
         if (self.dataset == "csv") != (self.csv is not None):
@@ -229,6 +234,9 @@ class FederationSettings:
             raise SettingsError(f"a federation needs at least 1 validator, got {self.n_validators}")
         if not 0 <= self.quality_tolerance < 1:
             raise SettingsError(f"quality_tolerance must be in [0, 1), got {self.quality_tolerance!r}")
+        if self.round_randomness not in (RANDOMNESS_BEACON, RANDOMNESS_LEGACY):
+            raise SettingsError(f"round_randomness must be {RANDOMNESS_BEACON!r} (or {RANDOMNESS_LEGACY!r}, "
+                                f"read from an old genesis), got {self.round_randomness!r}")
         if self.privacy.mode == "distributed":
             if self.protocol.name not in DISTRIBUTED_PROTOCOLS:
                 raise SettingsError(f"distributed DP needs a secure sum that is exact in the integer ring "
@@ -253,6 +261,8 @@ class FederationSettings:
                    for name, cls_ in (("csv", CsvSource), ("csv_description", CsvDescription))},
             }
             flat = {k: v for k, v in data.items() if k not in nested}
+            # A genesis from before the beacon rule names none: its seeds were the head hash's.
+            flat.setdefault("round_randomness", RANDOMNESS_LEGACY)
             return cls(**flat, **nested)
         except (KeyError, TypeError) as exc:
             raise SettingsError(f"genesis federation settings are malformed: {exc}") from exc

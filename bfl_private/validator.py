@@ -7,6 +7,10 @@ Proof-of-Quality: a validator co-signs a block only after it has
    model from the previous one, and every cumulative ε claim (``round_checks``);
 3. evaluated the previous and the new model on its own held-out data.
 
+Before a round runs, a validator also signs the beacon of its opening, which fixes the
+round's seed (:meth:`Validator.sign_beacon`, :mod:`bfl_private.ledger.beacon`), and it
+co-signs no block whose rounds' beacons and seeds do not check out.
+
 Its attestation carries its quality figure (accuracy in parts per million) and its verdict:
 ``accept`` unless the new model is worse than the previous one by more than the genesis
 tolerance. The contracts advance the model only if a quorum accepts.
@@ -22,18 +26,24 @@ import numpy as np
 from .artifacts import get_model
 from .data import Split
 from .federation import accuracy
+from .flower.errors import StageMessageError
 from .keyring import KeyringError
+from .ledger.beacon import beacon_message, opening_digest
 from .ledger.blocks import BlockHeader
-from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
-from .ledger.errors import SemanticCheckError
+from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, Entry
+from .ledger.errors import SemanticCheckError, VerificationError
+from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
+from .participant_checks import ParticipantView, check_opening
 from .parties import ValidatorParty
+from .primitives.errors import BflError
 from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
     RoundView,
     check_round_aggregate,
     check_round_model,
+    check_round_randomness,
     registered_records,
 )
 from .settings import FederationSettings
@@ -41,12 +51,25 @@ from .settings import FederationSettings
 PPM = 1_000_000
 COSIGNED_FILE = "last-cosigned.json"
 """In the validator's folder: the height and header hash of the last block it cosigned."""
+BEACONS_FILE = "beacons.json"
+"""In the validator's folder: the one opening per round it signed a beacon for."""
+BEACON_MEMORY_VERSION = 1
+
+
+class BeaconRefused(BflError):
+    """A validator does not sign the beacon of a round opening (see :meth:`Validator.sign_beacon`)."""
+
+
+class SecondOpening(BeaconRefused):
+    """A second, different opening of a round id whose beacon this validator already signed:
+    signing it would let the coordinator choose between two seeds."""
 
 
 class Validator(ValidatorParty):
-    """One validator, built from its own folder ``DIR/parties/<name>/``: its keys, and the
-    last block it cosigned, so that no restart lets it sign two blocks at one height (see
-    :mod:`bfl_private.parties`)."""
+    """One validator, built from its own folder ``DIR/parties/<name>/``: its keys, and what
+    it has signed (the last block it cosigned, the opening of each round it signed a beacon
+    for), written before a signature leaves, so that no restart lets it sign two blocks at
+    one height or two openings of one round (see :mod:`bfl_private.parties`)."""
 
     def __init__(self, directory: Path, name: str, holdout: Split, *, settings: FederationSettings,
                  n_features: int, n_classes: int) -> None:
@@ -58,6 +81,55 @@ class Validator(ValidatorParty):
         self.n_classes = n_classes
         self.histories = PrivacyHistories()
         self.paillier_key = PaillierKeyPin()
+
+    def sign_beacon(self, opening: Entry, ledger: Ledger) -> bytes:
+        """This validator's beacon signature on ``opening``, refused (:class:`BeaconRefused`,
+        by name) unless it is a coordinator-signed opening of the ledger's next round that a
+        participant would accept (genesis' protocol rules, the current model), and the only
+        opening of that round id this validator signs."""
+        where = f"validator {self.identity.name}, beacon of round {opening.round}"
+        state = ledger.state
+        try:
+            if opening.type != ROUND_OPEN:
+                raise BeaconRefused(f"{where}: a {opening.type} entry, not a round opening")
+            opening.verify(VerifyingKey.from_vkey(ledger.genesis().payload["coordinator"]["vkey"]), where=where)
+            if state.open_round is not None or opening.round != state.last_round + 1:
+                raise BeaconRefused(f"{where}: the ledger's next round is {state.last_round + 1}"
+                                    f"{' (one is in progress)' if state.open_round is not None else ''}")
+            check_opening(opening, settings=self.settings, participant=self.identity.name,
+                          view=ParticipantView(model_cid=state.model_cid, last_round=state.last_round))
+        except (StageMessageError, VerificationError) as exc:  # a refusal by name, or a malformed opening
+            raise BeaconRefused(f"{where}: {type(exc).__name__}: {exc}") from exc
+        digest = opening_digest(opening)
+        federation = state.federation_id
+        openings = self._signed_openings()
+        signed = openings.get(f"{federation}/{opening.round}")
+        if signed is not None and signed != digest.hex():
+            raise SecondOpening(f"{where}: already signed the beacon of another opening of this round "
+                                f"({signed[:16]}...); one opening per round id")
+        if signed is None:
+            openings[f"{federation}/{opening.round}"] = digest.hex()
+            with self._acting():
+                self._keys.store(BEACONS_FILE, json.dumps({"v": BEACON_MEMORY_VERSION, "openings": openings},
+                                                          sort_keys=True).encode())
+        return self.identity.sign(beacon_message(federation, opening.round, digest))
+
+    def _signed_openings(self) -> dict[str, str]:
+        """"federation/round" -> SHA-256 of the one opening this validator signed a beacon for
+        (keyed by federation too, so one folder may serve a validator of several federations)."""
+        with self._acting():
+            if not self._keys.holds(BEACONS_FILE):
+                return {}
+            data = self._keys.load(BEACONS_FILE)
+        try:
+            record = json.loads(data)
+            if record.get("v") != BEACON_MEMORY_VERSION or not isinstance(record.get("openings"), dict):
+                raise ValueError(f"not a version {BEACON_MEMORY_VERSION} beacon record")
+            return {str(key): str(value) for key, value in record["openings"].items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            # Fail closed: forgetting what it signed would let it sign a second opening.
+            raise BeaconRefused(f"{self.name} {BEACONS_FILE}: unreadable beacon record, nothing is signed: "
+                                f"{exc}") from None
 
     def _quality_ppm(self, params: np.ndarray) -> int:
         value = accuracy(self.settings.training.model, params, self.holdout,
@@ -123,6 +195,9 @@ class Validator(ValidatorParty):
         replayed = ledger.propose(entries, time=header.time)
         if replayed.header.signing_bytes() != header.signing_bytes():
             raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")
+        if ledger.size:  # the genesis block opens no round
+            check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs,
+                                   where=f"block {header.height}")
         mine = self.identity.public.key_id_hex
         if any(e.type == ROUND_CLOSE for e in entries) and not any(
             e.type == ATTESTATION and e.author == mine for e in entries

@@ -1,7 +1,10 @@
 """Validators as parties of their own: one request handler, two transports, the panel.
 
-A validator answers two requests from the coordinator:
+A validator answers three requests from the coordinator:
 
+* ``beacon``: a round's opening. It signs the opening's beacon, which fixes the round's
+  seed, if the opening is one a participant would accept for the ledger's next round and
+  the only opening of that round it signs (:meth:`Validator.sign_beacon`).
 * ``attest``: the entries of a round (opening, submissions, close). It re-checks the round
   against its own view of the ledger and its own hold-out data and returns its signed
   attestation entry (:meth:`Validator.attest`).
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .ledger.beacon import beacon_message, opening_digest
 from .ledger.blocks import BlockHeader
 from .ledger.canonical import check_nesting
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
@@ -43,9 +47,10 @@ from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
 from .validator import Validator
 
+BEACON = "beacon"
 ATTEST = "attest"
 COSIGN = "cosign"
-REQUEST_KINDS = (ATTEST, COSIGN)
+REQUEST_KINDS = (BEACON, ATTEST, COSIGN)
 MAX_MESSAGE_BYTES = 64 << 20
 """Largest request or reply accepted on the wire (a round's entries are a few kB per client)."""
 DEFAULT_TIMEOUT_S = 120.0
@@ -88,7 +93,8 @@ def _fields(data: Any, names: set[str], *, where: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ValidatorRequest:
-    """What the coordinator asks a validator: attest a round, or cosign a block."""
+    """What the coordinator asks a validator: sign a round opening's beacon (``entries`` is
+    the opening alone), attest a round, or cosign a block."""
 
     kind: str
     federation_id: str
@@ -109,13 +115,15 @@ class ValidatorRequest:
             raise MalformedRecord(f"{where}: kind must be one of {REQUEST_KINDS}, got {kind!r}")
         if not isinstance(federation_id, str) or not isinstance(entries, list) or not entries:
             raise MalformedRecord(f"{where}: federation_id must be a string and entries a non-empty list")
+        if kind == BEACON and len(entries) != 1:
+            raise MalformedRecord(f"{where}: a beacon request carries exactly the round opening")
         parsed = tuple(Entry.from_bytes(_unb64(e, where=f"{where} entry {i}"), where=f"{where} entry {i}")
                        for i, e in enumerate(entries))
         header = None
         if kind == COSIGN:
             header = BlockHeader.from_bytes(_unb64(data["header"], where=f"{where} header"), where=f"{where} header")
         elif data["header"] is not None:
-            raise MalformedRecord(f"{where}: an attest request carries no header")
+            raise MalformedRecord(f"{where}: only a cosign request carries a header")
         return cls(kind, federation_id, parsed, header)
 
 
@@ -169,6 +177,8 @@ def answer(validator: Validator, ledger: Ledger, request: ValidatorRequest) -> V
         return ValidatorReply(refusal=f"request for federation {request.federation_id!r}; "
                                       f"this validator's ledger is {federation_id!r}")
     try:
+        if request.kind == BEACON:
+            return ValidatorReply(signature=validator.sign_beacon(request.entries[0], ledger))
         if request.kind == ATTEST:
             return ValidatorReply(attestation=validator.attest(request.entries, ledger))
         assert request.header is not None  # from_json and the panel give cosign a header
@@ -323,6 +333,26 @@ class ValidatorPanel:
         except ValidatorUnavailable as exc:
             return ValidatorReply(refusal=f"unavailable: {exc}")
 
+    def beacon(self, opening: Entry) -> tuple[dict[str, bytes], dict[str, str]]:
+        """Each validator's beacon signature on ``opening``, by name, and why the others
+        gave none. A signature that does not verify is left out here, so one faulty
+        validator cannot sink a round a quorum would seed (:func:`round_seed` needs a quorum)."""
+        request = ValidatorRequest(BEACON, self.federation_id, (opening,))
+        message = beacon_message(self.federation_id, opening.round, opening_digest(opening))
+        signatures, refusals = {}, {}
+        for endpoint in self.endpoints:
+            reply = self._ask(endpoint, request)
+            if reply.signature is None:
+                refusals[endpoint.name] = reply.refusal or "replied without a signature"
+                continue
+            try:
+                self.keys[endpoint.name].verify(reply.signature, message)
+            except BflError as exc:
+                refusals[endpoint.name] = str(exc)
+                continue
+            signatures[endpoint.name] = reply.signature
+        return signatures, refusals
+
     def attest(self, entries: Sequence[Entry]) -> Attestations:
         """Each validator's attestation of the round in ``entries`` (the ledger checks each
         one's author, signature and round when the block is proposed); QuorumNotReached
@@ -414,5 +444,7 @@ def describe(request: ValidatorRequest, reply: ValidatorReply) -> str:
         payload = reply.attestation.payload
         return (f"round {reply.attestation.round}: attested {payload['verdict']} "
                 f"(hold-out accuracy {payload['quality_ppm'] / 1e6:.4f})")
+    if request.kind == BEACON:
+        return f"round {request.entries[0].round}: beacon signed"
     assert request.header is not None
     return f"block {request.header.height}: cosigned"

@@ -14,7 +14,9 @@ names exactly one participant; the genesis author is the coordinator;
 
 Rounds: ``round_open`` by the coordinator when no round is in progress, numbered
 last + 1, participants registered clients, ``base_model_cid`` equal to the current model
-(when there is one). ``submission`` by the client's own key, for the open round only (a
+(when there is one). ``round_beacon`` by the coordinator, once per round, right after the
+opening: the round open with no submission yet (its signatures are checked by the
+verifier and the validators, see beacon.py). ``submission`` by the client's own key, for the open round only (a
 replay from an earlier round is refused), from a listed participant, once, with
 ``data_weight`` at most its registered weight. ``round_close`` / ``abort`` by the
 coordinator for the open round only; survivors, dropouts and rejected partition the
@@ -48,7 +50,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .canonical import canonical_bytes, parse_canonical
-from .entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .entries import (
+    ABORT,
+    ATTESTATION,
+    GENESIS,
+    ROUND_BEACON,
+    ROUND_CLOSE,
+    ROUND_OPEN,
+    SUBMISSION,
+    Entry,
+)
 from .errors import ContractViolation, MalformedRecord
 from .identity import VerifyingKey
 
@@ -344,6 +355,18 @@ def _round_open(data: dict[str, Any], entry: Entry, where: str) -> None:
     }
 
 
+def _round_beacon(data: dict[str, Any], entry: Entry, where: str) -> None:
+    _author_is(entry, data["coordinator"], "coordinator", where)
+    current = _current(data, entry, "open", where)
+    # Right after the opening: before any submission, so no client answered a round whose
+    # seed was not yet fixed. The key exists only once a beacon is recorded, so the state
+    # (and its root) of a round without one is what it was before beacons existed.
+    _require("beacon" not in current, where, f"round {entry.round} already has its beacon")
+    _require(not current["submissions"], where,
+             f"round {entry.round}'s beacon comes after submissions; it must follow the opening")
+    current["beacon"] = entry.payload["opening_sha256"]
+
+
 def _submission(data: dict[str, Any], entry: Entry, where: str) -> None:
     p = entry.payload
     client = data["clients"].get(p["client"])
@@ -481,6 +504,7 @@ def _finish_round(data: dict[str, Any]) -> None:
 _RULES = {
     GENESIS: _genesis,
     ROUND_OPEN: _round_open,
+    ROUND_BEACON: _round_beacon,
     SUBMISSION: _submission,
     ROUND_CLOSE: _round_close,
     ATTESTATION: _attestation,

@@ -38,6 +38,12 @@ Payload schemas (checked here, on creation and on parsing; the contracts check m
     base_model_cid: cid | null the model the round starts from
     privacy_plan: object       opaque
 
+``round_beacon`` (round r, author: coordinator), right after the round's opening, under
+the ``validator-beacon-v1`` rule (see beacon.py)::
+
+    opening_sha256: str        64 hex digits: SHA-256 of the round_open entry's bytes
+    signatures: {id: str}      validator -> base64 Ed25519 signature of the beacon message
+
 ``submission`` (round r, author: the client's own key)::
 
     client: id
@@ -91,6 +97,7 @@ SIGNATURE_CONTEXT = b"bfl-private/entry/v1\n"
 
 GENESIS = "genesis"
 ROUND_OPEN = "round_open"
+ROUND_BEACON = "round_beacon"
 SUBMISSION = "submission"
 ROUND_CLOSE = "round_close"
 ATTESTATION = "attestation"
@@ -98,6 +105,7 @@ ABORT = "abort"
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY_ID = re.compile(r"[0-9a-f]{8}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ENVELOPE = {"author", "payload", "round", "sig", "type", "v"}
 
 Checker = Callable[[Any, str], None]
@@ -118,6 +126,11 @@ def _id(value: Any, where: str) -> None:
 def _str(value: Any, where: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 4096:
         _fail(where, "must be a non-empty string of at most 4096 characters", value)
+
+
+def _sha256_hex(value: Any, where: str) -> None:
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        _fail(where, "must be 64 lowercase hex digits (a SHA-256)", value)
 
 
 def _object(value: Any, where: str) -> None:
@@ -262,6 +275,10 @@ PAYLOAD_SCHEMAS: dict[str, Checker] = {
         "base_model_cid": _optional(_cid),
         "privacy_plan": _object,
     }),
+    ROUND_BEACON: _record({
+        "opening_sha256": _sha256_hex,
+        "signatures": _map(_str),
+    }),
     SUBMISSION: _record({
         "client": _id,
         "blob_cid": _cid,
@@ -295,6 +312,7 @@ PAYLOAD_SCHEMAS: dict[str, Checker] = {
 BLOB_FIELDS: dict[str, tuple[str, ...]] = {
     GENESIS: ("initial_model_cid",),
     ROUND_OPEN: ("base_model_cid",),
+    ROUND_BEACON: (),
     SUBMISSION: ("blob_cid",),
     ROUND_CLOSE: ("aggregate_cid", "new_model_cid", "transcript_cid"),
     ATTESTATION: ("model_cid",),

@@ -26,7 +26,16 @@ from rich.table import Table
 from .blocks import note_checkpoint, origin_for
 from .checkpoint import Checkpoint, verify_note
 from .contracts import PPM, LedgerState
-from .entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .entries import (
+    ABORT,
+    ATTESTATION,
+    GENESIS,
+    ROUND_BEACON,
+    ROUND_CLOSE,
+    ROUND_OPEN,
+    SUBMISSION,
+    Entry,
+)
 from .errors import ChainError, MalformedRecord, RootMismatch
 from .identity import VerifyingKey
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -115,6 +124,7 @@ class LocatedEntry:
                 ATTESTATION: lambda: f"{payload['verdict']} {payload['model_cid']}",
                 ABORT: lambda: f"stage {payload['stage']}",
                 ROUND_OPEN: lambda: f"{payload['protocol']}, {len(payload['participants'])} participants",
+                ROUND_BEACON: lambda: f"{len(payload['signatures'])} validator signatures",
                 GENESIS: lambda: f"federation {payload['federation_id']}"}.get(self.entry.type, lambda: "")()
         return (f"{self.index:>6}  block {self.height:<5} round {self.entry.round:<4} {self.entry.type:<12} "
                 f"{self.author:<14} {gist}")

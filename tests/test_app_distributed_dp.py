@@ -191,8 +191,13 @@ def test_a_forged_ring_input_ends_in_a_block_and_the_ledger_verifies(copy: Path)
 
 
 def _colluding_validators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validators that sign whatever they are given: the round, its beacon and its block."""
+    import bfl_private.validator as validator_module
+
     monkeypatch.setattr(Validator, "check_round", lambda self, entries, ledger: None)
     monkeypatch.setattr(Validator, "attest", rubber_stamp)
+    monkeypatch.setattr(validator_module, "check_opening", lambda *a, **k: None)
+    monkeypatch.setattr(validator_module, "check_round_randomness", lambda *a, **k: None)
 
 
 def test_understated_noise_fails_the_audit_by_name(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,7 +115,7 @@ def test_requests_and_replies_survive_their_encoding(federation: Path) -> None:
     (lambda r: {**r, "entries": []}, "non-empty list"),
     (lambda r: {**r, "entries": ["not base64!"]}, "entry 0: not base64"),
     (lambda r: {**r, "entries": ["e30="]}, "entry 0"),  # {} is no entry
-    (lambda r: {**r, "header": "e30="}, "an attest request carries no header"),
+    (lambda r: {**r, "header": "e30="}, "only a cosign request carries a header"),
     (lambda r: {**r, "kind": "cosign", "header": "e30="}, "header"),
 ])
 def test_a_malformed_request_is_refused_by_name(federation: Path, change, message: str) -> None:
@@ -250,7 +250,8 @@ def test_a_round_certified_by_four_validator_processes(copy: Path) -> None:
         for child in processes:
             child.terminate()
     logs = [child.communicate(timeout=30)[0] for child in processes]
-    assert all("round 2: attested" in log and "block 2: cosigned" in log for log in logs), logs
+    assert all("round 2: beacon signed" in log and "round 2: attested" in log and "block 2: cosigned" in log
+               for log in logs), logs
     entries, block = _round_entries(copy)
     assert any(e.type == ROUND_CLOSE for e in entries)
     assert {e.payload["validator"] for e in entries if e.type == ATTESTATION} == set(VALIDATORS)

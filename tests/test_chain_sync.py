@@ -261,7 +261,7 @@ def test_a_validator_key_file_that_is_not_a_key_is_named(synced: tuple[Path, Web
 
 
 def test_a_chain_lost_mid_audit_fails_no_check(synced: tuple[Path, Web3]) -> None:
-    """The node going away while check 11 reads it is ChainUnavailable raised through the
+    """The node going away while check 12 reads it is ChainUnavailable raised through the
     verifier, not a failed check: an unreachable chain says nothing about the ledger."""
     directory, w3 = synced
     record = read_chain_file(directory)

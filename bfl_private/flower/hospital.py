@@ -29,6 +29,12 @@ scikit-learn are imported only in the stage that trains (``mask``, or ``encrypt`
 Paillier or CKKS round), and the HE libraries only when a round uses them, so each
 ClientApp process (Flower starts one per message) starts fast.
 
+In a masking round the ``advertise`` request carries the round opening and the
+validators' beacon on it; the hospital checks the beacon's signatures against genesis'
+validator keys and quorum and derives the SecAgg+ graph seed itself
+(:func:`bfl_private.ledger.beacon.round_seed`), refusing by name (``BadBeacon``) a beacon
+that does not give it: the server never chooses the seed.
+
 In a Paillier or CKKS round the hospital receives only public key material (the Paillier
 public key or the CKKS public context, checked against what the coordinator's signed
 round opening names before anything is trained), encrypts its update with the
@@ -52,8 +58,16 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
 from ..fedavg import weighted_payload
+from ..ledger.beacon import RANDOMNESS_BEACON, BeaconPolicy, RoundBeacon, round_seed
 from ..parties import IDENTITY_FILE
-from ..participant_checks import AlreadySubmitted, ParticipantRefusal, ParticipantView, check_opening, check_protocol
+from ..participant_checks import (
+    AlreadySubmitted,
+    BadBeacon,
+    ParticipantRefusal,
+    ParticipantView,
+    check_opening,
+    check_protocol,
+)
 from ..ledger.canonical import canonical_bytes
 from ..ledger.cid import cid_for
 from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
@@ -90,6 +104,8 @@ class Registry:
     settings: FederationSettings
     coordinator: VerifyingKey
     clients: Mapping[str, Mapping[str, Any]]
+    beacon: BeaconPolicy
+    """The genesis validators and quorum whose beacon gives each round's seed."""
     initial_model_cid: str | None = None
 
     @classmethod
@@ -102,10 +118,11 @@ class Registry:
             coordinator = VerifyingKey.from_vkey(entry.payload["coordinator"]["vkey"])
             entry.verify(coordinator, where=where)
             settings = FederationSettings.from_json(entry.payload["settings"])
+            beacon = BeaconPolicy.from_genesis(entry.payload)
         except (VerificationError, SettingsError) as exc:
             raise HospitalConfigError(f"{where}: {exc}") from exc
         return cls(entry.payload["federation_id"], settings, coordinator,
-                   {c["id"]: c for c in entry.payload["clients"]}, entry.payload.get("initial_model_cid"))
+                   {c["id"]: c for c in entry.payload["clients"]}, beacon, entry.payload.get("initial_model_cid"))
 
     def key(self, client: str) -> VerifyingKey:
         if client not in self.clients:
@@ -461,14 +478,33 @@ class Hospital:
     def _identity_keys(self, params: MaskingParams) -> list[bytes]:
         return [self.registry.key(c).public_bytes() for c in params.clients]
 
+    def _seed(self, opened: Entry, data: bytes) -> bytes:
+        """The round's seed, derived here from the validators' beacon on exactly ``opened``
+        (signatures under the genesis validator keys, a quorum of them): never the server's say."""
+        where = "the round beacon"
+        try:
+            if self.registry.settings.round_randomness != RANDOMNESS_BEACON:
+                raise BadBeacon(self.name, opened.round, f"federation {self.registry.federation_id} predates the "
+                                                         f"validator beacon; no round seed is taken from the server")
+            entry = Entry.from_bytes(data, where=where)
+            if entry.round != opened.round:
+                raise BadBeacon(self.name, opened.round, f"a beacon of round {entry.round}")
+            return round_seed(RoundBeacon.of(entry, where=where), opening=opened, policy=self.registry.beacon,
+                              where=where)
+        except VerificationError as exc:
+            raise self._refuse("advertise", BadBeacon(self.name, opened.round, str(exc))) from None
+        except BadBeacon as exc:
+            raise self._refuse("advertise", exc) from None
+
     def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         opened = self._opening(fields["round-open"], fields["round"], stage="advertise", check=True)
-        params = self._params(opened, fields["round-seed"], fields["length"])
+        seed = self._seed(opened, fields["round-beacon"])
+        params = self._params(opened, seed, fields["length"])
         client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
                                          identity_keys=self._identity_keys(params))
         reply = {"client": self.name, "advertisement": client.advertise()}
         self._note(opened=opened.round)
-        state = _RoundState(opened.round, "advertise", fields["round-open"], fields["round-seed"],
+        state = _RoundState(opened.round, "advertise", fields["round-open"], seed,
                             fields["length"], client.to_state())
         return reply, state.to_bytes()
 

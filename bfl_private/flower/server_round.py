@@ -115,6 +115,7 @@ class FlowerRound:
         self.transport = transport
         self.protocol = protocol
         self.log = log
+        federation.settle_interrupted_round()
         self.round_id = federation.ledger.state.last_round + 1
         self.participants = sorted(plan.clients)
         self.node_of: dict[str, int] = {}
@@ -128,6 +129,8 @@ class FlowerRound:
         """What each of them sent (masked input or ciphertexts), as the ledger commits it."""
         self.refused: dict[str, str] = {}
         """Hospitals whose submission was refused on receipt, with the reason (rejected)."""
+        self.opened: list[Entry] = []
+        """The round's opening and, under the beacon rule, its beacon entry (:meth:`Federation.open_round`)."""
         self.declined: dict[str, str] = {}
         """Hospitals that refused the round (a named :mod:`~bfl_private.participant_checks`
         error in their error reply), with it: named in the close's ``rejected`` or the abort."""
@@ -210,9 +213,11 @@ class FlowerRound:
             "base_model_cid": base_cid,
             "privacy_plan": self.plan.privacy_plan(),
         })
+        # The validators' beacon on the opening gives the seed; the hospitals check and derive it themselves.
+        self.opened, seed = fed.open_round(opened)
         try:
             if setup is None:
-                result = self._masking(opened, codec, neighbours, length)
+                result = self._masking(opened, seed, codec, neighbours, length)
             else:
                 result = self._one_shot(opened, setup, length)
             self._check_aggregate(result)
@@ -278,19 +283,24 @@ class FlowerRound:
         for blob in self.blobs.values():
             fed.ledger.blobs.put(blob)
         claims = charged_epsilon(fed.histories(), self.records)
-        return [opened, *(self.submissions[c] for c in sorted(self.submissions))], claims
+        return [*self.opened, *(self.submissions[c] for c in sorted(self.submissions))], claims
 
-    def _masking(self, opened: Entry, codec: FixedPointCodec, neighbours: int | None, length: int) -> AggregationResult:
+    def _masking(self, opened: Entry, seed: bytes, codec: FixedPointCodec, neighbours: int | None,
+                 length: int) -> AggregationResult:
         """The five masking stages; the unmasked total of the survivors."""
         fed = self.federation
-        seed = fed.round_seed(self.round_id)
+        if len(self.opened) < 2:
+            raise RunRefused("this federation's genesis predates the validator beacon (round_randomness "
+                             f"{fed.settings.round_randomness!r}); Flower hospitals take no round seed from the "
+                             "server, so its masking rounds run in-process only")
         params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
                                       length=length, neighbours=neighbours)
         registry = fed.ledger.state.clients()
         keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
         server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
         try:
-            advertise = self._request("advertise", round_open=opened.to_bytes(), round_seed=seed, length=params.length)
+            advertise = self._request("advertise", round_open=opened.to_bytes(), round_beacon=self.opened[1].to_bytes(),
+                                      length=params.length)
             for client, reply in self._claim("advertise", advertise).items():
                 self._receive("advertise", client, partial(self._check_advertisement, server, reply))
             adverts = server.close_advertise()

@@ -54,7 +54,9 @@ MESSAGE_TYPES = {
 _HEADER = {"stage": str, "federation": str, "round": int}
 
 REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
-    "advertise": {"round-open": bytes, "round-seed": bytes, "length": int},
+    # round-beacon: the round_beacon entry on round-open; the hospital checks its validator
+    # signatures and derives the seed itself (bfl_private.ledger.beacon), never taking one.
+    "advertise": {"round-open": bytes, "round-beacon": bytes, "length": int},
     "share": {"advertisements": list},
     "mask": {"delivery": bytes, "model": bytes},
     "acknowledge": {"survivors": bytes},

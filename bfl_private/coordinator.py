@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import secrets
 import shutil
 import time
@@ -70,7 +69,7 @@ from .validator import Validator
 from .validator_service import LoopbackValidator, RemoteValidator, ValidatorPanel
 
 PENDING_OPENING = "round-opening.pending"
-"""The coordinator's record of the opening it asked the validators to sign a beacon for,
+"""In the coordinator's folder: the opening it asked the validators to sign a beacon for,
 until its round is on the ledger (see :meth:`Federation.settle_interrupted_round`)."""
 INTERRUPTED = ("the coordinator stopped after the validators were asked for this opening's beacon; "
                "they sign one opening per round id, so the round is ended here, unrun")
@@ -380,13 +379,7 @@ class Federation:
         if self.settings.round_randomness != RANDOMNESS_BEACON:
             return [opening], hashlib.sha256(self.ledger.head.hash() + opening.round.to_bytes(8, "big")).digest()
         # Kept before any validator sees it: after a crash the round id is bound to this opening.
-        pending = self.directory / PENDING_OPENING
-        temporary = pending.with_name(pending.name + ".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(opening.to_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, pending)
+        self.coordinator.keep(PENDING_OPENING, opening.to_bytes())
         signatures, refusals = self.validators.beacon(opening)
         beacon = RoundBeacon(opening_digest(opening), signatures)
         try:
@@ -403,16 +396,16 @@ class Federation:
         only go on with that opening: it is recorded with its beacon and an abort (no one
         is charged: no update of it reached the ledger), in a block of its own, and the next
         command opens the next round. Each such abort is visible in the ledger."""
-        pending = self.directory / PENDING_OPENING
-        if not pending.exists():
+        kept = self.coordinator.kept(PENDING_OPENING)
+        if kept is None:
             return
-        opening = Entry.from_bytes(pending.read_bytes(), where=str(pending))
+        opening = Entry.from_bytes(kept, where=f"{COORDINATOR}'s {PENDING_OPENING}")
         state = self.ledger.state
         if opening.round == state.last_round + 1 and state.open_round is None:
             opened, _ = self.open_round(opening)
             self.commit_block([*opened, self.coordinator.entry(ABORT, opening.round, {
                 "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
-        pending.unlink(missing_ok=True)
+        self.coordinator.forget(PENDING_OPENING)
 
     def beacon_policy(self) -> BeaconPolicy:
         return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
@@ -622,5 +615,5 @@ class Federation:
         proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))
         self.ledger.commit(proposed, self.validators.certify(proposed))
         if any(e.type == ROUND_OPEN for e in entries):  # its round is on the ledger: nothing left pending
-            (self.directory / PENDING_OPENING).unlink(missing_ok=True)
+            self.coordinator.forget(PENDING_OPENING)
 

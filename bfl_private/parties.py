@@ -3,9 +3,12 @@
 Every party keeps its secrets in its own folder, ``DIR/parties/<name>/`` (mode 0700,
 files 0600, through :class:`~bfl_private.keyring.Keyring`)::
 
-    parties/coordinator/      identity.ed25519, csv-commitment-key (CSV federations)
+    parties/coordinator/      identity.ed25519, csv-commitment-key (CSV federations),
+                              round-opening.pending (while a round it opened is unrecorded)
     parties/hospital-00/      identity.ed25519 (a Flower hospital's bundle is this folder's key)
-    parties/validator-0/      identity.ed25519, paillier-share.json (after the first Paillier
+    parties/validator-0/      identity.ed25519, beacons.json and last-cosigned.json (what it
+                              signed: one opening per round, one block per height),
+                              paillier-share.json (after the first Paillier
                               round), chain.secp256k1 (``--chain``); the home of any further
                               per-validator state
     parties/paillier-dealer/  paillier-modulus-proof.json (public) once it has dealt
@@ -149,6 +152,20 @@ class Party:
 
     def _acting(self) -> AbstractContextManager[None]:
         return _acting_as(self.name)
+
+    def keep(self, name: str, data: bytes) -> None:
+        """Keep ``data`` in this party's folder (atomically, 0600), e.g. what it has signed."""
+        with self._acting():
+            self._keys.store(name, data)
+
+    def kept(self, name: str) -> bytes | None:
+        """What :meth:`keep` kept under ``name``, or None."""
+        with self._acting():
+            return self._keys.load(name) if self._keys.holds(name) else None
+
+    def forget(self, name: str) -> None:
+        with self._acting():
+            self._keys.remove(name)
 
 
 class SigningParty(Party):

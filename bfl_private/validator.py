@@ -109,18 +109,16 @@ class Validator(ValidatorParty):
                                 f"({signed[:16]}...); one opening per round id")
         if signed is None:
             openings[f"{federation}/{opening.round}"] = digest.hex()
-            with self._acting():
-                self._keys.store(BEACONS_FILE, json.dumps({"v": BEACON_MEMORY_VERSION, "openings": openings},
-                                                          sort_keys=True).encode())
+            self.keep(BEACONS_FILE, json.dumps({"v": BEACON_MEMORY_VERSION, "openings": openings},
+                                               sort_keys=True).encode())
         return self.identity.sign(beacon_message(federation, opening.round, digest))
 
     def _signed_openings(self) -> dict[str, str]:
         """"federation/round" -> SHA-256 of the one opening this validator signed a beacon for
         (keyed by federation too, so one folder may serve a validator of several federations)."""
-        with self._acting():
-            if not self._keys.holds(BEACONS_FILE):
-                return {}
-            data = self._keys.load(BEACONS_FILE)
+        data = self.kept(BEACONS_FILE)
+        if data is None:
+            return {}
         try:
             record = json.loads(data)
             if record.get("v") != BEACON_MEMORY_VERSION or not isinstance(record.get("openings"), dict):
@@ -162,10 +160,9 @@ class Validator(ValidatorParty):
         })
 
     def _load_cosigned(self) -> tuple[int, str] | None:
-        with self._acting():
-            if not self._keys.holds(COSIGNED_FILE):
-                return None  # has cosigned no block since genesis
-            record = self._keys.load(COSIGNED_FILE)
+        record = self.kept(COSIGNED_FILE)
+        if record is None:
+            return None  # has cosigned no block since genesis
         try:
             parsed = json.loads(record)
             return int(parsed["height"]), str(parsed["header_sha256"])
@@ -185,8 +182,7 @@ class Validator(ValidatorParty):
                 raise SemanticCheckError(f"block {header.height}: this validator has already cosigned another "
                                          f"header at height {height}; it signs one block per height")
         self._cosigned = (header.height, digest)
-        with self._acting():
-            self._keys.store(COSIGNED_FILE, json.dumps({"height": header.height, "header_sha256": digest}).encode())
+        self.keep(COSIGNED_FILE, json.dumps({"height": header.height, "header_sha256": digest}).encode())
 
     def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger) -> bytes:
         """Sign ``header`` only if replaying the contracts over ``entries`` gives that header,

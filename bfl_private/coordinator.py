@@ -10,8 +10,10 @@ this object calls on and never reads itself.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import json
 import secrets
 import shutil
 import time
@@ -30,7 +32,7 @@ from .data import DataError, FederatedDataset, federation_data
 from .fedavg import payload_weight
 from .distributed_round import DistributedPlan
 from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
-from .keyring import Keyring
+from .keyring import Keyring, KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
 from .ledger.contracts import min_quorum
 from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
@@ -46,7 +48,7 @@ from .parties import (
     enrol,
     party_folder,
 )
-from .ledger.store import DATABASE, Ledger
+from .ledger.store import DATABASE, Ledger, ProposedBlock
 from .models import build_model, flatten_parameters
 from .participant_checks import ParticipantRefusal, ParticipantView, check_opening, refusal_reason
 from .primitives.errors import BflError
@@ -66,13 +68,39 @@ from .round_checks import (
 )
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
 from .validator import Validator
-from .validator_service import LoopbackValidator, RemoteValidator, ValidatorPanel
+from .validator_service import LoopbackValidator, QuorumNotReached, RemoteValidator, ValidatorPanel
 
 PENDING_OPENING = "round-opening.pending"
 """In the coordinator's folder: the opening it asked the validators to sign a beacon for,
 until its round is on the ledger (see :meth:`Federation.settle_interrupted_round`)."""
+PENDING_BLOCK = "block.pending"
+"""In the coordinator's folder: the block it asked the validators to cosign, until it is written."""
 INTERRUPTED = ("the coordinator stopped after the validators were asked for this opening's beacon; "
                "they sign one opening per round id, so the round is ended here, unrun")
+
+
+@dataclass(frozen=True)
+class PendingBlock:
+    """A proposed block the coordinator keeps until it is written: its height, its header
+    time (the proposer's choice) and its entries, from which the header follows."""
+
+    height: int
+    time: int
+    entries: tuple[Entry, ...]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"height": self.height, "time": self.time,
+                           "entries": [base64.b64encode(e.to_bytes()).decode("ascii") for e in self.entries]}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str) -> PendingBlock:
+        try:
+            record = json.loads(data)
+            entries = tuple(Entry.from_bytes(base64.b64decode(e, validate=True), where=f"{where} entry {i}")
+                            for i, e in enumerate(record["entries"]))
+            return cls(int(record["height"]), int(record["time"]), entries)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyringError(f"{where}: unreadable kept block: {exc}") from None
 
 
 class RunRefused(BflError, RuntimeError):
@@ -243,7 +271,7 @@ class Federation:
             [RemoteValidator(name, remote[name]) if name in remote else LoopbackValidator(local[name], ledger)
              for name in names],
             keys={v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]},
-            quorum=int(genesis["quorum"]), federation_id=genesis["federation_id"])
+            quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis["federation_id"])
         self.round_parties = RoundParties(self.hospitals, list(local.values()), PaillierDealer(directory),
                                           CkksKeyHolderParty(directory))
 
@@ -384,9 +412,9 @@ class Federation:
         beacon = RoundBeacon(opening_digest(opening), signatures)
         try:
             seed = round_seed(beacon, opening=opening, policy=self.beacon_policy(), where=f"round {opening.round}")
-        except BeaconError as exc:
-            raise RunRefused(f"{exc}; nothing was written" +
-                             "".join(f"; {name}: {why}" for name, why in refusals.items())) from exc
+        except BeaconError as exc:  # too few validators signed: no quorum to seed the round
+            raise QuorumNotReached(f"{exc}; nothing was written" +
+                                   "".join(f"; {name}: {why}" for name, why in refusals.items())) from exc
         return [opening, self.coordinator.entry(ROUND_BEACON, opening.round, beacon.to_json())], seed
 
     def settle_interrupted_round(self) -> None:
@@ -395,7 +423,17 @@ class Federation:
         The validators sign a beacon for one opening per round id, so that round id can
         only go on with that opening: it is recorded with its beacon and an abort (no one
         is charged: no update of it reached the ledger), in a block of its own, and the next
-        command opens the next round. Each such abort is visible in the ledger."""
+        command opens the next round. Each such abort is visible in the ledger.
+
+        A block proposed but not written (the coordinator stopped, or too few validators
+        signed) goes first, exactly as proposed: some validators may have signed its header,
+        and they sign no other at its height. QuorumNotReached while they still refuse."""
+        block = self.coordinator.kept(PENDING_BLOCK)
+        if block is not None:
+            pending = PendingBlock.from_bytes(block, where=f"{COORDINATOR}'s {PENDING_BLOCK}")
+            if pending.height == (0 if self.ledger.height is None else self.ledger.height + 1):
+                self._certify_and_commit(self.ledger.propose(pending.entries, time=pending.time))
+            self.coordinator.forget(PENDING_BLOCK)  # written, or stale (written before the note was removed)
         kept = self.coordinator.kept(PENDING_OPENING)
         if kept is None:
             return
@@ -551,7 +589,7 @@ class Federation:
             "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
-        entries.extend(self.validators.attest(entries).entries)
+        entries.extend(self.validators.attest(entries))
         self.commit_block(entries)
         accepted = self.ledger.state.model_cid == model_cid
         accuracy = self.test_accuracy(new_params if accepted else base)
@@ -609,11 +647,20 @@ class Federation:
         return aggregation.garbage_payload(length, payload_weight(records, max_records=max_records), rng)
 
     def commit_block(self, entries: list[Entry]) -> None:
-        """Propose the round's block; each validator co-signs only after re-checking it
-        (QuorumNotReached, nothing written, when fewer than a quorum do)."""
+        """Propose the round's block; each validator co-signs only after re-checking it.
+
+        The block is kept in the coordinator's folder until it is written: a validator signs
+        one header per height, so once any has signed, that height can only take this block.
+        When fewer than a quorum sign (QuorumNotReached), the next command proposes it again
+        (:meth:`settle_interrupted_round`) instead of a block they would all refuse."""
         head_time = self.ledger.head.time if self.ledger.head else 0
-        proposed = self.ledger.propose(entries, time=max(int(time.time()), head_time))
+        self._certify_and_commit(self.ledger.propose(entries, time=max(int(time.time()), head_time)))
+
+    def _certify_and_commit(self, proposed: ProposedBlock) -> None:
+        self.coordinator.keep(PENDING_BLOCK, PendingBlock(proposed.header.height, proposed.header.time,
+                                                          proposed.entries).to_bytes())
         self.ledger.commit(proposed, self.validators.certify(proposed))
-        if any(e.type == ROUND_OPEN for e in entries):  # its round is on the ledger: nothing left pending
+        self.coordinator.forget(PENDING_BLOCK)
+        if any(e.type == ROUND_OPEN for e in proposed.entries):  # its round is on the ledger: nothing left pending
             self.coordinator.forget(PENDING_OPENING)
 

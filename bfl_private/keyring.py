@@ -31,17 +31,20 @@ class Keyring:
 
     def store(self, name: str, secret: bytes) -> None:
         """Write ``secret`` atomically, never readable by group or others."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
         path = self._path(name)
-        temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, secret)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+            temporary = path.with_name(path.name + ".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, secret)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise KeyringError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def load(self, name: str) -> bytes:
         path = self._path(name)

@@ -93,7 +93,9 @@ def party_folder(directory: Path, name: str) -> Path:
 def check_layout(directory: Path) -> None:
     """Refuse (LegacyKeyLayout) a federation whose secrets still sit in one ``keys/`` folder."""
     directory = Path(directory)
-    if (directory / LEGACY_KEYS_DIR).is_dir() and not (directory / PARTIES_DIR).is_dir():
+    # Whenever keys/ is there, even beside parties/ (a migration cut short): what is left in it
+    # is secret, and "DIR minus parties/" would hand it to an auditor.
+    if (directory / LEGACY_KEYS_DIR).is_dir():
         raise LegacyKeyLayout(f"every party's keys are in one {LEGACY_KEYS_DIR}/ folder; move them into one folder "
                               f"per party with: python -m bfl_private.parties migrate {directory}")
 

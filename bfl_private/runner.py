@@ -250,6 +250,8 @@ def _run(federation: Federation, directory: Path, options: RoundOptions, *, crea
     if federation.settings.privacy.mode == "distributed" and protocol not in DISTRIBUTED_PROTOCOLS:
         raise RunRefused(f"this federation runs distributed DP, whose noise shares need a secure sum exact in the "
                          f"integer ring ({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
+    # What an earlier command left unwritten is settled first: its spend counts in the plan.
+    federation.settle_interrupted_round()
     plan = federation.plan(epsilon=options.epsilon, rounds=rounds, skip_exhausted=options.skip_exhausted)
     _check_malicious(options, plan)
     report = RunReport(directory, protocol, created, plan)

@@ -247,7 +247,10 @@ class FederationSettings:
                                     f"{self.n_clients - 1}")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["round_randomness"] == RANDOMNESS_LEGACY:
+            del data["round_randomness"]  # as the old genesis had it: no rule named
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FederationSettings:
@@ -262,6 +265,10 @@ class FederationSettings:
             }
             flat = {k: v for k, v in data.items() if k not in nested}
             # A genesis from before the beacon rule names none: its seeds were the head hash's.
+            # Naming the legacy rule is no genesis we ever wrote: a new federation cannot opt out.
+            if flat.get("round_randomness", RANDOMNESS_BEACON) != RANDOMNESS_BEACON:
+                raise SettingsError(f"genesis round_randomness {flat['round_randomness']!r}: a genesis names "
+                                    f"{RANDOMNESS_BEACON!r} or no rule (a ledger from before the beacon)")
             flat.setdefault("round_randomness", RANDOMNESS_LEGACY)
             return cls(**flat, **nested)
         except (KeyError, TypeError) as exc:

@@ -17,6 +17,7 @@ tolerance. The contracts advance the model only if a quorum accepts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,14 @@ BEACONS_FILE = "beacons.json"
 BEACON_MEMORY_VERSION = 1
 
 
+def _digest(entries: Sequence[Entry]) -> bytes:
+    """SHA-256 over the entries' canonical bytes, in order."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(hashlib.sha256(entry.to_bytes()).digest())
+    return digest.digest()
+
+
 class BeaconRefused(BflError):
     """A validator does not sign the beacon of a round opening (see :meth:`Validator.sign_beacon`)."""
 
@@ -75,6 +84,8 @@ class Validator(ValidatorParty):
                  n_features: int, n_classes: int) -> None:
         super().__init__(directory, name)
         self._cosigned = self._load_cosigned()
+        self._attested: dict[int, bytes] = {}
+        """Round -> digest of the entries this validator attested (until it cosigns their block)."""
         self.holdout = holdout
         self.settings = settings
         self.n_features = n_features
@@ -146,12 +157,27 @@ class Validator(ValidatorParty):
         return view
 
     def attest(self, entries: Sequence[Entry], ledger: Ledger) -> Entry:
-        """Check the round, then sign this validator's quality figure and verdict."""
+        """Check the round, then sign this validator's quality figure and verdict.
+
+        The round must be the ledger's next one, its entries signed by the parties genesis
+        registers and accepted by the contracts (a dry run of the block), its seed the one its
+        opening and beacon fix; then its aggregate, model and ε claims are recomputed. What
+        it attested is remembered, so that it cosigns no block that closes the round with
+        other entries (see :meth:`cosign_header`)."""
+        state = ledger.state
+        round_id = entries[0].round if entries else None
+        if round_id != state.last_round + 1 or any(e.round != round_id for e in entries):
+            raise SemanticCheckError(f"asked to attest round {round_id}; the ledger's next round is "
+                                     f"{state.last_round + 1}, and every entry must be of it")
+        assert ledger.head is not None  # a round follows genesis
+        ledger.propose(entries, time=ledger.head.time)  # signatures, registry and contracts; writes nothing
+        check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs, where=f"round {round_id}")
         view = self.check_round(entries, ledger)
         base_quality = self._quality_ppm(get_model(ledger.blobs, view.opened.payload["base_model_cid"]))
         quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
+        self._attested[view.round] = _digest(entries)
         return self.entry(ATTESTATION, view.round, {
             "validator": self.identity.name,
             "model_cid": view.close.payload["new_model_cid"],
@@ -195,9 +221,17 @@ class Validator(ValidatorParty):
             check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs,
                                    where=f"block {header.height}")
         mine = self.identity.public.key_id_hex
-        if any(e.type == ROUND_CLOSE for e in entries) and not any(
-            e.type == ATTESTATION and e.author == mine for e in entries
-        ):
-            raise SemanticCheckError(f"block {header.height}: closes a round this validator has not checked")
+        for close in (e for e in entries if e.type == ROUND_CLOSE):
+            own = [e for e in entries if e.type == ATTESTATION and e.author == mine and e.round == close.round]
+            if not own:
+                raise SemanticCheckError(f"block {header.height}: closes a round this validator has not checked")
+            round_entries = [e for e in entries if e.round == close.round and e.type != ATTESTATION]
+            # The attestation binds only the model: the close (its ε claims, survivors,
+            # aggregate) must be exactly what was attested, or attested again now (after a
+            # restart this validator has no memory of it; its signature is deterministic).
+            if self._attested.get(close.round) != _digest(round_entries) and \
+                    self.attest(round_entries, ledger).to_bytes() != own[0].to_bytes():
+                raise SemanticCheckError(f"block {header.height}: closes round {close.round} with entries other "
+                                         f"than those this validator attested")
         self._remember_cosigned(header)
         return self.identity.sign(header.signing_bytes())

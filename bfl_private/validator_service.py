@@ -32,6 +32,7 @@ import json
 import socket
 import socketserver
 import struct
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,13 @@ ATTEST = "attest"
 COSIGN = "cosign"
 REQUEST_KINDS = (BEACON, ATTEST, COSIGN)
 MAX_MESSAGE_BYTES = 64 << 20
-"""Largest request or reply accepted on the wire (a round's entries are a few kB per client)."""
+"""Largest request accepted on the wire (a round's entries are a few kB per client)."""
+MAX_REPLY_BYTES = 1 << 20
+"""Largest reply the coordinator reads: one entry, one signature or one refusal."""
 DEFAULT_TIMEOUT_S = 120.0
 """How long the coordinator waits for a remote validator's reply (it re-checks the round)."""
 READ_TIMEOUT_S = 30.0
-"""How long a served validator waits for a request's bytes once a peer has connected."""
+"""How long a served validator waits for a whole request once a peer has connected."""
 
 
 class ValidatorUnavailable(BflError, RuntimeError):
@@ -165,7 +168,7 @@ def decode_message(data: bytes, *, where: str) -> Any:
     check_nesting(data, where=where)
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8 or JSON, or an integer too long to convert
         raise MalformedRecord(f"{where}: not JSON: {exc}") from None
 
 
@@ -218,10 +221,19 @@ def _send_frame(sock: socket.socket, data: bytes) -> None:
     sock.sendall(struct.pack(">I", len(data)) + data)
 
 
-def _receive_exactly(sock: socket.socket, size: int, *, where: str) -> bytes:
+def _receive_exactly(sock: socket.socket, size: int, *, deadline: float, where: str) -> bytes:
     chunks, remaining = [], size
     while remaining:
-        chunk = sock.recv(min(remaining, 1 << 20))
+        # One deadline for the whole message: a peer dripping a byte at a time must not
+        # hold a single-threaded validator or the coordinator past it.
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise MalformedRecord(f"{where}: {size - remaining} of {size} bytes arrived before the deadline")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(remaining, 1 << 20))
+        except TimeoutError:
+            raise MalformedRecord(f"{where}: {size - remaining} of {size} bytes arrived before the deadline") from None
         if not chunk:
             raise MalformedRecord(f"{where}: connection closed after {size - remaining} of {size} bytes")
         chunks.append(chunk)
@@ -229,11 +241,13 @@ def _receive_exactly(sock: socket.socket, size: int, *, where: str) -> bytes:
     return b"".join(chunks)
 
 
-def _receive_frame(sock: socket.socket, *, where: str) -> bytes:
-    (size,) = struct.unpack(">I", _receive_exactly(sock, 4, where=where))
-    if size > MAX_MESSAGE_BYTES:
-        raise MalformedRecord(f"{where}: a {size}-byte message is over the {MAX_MESSAGE_BYTES}-byte limit")
-    return _receive_exactly(sock, size, where=where)
+def _receive_frame(sock: socket.socket, *, limit: int, seconds: float, where: str) -> bytes:
+    """One length-prefixed message of at most ``limit`` bytes, all of it within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    (size,) = struct.unpack(">I", _receive_exactly(sock, 4, deadline=deadline, where=where))
+    if size > limit:
+        raise MalformedRecord(f"{where}: a {size}-byte message is over the {limit}-byte limit")
+    return _receive_exactly(sock, size, deadline=deadline, where=where)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -257,7 +271,7 @@ class RemoteValidator:
         try:
             with socket.create_connection(self.address, timeout=self.timeout) as sock:
                 _send_frame(sock, encode_message(request))
-                data = _receive_frame(sock, where=where)
+                data = _receive_frame(sock, limit=MAX_REPLY_BYTES, seconds=self.timeout, where=where)
             return ValidatorReply.from_json(decode_message(data, where=where), where=where)
         except OSError as exc:
             raise ValidatorUnavailable(f"{where}: {exc.strerror or exc}") from None
@@ -277,11 +291,10 @@ def validator_server(directory: Path, validator: Validator, *, host: str, port: 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             where = f"request from {self.client_address[0]}:{self.client_address[1]}"
-            # One request at a time: a peer that connects and sends nothing must not hold
-            # the validator, so reads (not the checks) are bounded.
-            self.request.settimeout(READ_TIMEOUT_S)
+            # One request at a time: a peer that connects and sends slowly or nothing must not
+            # hold the validator, so reading a request (not checking it) has one deadline.
             try:
-                data = _receive_frame(self.request, where=where)
+                data = _receive_frame(self.request, limit=MAX_MESSAGE_BYTES, seconds=READ_TIMEOUT_S, where=where)
             except (OSError, MalformedRecord):
                 return  # nothing usable arrived; there is no one to answer
             try:
@@ -310,13 +323,6 @@ def _reasons(refusals: Mapping[str, str]) -> str:
     return "; ".join(f"{name}: {why}" for name, why in refusals.items())
 
 
-@dataclass(frozen=True)
-class Attestations:
-    entries: list[Entry]
-    refusals: dict[str, str]
-    """Validators that did not attest, and why."""
-
-
 class ValidatorPanel:
     """The federation's validators as the coordinator reaches them."""
 
@@ -332,6 +338,8 @@ class ValidatorPanel:
             return endpoint.call(request)
         except ValidatorUnavailable as exc:
             return ValidatorReply(refusal=f"unavailable: {exc}")
+        except BflError as exc:  # whatever one validator answers, the others are still asked
+            return ValidatorReply(refusal=f"{type(exc).__name__}: {exc}")
 
     def beacon(self, opening: Entry) -> tuple[dict[str, bytes], dict[str, str]]:
         """Each validator's beacon signature on ``opening``, by name, and why the others
@@ -353,7 +361,7 @@ class ValidatorPanel:
             signatures[endpoint.name] = reply.signature
         return signatures, refusals
 
-    def attest(self, entries: Sequence[Entry]) -> Attestations:
+    def attest(self, entries: Sequence[Entry]) -> list[Entry]:
         """Each validator's attestation of the round in ``entries`` (the ledger checks each
         one's author, signature and round when the block is proposed); QuorumNotReached
         when fewer than a quorum attest, since no quorum could then cosign the block."""
@@ -374,7 +382,7 @@ class ValidatorPanel:
             raise QuorumNotReached(f"round {entries[0].round}: {len(attestations)} of {len(self.endpoints)} "
                                    f"validators attested, the quorum is {self.quorum}; nothing of it was written "
                                    f"({_reasons(refusals)})")
-        return Attestations(attestations, refusals)
+        return attestations
 
     def _attestation_problem(self, name: str, attestation: Entry, close: Entry | None) -> str | None:
         """Why ``attestation`` is not ``name``'s signed attestation of this round's model, or None."""

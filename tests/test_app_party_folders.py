@@ -31,7 +31,7 @@ from bfl_private.cli import EXIT_USAGE
 from bfl_private.cli import main as cli_main
 from bfl_private.coordinator import Federation
 from bfl_private.keyring import Keyring, KeyringError
-from bfl_private.validator import COSIGNED_FILE
+from bfl_private.validator import BEACONS_FILE, COSIGNED_FILE
 from bfl_private.parties import (
     COORDINATOR,
     IDENTITY_FILE,
@@ -191,8 +191,8 @@ def test_an_old_single_keys_folder_is_refused_by_name_then_migrated(guarded_fede
     legacy = Keyring(old / LEGACY_KEYS_DIR)
     for folder in sorted((old / PARTIES_DIR).iterdir()):
         for path in folder.iterdir():
-            if path.name == COSIGNED_FILE:
-                continue  # a validator's record of what it cosigned is younger than party folders
+            if path.name in (COSIGNED_FILE, BEACONS_FILE):
+                continue  # a validator's record of what it signed is younger than party folders
             name = {IDENTITY_FILE: f"{folder.name}.ed25519", PAILLIER_SHARE_FILE: f"paillier-share.{folder.name}.json",
                     }.get(path.name, path.name)
             legacy.store(name, path.read_bytes())

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from bfl_private.audit import audit
 from bfl_private.cli import EXIT_NOT_CERTIFIED, EXIT_REFUSED, EXIT_USAGE, main
 from bfl_private.keyring import KeyringError
+from bfl_private.primitives.errors import BflError
 from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from bfl_private.ledger.errors import MalformedRecord, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
@@ -191,7 +193,7 @@ def test_a_round_needs_a_quorum_and_writes_nothing_without_one(copy: Path) -> No
     down = [f"--validator=validator-{i}={_closed_port()}" for i in (0, 1)]
     result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", *down)
     assert result.exit_code == EXIT_NOT_CERTIFIED, result.output
-    assert "2 of 4 validators attested, the quorum is 3" in result.output
+    assert "2 validator beacon signatures, the quorum is 3" in result.output
     assert "validator-0: unavailable" in result.output and "validator-1: unavailable" in result.output
     assert _last_round(copy) == before
     assert audit(copy).ok
@@ -299,3 +301,120 @@ def test_a_faulty_attestation_does_not_sink_a_round_a_quorum_certifies(copy: Pat
     entries, _ = _round_entries(copy)
     assert {e.payload["validator"] for e in entries if e.type == ATTESTATION} == set(VALIDATORS[1:])
     assert audit(copy).ok
+
+
+# --- what the adversarial review found ------------------------------------------------------
+
+def test_a_block_some_validators_signed_is_proposed_again_not_abandoned(copy: Path, monkeypatch) -> None:
+    """Two validators refuse to cosign: no quorum, but the other two have signed that height.
+    The next command proposes the same block (they sign nothing else there) and goes on."""
+    from bfl_private.validator import Validator
+
+    honest = Validator.cosign_header
+
+    def two_refuse(self, header, entries, ledger):
+        if self.name in ("validator-0", "validator-1"):
+            raise SemanticCheckError(f"{self.name} is away")
+        return honest(self, header, entries, ledger)
+
+    before = _last_round(copy)
+    with monkeypatch.context() as patch:
+        patch.setattr(Validator, "cosign_header", two_refuse)
+        refused = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1")
+    assert refused.exit_code == EXIT_NOT_CERTIFIED and "2 of 4 validators cosigned" in refused.output
+    assert _last_round(copy) == before
+    result = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert _last_round(copy) == before + 2  # the kept round, then this command's
+    assert audit(copy).ok
+
+
+def test_an_honest_validator_cosigns_no_close_other_than_the_one_it_attested(copy: Path) -> None:
+    from bfl_private.parties import SigningParty
+
+    older = copy.parent / "older"
+    shutil.copytree(copy, older)
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
+    entries, block = _round_entries(copy)
+    round_entries = [e for e in entries if e.type != ATTESTATION]
+    close = next(e for e in round_entries if e.type == ROUND_CLOSE)
+    # The coordinator re-signs the close after the attestations: every ε claim understated
+    # (as the spend before the round, which the contracts accept).
+    with Ledger.open(older) as ledger:
+        spent = {c: float(v["epsilon_spent"]) for c, v in ledger.state.clients().items()}
+    claims = {c: spent[c] for c in close.payload["cumulative_epsilon"]}
+    forged_close = SigningParty(older, "coordinator").entry(ROUND_CLOSE, close.round,
+                                                            {**close.payload, "cumulative_epsilon": claims})
+    with Ledger.open(older) as ledger:
+        for validator in (open_validator(older, "validator-1"), None):
+            validator = validator or open_validator(older, "validator-1")  # then restarted: no memory
+            own = validator.attest(round_entries, ledger)
+            forged = [forged_close if e is close else e for e in round_entries] + [own]
+            header = ledger.propose(forged, time=block.header.time).header
+            with pytest.raises(SemanticCheckError):
+                validator.cosign_header(header, forged, ledger)
+
+
+def test_a_validator_attests_only_the_ledgers_next_round_signed_by_its_parties(copy: Path) -> None:
+    entries, _ = _round_entries(copy)  # round 1, already on the ledger
+    round_entries = [e for e in entries if e.type != ATTESTATION]
+    outsider = SigningIdentity.generate("coordinator")
+    relabelled = [Entry.create(outsider, e.type, 7, e.payload) for e in round_entries]
+    with Ledger.open(copy) as ledger:
+        validator = open_validator(copy, "validator-1")
+        with pytest.raises(SemanticCheckError, match="the ledger's next round is 2"):
+            validator.attest(round_entries, ledger)
+        with pytest.raises(SemanticCheckError, match="the ledger's next round is 2"):
+            validator.attest(relabelled, ledger)
+        re_signed = [Entry.create(outsider, e.type, 2, e.payload) for e in round_entries]
+        with pytest.raises(BflError):
+            validator.attest(re_signed, ledger)
+
+
+def test_a_reply_that_is_no_json_value_is_a_named_refusal_not_a_crash() -> None:
+    with pytest.raises(MalformedRecord, match="not JSON"):
+        decode_message(b'{"refusal": ' + b"1" * 5000 + b"}", where="reply")
+
+
+def test_a_message_dripped_byte_by_byte_meets_one_deadline() -> None:
+    from bfl_private import validator_service
+
+    left, right = socket.socketpair()
+
+    def drip() -> None:
+        try:
+            right.sendall(struct.pack(">I", 1000))
+            for _ in range(1000):
+                right.sendall(b"x")
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(MalformedRecord, match="before the deadline"):
+        validator_service._receive_frame(left, limit=4096, seconds=0.5, where="test")  # noqa: SLF001
+    assert time.monotonic() - started < 2
+    left.close()
+    right.close()
+
+
+def test_a_genesis_cannot_name_the_legacy_seed_rule(federation: Path) -> None:
+    from bfl_private.settings import FederationSettings, SettingsError
+
+    with Ledger.open(federation) as ledger:
+        settings = dict(ledger.genesis().payload["settings"])
+    assert FederationSettings.from_json(settings).round_randomness == "validator-beacon-v1"
+    with pytest.raises(SettingsError, match="a genesis names 'validator-beacon-v1' or no rule"):
+        FederationSettings.from_json({**settings, "round_randomness": "legacy-head-hash"})
+    legacy = FederationSettings.from_json({k: v for k, v in settings.items() if k != "round_randomness"})
+    assert legacy.round_randomness == "legacy-head-hash" and "round_randomness" not in legacy.to_json()
+
+
+def test_a_keys_folder_left_beside_parties_is_refused(copy: Path) -> None:
+    from bfl_private.parties import LegacyKeyLayout, check_layout
+
+    (copy / "keys").mkdir()
+    with pytest.raises(LegacyKeyLayout, match="migrate"):
+        check_layout(copy)

@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 from bfl_private.audit import LEGACY_RANDOMNESS, audit
 from bfl_private.cli import main
-from bfl_private.coordinator import COORDINATOR, Federation, RunRefused
+from bfl_private.coordinator import COORDINATOR, Federation
 from bfl_private.round_checks import check_round_randomness
 from bfl_private.settings import FederationSettings
 from bfl_private.parties import SigningParty, party_folder
@@ -252,7 +252,7 @@ def test_without_a_quorum_of_beacon_signatures_nothing_is_written(fed: Federatio
 
     monkeypatch.setattr(Validator, "sign_beacon", two_answer)
     size = fed.ledger.size
-    with pytest.raises(RunRefused, match="2 validator beacon signatures, the quorum is 3"):
+    with pytest.raises(QuorumNotReached, match="2 validator beacon signatures, the quorum is 3"):
         _run(fed)
     assert fed.ledger.size == size
 

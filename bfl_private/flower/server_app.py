@@ -141,6 +141,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     federation = Federation.open(settings.federation_dir)
     try:
+        federation.settle_interrupted_round()  # before planning: what it writes is spent
         plan = federation.plan(epsilon=settings.epsilon, rounds=settings.rounds,
                                skip_exhausted=settings.skip_exhausted)
         for client, reason in plan.left_out.items():

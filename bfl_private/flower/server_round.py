@@ -256,7 +256,7 @@ class FlowerRound:
             "rejected": rejected,
             "cumulative_epsilon": claims,
         }))
-        entries.extend(fed.validators.attest(entries).entries)
+        entries.extend(fed.validators.attest(entries))
         fed.commit_block(entries)
         accepted = fed.ledger.state.model_cid == model_cid
         named = f", rejected {sorted(rejected)}" if rejected else ""

@@ -271,7 +271,8 @@ class Federation:
             [RemoteValidator(name, remote[name]) if name in remote else LoopbackValidator(local[name], ledger)
              for name in names],
             keys={v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]},
-            quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis["federation_id"])
+            quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis["federation_id"],
+            sign_proposal=lambda message: self.coordinator.identity.sign(message))
         self.round_parties = RoundParties(self.hospitals, list(local.values()), PaillierDealer(directory),
                                           CkksKeyHolderParty(directory))
 

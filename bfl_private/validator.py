@@ -55,6 +55,12 @@ COSIGNED_FILE = "last-cosigned.json"
 BEACONS_FILE = "beacons.json"
 """In the validator's folder: the one opening per round it signed a beacon for."""
 BEACON_MEMORY_VERSION = 1
+PROPOSAL_CONTEXT = b"bfl-private/block-proposal/v1\n"
+
+
+def proposal_message(header: BlockHeader) -> bytes:
+    """What the coordinator signs to propose ``header`` to the validators."""
+    return PROPOSAL_CONTEXT + header.signing_bytes()
 
 
 def _digest(entries: Sequence[Entry]) -> bytes:
@@ -210,10 +216,15 @@ class Validator(ValidatorParty):
         self._cosigned = (header.height, digest)
         self.keep(COSIGNED_FILE, json.dumps({"height": header.height, "header_sha256": digest}).encode())
 
-    def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger) -> bytes:
-        """Sign ``header`` only if replaying the contracts over ``entries`` gives that header,
-        any round the block closes carries this validator's own attestation (it checked it),
+    def cosign_header(self, header: BlockHeader, entries: Sequence[Entry], ledger: Ledger, *,
+                      proposer_signature: bytes) -> bytes:
+        """Sign ``header`` only if the coordinator proposed it (``proposer_signature``),
+        replaying the contracts over ``entries`` gives that header, any round the block
+        closes carries this validator's own attestation of exactly those round entries,
         and it has signed no other header at that height."""
+        # The genesis block names the coordinator's key itself.
+        genesis = ledger.genesis().payload if ledger.size else entries[0].payload
+        VerifyingKey.from_vkey(genesis["coordinator"]["vkey"]).verify(proposer_signature, proposal_message(header))
         replayed = ledger.propose(entries, time=header.time)
         if replayed.header.signing_bytes() != header.signing_bytes():
             raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")

@@ -46,7 +46,7 @@ from .ledger.errors import MalformedRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
-from .validator import Validator
+from .validator import Validator, proposal_message
 
 BEACON = "beacon"
 ATTEST = "attest"
@@ -104,15 +104,20 @@ class ValidatorRequest:
     entries: tuple[Entry, ...]
     header: BlockHeader | None = None
     """The proposed header (``cosign`` only)."""
+    proposer_signature: bytes | None = None
+    """The coordinator's signature of :func:`~bfl_private.validator.proposal_message` of the
+    header (``cosign`` only): a validator signs one header per height, so it spends that
+    height only on a header the coordinator proposed, never on one a network peer re-timed."""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "federation_id": self.federation_id,
                 "entries": [_b64(e.to_bytes()) for e in self.entries],
-                "header": None if self.header is None else _b64(self.header.signing_bytes())}
+                "header": None if self.header is None else _b64(self.header.signing_bytes()),
+                "proposer_signature": None if self.proposer_signature is None else _b64(self.proposer_signature)}
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ValidatorRequest:
-        data = _fields(data, {"kind", "federation_id", "entries", "header"}, where=where)
+        data = _fields(data, {"kind", "federation_id", "entries", "header", "proposer_signature"}, where=where)
         kind, federation_id, entries = data["kind"], data["federation_id"], data["entries"]
         if kind not in REQUEST_KINDS:
             raise MalformedRecord(f"{where}: kind must be one of {REQUEST_KINDS}, got {kind!r}")
@@ -122,12 +127,13 @@ class ValidatorRequest:
             raise MalformedRecord(f"{where}: a beacon request carries exactly the round opening")
         parsed = tuple(Entry.from_bytes(_unb64(e, where=f"{where} entry {i}"), where=f"{where} entry {i}")
                        for i, e in enumerate(entries))
-        header = None
+        header = signature = None
         if kind == COSIGN:
             header = BlockHeader.from_bytes(_unb64(data["header"], where=f"{where} header"), where=f"{where} header")
-        elif data["header"] is not None:
+            signature = _unb64(data["proposer_signature"], where=f"{where} proposer_signature")
+        elif data["header"] is not None or data["proposer_signature"] is not None:
             raise MalformedRecord(f"{where}: only a cosign request carries a header")
-        return cls(kind, federation_id, parsed, header)
+        return cls(kind, federation_id, parsed, header, signature)
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,9 @@ def answer(validator: Validator, ledger: Ledger, request: ValidatorRequest) -> V
             return ValidatorReply(signature=validator.sign_beacon(request.entries[0], ledger))
         if request.kind == ATTEST:
             return ValidatorReply(attestation=validator.attest(request.entries, ledger))
-        assert request.header is not None  # from_json and the panel give cosign a header
-        return ValidatorReply(signature=validator.cosign_header(request.header, request.entries, ledger))
+        assert request.header is not None and request.proposer_signature is not None  # as from_json makes them
+        return ValidatorReply(signature=validator.cosign_header(request.header, request.entries, ledger,
+                                                                proposer_signature=request.proposer_signature))
     except BflError as exc:
         return ValidatorReply(refusal=f"{type(exc).__name__}: {exc}")
 
@@ -327,7 +334,9 @@ class ValidatorPanel:
     """The federation's validators as the coordinator reaches them."""
 
     def __init__(self, endpoints: Sequence[ValidatorEndpoint], *, keys: Mapping[str, VerifyingKey],
-                 quorum: int, federation_id: str) -> None:
+                 quorum: int, federation_id: str, sign_proposal: Callable[[bytes], bytes]) -> None:
+        """``sign_proposal``: the coordinator's signature, with which it proposes each block."""
+        self.sign_proposal = sign_proposal
         self.endpoints = list(endpoints)
         self.keys = dict(keys)
         self.quorum = quorum
@@ -400,7 +409,8 @@ class ValidatorPanel:
     def certify(self, proposed: ProposedBlock) -> dict[str, bytes]:
         """A quorum of cosignatures over ``proposed``'s header, keyed by signer key id;
         QuorumNotReached naming every validator that did not sign, and why."""
-        request = ValidatorRequest(COSIGN, self.federation_id, proposed.entries, proposed.header)
+        request = ValidatorRequest(COSIGN, self.federation_id, proposed.entries, proposed.header,
+                                   self.sign_proposal(proposal_message(proposed.header)))
         message = proposed.header.signing_bytes()
         signatures, refusals = {}, {}
         for endpoint in self.endpoints:

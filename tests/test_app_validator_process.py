@@ -28,7 +28,7 @@ from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from bfl_private.ledger.errors import MalformedRecord, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
-from bfl_private.validator import COSIGNED_FILE
+from bfl_private.validator import COSIGNED_FILE, proposal_message
 from bfl_private.validator_service import (
     ATTEST,
     COSIGN,
@@ -90,6 +90,13 @@ def _round_entries(directory: Path) -> tuple:
     return tuple(entries[i] for i in block.entry_range), block
 
 
+def _proposed(directory: Path, header) -> bytes:
+    """The coordinator's proposal signature of ``header`` (a test acting as the coordinator)."""
+    from bfl_private.parties import SigningParty
+
+    return SigningParty(directory, "coordinator").identity.sign(proposal_message(header))
+
+
 def _last_round(directory: Path) -> int:
     with Ledger.open(directory) as ledger:
         return ledger.state.last_round
@@ -100,10 +107,11 @@ def _last_round(directory: Path) -> int:
 def test_requests_and_replies_survive_their_encoding(federation: Path) -> None:
     entries, block = _round_entries(federation)
     for request in (ValidatorRequest(ATTEST, "bfl-x", entries),
-                    ValidatorRequest(COSIGN, "bfl-x", entries, block.header)):
+                    ValidatorRequest(COSIGN, "bfl-x", entries, block.header, bytes(64))):
         again = ValidatorRequest.from_json(json.loads(json.dumps(request.to_json())), where="test")
         assert [e.to_bytes() for e in again.entries] == [e.to_bytes() for e in request.entries]
-        assert (again.kind, again.federation_id, again.header) == (request.kind, request.federation_id, request.header)
+        assert (again.kind, again.federation_id, again.header, again.proposer_signature) == \
+            (request.kind, request.federation_id, request.header, request.proposer_signature)
     attestation = next(e for e in entries if e.type == ATTESTATION)
     for reply in (ValidatorReply(attestation=attestation), ValidatorReply(signature=bytes(64)),
                   ValidatorReply(refusal="no")):
@@ -165,11 +173,12 @@ def test_a_served_validator_attests_and_cosigns_only_what_checks_out(copy: Path)
         # The same signed attestation the round holds (Ed25519 signatures are deterministic).
         assert attested.attestation.to_bytes() in {e.to_bytes() for e in entries}
         # A block whose header the entries do not give is refused, and said why.
-        honest = remote.call(ValidatorRequest(COSIGN, federation_id, entries, block.header))
+        honest = remote.call(ValidatorRequest(COSIGN, federation_id, entries, block.header,
+                                              _proposed(copy, block.header)))
         assert honest.signature is not None
         open_validator(older, "validator-1").identity.public.verify(honest.signature, block.header.signing_bytes())
         forged = dataclasses.replace(block.header, state_root=bytes(32))
-        refused = remote.call(ValidatorRequest(COSIGN, federation_id, entries, forged))
+        refused = remote.call(ValidatorRequest(COSIGN, federation_id, entries, forged, _proposed(copy, forged)))
         assert refused.refusal is not None and "not what the entries give" in refused.refusal
         # Another federation's request is refused before anything is checked.
         other = remote.call(ValidatorRequest(ATTEST, "bfl-other", round_entries))
@@ -271,14 +280,16 @@ def test_a_validator_signs_one_header_per_height_across_restarts(copy: Path) -> 
     other = dataclasses.replace(block.header, time=block.header.time + 1)
     with Ledger.open(older) as ledger:
         validator = open_validator(older, "validator-2")
-        signature = validator.cosign_header(block.header, entries, ledger)
+        proposed = _proposed(older, block.header)
+        signature = validator.cosign_header(block.header, entries, ledger, proposer_signature=proposed)
         validator.identity.public.verify(signature, block.header.signing_bytes())
-        assert validator.cosign_header(block.header, entries, ledger) == signature  # the same block again: fine
+        # The same block again: fine.
+        assert validator.cosign_header(block.header, entries, ledger, proposer_signature=proposed) == signature
         with pytest.raises(SemanticCheckError, match="already cosigned another header at height"):
-            validator.cosign_header(other, entries, ledger)
+            validator.cosign_header(other, entries, ledger, proposer_signature=_proposed(older, other))
         restarted = open_validator(older, "validator-2")  # what it signed is kept beside its key
         with pytest.raises(SemanticCheckError, match="already cosigned another header at height"):
-            restarted.cosign_header(other, entries, ledger)
+            restarted.cosign_header(other, entries, ledger, proposer_signature=_proposed(older, other))
         (older / "parties" / "validator-2" / COSIGNED_FILE).write_bytes(b"{not json")
         with pytest.raises(KeyringError, match="unreadable record of the last cosigned block"):
             open_validator(older, "validator-2")
@@ -312,10 +323,10 @@ def test_a_block_some_validators_signed_is_proposed_again_not_abandoned(copy: Pa
 
     honest = Validator.cosign_header
 
-    def two_refuse(self, header, entries, ledger):
+    def two_refuse(self, header, entries, ledger, *, proposer_signature):
         if self.name in ("validator-0", "validator-1"):
             raise SemanticCheckError(f"{self.name} is away")
-        return honest(self, header, entries, ledger)
+        return honest(self, header, entries, ledger, proposer_signature=proposer_signature)
 
     before = _last_round(copy)
     with monkeypatch.context() as patch:
@@ -353,7 +364,7 @@ def test_an_honest_validator_cosigns_no_close_other_than_the_one_it_attested(cop
             forged = [forged_close if e is close else e for e in round_entries] + [own]
             header = ledger.propose(forged, time=block.header.time).header
             with pytest.raises(SemanticCheckError):
-                validator.cosign_header(header, forged, ledger)
+                validator.cosign_header(header, forged, ledger, proposer_signature=_proposed(older, header))
 
 
 def test_a_validator_attests_only_the_ledgers_next_round_signed_by_its_parties(copy: Path) -> None:
@@ -418,3 +429,25 @@ def test_a_keys_folder_left_beside_parties_is_refused(copy: Path) -> None:
     (copy / "keys").mkdir()
     with pytest.raises(LegacyKeyLayout, match="migrate"):
         check_layout(copy)
+
+
+def test_a_header_not_proposed_by_the_coordinator_spends_no_height(copy: Path) -> None:
+    """A network peer re-times a cosign request: refused by name, and the validator still
+    signs the coordinator's own header at that height afterwards."""
+    older = copy.parent / "older"
+    shutil.copytree(copy, older)
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
+    entries, block = _round_entries(copy)
+    retimed = dataclasses.replace(block.header, time=block.header.time + 1)
+    peer = SigningIdentity.generate("coordinator")
+    with Ledger.open(older) as ledger:
+        validator = open_validator(older, "validator-3")
+        with pytest.raises(BflError, match="does not verify"):
+            validator.cosign_header(retimed, entries, ledger,
+                                    proposer_signature=peer.sign(proposal_message(retimed)))
+        with pytest.raises(BflError, match="does not verify"):  # the coordinator's signature of another header
+            validator.cosign_header(retimed, entries, ledger, proposer_signature=_proposed(older, block.header))
+        signature = validator.cosign_header(block.header, entries, ledger,
+                                            proposer_signature=_proposed(older, block.header))
+    validator.identity.public.verify(signature, block.header.signing_bytes())

@@ -29,7 +29,7 @@ from .data import Split
 from .federation import accuracy
 from .flower.errors import StageMessageError
 from .keyring import KeyringError
-from .ledger.beacon import beacon_message, opening_digest
+from .ledger.beacon import RANDOMNESS_BEACON, beacon_message, opening_digest
 from .ledger.blocks import BlockHeader
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.errors import SemanticCheckError, VerificationError
@@ -225,6 +225,10 @@ class Validator(ValidatorParty):
         # The genesis block names the coordinator's key itself.
         genesis = ledger.genesis().payload if ledger.size else entries[0].payload
         VerifyingKey.from_vkey(genesis["coordinator"]["vkey"]).verify(proposer_signature, proposal_message(header))
+        if not ledger.size and FederationSettings.from_json(genesis["settings"]).round_randomness != RANDOMNESS_BEACON:
+            # Omitting the rule would make every seed the coordinator's choice (the legacy rule).
+            raise SemanticCheckError(f"block {header.height}: a new genesis must name round_randomness "
+                                     f"{RANDOMNESS_BEACON!r}")
         replayed = ledger.propose(entries, time=header.time)
         if replayed.header.signing_bytes() != header.signing_bytes():
             raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -138,7 +138,9 @@ class RoundSummary:
     round: int
     status: str
     """"accepted", "rejected" (quality gate: old model kept) or "aborted"."""
-    test_accuracy: float
+    test_accuracy: float | None
+    """The model in force after the round on the demo's test split (None where the
+    coordinator holds no test data, as a Flower ServerApp)."""
     survivors: tuple[str, ...]
     dropouts: tuple[str, ...]
     rejected: Mapping[str, str]
@@ -235,9 +237,15 @@ def _plan_distributed(settings: FederationSettings, histories: Mapping[str, list
         admitted = sorted(affordable)
 
 
-class Federation:
-    """A federation directory: its ledger, the coordinator's own keys, the simulated
-    parties (each built from its own folder) and their data."""
+class Coordinator:
+    """The coordinator's side of a federation directory: its ledger, the coordinator's own
+    keys, the validators as it reaches them, privacy planning, round openings and their
+    beacons, and block certification.
+
+    It holds no hospital's data. A Flower ServerApp is this object; with every validator
+    running as its own process (``remote_validators``) it loads no dataset at all, and
+    otherwise only the in-process validators' hold-out split. :class:`Federation` adds the
+    in-process demo: simulated hospitals, their data and the round engine."""
 
     def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
                  remote_validators: Mapping[str, str] | None = None, genesis: Mapping[str, Any] | None = None) -> None:
@@ -250,37 +258,187 @@ class Federation:
         self.coordinator = SigningParty(directory, COORDINATOR)
         """The coordinator's own party: the one folder this object reads."""
         self._histories = PrivacyHistories()
-        self.data: FederatedDataset = federation_data(settings)
-        self.clients = {
-            c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
-            for c in self.data.clients
-        }
-        self.hospitals = {c: LocalHospital(directory, c) for c in self.clients}
         genesis = dict(genesis if genesis is not None else ledger.genesis().payload)
         names = [v["id"] for v in genesis["validators"]]
         remote = dict(remote_validators or {})
         if unknown := sorted(set(remote) - set(names)):
             raise RunRefused(f"no validator named {', '.join(unknown)} in this federation (its validators: "
                              f"{', '.join(names)})")
-        # The validators of this process, each built from its own folder; the others are
-        # reached where they run.
-        local = {name: Validator(directory, name, holdout, settings=settings, n_features=self.data.n_features,
-                                 n_classes=self.data.n_classes)
-                 for name, holdout in zip(names, self.data.validators) if name not in remote}
+        # The validators of this process, each built from its own folder with its share of
+        # the hold-out split; the others are reached where they run.
+        local: dict[str, Validator] = {}
+        if any(name not in remote for name in names):
+            data = self._validator_data()
+            local = {name: Validator(directory, name, holdout, settings=settings, n_features=data.n_features,
+                                     n_classes=data.n_classes)
+                     for name, holdout in zip(names, data.validators) if name not in remote}
         self.validators = ValidatorPanel(
             [RemoteValidator(name, remote[name]) if name in remote else LoopbackValidator(local[name], ledger)
              for name in names],
             keys={v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]},
             quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis["federation_id"],
             sign_proposal=lambda message: self.coordinator.identity.sign(message))
-        self.round_parties = RoundParties(self.hospitals, list(local.values()), PaillierDealer(directory),
+        self.round_parties = RoundParties(self._hospitals(), list(local.values()), PaillierDealer(directory),
                                           CkksKeyHolderParty(directory))
 
-    # --- creation and opening ---------------------------------------------------------
+    def _validator_data(self) -> FederatedDataset:
+        """The genesis data split, for the in-process validators' hold-out data."""
+        return federation_data(self.settings)
+
+    def _hospitals(self) -> dict[str, LocalHospital]:
+        """The hospitals this process simulates: none; they run where their data is."""
+        return {}
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
         return (Path(directory) / DATABASE).exists()
+
+    @classmethod
+    def open(cls, directory: Path, *, remote_validators: Mapping[str, str] | None = None) -> Self:
+        """The federation in ``directory``; LegacyKeyLayout if it still keeps one ``keys/``
+        folder (its message says how to migrate)."""
+        check_layout(directory)
+        ledger = Ledger.open(directory)
+        try:
+            settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
+            return cls(Path(directory), ledger, settings, remote_validators=remote_validators)
+        except BaseException:
+            ledger.close()
+            raise
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # --- what the ledger says ---------------------------------------------------------
+
+    def histories(self) -> dict[str, list[SpendRecord]]:
+        """Each client's privacy records, in log order, from its signed submissions."""
+        self._histories.sync(self.ledger)
+        return {c: list(self._histories.records.get(c, [])) for c in self.ledger.state.clients()}
+
+    def budgets(self) -> dict[str, float]:
+        return {c: float(v["epsilon_budget"]) for c, v in self.ledger.state.clients().items()}
+
+    def current_model(self) -> np.ndarray:
+        return get_model(self.ledger.blobs, self.ledger.state.model_cid)
+
+    def test_accuracy(self, params: np.ndarray) -> float | None:
+        """The model's accuracy on the federation's test split, where this process holds one
+        (the in-process demo); None here."""
+        return None
+
+    # --- planning ---------------------------------------------------------------------
+
+    def plan(self, *, epsilon: float, rounds: int, skip_exhausted: bool) -> CommandPlan:
+        """σ per client so that this command's rounds spend at most ``epsilon`` (see :func:`plan_command`).
+        Record counts are the public ones genesis registers."""
+        return plan_command(self.settings, self.histories(), self.budgets(), epsilon=epsilon, rounds=rounds,
+                            skip_exhausted=skip_exhausted, records=registered_records(self.ledger.state),
+                            dimension=int(self.current_model().shape[0]))
+
+    # --- one round --------------------------------------------------------------------
+
+    def open_round(self, opening: Entry) -> tuple[list[Entry], bytes]:
+        """The round's first entries and its public seed (SecAgg+'s graph).
+
+        Under the beacon rule (:mod:`bfl_private.ledger.beacon`) every validator is asked to
+        sign the beacon of ``opening``; the signatures are recorded in a ``round_beacon``
+        entry after it and give the seed. Fewer than a quorum of signatures: RunRefused,
+        nothing written. A legacy federation (genesis without the rule) keeps its old seed,
+        SHA-256(head hash, round id), which the coordinator can steer (the audit says so)."""
+        if self.settings.round_randomness != RANDOMNESS_BEACON:
+            return [opening], hashlib.sha256(self.ledger.head.hash() + opening.round.to_bytes(8, "big")).digest()
+        # Kept before any validator sees it: after a crash the round id is bound to this opening.
+        self.coordinator.keep(PENDING_OPENING, opening.to_bytes())
+        signatures, refusals = self.validators.beacon(opening)
+        beacon = RoundBeacon(opening_digest(opening), signatures)
+        try:
+            seed = round_seed(beacon, opening=opening, policy=self.beacon_policy(), where=f"round {opening.round}")
+        except BeaconError as exc:  # too few validators signed: no quorum to seed the round
+            raise QuorumNotReached(f"{exc}; nothing was written" +
+                                   "".join(f"; {name}: {why}" for name, why in refusals.items())) from exc
+        return [opening, self.coordinator.entry(ROUND_BEACON, opening.round, beacon.to_json())], seed
+
+    def settle_interrupted_round(self) -> None:
+        """End a round the coordinator opened but never recorded (it stopped mid-round).
+
+        The validators sign a beacon for one opening per round id, so that round id can
+        only go on with that opening: it is recorded with its beacon and an abort (no one
+        is charged: no update of it reached the ledger), in a block of its own, and the next
+        command opens the next round. Each such abort is visible in the ledger.
+
+        A block proposed but not written (the coordinator stopped, or too few validators
+        signed) goes first, exactly as proposed: some validators may have signed its header,
+        and they sign no other at its height. QuorumNotReached while they still refuse."""
+        block = self.coordinator.kept(PENDING_BLOCK)
+        if block is not None:
+            pending = PendingBlock.from_bytes(block, where=f"{COORDINATOR}'s {PENDING_BLOCK}")
+            if pending.height == (0 if self.ledger.height is None else self.ledger.height + 1):
+                self._certify_and_commit(self.ledger.propose(pending.entries, time=pending.time))
+            self.coordinator.forget(PENDING_BLOCK)  # written, or stale (written before the note was removed)
+        kept = self.coordinator.kept(PENDING_OPENING)
+        if kept is None:
+            return
+        opening = Entry.from_bytes(kept, where=f"{COORDINATOR}'s {PENDING_OPENING}")
+        state = self.ledger.state
+        if opening.round == state.last_round + 1 and state.open_round is None:
+            opened, _ = self.open_round(opening)
+            self.commit_block([*opened, self.coordinator.entry(ABORT, opening.round, {
+                "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
+        self.coordinator.forget(PENDING_OPENING)
+
+    def beacon_policy(self) -> BeaconPolicy:
+        return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
+
+    def commit_block(self, entries: list[Entry]) -> None:
+        """Propose the round's block; each validator co-signs only after re-checking it.
+
+        The block is kept in the coordinator's folder until it is written: a validator signs
+        one header per height, so once any has signed, that height can only take this block.
+        When fewer than a quorum sign (QuorumNotReached), the next command proposes it again
+        (:meth:`settle_interrupted_round`) instead of a block they would all refuse."""
+        head_time = self.ledger.head.time if self.ledger.head else 0
+        self._certify_and_commit(self.ledger.propose(entries, time=max(int(time.time()), head_time)))
+
+    def _certify_and_commit(self, proposed: ProposedBlock) -> None:
+        self.coordinator.keep(PENDING_BLOCK, PendingBlock(proposed.header.height, proposed.header.time,
+                                                          proposed.entries).to_bytes())
+        self.ledger.commit(proposed, self.validators.certify(proposed))
+        self.coordinator.forget(PENDING_BLOCK)
+        if any(e.type == ROUND_OPEN for e in proposed.entries):  # its round is on the ledger: nothing left pending
+            self.coordinator.forget(PENDING_OPENING)
+
+
+class Federation(Coordinator):
+    """The in-process demo: a federation directory whose hospitals are simulated here, each
+    a party built from its own folder with its share of the data, driven by the round engine
+    (:meth:`run_round`); the coordinator's side is :class:`Coordinator`."""
+
+    def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
+                 remote_validators: Mapping[str, str] | None = None, genesis: Mapping[str, Any] | None = None) -> None:
+        if settings.csv is not None and settings.csv_description is not None:
+            check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
+                            n_validators=settings.n_validators,
+                            key=Keyring(party_folder(directory, COORDINATOR)).load(CSV_COMMITMENT_KEY_FILE))
+        self.data: FederatedDataset = federation_data(settings)
+        self.clients = {
+            c.client_id: Client(c, n_features=self.data.n_features, n_classes=self.data.n_classes)
+            for c in self.data.clients
+        }
+        self.hospitals = {c: LocalHospital(directory, c) for c in self.clients}
+        super().__init__(directory, ledger, settings, remote_validators=remote_validators, genesis=genesis)
+
+    def _validator_data(self) -> FederatedDataset:
+        return self.data
+
+    def _hospitals(self) -> dict[str, LocalHospital]:
+        return self.hospitals
+
+    def test_accuracy(self, params: np.ndarray) -> float:
+        return accuracy(self.settings.training.model, params, self.data.test,
+                        n_features=self.data.n_features, n_classes=self.data.n_classes)
+
+    # --- creation ---------------------------------------------------------------------
 
     @classmethod
     def create(cls, directory: Path, settings: FederationSettings, *, model_seed: int) -> Federation:
@@ -350,104 +508,7 @@ class Federation:
         federation.commit_block([genesis])
         return federation
 
-    @classmethod
-    def open(cls, directory: Path, *, remote_validators: Mapping[str, str] | None = None) -> Federation:
-        """The federation in ``directory``; LegacyKeyLayout if it still keeps one ``keys/``
-        folder (its message says how to migrate)."""
-        check_layout(directory)
-        ledger = Ledger.open(directory)
-        try:
-            settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
-            if settings.csv is not None and settings.csv_description is not None:
-                check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
-                                n_validators=settings.n_validators,
-                                key=Keyring(party_folder(directory, COORDINATOR)).load(CSV_COMMITMENT_KEY_FILE))
-            return cls(Path(directory), ledger, settings, remote_validators=remote_validators)
-        except BaseException:
-            ledger.close()
-            raise
-
-    def close(self) -> None:
-        self.ledger.close()
-
-    # --- what the ledger says ---------------------------------------------------------
-
-    def histories(self) -> dict[str, list[SpendRecord]]:
-        """Each client's privacy records, in log order, from its signed submissions."""
-        self._histories.sync(self.ledger)
-        return {c: list(self._histories.records.get(c, [])) for c in self.clients}
-
-    def budgets(self) -> dict[str, float]:
-        return {c: float(v["epsilon_budget"]) for c, v in self.ledger.state.clients().items()}
-
-    def current_model(self) -> np.ndarray:
-        return get_model(self.ledger.blobs, self.ledger.state.model_cid)
-
-    def test_accuracy(self, params: np.ndarray) -> float:
-        return accuracy(self.settings.training.model, params, self.data.test,
-                        n_features=self.data.n_features, n_classes=self.data.n_classes)
-
-    # --- planning ---------------------------------------------------------------------
-
-    def plan(self, *, epsilon: float, rounds: int, skip_exhausted: bool) -> CommandPlan:
-        """σ per client so that this command's rounds spend at most ``epsilon`` (see :func:`plan_command`)."""
-        return plan_command(self.settings, self.histories(), self.budgets(), epsilon=epsilon, rounds=rounds,
-                            skip_exhausted=skip_exhausted, records={c: v.records for c, v in self.clients.items()},
-                            dimension=int(self.current_model().shape[0]))
-
     # --- one round --------------------------------------------------------------------
-
-    def open_round(self, opening: Entry) -> tuple[list[Entry], bytes]:
-        """The round's first entries and its public seed (SecAgg+'s graph).
-
-        Under the beacon rule (:mod:`bfl_private.ledger.beacon`) every validator is asked to
-        sign the beacon of ``opening``; the signatures are recorded in a ``round_beacon``
-        entry after it and give the seed. Fewer than a quorum of signatures: RunRefused,
-        nothing written. A legacy federation (genesis without the rule) keeps its old seed,
-        SHA-256(head hash, round id), which the coordinator can steer (the audit says so)."""
-        if self.settings.round_randomness != RANDOMNESS_BEACON:
-            return [opening], hashlib.sha256(self.ledger.head.hash() + opening.round.to_bytes(8, "big")).digest()
-        # Kept before any validator sees it: after a crash the round id is bound to this opening.
-        self.coordinator.keep(PENDING_OPENING, opening.to_bytes())
-        signatures, refusals = self.validators.beacon(opening)
-        beacon = RoundBeacon(opening_digest(opening), signatures)
-        try:
-            seed = round_seed(beacon, opening=opening, policy=self.beacon_policy(), where=f"round {opening.round}")
-        except BeaconError as exc:  # too few validators signed: no quorum to seed the round
-            raise QuorumNotReached(f"{exc}; nothing was written" +
-                                   "".join(f"; {name}: {why}" for name, why in refusals.items())) from exc
-        return [opening, self.coordinator.entry(ROUND_BEACON, opening.round, beacon.to_json())], seed
-
-    def settle_interrupted_round(self) -> None:
-        """End a round the coordinator opened but never recorded (it stopped mid-round).
-
-        The validators sign a beacon for one opening per round id, so that round id can
-        only go on with that opening: it is recorded with its beacon and an abort (no one
-        is charged: no update of it reached the ledger), in a block of its own, and the next
-        command opens the next round. Each such abort is visible in the ledger.
-
-        A block proposed but not written (the coordinator stopped, or too few validators
-        signed) goes first, exactly as proposed: some validators may have signed its header,
-        and they sign no other at its height. QuorumNotReached while they still refuse."""
-        block = self.coordinator.kept(PENDING_BLOCK)
-        if block is not None:
-            pending = PendingBlock.from_bytes(block, where=f"{COORDINATOR}'s {PENDING_BLOCK}")
-            if pending.height == (0 if self.ledger.height is None else self.ledger.height + 1):
-                self._certify_and_commit(self.ledger.propose(pending.entries, time=pending.time))
-            self.coordinator.forget(PENDING_BLOCK)  # written, or stale (written before the note was removed)
-        kept = self.coordinator.kept(PENDING_OPENING)
-        if kept is None:
-            return
-        opening = Entry.from_bytes(kept, where=f"{COORDINATOR}'s {PENDING_OPENING}")
-        state = self.ledger.state
-        if opening.round == state.last_round + 1 and state.open_round is None:
-            opened, _ = self.open_round(opening)
-            self.commit_block([*opened, self.coordinator.entry(ABORT, opening.round, {
-                "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
-        self.coordinator.forget(PENDING_OPENING)
-
-    def beacon_policy(self) -> BeaconPolicy:
-        return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
 
     def run_round(
         self,
@@ -646,22 +707,3 @@ class Federation:
         if distributed:
             return rng.integers(-(1 << 30), 1 << 30, size=length).astype(np.float64)
         return aggregation.garbage_payload(length, payload_weight(records, max_records=max_records), rng)
-
-    def commit_block(self, entries: list[Entry]) -> None:
-        """Propose the round's block; each validator co-signs only after re-checking it.
-
-        The block is kept in the coordinator's folder until it is written: a validator signs
-        one header per height, so once any has signed, that height can only take this block.
-        When fewer than a quorum sign (QuorumNotReached), the next command proposes it again
-        (:meth:`settle_interrupted_round`) instead of a block they would all refuse."""
-        head_time = self.ledger.head.time if self.ledger.head else 0
-        self._certify_and_commit(self.ledger.propose(entries, time=max(int(time.time()), head_time)))
-
-    def _certify_and_commit(self, proposed: ProposedBlock) -> None:
-        self.coordinator.keep(PENDING_BLOCK, PendingBlock(proposed.header.height, proposed.header.time,
-                                                          proposed.entries).to_bytes())
-        self.ledger.commit(proposed, self.validators.certify(proposed))
-        self.coordinator.forget(PENDING_BLOCK)
-        if any(e.type == ROUND_OPEN for e in proposed.entries):  # its round is on the ledger: nothing left pending
-            self.coordinator.forget(PENDING_OPENING)
-

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,11 @@ from hypothesis import strategies as st
 from bfl_private.audit import audit
 from bfl_private.cli import EXIT_NOT_CERTIFIED, EXIT_REFUSED, EXIT_USAGE, main
 from bfl_private.keyring import KeyringError
-from bfl_private.primitives.errors import BflError
 from bfl_private.ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from bfl_private.ledger.errors import MalformedRecord, SemanticCheckError
 from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.store import Ledger
+from bfl_private.primitives.errors import BflError
 from bfl_private.validator import COSIGNED_FILE, proposal_message
 from bfl_private.validator_service import (
     ATTEST,
@@ -37,8 +35,8 @@ from bfl_private.validator_service import (
     ValidatorRequest,
     decode_message,
     open_validator,
-    validator_server,
 )
+from validator_fixtures import served
 
 VALIDATORS = [f"validator-{i}" for i in range(4)]
 
@@ -61,20 +59,6 @@ def copy(federation: Path, tmp_path: Path) -> Path:
     target = tmp_path / "ledger"
     shutil.copytree(federation, target)
     return target
-
-
-@contextmanager
-def served(directory: Path, name: str) -> Iterator[str]:
-    """Validator ``name`` answering on a free port in a thread of this process."""
-    server = validator_server(directory, open_validator(directory, name), host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"{host}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _closed_port() -> str:

@@ -296,6 +296,9 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded, tmp_pa
     ("stage-timeout", 0, "stage-timeout"),
     ("train-timeout", -1, "train-timeout"),
     ("federation-dir", "", "federation-dir"),
+    ("validators", "validator-0", "'validators': 'validator-0' is not NAME=HOST:PORT"),
+    ("validators", "validator-0=h:1,validator-0=h:2", "each name once"),
+    ("validators", 3, "must be a string"),
 ])
 def test_run_config_is_checked(key: str, value: Any, why: str) -> None:
     pytest.importorskip("flwr")
@@ -306,5 +309,7 @@ def test_run_config_is_checked(key: str, value: Any, why: str) -> None:
               "node-wait": 10.0, "stage-timeout": 30.0, "train-timeout": 60.0,
               "skip-exhausted": False}
     assert RunSettings.from_run_config(config).rounds == 2
+    assert RunSettings.from_run_config({**config, "validators": "validator-0=127.0.0.1:7000, validator-2=h:1"}
+                                       ).validators == {"validator-0": "127.0.0.1:7000", "validator-2": "h:1"}
     with pytest.raises(RunRefused, match=why):
         RunSettings.from_run_config({**config, key: value})

@@ -19,6 +19,10 @@ keys, override with ``--run-config``):
                      SuperLink notices it only after two missed 30 s heartbeats), so the
                      light stages keep a short one
     skip-exhausted   leave out hospitals whose lifetime budget cannot afford the run
+    validators       validators running as their own processes (``bfl-private validator``):
+                     "NAME=HOST:PORT,NAME=HOST:PORT"; the others run in this ServerApp,
+                     which then loads their hold-out split. With every validator remote
+                     the ServerApp loads no dataset (it holds no hospital's data either)
 
 Each round is :class:`~.server_round.FlowerRound`, one message exchange per stage.
 """
@@ -34,7 +38,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from ..coordinator import Federation, RunRefused
+from ..coordinator import Coordinator, RunRefused
+from ..validator_service import parse_address
 from .server_round import Failure, FlowerRound
 from .stages import MESSAGE_TYPES, PROTOCOL_STAGES, RECORD, TRAINING_STAGES
 
@@ -54,6 +59,7 @@ class RunSettings:
     stage_timeout: float
     train_timeout: float
     skip_exhausted: bool
+    validators: Mapping[str, str]
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
@@ -76,7 +82,26 @@ class RunSettings:
             stage_timeout=float(get("stage-timeout", (int, float), lambda v: v > 0, "a number > 0")),
             train_timeout=float(get("train-timeout", (int, float), lambda v: v > 0, "a number > 0")),
             skip_exhausted=get("skip-exhausted", bool),
+            validators=_validator_addresses(config.get("validators", "")),
         )
+
+
+def _validator_addresses(value: Any) -> dict[str, str]:
+    """``NAME=HOST:PORT,...`` of the run config's ``validators`` (absent: none); RunRefused
+    naming it otherwise."""
+    if not isinstance(value, str):
+        raise RunRefused(f"run config 'validators' must be a string of NAME=HOST:PORT, got {value!r}")
+    addresses: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, address = item.partition("=")
+        try:
+            if not sep or not name or name in addresses:
+                raise ValueError(f"{item!r} is not NAME=HOST:PORT (each name once)")
+            parse_address(address)
+        except ValueError as exc:
+            raise RunRefused(f"run config 'validators': {exc}") from None
+        addresses[name] = address
+    return addresses
 
 
 POLL_SECONDS = 0.2
@@ -139,7 +164,7 @@ def _wait_for_nodes(grid: Grid, count: int, seconds: float) -> int:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
-    federation = Federation.open(settings.federation_dir)
+    federation = Coordinator.open(settings.federation_dir, remote_validators=settings.validators)
     try:
         federation.settle_interrupted_round()  # before planning: what it writes is spent
         plan = federation.plan(epsilon=settings.epsilon, rounds=settings.rounds,
@@ -154,9 +179,8 @@ def main(grid: Grid, context: Context) -> None:
         for _ in range(settings.rounds):
             summary = FlowerRound(federation, plan, transport, protocol=settings.protocol,
                                   log=lambda line: logger.info("bfl-private %s", line)).run()
-            logger.info("bfl-private round %d: %s, test accuracy %.4f, survivors %d, dropouts %s, %.2f s",
-                        summary.round, summary.status, summary.test_accuracy, len(summary.survivors),
-                        list(summary.dropouts), summary.seconds)
+            logger.info("bfl-private round %d: %s, survivors %d, dropouts %s, %.2f s",
+                        summary.round, summary.status, len(summary.survivors), list(summary.dropouts), summary.seconds)
         logger.info("bfl-private: ledger %s (check it with: bfl-private verify %s)",
                     settings.federation_dir, settings.federation_dir)
     finally:

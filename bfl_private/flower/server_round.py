@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..artifacts import put_aggregate, put_model
-from ..coordinator import CommandPlan, Federation, RoundSummary, RunRefused
+from ..coordinator import CommandPlan, Coordinator, RoundSummary, RunRefused
 from ..fedavg import next_global_model
 from ..ledger.cid import cid_for
 from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
@@ -101,7 +101,7 @@ class _RoundAborted(BflError):
 class FlowerRound:
     """One round over a transport; :meth:`run` returns the same summary as the coordinator."""
 
-    def __init__(self, federation: Federation, plan: CommandPlan, transport: Transport, *,
+    def __init__(self, federation: Coordinator, plan: CommandPlan, transport: Transport, *,
                  protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
         if protocol not in PROTOCOL_STAGES:
             raise RunRefused(f"protocol {protocol!r} does not run over Flower; these do: {', '.join(PROTOCOL_STAGES)}")
@@ -130,7 +130,7 @@ class FlowerRound:
         self.refused: dict[str, str] = {}
         """Hospitals whose submission was refused on receipt, with the reason (rejected)."""
         self.opened: list[Entry] = []
-        """The round's opening and, under the beacon rule, its beacon entry (:meth:`Federation.open_round`)."""
+        """The round's opening and, under the beacon rule, its beacon entry (:meth:`Coordinator.open_round`)."""
         self.declined: dict[str, str] = {}
         """Hospitals that refused the round (a named :mod:`~bfl_private.participant_checks`
         error in their error reply), with it: named in the close's ``rejected`` or the abort."""

@@ -17,7 +17,7 @@ import json
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -30,7 +30,7 @@ from .csvdata import check_unchanged, load_csv
 from .csvdata import commitments as csv_commitments
 from .data import DataError, FederatedDataset, federation_data
 from .fedavg import payload_weight
-from .distributed_round import DistributedPlan
+from .distributed_round import DistributedPlan, ServerState
 from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
 from .keyring import Keyring, KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
@@ -57,8 +57,9 @@ from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
 from .protocol_setup import RoundParties, build_protocol
-from .protocols.base import STAGES, ForgedInput, Stage
+from .protocols.base import STAGES, AggregationResult, ForgedInput, Stage
 from .protocols.errors import RoundAbort
+from .round_records import RoundAbortRecord, RoundClosing, RoundOpening, Submission, with_refusals
 from .round_checks import (
     PrivacyHistories,
     charged_epsilon,
@@ -383,12 +384,37 @@ class Coordinator:
         state = self.ledger.state
         if opening.round == state.last_round + 1 and state.open_round is None:
             opened, _ = self.open_round(opening)
-            self.commit_block([*opened, self.coordinator.entry(ABORT, opening.round, {
-                "stage": "open", "reason": INTERRUPTED, "survivors": [], "cumulative_epsilon": {}})])
+            self.record_abort(opened, round_id=opening.round, stage="open", reason=INTERRUPTED, declined={},
+                              survivors=(), claims={})
         self.coordinator.forget(PENDING_OPENING)
 
     def beacon_policy(self) -> BeaconPolicy:
         return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
+
+    def record_close(self, entries: list[Entry], *, round_id: int, result: AggregationResult,
+                     new_params: np.ndarray, server_state: ServerState | None, rejected: Mapping[str, str],
+                     participants: Sequence[str], claims: Mapping[str, float]) -> tuple[bool, list[str]]:
+        """Record a closed round, as both round engines do: its aggregate, new model and
+        transcript as blobs, the close, the validators' attestations, the block. Returns
+        whether the model advanced (a quorum accepted it) and the round's dropouts."""
+        model_cid = put_model(self.ledger.blobs, new_params, server_state)
+        dropouts = sorted(set(participants) - set(result.included) - set(rejected))
+        entries.append(self.coordinator.entry(ROUND_CLOSE, round_id, RoundClosing(
+            aggregate_cid=put_aggregate(self.ledger.blobs, result.total), new_model_cid=model_cid,
+            transcript_cid=self.ledger.blobs.put_json(dict(result.transcript)), survivors=tuple(result.included),
+            dropouts=tuple(dropouts), rejected=dict(rejected), cumulative_epsilon=dict(claims)).to_json()))
+        entries.extend(self.validators.attest(entries))
+        self.commit_block(entries)
+        return self.ledger.state.model_cid == model_cid, dropouts
+
+    def record_abort(self, entries: list[Entry], *, round_id: int, stage: str | None, reason: str,
+                     declined: Mapping[str, str], survivors: Sequence[str], claims: Mapping[str, float]) -> None:
+        """Record an aborted round, as both round engines do: the reason (and who refused the
+        opening), who was still there, the spend of everyone whose update had left it."""
+        entries.append(self.coordinator.entry(ABORT, round_id, RoundAbortRecord(
+            stage=stage or "unknown", reason=with_refusals(reason, declined), survivors=tuple(survivors),
+            cumulative_epsilon=dict(claims)).to_json()))
+        self.commit_block(entries)
 
     def commit_block(self, entries: list[Entry]) -> None:
         """Propose the round's block; each validator co-signs only after re-checking it.
@@ -539,13 +565,9 @@ class Federation(Coordinator):
         aggregation = build_protocol(protocol, self.settings, self.round_parties, participants=participants)
         base_cid = state.model_cid
         base = self.current_model()
-        opening = Entry.create(coordinator, ROUND_OPEN, round_id, {
-            "participants": participants,
-            "protocol": protocol,
-            "protocol_params": aggregation.public_parameters(),
-            "base_model_cid": base_cid,
-            "privacy_plan": plan.privacy_plan(),
-        })
+        opening = Entry.create(coordinator, ROUND_OPEN, round_id, RoundOpening(
+            participants=tuple(participants), protocol=protocol, protocol_params=aggregation.public_parameters(),
+            base_model_cid=base_cid, privacy_plan=plan.privacy_plan()).to_json())
         entries, seed = self.open_round(opening)
 
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
@@ -610,10 +632,9 @@ class Federation(Coordinator):
             """The spending rule: each client whose protected update left it signs its
             submission (its privacy record) and is charged, whatever the round's outcome."""
             for client_id, blob in sorted(sent.items()):
-                entries.append(self.hospitals[client_id].entry(SUBMISSION, round_id, {
-                    "client": client_id, "blob_cid": self.ledger.blobs.put(blob),
-                    "data_weight": self.clients[client_id].records, "privacy": records[client_id].to_json(),
-                }))
+                entries.append(self.hospitals[client_id].entry(SUBMISSION, round_id, Submission(
+                    client=client_id, blob_cid=self.ledger.blobs.put(blob), data_weight=self.clients[client_id].records,
+                    privacy=records[client_id].to_json()).to_json()))
             return charged_epsilon(histories, {c: records[c] for c in sent})
 
         try:
@@ -627,33 +648,16 @@ class Federation(Coordinator):
             # decoded sum is not one of valid inputs: nothing usable can be averaged, and the
             # abort is what gets recorded, with the spend of everyone whose input had left it.
             gone = sorted(drop)
-            claims = charge(exc.received)
-            reason = str(exc) + ("; participants refused the round: " +
-                                 "; ".join(f"{c}: {r}" for c, r in sorted(declined.items())) if declined else "")
-            entries.append(Entry.create(coordinator, ABORT, round_id, {
-                "stage": exc.stage or "unknown", "reason": reason,
-                "survivors": [c for c in participants if c not in drop], "cumulative_epsilon": claims,
-            }))
-            self.commit_block(entries)
+            self.record_abort(entries, round_id=round_id, stage=exc.stage, reason=str(exc), declined=declined,
+                              survivors=[c for c in participants if c not in drop], claims=charge(exc.received))
             return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), declined,
                                 time.perf_counter() - started)
 
         claims = charge({**result.submissions, **result.rejected_submissions})
         rejected = {**result.rejected, **refused, **declined}
-        model_cid = put_model(self.ledger.blobs, new_params, server_state)
-        dropouts = sorted(set(participants) - set(result.included) - set(rejected))
-        entries.append(Entry.create(coordinator, ROUND_CLOSE, round_id, {
-            "aggregate_cid": put_aggregate(self.ledger.blobs, result.total),
-            "new_model_cid": model_cid,
-            "transcript_cid": self.ledger.blobs.put_json(dict(result.transcript)),
-            "survivors": list(result.included),
-            "dropouts": dropouts,
-            "rejected": rejected,
-            "cumulative_epsilon": claims,
-        }))
-        entries.extend(self.validators.attest(entries))
-        self.commit_block(entries)
-        accepted = self.ledger.state.model_cid == model_cid
+        accepted, dropouts = self.record_close(entries, round_id=round_id, result=result, new_params=new_params,
+                                               server_state=server_state, rejected=rejected,
+                                               participants=participants, claims=claims)
         accuracy = self.test_accuracy(new_params if accepted else base)
         return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
                             tuple(dropouts), rejected, time.perf_counter() - started)

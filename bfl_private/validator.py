@@ -38,6 +38,7 @@ from .ledger.store import Ledger
 from .participant_checks import ParticipantView, check_opening
 from .parties import ValidatorParty
 from .primitives.errors import BflError
+from .round_records import Attestation
 from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
@@ -184,12 +185,9 @@ class Validator(ValidatorParty):
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
         self._attested[view.round] = _digest(entries)
-        return self.entry(ATTESTATION, view.round, {
-            "validator": self.identity.name,
-            "model_cid": view.close.payload["new_model_cid"],
-            "quality_ppm": quality,
-            "verdict": verdict,
-        })
+        return self.entry(ATTESTATION, view.round, Attestation(
+            validator=self.name, model_cid=view.close.payload["new_model_cid"], quality_ppm=quality,
+            verdict=verdict).to_json())
 
     def _load_cosigned(self) -> tuple[int, str] | None:
         record = self.kept(COSIGNED_FILE)

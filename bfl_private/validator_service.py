@@ -46,6 +46,7 @@ from .ledger.errors import MalformedRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
+from .round_records import Attestation, RoundClosing
 from .validator import Validator, proposal_message
 
 BEACON = "beacon"
@@ -399,10 +400,13 @@ class ValidatorPanel:
             attestation.verify(self.keys[name], where=f"attestation of {name}")
         except BflError as exc:
             return str(exc)
-        if attestation.type != ATTESTATION or attestation.payload["validator"] != name:
-            return f"replied with a {attestation.type} entry, not its own attestation"
+        if attestation.type != ATTESTATION:
+            return f"replied with a {attestation.type} entry, not an attestation"
+        record = Attestation.from_json(attestation.payload, where=f"attestation of {name}")
+        if record.validator != name:
+            return f"replied with the attestation of {record.validator!r}, not its own"
         if close is None or attestation.round != close.round or \
-                attestation.payload["model_cid"] != close.payload["new_model_cid"]:
+                record.model_cid != RoundClosing.from_json(close.payload, where="round close").new_model_cid:
             return "attested another round or model than the one it was asked about"
         return None
 

@@ -60,6 +60,7 @@ from safetensors.numpy import load as load_safetensors
 from ..fedavg import weighted_payload
 from ..ledger.beacon import RANDOMNESS_BEACON, BeaconPolicy, RoundBeacon, round_seed
 from ..parties import IDENTITY_FILE
+from ..round_records import Submission
 from ..participant_checks import (
     AlreadySubmitted,
     BadBeacon,
@@ -566,10 +567,8 @@ class Hospital:
 
     def _submit(self, opened: Entry, blob: bytes, records: int, privacy: PrivacyRecord) -> bytes:
         """Sign the submission naming ``blob``, and count its ε as spent: the update leaves now."""
-        submission = Entry.create(self.identity, SUBMISSION, opened.round, {
-            "client": self.name, "blob_cid": cid_for(blob), "data_weight": records,
-            "privacy": privacy.to_json(),
-        })
+        submission = Entry.create(self.identity, SUBMISSION, opened.round, Submission(
+            client=self.name, blob_cid=cid_for(blob), data_weight=records, privacy=privacy.to_json()).to_json())
         self._record_spend(privacy)
         self._note(opened=opened.round, submitted=opened.round)
         return submission.to_bytes()

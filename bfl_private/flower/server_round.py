@@ -29,11 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..artifacts import put_aggregate, put_model
 from ..coordinator import CommandPlan, Coordinator, RoundSummary, RunRefused
 from ..fedavg import next_global_model
 from ..ledger.cid import cid_for
-from ..ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from ..ledger.entries import ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..primitives.errors import BflError
@@ -49,6 +48,7 @@ from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import FixedPointCodec
 from ..settings import FederationSettings
 from . import one_shot
+from ..round_records import RoundOpening
 from ..round_checks import aggregate_rule_violation, charged_epsilon, privacy_rule_violation, registered_records
 from .errors import RefusedPrivacyRecord, StageMessageError
 from .stages import PROTOCOL_STAGES, check_reply, request
@@ -206,13 +206,9 @@ class FlowerRound:
             setup = build_protocol(self.protocol, settings, fed.round_parties, participants=self.participants)
             public = setup.public_parameters()
         coordinator = fed.coordinator.identity
-        opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, {
-            "participants": self.participants,
-            "protocol": self.protocol,
-            "protocol_params": public,
-            "base_model_cid": base_cid,
-            "privacy_plan": self.plan.privacy_plan(),
-        })
+        opened = Entry.create(coordinator, ROUND_OPEN, self.round_id, RoundOpening(
+            participants=tuple(self.participants), protocol=self.protocol, protocol_params=public,
+            base_model_cid=base_cid, privacy_plan=self.plan.privacy_plan()).to_json())
         # The validators' beacon on the opening gives the seed; the hospitals check and derive it themselves.
         self.opened, seed = fed.open_round(opened)
         try:
@@ -226,12 +222,8 @@ class FlowerRound:
             stage = exc.stage
             entries, claims = self._charged(opened)
             declined = self._declined(set(aborted.survivors))
-            reason = str(exc) + ("; participants refused the round: " +
-                                 "; ".join(f"{c}: {r}" for c, r in declined.items()) if declined else "")
-            fed.commit_block([*entries, Entry.create(coordinator, ABORT, self.round_id, {
-                "stage": stage or "unknown", "reason": reason, "survivors": aborted.survivors,
-                "cumulative_epsilon": claims,
-            })])
+            fed.record_abort(entries, round_id=self.round_id, stage=stage, reason=str(exc), declined=declined,
+                             survivors=aborted.survivors, claims=claims)
             self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")
             gone = tuple(sorted(set(self.participants) - set(aborted.survivors)))
             return RoundSummary(self.round_id, "aborted", fed.test_accuracy(base), (), gone, declined,
@@ -245,20 +237,9 @@ class FlowerRound:
         entries, claims = self._charged(opened)
         rejected = {**result.rejected, **self.refused}
         rejected.update(self._declined(set(result.included) | set(rejected)))
-        model_cid = put_model(fed.ledger.blobs, new_params)
-        dropouts = sorted(set(self.participants) - set(result.included) - set(rejected))
-        entries.append(Entry.create(fed.coordinator.identity, ROUND_CLOSE, self.round_id, {
-            "aggregate_cid": put_aggregate(fed.ledger.blobs, result.total),
-            "new_model_cid": model_cid,
-            "transcript_cid": fed.ledger.blobs.put_json(dict(result.transcript)),
-            "survivors": list(result.included),
-            "dropouts": dropouts,
-            "rejected": rejected,
-            "cumulative_epsilon": claims,
-        }))
-        entries.extend(fed.validators.attest(entries))
-        fed.commit_block(entries)
-        accepted = fed.ledger.state.model_cid == model_cid
+        accepted, dropouts = fed.record_close(entries, round_id=self.round_id, result=result, new_params=new_params,
+                                              server_state=None, rejected=rejected, participants=self.participants,
+                                              claims=claims)
         named = f", rejected {sorted(rejected)}" if rejected else ""
         self.log(f"round {self.round_id}: closed with {len(result.included)} survivors, dropouts {dropouts}{named}")
         return RoundSummary(self.round_id, "accepted" if accepted else "rejected",

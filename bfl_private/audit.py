@@ -126,10 +126,10 @@ class AggregateHook(VerifierHook):
         check_round_aggregate(view, context.blobs, state=context.state_before, genesis=self.genesis,
                               paillier_key=self.paillier_key.n)
         self.paillier_key.add(context.entries)
-        protocol = view.opened.payload["protocol"]
+        protocol = view.opening.protocol
         if protocol in HE_KEY_HOLDER:
             context.note(HE_KEY_HOLDER[protocol], round=view.round)
-        if is_distributed_plan(view.opened.payload["privacy_plan"]):
+        if is_distributed_plan(view.opening.privacy_plan):
             context.note(DISTRIBUTED_DP, round=view.round)
 
 

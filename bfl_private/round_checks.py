@@ -21,7 +21,7 @@ from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, beacon_
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
-from .ledger.errors import SemanticCheckError
+from .ledger.errors import MalformedRecord, SemanticCheckError
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
 from .participant_checks import ParticipantView, check_opening
@@ -38,6 +38,7 @@ from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ConfigurationError, ProtocolError
 from .protocols.masking_graph import MaskingParams
 from .protocols.quantize import IntegerRingCodec
+from .round_records import RoundClosing, RoundOpening
 from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings
 
 
@@ -110,6 +111,10 @@ class RoundView:
     submissions: Mapping[str, Entry]
     """The survivors' submissions: exactly what the aggregate sums."""
     close: Entry
+    opening: RoundOpening
+    """``opened``'s payload, typed."""
+    closing: RoundClosing
+    """``close``'s payload, typed."""
 
     @classmethod
     def of(cls, entries: Sequence[Entry]) -> RoundView | None:
@@ -120,15 +125,19 @@ class RoundView:
         opened = next((e for e in entries if e.type == ROUND_OPEN and e.round == close.round), None)
         if opened is None:
             raise SemanticCheckError(f"round {close.round}: closed in a block that does not open it")
+        try:
+            opening = RoundOpening.from_json(opened.payload, where=f"round {close.round} opening")
+            closing = RoundClosing.from_json(close.payload, where=f"round {close.round} close")
+        except MalformedRecord as exc:
+            raise SemanticCheckError(str(exc)) from None
         submitted = {e.payload["client"]: e for e in entries if e.type == SUBMISSION and e.round == close.round}
-        survivors = close.payload["survivors"]
-        missing = sorted(set(survivors) - set(submitted))
+        missing = sorted(set(closing.survivors) - set(submitted))
         if missing:
             raise SemanticCheckError(f"round {close.round}: survivors {missing} have no submission")
-        unexplained = sorted(set(submitted) - set(survivors) - set(close.payload["rejected"]))
+        unexplained = sorted(set(submitted) - set(closing.survivors) - set(closing.rejected))
         if unexplained:
             raise SemanticCheckError(f"round {close.round}: {unexplained} submitted but are neither survivors nor rejected")
-        return cls(close.round, opened, {c: submitted[c] for c in survivors}, close)
+        return cls(close.round, opened, {c: submitted[c] for c in closing.survivors}, close, opening, closing)
 
 
 def check_round_randomness(entries: Sequence[Entry], *, genesis: Entry, blobs: BlobStore, where: str) -> None:
@@ -331,9 +340,9 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     the registered identities, the federation's Paillier key (``paillier_key``: pinned by
     its first Paillier round) and, for a threshold decryption, the announced key shared among
     the registered validators; and a possible sum of the survivors' payloads. Returns it."""
-    total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
-    transcript = blobs.get_json(view.close.payload["transcript_cid"])
-    protocol = view.opened.payload["protocol"]
+    total = get_aggregate(blobs, view.closing.aggregate_cid)
+    transcript = blobs.get_json(view.closing.transcript_cid)
+    protocol = view.opening.protocol
     settings = FederationSettings.from_json(genesis.payload["settings"])
     where = f"round {view.round}"
     check_transcript_identities(transcript, lambda: registered_client_keys(state), where=where)
@@ -353,10 +362,10 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     records = registered_records(state)
     plan = check_distributed_round(view.opened, settings, records)
     if plan is not None:
-        if transcript.get("codec") != view.opened.payload["protocol_params"]["codec"]:
+        if transcript.get("codec") != view.opening.protocol_params["codec"]:
             raise SemanticCheckError(f"{where}: the transcript's codec is not the one the opening announced")
         violation = distributed_round.aggregate_violation(
-            total, plan, participants=len(view.opened.payload["participants"]),
+            total, plan, participants=len(view.opening.participants),
             included_records=distributed_round.records_of(records, list(view.submissions)))
     else:
         violation = aggregate_rule_violation(total, protocol=protocol, transcript=transcript,
@@ -373,9 +382,9 @@ def check_round_model(view: RoundView, blobs: BlobStore, *, settings: Federation
     server optimiser's step from the base model and its state on the noisy sum (distributed
     DP, state included); returns it. ``records``: the registered record counts."""
     where = f"round {view.round}"
-    new_cid, base_cid = view.close.payload["new_model_cid"], view.opened.payload["base_model_cid"]
+    new_cid, base_cid = view.closing.new_model_cid, view.opening.base_model_cid
     new = get_model(blobs, new_cid)
-    total = get_aggregate(blobs, view.close.payload["aggregate_cid"])
+    total = get_aggregate(blobs, view.closing.aggregate_cid)
     plan = distributed_plan(view.opened)
     if plan is None:
         check_model(base=get_model(blobs, base_cid), total=total, new=new,

@@ -180,13 +180,13 @@ class Validator(ValidatorParty):
         ledger.propose(entries, time=ledger.head.time)  # signatures, registry and contracts; writes nothing
         check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs, where=f"round {round_id}")
         view = self.check_round(entries, ledger)
-        base_quality = self._quality_ppm(get_model(ledger.blobs, view.opened.payload["base_model_cid"]))
-        quality = self._quality_ppm(get_model(ledger.blobs, view.close.payload["new_model_cid"]))
+        base_quality = self._quality_ppm(get_model(ledger.blobs, view.opening.base_model_cid))
+        quality = self._quality_ppm(get_model(ledger.blobs, view.closing.new_model_cid))
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
         self._attested[view.round] = _digest(entries)
         return self.entry(ATTESTATION, view.round, Attestation(
-            validator=self.name, model_cid=view.close.payload["new_model_cid"], quality_ppm=quality,
+            validator=self.name, model_cid=view.closing.new_model_cid, quality_ppm=quality,
             verdict=verdict).to_json())
 
     def _load_cosigned(self) -> tuple[int, str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bfl_private.flower.hospital import Hospital
@@ -39,3 +40,21 @@ class TamperingTransport(LoopbackTransport):
                 data[-1] ^= 1
                 replies[node] = {**reply, self.field: bytes(data)}
         return replies
+
+
+def synced_federation(directory: Path) -> tuple[Any, dict[int, Hospital], Any, RecordingTransport]:
+    """A federation (as ``test_flower_round.make_federation`` makes it) whose hospitals sync
+    its ledger, after one honest round: the federation, its hospitals, the plan, and the
+    transport that recorded the round."""
+    from test_flower_round import make_federation
+
+    from bfl_private.flower.server_round import FlowerRound
+
+    federation, exported = make_federation(directory)
+    hospitals = {node: Hospital.from_node_config({"hospital-dir": str(h.history_path.parent),
+                                                  "ledger-dir": str(federation.directory)})
+                 for node, h in exported.items()}
+    plan = federation.plan(epsilon=2.0, rounds=10, skip_exhausted=False)
+    recorder = RecordingTransport(hospitals)
+    assert FlowerRound(federation, plan, recorder).run().status != "aborted"
+    return federation, hospitals, plan, recorder

@@ -81,6 +81,19 @@ def _proposed(directory: Path, header) -> bytes:
     return SigningParty(directory, "coordinator").identity.sign(proposal_message(header))
 
 
+def _before_next_round(copy: Path) -> tuple[Path, tuple, object]:
+    """A copy of the ledger as it stands, then one more round run on ``copy``: the copy's
+    validators are asked about exactly that round. Returns the copy, the round's block
+    entries and the block. Content-addressed blobs travel ahead of the block that names
+    them, as a sync would."""
+    older = copy.parent / "older"
+    shutil.copytree(copy, older)
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
+    entries, block = _round_entries(copy)
+    return older, entries, block
+
+
 def _last_round(directory: Path) -> int:
     with Ledger.open(directory) as ledger:
         return ledger.state.last_round
@@ -138,17 +151,10 @@ def test_deeply_nested_bytes_are_refused_before_parsing() -> None:
 # --- one validator over TCP ---------------------------------------------------------------
 
 def test_a_served_validator_attests_and_cosigns_only_what_checks_out(copy: Path) -> None:
-    # The served validator's ledger stands before a round that the coordinator then runs
-    # on another copy: the validator is asked about exactly that round.
-    older = copy.parent / "older"
-    shutil.copytree(copy, older)
-    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
-    entries, block = _round_entries(copy)
+    older, entries, block = _before_next_round(copy)
     round_entries = tuple(e for e in entries if e.type != ATTESTATION)
     with Ledger.open(copy) as ledger:
         federation_id = ledger.state.federation_id
-    # Content-addressed blobs travel ahead of the block that names them (as a sync would).
-    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
     with served(older, "validator-1") as address:
         remote = RemoteValidator("validator-1", address, timeout=60)
         attested = remote.call(ValidatorRequest(ATTEST, federation_id, round_entries))
@@ -254,11 +260,7 @@ def test_a_round_certified_by_four_validator_processes(copy: Path) -> None:
 
 
 def test_a_validator_signs_one_header_per_height_across_restarts(copy: Path) -> None:
-    older = copy.parent / "older"
-    shutil.copytree(copy, older)
-    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
-    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
-    entries, block = _round_entries(copy)
+    older, entries, block = _before_next_round(copy)
     # The same entries under another block time give another valid header at the same
     # height: a proposer collecting a quorum for each would fork the chain.
     other = dataclasses.replace(block.header, time=block.header.time + 1)
@@ -327,11 +329,7 @@ def test_a_block_some_validators_signed_is_proposed_again_not_abandoned(copy: Pa
 def test_an_honest_validator_cosigns_no_close_other_than_the_one_it_attested(copy: Path) -> None:
     from bfl_private.parties import SigningParty
 
-    older = copy.parent / "older"
-    shutil.copytree(copy, older)
-    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
-    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
-    entries, block = _round_entries(copy)
+    older, entries, block = _before_next_round(copy)
     round_entries = [e for e in entries if e.type != ATTESTATION]
     close = next(e for e in round_entries if e.type == ROUND_CLOSE)
     # The coordinator re-signs the close after the attestations: every ε claim understated
@@ -418,11 +416,7 @@ def test_a_keys_folder_left_beside_parties_is_refused(copy: Path) -> None:
 def test_a_header_not_proposed_by_the_coordinator_spends_no_height(copy: Path) -> None:
     """A network peer re-times a cosign request: refused by name, and the validator still
     signs the coordinator's own header at that height afterwards."""
-    older = copy.parent / "older"
-    shutil.copytree(copy, older)
-    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
-    shutil.copytree(copy / "blobs", older / "blobs", dirs_exist_ok=True)
-    entries, block = _round_entries(copy)
+    older, entries, block = _before_next_round(copy)
     retimed = dataclasses.replace(block.header, time=block.header.time + 1)
     peer = SigningIdentity.generate("coordinator")
     with Ledger.open(older) as ledger:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flower_transports import RecordingTransport
+from flower_transports import synced_federation
 from test_flower_round import make_federation
 
 from bfl_private.audit import audit
@@ -54,14 +54,7 @@ class RewritingTransport(LoopbackTransport):
 def fed(tmp_path_factory: pytest.TempPathFactory):
     """A federation (genesis: SecAgg, the complete graph) whose hospitals sync its ledger,
     after one honest round (recorded)."""
-    directory = tmp_path_factory.mktemp("participant-checks")
-    federation, exported = make_federation(directory)
-    hospitals = {node: Hospital.from_node_config({"hospital-dir": str(h.history_path.parent),
-                                                  "ledger-dir": str(federation.directory)})
-                 for node, h in exported.items()}
-    plan = federation.plan(epsilon=2.0, rounds=10, skip_exhausted=False)
-    recorder = RecordingTransport(hospitals)
-    assert FlowerRound(federation, plan, recorder).run().status != "aborted"
+    federation, hospitals, plan, recorder = synced_federation(tmp_path_factory.mktemp("participant-checks"))
     yield federation, hospitals, plan, recorder
     federation.close()
 

@@ -434,19 +434,9 @@ def _flower() -> Any:
 @pytest.fixture(scope="module")
 def flower_fed(tmp_path_factory: pytest.TempPathFactory):
     _flower()
-    from flower_transports import RecordingTransport
-    from test_flower_round import make_federation
+    from flower_transports import synced_federation
 
-    from bfl_private.flower.hospital import Hospital
-    from bfl_private.flower.server_round import FlowerRound
-
-    federation, exported = make_federation(tmp_path_factory.mktemp("flower-beacon"))
-    hospitals = {node: Hospital.from_node_config({"hospital-dir": str(h.history_path.parent),
-                                                  "ledger-dir": str(federation.directory)})
-                 for node, h in exported.items()}
-    plan = federation.plan(epsilon=2.0, rounds=10, skip_exhausted=False)
-    recorder = RecordingTransport(hospitals)
-    assert FlowerRound(federation, plan, recorder).run().status != "aborted"
+    federation, hospitals, plan, recorder = synced_federation(tmp_path_factory.mktemp("flower-beacon"))
     yield federation, hospitals, plan, recorder
     federation.close()
 

@@ -50,7 +50,7 @@ from .ledger.errors import MalformedRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
-from .round_records import Attestation, RoundClosing
+from .round_records import Attestation, RoundClosing, exact_fields
 from .validator import Validator, proposal_message
 
 BEACON = "beacon"
@@ -94,13 +94,6 @@ def _unb64(value: Any, *, where: str) -> bytes:
         raise MalformedRecord(f"{where}: not base64") from None
 
 
-def _fields(data: Any, names: set[str], *, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict) or set(data) != names:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise MalformedRecord(f"{where}: expected the fields {sorted(names)}, got {found}")
-    return data
-
-
 @dataclass(frozen=True)
 class ValidatorRequest:
     """What the coordinator asks a validator: sign a round opening's beacon (``entries`` is
@@ -124,7 +117,8 @@ class ValidatorRequest:
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ValidatorRequest:
-        data = _fields(data, {"kind", "federation_id", "entries", "header", "proposer_signature"}, where=where)
+        data = exact_fields(data, {"kind", "federation_id", "entries", "header", "proposer_signature"},
+                            what="validator request", where=where)
         kind, federation_id, entries = data["kind"], data["federation_id"], data["entries"]
         if kind not in REQUEST_KINDS:
             raise MalformedRecord(f"{where}: kind must be one of {REQUEST_KINDS}, got {kind!r}")
@@ -158,7 +152,7 @@ class ValidatorReply:
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ValidatorReply:
-        data = _fields(data, {"attestation", "signature", "refusal"}, where=where)
+        data = exact_fields(data, {"attestation", "signature", "refusal"}, what="validator reply", where=where)
         given = [name for name, value in data.items() if value is not None]
         if len(given) != 1:
             raise MalformedRecord(f"{where}: a reply holds exactly one of attestation, signature, refusal; got {given}")

@@ -118,7 +118,7 @@ def test_requests_and_replies_survive_their_encoding(federation: Path) -> None:
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: {**r, "kind": "decrypt"}, "kind must be one of"),
-    (lambda r: {k: v for k, v in r.items() if k != "entries"}, "expected the fields"),
+    (lambda r: {k: v for k, v in r.items() if k != "entries"}, "a validator request has exactly the fields"),
     (lambda r: {**r, "entries": []}, "non-empty list"),
     (lambda r: {**r, "entries": ["not base64!"]}, "entry 0: not base64"),
     (lambda r: {**r, "entries": ["e30="]}, "entry 0"),  # {} is no entry

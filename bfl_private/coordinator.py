@@ -1,9 +1,11 @@
 """A federation on its ledger: genesis, privacy planning and rounds, step by step.
 
-The coordinator opens each round, runs the clients' DP-SGD and the aggregation protocol
-in-process, commits every protected update and the round's result to the ledger, and
-asks the validators to check the round and attest the new model's quality before they
-co-sign the block. Everything an auditor needs is in the ledger directory; every party's
+:class:`Coordinator` is the coordinator's side: it plans each command's privacy spend,
+opens each round (the validators' beacon gives its seed), records the round's result and
+every protected update, and asks the validators to check the round and attest the new
+model's quality before they co-sign the block. :class:`Federation` adds the in-process
+demo: simulated hospitals that train and protect their updates in this process, driven
+by :meth:`Federation.run_round` (over Flower, :mod:`bfl_private.flower.server_round`). Everything an auditor needs is in the ledger directory; every party's
 private keys stay in its own folder under ``parties/`` (see :mod:`bfl_private.parties`):
 the hospitals, validators and key holders are objects built from their folders, which
 this object calls on and never reads itself.
@@ -73,35 +75,40 @@ from .validator_service import LoopbackValidator, QuorumNotReached, RemoteValida
 
 PENDING_OPENING = "round-opening.pending"
 """In the coordinator's folder: the opening it asked the validators to sign a beacon for,
-until its round is on the ledger (see :meth:`Federation.settle_interrupted_round`)."""
+until its round is on the ledger (see :meth:`Coordinator.settle_interrupted_round`)."""
 PENDING_BLOCK = "block.pending"
 """In the coordinator's folder: the block it asked the validators to cosign, until it is written."""
+PENDING_ROUND = "round.pending"
+"""In the coordinator's folder: a round's entries from the moment they carry signed
+submissions (and its close or abort) until its block is written."""
 INTERRUPTED = ("the coordinator stopped after the validators were asked for this opening's beacon; "
                "they sign one opening per round id, so the round is ended here, unrun")
 
 
 @dataclass(frozen=True)
-class PendingBlock:
-    """A proposed block the coordinator keeps until it is written: its height, its header
-    time (the proposer's choice) and its entries, from which the header follows."""
+class KeptEntries:
+    """Entries the coordinator keeps in its folder until they are on the ledger: a round
+    whose clients have signed their submissions (its spend must be recorded), or a proposed
+    block, with its height and header time (the proposer's choice) from which the header follows."""
 
-    height: int
-    time: int
     entries: tuple[Entry, ...]
+    height: int | None = None
+    time: int | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps({"height": self.height, "time": self.time,
                            "entries": [base64.b64encode(e.to_bytes()).decode("ascii") for e in self.entries]}).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, where: str) -> PendingBlock:
+    def from_bytes(cls, data: bytes, *, where: str) -> KeptEntries:
         try:
             record = json.loads(data)
             entries = tuple(Entry.from_bytes(base64.b64decode(e, validate=True), where=f"{where} entry {i}")
                             for i, e in enumerate(record["entries"]))
-            return cls(int(record["height"]), int(record["time"]), entries)
+            height, time_ = record["height"], record["time"]
+            return cls(entries, None if height is None else int(height), None if time_ is None else int(time_))
         except (ValueError, KeyError, TypeError) as exc:
-            raise KeyringError(f"{where}: unreadable kept block: {exc}") from None
+            raise KeyringError(f"{where}: unreadable kept entries: {exc}") from None
 
 
 class RunRefused(BflError, RuntimeError):
@@ -245,7 +252,8 @@ class Coordinator:
 
     It holds no hospital's data. A Flower ServerApp is this object; with every validator
     running as its own process (``remote_validators``) it loads no dataset at all, and
-    otherwise only the in-process validators' hold-out split. :class:`Federation` adds the
+    otherwise the genesis data split for the in-process validators' hold-out data (which
+    reads every hospital's records too: the bundled data, or the CSV files). :class:`Federation` adds the
     in-process demo: simulated hospitals, their data and the round engine."""
 
     def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
@@ -361,22 +369,32 @@ class Coordinator:
         return [opening, self.coordinator.entry(ROUND_BEACON, opening.round, beacon.to_json())], seed
 
     def settle_interrupted_round(self) -> None:
-        """End a round the coordinator opened but never recorded (it stopped mid-round).
+        """Record what an earlier command left unwritten (it stopped, or too few validators
+        answered), before anything else, in this order:
 
-        The validators sign a beacon for one opening per round id, so that round id can
-        only go on with that opening: it is recorded with its beacon and an abort (no one
-        is charged: no update of it reached the ledger), in a block of its own, and the next
-        command opens the next round. Each such abort is visible in the ledger.
+        1. a block proposed but not written, exactly as proposed: some validators may have
+           signed its header, and they sign no other at its height;
+        2. a round whose clients had signed their submissions: as it ended (its close
+           attested anew, or its abort), so their spend is recorded;
+        3. a round opened but not run: the validators sign a beacon for one opening per
+           round id, so it is recorded with its beacon and an abort charging no one (no
+           update of it left a client), and the next round follows. Such aborts are visible.
 
-        A block proposed but not written (the coordinator stopped, or too few validators
-        signed) goes first, exactly as proposed: some validators may have signed its header,
-        and they sign no other at its height. QuorumNotReached while they still refuse."""
+        QuorumNotReached while the validators still do not answer: nothing is skipped."""
         block = self.coordinator.kept(PENDING_BLOCK)
         if block is not None:
-            pending = PendingBlock.from_bytes(block, where=f"{COORDINATOR}'s {PENDING_BLOCK}")
+            pending = KeptEntries.from_bytes(block, where=f"{COORDINATOR}'s {PENDING_BLOCK}")
             if pending.height == (0 if self.ledger.height is None else self.ledger.height + 1):
                 self._certify_and_commit(self.ledger.propose(pending.entries, time=pending.time))
             self.coordinator.forget(PENDING_BLOCK)  # written, or stale (written before the note was removed)
+        kept_round = self.coordinator.kept(PENDING_ROUND)
+        if kept_round is not None:
+            # Its clients signed their submissions: the round is recorded as it ended (its
+            # close attested anew, or its abort), charging them; never as an unrun abort.
+            entries = list(KeptEntries.from_bytes(kept_round, where=f"{COORDINATOR}'s {PENDING_ROUND}").entries)
+            if entries[0].round == self.ledger.state.last_round + 1:
+                self._attest_and_commit(entries)
+            self.coordinator.forget(PENDING_ROUND)
         kept = self.coordinator.kept(PENDING_OPENING)
         if kept is None:
             return
@@ -403,8 +421,7 @@ class Coordinator:
             aggregate_cid=put_aggregate(self.ledger.blobs, result.total), new_model_cid=model_cid,
             transcript_cid=self.ledger.blobs.put_json(dict(result.transcript)), survivors=tuple(result.included),
             dropouts=tuple(dropouts), rejected=dict(rejected), cumulative_epsilon=dict(claims)).to_json()))
-        entries.extend(self.validators.attest(entries))
-        self.commit_block(entries)
+        self._attest_and_commit(entries)
         return self.ledger.state.model_cid == model_cid, dropouts
 
     def record_abort(self, entries: list[Entry], *, round_id: int, stage: str | None, reason: str,
@@ -414,6 +431,14 @@ class Coordinator:
         entries.append(self.coordinator.entry(ABORT, round_id, RoundAbortRecord(
             stage=stage or "unknown", reason=with_refusals(reason, declined), survivors=tuple(survivors),
             cumulative_epsilon=dict(claims)).to_json()))
+        self._attest_and_commit(entries)
+
+    def _attest_and_commit(self, entries: list[Entry]) -> None:
+        """Keep the round's entries (its clients' spend is in them), have a closed round
+        attested, and commit its block; a round cut short here is settled next command."""
+        self.coordinator.keep(PENDING_ROUND, KeptEntries(tuple(entries)).to_bytes())
+        if any(e.type == ROUND_CLOSE for e in entries):
+            entries = [*entries, *self.validators.attest(entries)]
         self.commit_block(entries)
 
     def commit_block(self, entries: list[Entry]) -> None:
@@ -427,11 +452,12 @@ class Coordinator:
         self._certify_and_commit(self.ledger.propose(entries, time=max(int(time.time()), head_time)))
 
     def _certify_and_commit(self, proposed: ProposedBlock) -> None:
-        self.coordinator.keep(PENDING_BLOCK, PendingBlock(proposed.header.height, proposed.header.time,
-                                                          proposed.entries).to_bytes())
+        self.coordinator.keep(PENDING_BLOCK, KeptEntries(proposed.entries, proposed.header.height,
+                                                         proposed.header.time).to_bytes())
         self.ledger.commit(proposed, self.validators.certify(proposed))
         self.coordinator.forget(PENDING_BLOCK)
         if any(e.type == ROUND_OPEN for e in proposed.entries):  # its round is on the ledger: nothing left pending
+            self.coordinator.forget(PENDING_ROUND)
             self.coordinator.forget(PENDING_OPENING)
 
 

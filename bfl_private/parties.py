@@ -4,7 +4,8 @@ Every party keeps its secrets in its own folder, ``DIR/parties/<name>/`` (mode 0
 files 0600, through :class:`~bfl_private.keyring.Keyring`)::
 
     parties/coordinator/      identity.ed25519, csv-commitment-key (CSV federations),
-                              round-opening.pending (while a round it opened is unrecorded)
+                              round-opening.pending, round.pending, block.pending (what
+                              it must still record: see Coordinator.settle_interrupted_round)
     parties/hospital-00/      identity.ed25519 (a Flower hospital's bundle is this folder's key)
     parties/validator-0/      identity.ed25519, beacons.json and last-cosigned.json (what it
                               signed: one opening per round, one block per height),

@@ -15,12 +15,17 @@ from typing import Any
 from .ledger.errors import MalformedRecord
 
 
-def _fields(cls: type, payload: Any, where: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+def exact_fields(payload: Any, names: set[str], *, what: str, where: str) -> dict[str, Any]:
+    """``payload`` as a dict when it is an object with exactly the fields ``names``;
+    MalformedRecord naming ``where`` and ``what`` otherwise."""
     if not isinstance(payload, Mapping) or set(payload) != names:
         found = sorted(payload) if isinstance(payload, Mapping) else type(payload).__name__
-        raise MalformedRecord(f"{where}: a {cls.__name__} has exactly the fields {sorted(names)}, got {found}")
+        raise MalformedRecord(f"{where}: a {what} has exactly the fields {sorted(names)}, got {found}")
     return dict(payload)
+
+
+def _fields(cls: type, payload: Any, where: str) -> dict[str, Any]:
+    return exact_fields(payload, {f.name for f in fields(cls)}, what=cls.__name__, where=where)
 
 
 def _names(value: Any, what: str, where: str) -> tuple[str, ...]:

@@ -91,8 +91,9 @@ class Validator(ValidatorParty):
                  n_features: int, n_classes: int) -> None:
         super().__init__(directory, name)
         self._cosigned = self._load_cosigned()
-        self._attested: dict[int, bytes] = {}
-        """Round -> digest of the entries this validator attested (until it cosigns their block)."""
+        self._attested: dict[int, tuple[bytes, Entry]] = {}
+        """Round -> digest of the entries this validator attested and its attestation (the
+        ledger's next round only)."""
         self.holdout = holdout
         self.settings = settings
         self.n_features = n_features
@@ -168,14 +169,18 @@ class Validator(ValidatorParty):
 
         The round must be the ledger's next one, its entries signed by the parties genesis
         registers and accepted by the contracts (a dry run of the block), its seed the one its
-        opening and beacon fix; then its aggregate, model and ε claims are recomputed. What
-        it attested is remembered, so that it cosigns no block that closes the round with
-        other entries (see :meth:`cosign_header`)."""
+        opening and beacon fix; then its aggregate, model and ε claims are recomputed. The
+        same entries asked again get the same attestation without the work (a replay costs
+        nothing); :meth:`cosign_header` relies on it."""
         state = ledger.state
         round_id = entries[0].round if entries else None
         if round_id != state.last_round + 1 or any(e.round != round_id for e in entries):
             raise SemanticCheckError(f"asked to attest round {round_id}; the ledger's next round is "
                                      f"{state.last_round + 1}, and every entry must be of it")
+        digest = _digest(entries)
+        self._attested = {r: known for r, known in self._attested.items() if r == round_id}
+        if round_id in self._attested and self._attested[round_id][0] == digest:
+            return self._attested[round_id][1]
         assert ledger.head is not None  # a round follows genesis
         ledger.propose(entries, time=ledger.head.time)  # signatures, registry and contracts; writes nothing
         check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs, where=f"round {round_id}")
@@ -184,10 +189,11 @@ class Validator(ValidatorParty):
         quality = self._quality_ppm(get_model(ledger.blobs, view.closing.new_model_cid))
         tolerance = round(self.settings.quality_tolerance * PPM)
         verdict = "accept" if quality >= base_quality - tolerance else "reject"
-        self._attested[view.round] = _digest(entries)
-        return self.entry(ATTESTATION, view.round, Attestation(
+        attestation = self.entry(ATTESTATION, view.round, Attestation(
             validator=self.name, model_cid=view.closing.new_model_cid, quality_ppm=quality,
             verdict=verdict).to_json())
+        self._attested[view.round] = (digest, attestation)
+        return attestation
 
     def _load_cosigned(self) -> tuple[int, str] | None:
         record = self.kept(COSIGNED_FILE)
@@ -239,12 +245,13 @@ class Validator(ValidatorParty):
             if not own:
                 raise SemanticCheckError(f"block {header.height}: closes a round this validator has not checked")
             round_entries = [e for e in entries if e.round == close.round and e.type != ATTESTATION]
-            # The attestation binds only the model: the close (its ε claims, survivors,
-            # aggregate) must be exactly what was attested, or attested again now (after a
-            # restart this validator has no memory of it; its signature is deterministic).
-            if self._attested.get(close.round) != _digest(round_entries) and \
-                    self.attest(round_entries, ledger).to_bytes() != own[0].to_bytes():
-                raise SemanticCheckError(f"block {header.height}: closes round {close.round} with entries other "
-                                         f"than those this validator attested")
+            # The attestation binds only the model, so the round's entries as the block has
+            # them (its close: ε claims, survivors, aggregate) are attested here: a block
+            # whose close was swapped after the attestations fails the checks, and one that
+            # passes gives this same (deterministic) attestation. Free when they are the
+            # entries it attested; checked in full otherwise (e.g. after a restart).
+            if self.attest(round_entries, ledger).to_bytes() != own[0].to_bytes():
+                raise SemanticCheckError(f"block {header.height}: closes round {close.round} with entries this "
+                                         f"validator does not attest as they are")
         self._remember_cosigned(header)
         return self.identity.sign(header.signing_bytes())

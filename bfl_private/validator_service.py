@@ -8,17 +8,20 @@ A validator answers three requests from the coordinator:
 * ``attest``: the entries of a round (opening, submissions, close). It re-checks the round
   against its own view of the ledger and its own hold-out data and returns its signed
   attestation entry (:meth:`Validator.attest`).
-* ``cosign``: a proposed block header with the block's entries. It replays the contracts
-  and returns its signature over the header only if the header is what the entries give
-  and any round the block closes carries its own attestation (:meth:`Validator.cosign`).
+* ``cosign``: a proposed block header with the block's entries and the coordinator's
+  signature proposing it. It returns its signature over the header only if the
+  coordinator proposed it, the header is what the entries give, any round the block
+  closes carries its own attestation of those entries, and it has cosigned no other
+  header at that height (:meth:`Validator.cosign_header`).
 
 :func:`answer` is the one handler. The in-process demo drives it through
 :class:`LoopbackValidator` (requests and replies pass through their byte encoding, as they
 would over the wire); ``bfl-private validator`` serves it over TCP (:func:`validator_server`), and the
-coordinator reaches such a process through :class:`RemoteValidator`. The transport needs
-no authentication for the quorum to mean something: a reply is an entry or a header
-signature under the validator's registered key, which the ledger checks before it
-commits, and a validator checks every request itself before it signs.
+coordinator reaches such a process through :class:`RemoteValidator`. Replies need no
+authentication for the quorum to mean something: each is an entry or a signature under
+the validator's registered key, checked before the block is written; a validator checks
+every request itself before it signs (a cosign request must carry the coordinator's
+proposal signature, since each height takes only one header).
 
 :class:`ValidatorPanel` asks every validator and keeps going as long as a quorum can still
 sign: a validator that is down, times out or refuses is named, and the block is written
@@ -32,6 +35,7 @@ import json
 import socket
 import socketserver
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +50,7 @@ from .ledger.errors import MalformedRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
-from .round_records import Attestation, RoundClosing
+from .round_records import Attestation, RoundClosing, exact_fields
 from .validator import Validator, proposal_message
 
 BEACON = "beacon"
@@ -61,6 +65,8 @@ DEFAULT_TIMEOUT_S = 120.0
 """How long the coordinator waits for a remote validator's reply (it re-checks the round)."""
 READ_TIMEOUT_S = 30.0
 """How long a served validator waits for a whole request once a peer has connected."""
+MAX_CONNECTIONS = 32
+"""Connections a served validator reads at once; more are closed unread."""
 
 
 class ValidatorUnavailable(BflError, RuntimeError):
@@ -88,13 +94,6 @@ def _unb64(value: Any, *, where: str) -> bytes:
         raise MalformedRecord(f"{where}: not base64") from None
 
 
-def _fields(data: Any, names: set[str], *, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict) or set(data) != names:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise MalformedRecord(f"{where}: expected the fields {sorted(names)}, got {found}")
-    return data
-
-
 @dataclass(frozen=True)
 class ValidatorRequest:
     """What the coordinator asks a validator: sign a round opening's beacon (``entries`` is
@@ -118,7 +117,8 @@ class ValidatorRequest:
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ValidatorRequest:
-        data = _fields(data, {"kind", "federation_id", "entries", "header", "proposer_signature"}, where=where)
+        data = exact_fields(data, {"kind", "federation_id", "entries", "header", "proposer_signature"},
+                            what="validator request", where=where)
         kind, federation_id, entries = data["kind"], data["federation_id"], data["entries"]
         if kind not in REQUEST_KINDS:
             raise MalformedRecord(f"{where}: kind must be one of {REQUEST_KINDS}, got {kind!r}")
@@ -152,7 +152,7 @@ class ValidatorReply:
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ValidatorReply:
-        data = _fields(data, {"attestation", "signature", "refusal"}, where=where)
+        data = exact_fields(data, {"attestation", "signature", "refusal"}, what="validator reply", where=where)
         given = [name for name, value in data.items() if value is not None]
         if len(given) != 1:
             raise MalformedRecord(f"{where}: a reply holds exactly one of attestation, signature, refusal; got {given}")
@@ -291,39 +291,51 @@ def validator_server(directory: Path, validator: Validator, *, host: str, port: 
                      on_request: Callable[[ValidatorRequest, ValidatorReply], None] = lambda request, reply: None,
                      ) -> socketserver.TCPServer:
     """A TCP server bound to ``host:port`` (its ``server_address`` says which port, for 0)
-    that answers one request per connection, one at a time, each against the ledger in
-    ``directory`` as it is then: opened afresh per request and only read (the validator
-    proposes nothing). Run it with ``serve_forever``; a malformed request gets a refusal and
-    the server keeps serving."""
+    that answers one request per connection, reading requests concurrently and checking
+    them one at a time, each against the ledger in ``directory`` as it is then: opened
+    afresh per request and only read (the validator proposes nothing). Run it with
+    ``serve_forever``; a malformed request gets a refusal and the server keeps serving."""
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             where = f"request from {self.client_address[0]}:{self.client_address[1]}"
-            # One request at a time: a peer that connects and sends slowly or nothing must not
-            # hold the validator, so reading a request (not checking it) has one deadline.
+            # Requests are read concurrently, each within one deadline, so peers that connect
+            # and send slowly or nothing hold only their own thread; beyond MAX_CONNECTIONS
+            # at once a connection is closed unread. Checking and signing go one at a time.
+            if not connections.acquire(blocking=False):
+                return
             try:
-                data = _receive_frame(self.request, limit=MAX_MESSAGE_BYTES, seconds=READ_TIMEOUT_S, where=where)
-            except (OSError, MalformedRecord):
-                return  # nothing usable arrived; there is no one to answer
+                try:
+                    data = _receive_frame(self.request, limit=MAX_MESSAGE_BYTES, seconds=READ_TIMEOUT_S, where=where)
+                except (OSError, MalformedRecord):
+                    return  # nothing usable arrived; there is no one to answer
+                self._answer(data, where)
+            finally:
+                connections.release()
+
+        def _answer(self, data: bytes, where: str) -> None:
             try:
                 request = ValidatorRequest.from_json(decode_message(data, where=where), where=where)
             except MalformedRecord as exc:
                 reply = ValidatorReply(refusal=f"malformed request: {exc}")
             else:
                 try:
-                    with Ledger.open(directory) as ledger:
+                    with checking, Ledger.open(directory) as ledger:
                         reply = answer(validator, ledger, request)
+                        on_request(request, reply)
                 except Exception as exc:  # noqa: BLE001 - the transport boundary: refuse, keep serving
                     reply = ValidatorReply(refusal=f"could not check the request: {type(exc).__name__}: {exc}")
-                on_request(request, reply)
             try:
                 _send_frame(self.request, encode_message(reply))
             except OSError:
                 pass  # the coordinator has gone; it will count this validator as unavailable
 
-    class Server(socketserver.TCPServer):
+    class Server(socketserver.ThreadingTCPServer):
         allow_reuse_address = True
+        daemon_threads = True
 
+    connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    checking = threading.Lock()
     return Server((host, port), Handler)
 
 

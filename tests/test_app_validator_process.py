@@ -118,7 +118,7 @@ def test_requests_and_replies_survive_their_encoding(federation: Path) -> None:
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: {**r, "kind": "decrypt"}, "kind must be one of"),
-    (lambda r: {k: v for k, v in r.items() if k != "entries"}, "expected the fields"),
+    (lambda r: {k: v for k, v in r.items() if k != "entries"}, "a validator request has exactly the fields"),
     (lambda r: {**r, "entries": []}, "non-empty list"),
     (lambda r: {**r, "entries": ["not base64!"]}, "entry 0: not base64"),
     (lambda r: {**r, "entries": ["e30="]}, "entry 0"),  # {} is no entry
@@ -429,3 +429,48 @@ def test_a_header_not_proposed_by_the_coordinator_spends_no_height(copy: Path) -
         signature = validator.cosign_header(block.header, entries, ledger,
                                             proposer_signature=_proposed(older, block.header))
     validator.identity.public.verify(signature, block.header.signing_bytes())
+
+
+def test_a_round_its_clients_submitted_in_is_recorded_with_their_spend_after_a_failed_attest(
+        copy: Path, monkeypatch) -> None:
+    """The validators do not attest (no quorum) after the clients have sent their updates:
+    the next command records that round as it ended, charging them, not as an unrun abort."""
+    from bfl_private.validator_service import QuorumNotReached, ValidatorPanel
+
+    def away(self, entries):
+        raise QuorumNotReached("no validator answers (test)")
+
+    spent_before = _spent(copy)
+    with monkeypatch.context() as patch:
+        patch.setattr(ValidatorPanel, "attest", away)
+        failed = _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1")
+    assert failed.exit_code == EXIT_NOT_CERTIFIED, failed.output
+    round_id = _last_round(copy) + 1
+    assert _cli("round", "--dir", str(copy), "--epsilon", "1", "--rounds", "1").exit_code == 0
+    with Ledger.open(copy) as ledger:
+        kinds = {e.type for e in ledger.entries() if e.round == round_id}
+    assert ROUND_CLOSE in kinds and "abort" not in kinds
+    assert _last_round(copy) == round_id + 1
+    assert all(_spent(copy)[c] > spent_before[c] for c in spent_before)
+    assert audit(copy).ok
+
+
+def _spent(directory: Path) -> dict[str, float]:
+    with Ledger.open(directory) as ledger:
+        return {c: float(v["epsilon_spent"]) for c, v in ledger.state.clients().items()}
+
+
+def test_idle_connections_do_not_keep_a_served_validator_from_answering(copy: Path) -> None:
+    with Ledger.open(copy) as ledger:
+        federation_id = ledger.state.federation_id
+    entries, _ = _round_entries(copy)
+    with served(copy, "validator-0") as address:
+        remote = RemoteValidator("validator-0", address, timeout=10)
+        idle = [socket.create_connection(remote.address) for _ in range(4)]
+        try:
+            started = time.monotonic()
+            reply = remote.call(ValidatorRequest(ATTEST, federation_id, tuple(entries[:1])))
+            assert reply.refusal is not None and time.monotonic() - started < 5
+        finally:
+            for connection in idle:
+                connection.close()

@@ -38,6 +38,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -363,6 +364,17 @@ class ValidatorPanel:
         except BflError as exc:  # whatever one validator answers, the others are still asked
             return ValidatorReply(refusal=f"{type(exc).__name__}: {exc}")
 
+    def _ask_all(self, request: ValidatorRequest) -> list[tuple[ValidatorEndpoint, ValidatorReply]]:
+        """Every validator's reply, in genesis order. Validators in their own processes are
+        asked at once, so a slow one costs a round its timeout once, not once per slow
+        validator; those in this process share its ledger and go one after another."""
+        remote = [e for e in self.endpoints if isinstance(e, RemoteValidator)]
+        with ThreadPoolExecutor(max_workers=max(1, len(remote))) as pool:
+            pending = {e.name: pool.submit(self._ask, e, request) for e in remote}
+            replies = {e.name: self._ask(e, request) for e in self.endpoints if e.name not in pending}
+            replies.update({name: future.result() for name, future in pending.items()})
+        return [(e, replies[e.name]) for e in self.endpoints]
+
     def beacon(self, opening: Entry) -> tuple[dict[str, bytes], dict[str, str]]:
         """Each validator's beacon signature on ``opening``, by name, and why the others
         gave none. A signature that does not verify is left out here, so one faulty
@@ -370,8 +382,7 @@ class ValidatorPanel:
         request = ValidatorRequest(BEACON, self.federation_id, (opening,))
         message = beacon_message(self.federation_id, opening.round, opening_digest(opening))
         signatures, refusals = {}, {}
-        for endpoint in self.endpoints:
-            reply = self._ask(endpoint, request)
+        for endpoint, reply in self._ask_all(request):
             if reply.signature is None:
                 refusals[endpoint.name] = reply.refusal or "replied without a signature"
                 continue
@@ -390,8 +401,7 @@ class ValidatorPanel:
         request = ValidatorRequest(ATTEST, self.federation_id, tuple(entries))
         close = next((e for e in entries if e.type == ROUND_CLOSE), None)
         attestations, refusals = [], {}
-        for endpoint in self.endpoints:
-            reply = self._ask(endpoint, request)
+        for endpoint, reply in self._ask_all(request):
             if reply.attestation is None:
                 refusals[endpoint.name] = reply.refusal or "replied without an attestation"
             elif (problem := self._attestation_problem(endpoint.name, reply.attestation, close)) is not None:
@@ -429,8 +439,7 @@ class ValidatorPanel:
                                    self.sign_proposal(proposal_message(proposed.header)))
         message = proposed.header.signing_bytes()
         signatures, refusals = {}, {}
-        for endpoint in self.endpoints:
-            reply = self._ask(endpoint, request)
+        for endpoint, reply in self._ask_all(request):
             key = self.keys[endpoint.name]
             if reply.signature is None:
                 refusals[endpoint.name] = reply.refusal or "replied without a signature"

@@ -474,3 +474,31 @@ def test_idle_connections_do_not_keep_a_served_validator_from_answering(copy: Pa
         finally:
             for connection in idle:
                 connection.close()
+
+
+def test_validators_in_their_own_processes_are_asked_at_once(copy: Path) -> None:
+    """Two silent validators cost a request one timeout, not two."""
+    from bfl_private.validator_service import ValidatorPanel
+
+    with Ledger.open(copy) as ledger:
+        genesis = ledger.genesis().payload
+    entries, _ = _round_entries(copy)
+    listeners = []
+    try:
+        for _ in range(2):  # accept connections, never answer
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listeners.append(listener)
+        endpoints = [RemoteValidator(f"validator-{i}", "127.0.0.1:%d" % l.getsockname()[1], timeout=1.5)
+                     for i, l in enumerate(listeners)]
+        panel = ValidatorPanel(endpoints, keys={}, quorum=1, federation_id=genesis["federation_id"],
+                               sign_proposal=lambda message: bytes(64))
+        started = time.monotonic()
+        replies = panel._ask_all(ValidatorRequest(ATTEST, genesis["federation_id"], tuple(entries[:1])))  # noqa: SLF001
+        assert time.monotonic() - started < 2.8
+        assert [e.name for e, _ in replies] == ["validator-0", "validator-1"]
+        assert all(r.refusal is not None and "unavailable" in r.refusal for _, r in replies)
+    finally:
+        for listener in listeners:
+            listener.close()

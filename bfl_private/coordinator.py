@@ -352,7 +352,7 @@ class Coordinator:
 
         Under the beacon rule (:mod:`bfl_private.ledger.beacon`) every validator is asked to
         sign the beacon of ``opening``; the signatures are recorded in a ``round_beacon``
-        entry after it and give the seed. Fewer than a quorum of signatures: RunRefused,
+        entry after it and give the seed. Fewer than a quorum of signatures: QuorumNotReached,
         nothing written. A legacy federation (genesis without the rule) keeps its old seed,
         SHA-256(head hash, round id), which the coordinator can steer (the audit says so)."""
         if self.settings.round_randomness != RANDOMNESS_BEACON:

@@ -406,6 +406,15 @@ class Coordinator:
                               survivors=(), claims={})
         self.coordinator.forget(PENDING_OPENING)
 
+    def planned_records(self, plan: CommandPlan, participants: list[str]) -> dict[str, SpendRecord]:
+        """The record each participant may sign this round: the plan's σ (local DP) or the
+        round's one Skellam record (distributed DP)."""
+        if plan.distributed is not None:
+            record = distributed_round.planned_record(self.settings, plan.distributed, participants=len(participants))
+            return {c: record for c in participants}
+        sigmas = {c: p.noise_multiplier for c, p in plan.clients.items() if p is not None}
+        return {c: planned_record(self.settings, noise_multiplier=sigmas[c]) for c in participants}
+
     def beacon_policy(self) -> BeaconPolicy:
         return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
 
@@ -611,7 +620,7 @@ class Federation(Coordinator):
         max_records = max(registered.values())
         # Local DP: [w·Δ, w]; distributed DP: an integer share of the model's dimension.
         length = base.shape[0] + (1 if dp_plan is None else 0)
-        planned = self._planned_records(plan, participants)
+        planned = self.planned_records(plan, participants)
         # What each client that trains signs with its submission. A faulty or forging client
         # trained nothing but claims the planned parameters; the ledger records the claim (it
         # cannot prove noise either way, see the audit notes).
@@ -719,15 +728,6 @@ class Federation(Coordinator):
             except BflError as exc:  # a forged or malformed opening is refused too
                 declined[client] = f"refused the round opening: {type(exc).__name__}: {exc}"
         return declined
-
-    def _planned_records(self, plan: CommandPlan, participants: list[str]) -> dict[str, SpendRecord]:
-        """The record each participant may sign this round: the plan's σ (local DP) or the
-        round's one Skellam record (distributed DP)."""
-        if plan.distributed is not None:
-            record = distributed_round.planned_record(self.settings, plan.distributed, participants=len(participants))
-            return {c: record for c in participants}
-        sigmas = {c: p.noise_multiplier for c, p in plan.clients.items() if p is not None}
-        return {c: planned_record(self.settings, noise_multiplier=sigmas[c]) for c in participants}
 
     @staticmethod
     def _garbage(aggregation: Any, length: int, records: int, max_records: int, rng: np.random.Generator, *,

@@ -98,6 +98,22 @@ def _validator_committee(parties: RoundParties, settings: FederationSettings, *,
     return ValidatorCommittee(holders[0].share.public_key, holders), proof
 
 
+def round_codec(settings: FederationSettings, *, participants: int) -> Codec:
+    """How a round among ``participants`` maps inputs to Z_(2^32): distributed DP's integer
+    shares exactly in the ring, local DP's weighted updates in fixed point."""
+    if settings.privacy.mode == "distributed":
+        return IntegerRingCodec(max_summands=participants)
+    return FixedPointCodec(clip=settings.training.update_bound, bits=settings.protocol.bits,
+                           max_summands=participants)
+
+
+def masking_parameters(settings: FederationSettings, *, participants: int) -> tuple[Codec, int | None]:
+    """The codec and neighbour degree a masking round among ``participants`` posts (None:
+    the complete graph). Public: whoever drives the round chooses them from genesis alone."""
+    k = settings.protocol.neighbours
+    return round_codec(settings, participants=participants), k if k is None or k < participants else None
+
+
 def build_protocol(
     name: str, settings: FederationSettings, parties: RoundParties, *, participants: Sequence[str]
 ) -> ProtocolSetup:
@@ -112,8 +128,7 @@ def build_protocol(
     distributed = settings.privacy.mode == "distributed"
     if distributed and name not in DISTRIBUTED_PROTOCOLS:
         raise ValueError(f"distributed DP needs {' or '.join(DISTRIBUTED_PROTOCOLS)}, not {name!r}")
-    codec: Codec = (IntegerRingCodec(max_summands=max_summands) if distributed
-                    else FixedPointCodec(clip=bound, bits=settings.protocol.bits, max_summands=max_summands))
+    codec = round_codec(settings, participants=max_summands)
     min_summands = max_summands - settings.privacy.collusion_threshold if distributed else 2
     if name == "plain":
         from .protocols.plain import PlainProtocol
@@ -122,9 +137,9 @@ def build_protocol(
     if name == "masking":
         from .protocols.masking import MaskingProtocol
 
-        k = settings.protocol.neighbours
+        codec, neighbours = masking_parameters(settings, participants=max_summands)
         identities = {c: parties.hospitals[c].masking_key() for c in participants}
-        protocol = MaskingProtocol(codec, neighbours=k if k is None or k < max_summands else None, identities=identities)
+        protocol = MaskingProtocol(codec, neighbours=neighbours, identities=identities)
         return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
         from .protocols.paillier import PaillierProtocol, PublishedKey

@@ -204,13 +204,13 @@ def test_understated_noise_fails_the_audit_by_name(copy: Path, monkeypatch: pyte
     # The coordinator has every hospital sign a record claiming twice the noise it planned.
     _colluding_validators(monkeypatch)
     monkeypatch.setattr(coordinator_module, "spend_rule_violation", lambda *a, **k: None)
-    honest = Federation._planned_records
+    honest = Federation.planned_records
 
     def inflated(self, plan, participants):
         return {c: dataclasses.replace(r, share_variance=2 * r.share_variance)
                 for c, r in honest(self, plan, participants).items()}
 
-    monkeypatch.setattr(Federation, "_planned_records", inflated)
+    monkeypatch.setattr(Federation, "planned_records", inflated)
     run(copy, rounds=1)
     failure = audit(copy).report.failure
     assert (failure.number, failure.name) == (10, "privacy claims")

@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
+from ..artifacts import MODEL_TENSOR, STATE_TENSORS
 from ..fedavg import weighted_payload
 from ..ledger.beacon import RANDOMNESS_BEACON, BeaconPolicy, RoundBeacon, round_seed
 from ..parties import IDENTITY_FILE
@@ -66,6 +67,7 @@ from ..participant_checks import (
     BadBeacon,
     ParticipantRefusal,
     ParticipantView,
+    WeakParameters,
     check_opening,
     check_protocol,
 )
@@ -79,7 +81,7 @@ from ..protocols.errors import ConfigurationError, ProtocolError
 from ..protocols.masking import encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import MaskedInput
-from ..protocols.quantize import FixedPointCodec
+from ..protocols.quantize import codec_from_json
 from ..settings import FederationSettings, SettingsError
 from .errors import HospitalConfigError, OutOfOrderMessage, PublicKeyMessageError, StageMessageError
 from .masking_state import PersistentMaskingClient
@@ -87,7 +89,8 @@ from .stages import ALL_STAGES, HE_STAGES, PROTOCOL_STAGES, REQUEST_FIELDS, STAG
 
 if TYPE_CHECKING:  # scikit-learn and dp-accounting load only in the stage that trains
     from ..data import Split
-    from ..privacy.accounting import PrivacyRecord
+    from ..distributed_round import DistributedPlan
+    from ..privacy.accounting import SpendRecord
 
 GENESIS_FILE = "genesis.json"
 DATA_FILE = "data.npz"
@@ -192,6 +195,14 @@ def _config(node_config: Mapping[str, Any], key: str, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, kind):
         raise HospitalConfigError(f"node config {key!r} must be a {kind.__name__}, got {value!r}")
     return value
+
+
+def _payload_extra(opened: Entry) -> int:
+    """Values a round's payload holds beyond the model's: local DP adds the update's weight
+    (:func:`~bfl_private.fedavg.weighted_payload`), distributed DP's share has none."""
+    from ..distributed_round import is_distributed_plan
+
+    return 0 if is_distributed_plan(opened.payload["privacy_plan"]) else 1
 
 
 @dataclass(frozen=True)
@@ -326,20 +337,20 @@ class Hospital:
 
     # --- privacy history -------------------------------------------------------------
 
-    def history(self) -> list[PrivacyRecord]:
+    def history(self) -> list[SpendRecord]:
         """Every DP training this hospital has released an update of, oldest first."""
-        from ..privacy.accounting import PrivacyRecord
+        from ..privacy.accounting import privacy_record_from_json
         from ..privacy.errors import PrivacyError
 
         if not self.history_path.exists():
             return []
         try:
             records = json.loads(self.history_path.read_text())
-            return [PrivacyRecord.from_json(r, where=f"{self.history_path} record {i}") for i, r in enumerate(records)]
+            return [privacy_record_from_json(r, where=f"{self.history_path} record {i}") for i, r in enumerate(records)]
         except (OSError, ValueError, TypeError, PrivacyError) as exc:
             raise HospitalConfigError(f"{self.history_path}: unreadable privacy history: {exc}") from exc
 
-    def _record_spend(self, record: PrivacyRecord) -> None:
+    def _record_spend(self, record: SpendRecord) -> None:
         records = [r.to_json() for r in self.history()] + [record.to_json()]
         temporary = self.history_path.with_name(self.history_path.name + ".tmp")
         temporary.write_text(json.dumps(records, indent=1))
@@ -463,9 +474,24 @@ class Hospital:
             try:
                 check_opening(entry, settings=self.registry.settings, participant=self.name,
                               view=self.view(entry.round))
+                self._distributed_plan(entry)
             except ParticipantRefusal as exc:
                 raise self._refuse(stage, exc) from None
         return entry
+
+    def _distributed_plan(self, opened: Entry) -> DistributedPlan | None:
+        """The opening's distributed-DP plan (None in local mode), checked as the verifier
+        checks it: the federation's mode, noise shares that give the ε genesis allows for
+        this cohort, the ring codec. A plan that would have this hospital release a share
+        with less noise than promised is refused before anything is computed."""
+        from ..ledger.errors import SemanticCheckError
+        from ..round_checks import check_distributed_round
+
+        records = {c: int(info["data_weight"]) for c, info in self.registry.clients.items()}
+        try:
+            return check_distributed_round(opened, self.registry.settings, records)
+        except (SemanticCheckError, TypeError, ValueError, KeyError) as exc:
+            raise WeakParameters(self.name, opened.round, f"distributed-DP plan: {exc}") from None
 
     def _params(self, opened: Entry, seed: bytes, length: int) -> MaskingParams:
         public = opened.payload["protocol_params"]
@@ -510,7 +536,8 @@ class Hospital:
         return reply, state.to_bytes()
 
     def _base_model(self, opened: Entry, blob: bytes, length: int | None) -> np.ndarray:
-        """The opening's base model (its CID binds it); ``length`` the payload length when known."""
+        """The opening's base model (its CID binds it); ``length`` the payload length when known
+        (local DP: the update and its weight; distributed DP: the share, one value per parameter)."""
         where = f"base model of round {opened.round} sent to {self.name}"
         if cid_for(blob) != opened.payload["base_model_cid"]:
             raise StageMessageError(f"{where}: CID {cid_for(blob)} is not the opening's {opened.payload['base_model_cid']}")
@@ -518,35 +545,45 @@ class Hospital:
             tensors = load_safetensors(blob)
         except (SafetensorError, ValueError) as exc:
             raise StageMessageError(f"{where}: not a safetensors blob: {exc}") from exc
-        params = tensors.get("params")
-        size = "" if length is None else f" of {length - 1} values"
-        if set(tensors) != {"params"} or params is None or params.dtype != np.float32 or params.ndim != 1 \
-                or (length is not None and params.shape != (length - 1,)):
+        params = tensors.get(MODEL_TENSOR)
+        parameters = None if length is None else length - _payload_extra(opened)
+        size = "" if parameters is None else f" of {parameters} values"
+        # A distributed-DP model blob also carries the server optimiser's state (see artifacts).
+        if set(tensors) not in ({MODEL_TENSOR}, {MODEL_TENSOR, *STATE_TENSORS}) or params is None \
+                or params.dtype != np.float32 or params.ndim != 1 \
+                or (parameters is not None and params.shape != (parameters,)):
             raise StageMessageError(f"{where}: expected one float32 vector 'params'{size}")
         return params
 
-    def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, PrivacyRecord]:
-        """DP-SGD on this hospital's records within its lifetime budget, from ``base``.
+    def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:
+        """This hospital's private input from ``base``, within its lifetime budget.
 
-        Returns the weighted payload (the update vector every protocol protects), the
-        record count it is weighted by, and the privacy record of the training. Refuses
-        (BudgetExceeded) before training when the planned σ would take the hospital past
-        its budget.
+        Local DP: DP-SGD, and the weighted payload (the update vector every protocol
+        protects). Distributed DP: the clipped, rounded gradient sum plus this hospital's
+        Skellam share of the plan (:func:`~bfl_private.federation.distributed_share`).
+        Returns the vector, the record count, and the privacy record it signs. Refuses
+        (BudgetExceeded) before computing anything when the planned record would take the
+        hospital past its budget.
         """
         from ..data import ClientData, Split
-        from ..federation import Client, train_private
+        from ..distributed_round import planned_record as distributed_record
+        from ..federation import Client, distributed_share, train_private
         from ..privacy.accounting import recorded_epsilon
         from ..privacy.errors import BudgetExceeded
         from ..round_checks import planned_record
 
         settings = self.registry.settings
-        sigma = opened.payload["privacy_plan"]["noise_multipliers"].get(self.name)
-        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
+        dp_plan = self._distributed_plan(opened)
+        sigma = opened.payload["privacy_plan"].get("noise_multipliers", {}).get(self.name)
+        if dp_plan is not None:
+            planned = distributed_record(settings, dp_plan, participants=len(opened.payload["participants"]))
+        elif not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
             raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
+        else:
+            planned = planned_record(settings, noise_multiplier=float(sigma))
         records = len(self.data)
         privacy = settings.privacy
         rate = privacy.sample_rate  # the federation's Poisson rate, as the coordinator plans it
-        planned = planned_record(settings, noise_multiplier=float(sigma))
         history = self.history()
         spent = recorded_epsilon(history) if history else 0.0
         projected = recorded_epsilon(history + [planned])
@@ -556,6 +593,8 @@ class Hospital:
         empty = Split(np.zeros((0, self.data.features.shape[1]), np.float32), np.zeros(0, np.int64))
         local = Client(ClientData(self.name, self.data, empty), n_features=self.data.features.shape[1],
                        n_classes=self.registry.n_classes())
+        if dp_plan is not None:
+            return distributed_share(local, base, settings.training, dp_plan).delta, records, planned
         update = train_private(local, base, settings.training, privacy, noise_multiplier=float(sigma),
                                sample_rate=rate)
         if update.privacy is None:
@@ -565,7 +604,7 @@ class Hospital:
                                   bound=settings.training.update_bound)
         return vector, records, update.privacy
 
-    def _submit(self, opened: Entry, blob: bytes, records: int, privacy: PrivacyRecord) -> bytes:
+    def _submit(self, opened: Entry, blob: bytes, records: int, privacy: SpendRecord) -> bytes:
         """Sign the submission naming ``blob``, and count its ε as spent: the update leaves now."""
         submission = Entry.create(self.identity, SUBMISSION, opened.round, Submission(
             client=self.name, blob_cid=cid_for(blob), data_weight=records, privacy=privacy.to_json()).to_json())
@@ -580,7 +619,7 @@ class Hospital:
             raise self._refuse("mask", AlreadySubmitted(self.name, opened.round, f"{self.name} already submitted in "
                                                         f"round {opened.round}: no retraining, no second spend"))
         vector, records, privacy = self._train(opened, base)
-        codec = FixedPointCodec.from_json(dict(opened.payload["protocol_params"]["codec"]))
+        codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
         frame = bytes(client.mask_input(codec.encode(vector, np.random.default_rng()), fields["delivery"]))
         blob = encode_submission(MaskedInput.from_bytes(frame).vector)
         return {"masked-input": frame, "submission": self._submit(opened, blob, records, privacy)}
@@ -589,7 +628,7 @@ class Hospital:
         """A one-shot HE round: check the key material, train, encrypt, sign."""
         opened = self._opening(fields["round-open"], fields["round"], stage="encrypt", check=True)
         base = self._base_model(opened, fields["model"], None)
-        length = base.shape[0] + 1  # the update and its weight, as the coordinator aggregates them
+        length = base.shape[0] + _payload_extra(opened)
         protocol = opened.payload["protocol"]
         params = opened.payload["protocol_params"]
         # the key material is checked before training, so a bad message costs no ε
@@ -619,7 +658,7 @@ class Hospital:
             raise PublicKeyMessageError(f"the Paillier key the round opening announces to {self.name}: {exc}") from exc
         try:
             named = public_key_from_json(params["public_key"])
-            codec = FixedPointCodec.from_json(dict(params["codec"]))
+            codec = codec_from_json(dict(params["codec"]))
             layout = PackingLayout.for_codec(key_bits=key.n.bit_length(), codec=codec, length=length)
         except (KeyError, TypeError, ValueError, ProtocolError) as exc:
             raise StageMessageError(f"round opening's Paillier parameters sent to {self.name}: {exc}") from exc

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,20 +36,23 @@ from ..ledger.entries import ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
 from ..ledger.identity import VerifyingKey
 from ..primitives.errors import BflError
-from ..privacy.accounting import PrivacyRecord
+from ..privacy.accounting import SpendRecord, privacy_record_from_json
 from ..participant_checks import parse_refusal
 from ..privacy.errors import PrivacyError
-from ..protocol_setup import ProtocolSetup, build_protocol
+from ..artifacts import get_server_state
+from ..distributed_round import ServerState, model_after, records_of
+from ..distributed_round import aggregate_violation as distributed_violation
+from ..protocol_setup import ProtocolSetup, build_protocol, masking_parameters
 from ..protocols.base import AggregationResult, decode_or_refuse
 from ..protocols.errors import InvalidAggregate, ProtocolError, ReplayedMessage, RoundAbort
 from ..protocols.masking import MaskingServer, encode_submission
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
-from ..protocols.quantize import FixedPointCodec
-from ..settings import FederationSettings
+from ..protocols.quantize import Codec
+from ..settings import DISTRIBUTED_PROTOCOLS
 from . import one_shot
 from ..round_records import RoundOpening
-from ..round_checks import aggregate_rule_violation, charged_epsilon, privacy_rule_violation, registered_records
+from ..round_checks import aggregate_rule_violation, charged_epsilon, registered_records, spend_rule_violation
 from .errors import RefusedPrivacyRecord, StageMessageError
 from .stages import PROTOCOL_STAGES, check_reply, request
 
@@ -75,15 +78,6 @@ class Transport(Protocol):
         ...
 
 
-def masking_parameters(settings: FederationSettings, participants: int) -> tuple[FixedPointCodec, int | None]:
-    """The codec and neighbour degree a masking round posts, as :mod:`bfl_private.protocol_setup`
-    chooses them, without any client key: the hospitals hold their own."""
-    codec = FixedPointCodec(clip=settings.training.update_bound, bits=settings.protocol.bits,
-                            max_summands=participants)
-    k = settings.protocol.neighbours
-    return codec, k if k is None or k < participants else None
-
-
 def _entry_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -105,11 +99,9 @@ class FlowerRound:
                  protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
         if protocol not in PROTOCOL_STAGES:
             raise RunRefused(f"protocol {protocol!r} does not run over Flower; these do: {', '.join(PROTOCOL_STAGES)}")
-        if plan.distributed is not None:
-            # The hospital side over Flower trains DP-SGD; distributed DP's share step runs
-            # in-process only until the two engines are one (issue 15).
-            raise RunRefused("distributed DP runs in-process (bfl-private round) only; over Flower use a "
-                             "federation in local mode")
+        if plan.distributed is not None and protocol not in DISTRIBUTED_PROTOCOLS:
+            raise RunRefused(f"distributed DP needs a secure sum exact in the integer ring "
+                             f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
         self.federation = federation
         self.plan = plan
         self.transport = transport
@@ -118,13 +110,15 @@ class FlowerRound:
         federation.settle_interrupted_round()
         self.round_id = federation.ledger.state.last_round + 1
         self.participants = sorted(plan.clients)
+        self.planned = federation.planned_records(plan, self.participants)
+        """The one privacy record each participant may sign (:func:`~bfl_private.round_checks.spend_rule_violation`)."""
         self.node_of: dict[str, int] = {}
         self.failures: dict[str, str] = {}
         """Why each hospital (or unnamed node) stopped counting: its error or our refusal."""
         self.submissions: dict[str, Entry] = {}
         """Each hospital's signed submission entry, once it passed the checks: its update has
         left it, so it is posted and charged whatever follows (the spending rule)."""
-        self.records: dict[str, PrivacyRecord] = {}
+        self.records: dict[str, SpendRecord] = {}
         self.blobs: dict[str, bytes] = {}
         """What each of them sent (masked input or ciphertexts), as the ledger commits it."""
         self.refused: dict[str, str] = {}
@@ -197,10 +191,12 @@ class FlowerRound:
         state = fed.ledger.state
         base_cid = state.model_cid
         base = fed.current_model()
-        length = base.shape[0] + 1  # the update and its weight (see fedavg.weighted_payload)
+        # Local DP: the update and its weight (see fedavg.weighted_payload); distributed DP:
+        # an integer share of the model's dimension.
+        length = base.shape[0] + (1 if self.plan.distributed is None else 0)
         setup: ProtocolSetup | None = None
         if self.protocol == "masking":  # the hospitals hold their own keys: only the public parameters here
-            codec, neighbours = masking_parameters(settings, len(self.participants))
+            codec, neighbours = masking_parameters(settings, participants=len(self.participants))
             public: dict[str, Any] = {"codec": codec.to_json(), "neighbours": neighbours}
         else:  # the federation's key holder, exactly as in-process; hospitals get its public key only
             setup = build_protocol(self.protocol, settings, fed.round_parties, participants=self.participants)
@@ -233,12 +229,20 @@ class FlowerRound:
     def _close(self, opened: Entry, base: np.ndarray, result: AggregationResult, started: float) -> RoundSummary:
         """Commit the included hospitals' own signed submissions, the new model and the close."""
         fed = self.federation
-        new_params = next_global_model(base, result.total, server_learning_rate=fed.settings.training.server_learning_rate)
+        dp_plan = self.plan.distributed
+        server_state: ServerState | None = None
+        if dp_plan is None:
+            new_params = next_global_model(base, result.total,
+                                           server_learning_rate=fed.settings.training.server_learning_rate)
+        else:  # the server optimiser steps on the noisy sum of the included shares
+            new_params, server_state = model_after(
+                base, get_server_state(fed.ledger.blobs, opened.payload["base_model_cid"]), result.total, dp_plan,
+                settings=fed.settings, included_records=records_of(self._registered, result.included))
         entries, claims = self._charged(opened)
         rejected = {**result.rejected, **self.refused}
         rejected.update(self._declined(set(result.included) | set(rejected)))
         accepted, dropouts = fed.record_close(entries, round_id=self.round_id, result=result, new_params=new_params,
-                                              server_state=None, rejected=rejected, participants=self.participants,
+                                              server_state=server_state, rejected=rejected, participants=self.participants,
                                               claims=claims)
         named = f", rejected {sorted(rejected)}" if rejected else ""
         self.log(f"round {self.round_id}: closed with {len(result.included)} survivors, dropouts {dropouts}{named}")
@@ -246,13 +250,23 @@ class FlowerRound:
                             fed.test_accuracy(new_params if accepted else base), tuple(result.included),
                             tuple(dropouts), rejected, time.perf_counter() - started)
 
+    @cached_property
+    def _registered(self) -> dict[str, int]:
+        """Every hospital's registered record count (genesis, public)."""
+        return registered_records(self.federation.ledger.state)
+
     def _check_aggregate(self, result: AggregationResult) -> None:
         """The rule the in-process engine applies (:class:`~bfl_private.federation.Aggregator`):
-        a decoded sum that cannot be the included hospitals' payloads is refused."""
+        a decoded sum that cannot be the included hospitals' payloads (local DP) or the
+        plan's noisy sum (distributed DP) is refused."""
         fed = self.federation
-        violation = aggregate_rule_violation(
-            result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
-            records=registered_records(fed.ledger.state), bound=fed.settings.training.update_bound)
+        if self.plan.distributed is None:
+            violation = aggregate_rule_violation(
+                result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
+                records=self._registered, bound=fed.settings.training.update_bound)
+        else:
+            violation = distributed_violation(result.total, self.plan.distributed, participants=len(self.participants),
+                                              included_records=records_of(self._registered, result.included))
         if violation is not None:
             refused = InvalidAggregate(f"round {self.round_id}: {violation}", stage="decode")
             raise _RoundAborted(refused, list(result.included)) from refused
@@ -266,7 +280,7 @@ class FlowerRound:
         claims = charged_epsilon(fed.histories(), self.records)
         return [*self.opened, *(self.submissions[c] for c in sorted(self.submissions))], claims
 
-    def _masking(self, opened: Entry, seed: bytes, codec: FixedPointCodec, neighbours: int | None,
+    def _masking(self, opened: Entry, seed: bytes, codec: Codec, neighbours: int | None,
                  length: int) -> AggregationResult:
         """The five masking stages; the unmasked total of the survivors."""
         fed = self.federation
@@ -394,7 +408,7 @@ class FlowerRound:
         self.submissions[client], self.records[client], self.blobs[client] = entry, record, blob
 
     def _check_submission(self, client: str, reply: Mapping[str, Any], blob: bytes, key: VerifyingKey,
-                          registered: Mapping[str, Any]) -> tuple[Entry, PrivacyRecord]:
+                          registered: Mapping[str, Any]) -> tuple[Entry, SpendRecord]:
         """The hospital's signed submission must name ``blob`` (what the ledger will commit:
         its masked input or its ciphertexts) and the record the plan and genesis allow."""
         where = f"submission of {client} in round {self.round_id}"
@@ -408,9 +422,8 @@ class FlowerRound:
         if entry.payload["data_weight"] != int(registered["data_weight"]):
             raise StageMessageError(f"{where}: data weight {entry.payload['data_weight']} is not the registered "
                                     f"{registered['data_weight']} (record counts are public and fixed at genesis)")
-        record = PrivacyRecord.from_json(entry.payload["privacy"], where=where)
-        violation = privacy_rule_violation(record, planned_sigma=self.plan.clients[client].noise_multiplier,
-                                           settings=self.federation.settings)
+        record = privacy_record_from_json(entry.payload["privacy"], where=where)
+        violation = spend_rule_violation(record, planned=self.planned[client])
         if violation is not None:
             raise RefusedPrivacyRecord(f"{where}: {violation}")
         return entry, record

@@ -6,7 +6,7 @@ Opacus, the protocol, the ledger block with validator attestations), each on a f
 federation created with identical settings and plan:
 
 * ``in-process`` — :meth:`Federation.run_round`, the baseline (ratio 1);
-* ``loopback`` — :class:`FlowerRound` over :class:`LoopbackTransport`: the ServerApp's
+* ``loopback`` — :class:`RoundEngine` over :class:`LoopbackTransport`: the ServerApp's
   and ClientApp's code with every message and the hospitals' state round-tripping through
   their encodings, no network and no processes;
 * ``flower`` (full mode only) — a real SuperLink and one SuperNode per hospital on
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from bfl_private.coordinator import Federation
-from bfl_private.flower.hospital import Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.hospital import Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.settings import FederationSettings
 
@@ -71,7 +71,7 @@ def _loopback(directory: Path, protocol: str, hospitals: int, rounds: int) -> li
         nodes = {i: Hospital.from_node_config({"hospital-dir": str(f)}) for i, f in enumerate(folders.values())}
         plan = federation.plan(epsilon=EPSILON, rounds=rounds, skip_exhausted=False)
         transport = LoopbackTransport(nodes)
-        return [FlowerRound(federation, plan, transport, protocol=protocol).run().seconds
+        return [RoundEngine(federation, plan, transport, protocol=protocol).run().seconds
                 for _ in range(rounds)][WARM_UP:]
     finally:
         federation.close()

@@ -5,7 +5,7 @@ opens each round (the validators' beacon gives its seed), records the round's re
 every protected update, and asks the validators to check the round and attest the new
 model's quality before they co-sign the block. :class:`Federation` adds the in-process
 demo: simulated hospitals that train and protect their updates in this process, driven
-by :meth:`Federation.run_round` (over Flower, :mod:`bfl_private.flower.server_round`). Everything an auditor needs is in the ledger directory; every party's
+by :meth:`Federation.run_round` (over Flower, :mod:`bfl_private.rounds.engine`). Everything an auditor needs is in the ledger directory; every party's
 private keys stay in its own folder under ``parties/`` (see :mod:`bfl_private.parties`):
 the hospitals, validators and key holders are objects built from their folders, which
 this object calls on and never reads itself.
@@ -27,17 +27,16 @@ from typing import Any, Self
 import numpy as np
 
 from . import distributed_round
-from .artifacts import get_model, get_server_state, put_aggregate, put_model
+from .artifacts import get_model, put_aggregate, put_model
 from .csvdata import check_unchanged, load_csv
 from .csvdata import commitments as csv_commitments
 from .data import DataError, FederatedDataset, federation_data
-from .fedavg import payload_weight
 from .distributed_round import DistributedPlan, ServerState
-from .federation import Aggregator, Client, DistributedRound, LocalUpdate, accuracy, distributed_share, train_private
+from .federation import Client, accuracy
 from .keyring import Keyring, KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
 from .ledger.contracts import min_quorum
-from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
+from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.identity import VerifyingKey
 from .parties import (
     COORDINATOR,
@@ -52,24 +51,20 @@ from .parties import (
 )
 from .ledger.store import DATABASE, Ledger, ProposedBlock
 from .models import build_model, flatten_parameters
-from .participant_checks import ParticipantRefusal, ParticipantView, check_opening, refusal_reason
 from .primitives.errors import BflError
 from .privacy.accounting import SpendRecord
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
-from .protocol_setup import RoundParties, build_protocol
+from .protocol_setup import RoundParties
 from .protocols.base import STAGES, AggregationResult, ForgedInput, Stage
-from .protocols.errors import RoundAbort
-from .round_records import RoundAbortRecord, RoundClosing, RoundOpening, Submission, with_refusals
+from .round_records import RoundAbortRecord, RoundClosing, with_refusals
 from .round_checks import (
     PrivacyHistories,
-    charged_epsilon,
     planned_record,
-    spend_rule_violation,
     registered_records,
 )
-from .settings import DISTRIBUTED_PROTOCOLS, FederationSettings, validator_ids
+from .settings import FederationSettings, validator_ids
 from .validator import Validator
 from .validator_service import LoopbackValidator, QuorumNotReached, RemoteValidator, ValidatorPanel
 
@@ -582,158 +577,26 @@ class Federation(Coordinator):
         on_client: Callable[[str], None] = lambda client: None,
         forged: Mapping[str, ForgedInput] | None = None,
     ) -> RoundSummary:
-        """One round among the plan's clients. ``malicious`` of them (drawn with ``rng``)
-        follow the encoding with garbage values; each client in ``forged`` skips the
-        encoding and sends its :class:`ForgedInput` instead. Neither trains; both sign the
-        planned privacy record. Whatever they send, the round ends in a block: closed, or
-        aborted with the reason and the spend of everyone whose input had left it."""
-        started = time.perf_counter()
-        self.settle_interrupted_round()
-        state = self.ledger.state
-        round_id = state.last_round + 1
+        """One round among the plan's clients: the round engine a Flower deployment runs
+        (:class:`~bfl_private.rounds.engine.RoundEngine`), over the loopback transport
+        to the demo's hospitals (:mod:`bfl_private.simulated_hospitals`), each running the
+        participant code a SuperNode runs from its own folder.
+
+        Each client stops answering, with probability ``dropout``, from a stage drawn with
+        ``rng``; ``malicious`` of the others (drawn with ``rng``) follow the encoding with
+        garbage values; each client in ``forged`` skips the encoding and sends its
+        :class:`ForgedInput` instead. Whatever they send, the round ends in a block: closed,
+        or aborted with the reason and the spend of everyone whose input had left it.
+        ``on_client`` is called as each hospital starts its local computation."""
+        from .rounds.loopback import LoopbackTransport
+        from .rounds.engine import RoundEngine
+        from .simulated_hospitals import simulated_hospitals
+
         participants = sorted(plan.clients)
-        dp_plan = plan.distributed
-        if dp_plan is not None and protocol not in DISTRIBUTED_PROTOCOLS:
-            raise RunRefused(f"distributed DP needs a secure sum exact in the integer ring "
-                             f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
-        coordinator = self.coordinator.identity
-        aggregation = build_protocol(protocol, self.settings, self.round_parties, participants=participants)
-        base_cid = state.model_cid
-        base = self.current_model()
-        opening = Entry.create(coordinator, ROUND_OPEN, round_id, RoundOpening(
-            participants=tuple(participants), protocol=protocol, protocol_params=aggregation.public_parameters(),
-            base_model_cid=base_cid, privacy_plan=plan.privacy_plan()).to_json())
-        entries, seed = self.open_round(opening)
-
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
-        # Each participant checks the opening it is shown before it trains (as a Flower
-        # hospital does): one it refuses leaves the round before advertising, named.
-        declined = self._participant_checks(entries, participants)
-        drop.update({c: "advertise" for c in declined})
-        answering = [c for c in participants if c not in drop]
         forged = dict(forged or {})
-        honest = [c for c in answering if c not in forged]
+        honest = [c for c in participants if c not in drop and c not in forged]
         faulty = set(rng.choice(honest, size=min(malicious, len(honest)), replace=False).tolist()) if malicious else set()
-        updates: list[LocalUpdate] = []
-        substitutes: dict[str, np.ndarray] = {}
-        registered = registered_records(state)
-        max_records = max(registered.values())
-        # Local DP: [w·Δ, w]; distributed DP: an integer share of the model's dimension.
-        length = base.shape[0] + (1 if dp_plan is None else 0)
-        planned = self.planned_records(plan, participants)
-        # What each client that trains signs with its submission. A faulty or forging client
-        # trained nothing but claims the planned parameters; the ledger records the claim (it
-        # cannot prove noise either way, see the audit notes).
-        records: dict[str, SpendRecord] = {c: planned[c] for c in faulty | set(forged)}
-        for client_id in participants:
-            on_client(client_id)
-            if drop.get(client_id) in ("advertise", "share"):
-                # Gone before it would have trained: the protocol still counts it among the
-                # round's parties, but its input is never sent, so it holds only zeros.
-                substitutes[client_id] = np.zeros(length, dtype=np.float32)
-                continue
-            if client_id in forged:
-                substitutes[client_id] = np.zeros(length, dtype=np.float32)  # replaced by its forgery
-                continue
-            if client_id in faulty:
-                substitutes[client_id] = self._garbage(aggregation, length, registered[client_id], max_records,
-                                                       rng, distributed=dp_plan is not None)
-                continue
-            if dp_plan is not None:
-                updates.append(distributed_share(self.clients[client_id], base, self.settings.training, dp_plan))
-                records[client_id] = planned[client_id]
-                continue
-            client_plan = plan.clients[client_id]
-            assert client_plan is not None
-            update = train_private(
-                self.clients[client_id], base, self.settings.training, self.settings.privacy,
-                noise_multiplier=client_plan.noise_multiplier, sample_rate=client_plan.sample_rate,
-            )
-            updates.append(update)
-            assert update.privacy is not None
-            records[client_id] = update.privacy
-        # Refused on receipt: a record that breaks the plan or genesis rules cannot be
-        # posted (it would understate ε), so its update never enters the sum; the protocol
-        # treats the sender as gone at the mask stage and the ledger names it as rejected.
-        refused = {c: reason for c, record in records.items()
-                   if (reason := spend_rule_violation(record, planned=planned[c])) is not None}
-        drop.update({c: "mask" for c in refused})
-        aggregator = Aggregator(aggregation.protocol, registered, self.settings.training, None if dp_plan is None else
-                                DistributedRound(dp_plan, len(participants), get_server_state(self.ledger.blobs, base_cid),
-                                                 self.settings))
-        histories = self.histories()
+        hospitals = simulated_hospitals(self, participants, faulty=faulty, forged=forged, rng=rng, on_train=on_client)
+        return RoundEngine(self, plan, LoopbackTransport(hospitals, drop=drop), protocol=protocol).run()
 
-        def charge(sent: Mapping[str, bytes]) -> dict[str, float]:
-            """The spending rule: each client whose protected update left it signs its
-            submission (its privacy record) and is charged, whatever the round's outcome."""
-            for client_id, blob in sorted(sent.items()):
-                entries.append(self.hospitals[client_id].entry(SUBMISSION, round_id, Submission(
-                    client=client_id, blob_cid=self.ledger.blobs.put(blob), data_weight=self.clients[client_id].records,
-                    privacy=records[client_id].to_json()).to_json()))
-            return charged_epsilon(histories, {c: records[c] for c in sent})
-
-        try:
-            new_params, server_state, result = aggregator.aggregate(
-                base, [u for u in updates if u.client_id not in refused], round_id=round_id, round_seed=seed,
-                drop=drop, payloads={**substitutes, **{c: np.zeros(length, np.float32) for c in refused}},
-                forged={c: f for c, f in forged.items() if c not in drop},
-            )
-        except RoundAbort as exc:
-            # Too few parties left, a share holder cheated so no seed set checks out, or the
-            # decoded sum is not one of valid inputs: nothing usable can be averaged, and the
-            # abort is what gets recorded, with the spend of everyone whose input had left it.
-            gone = sorted(drop)
-            self.record_abort(entries, round_id=round_id, stage=exc.stage, reason=str(exc), declined=declined,
-                              survivors=[c for c in participants if c not in drop], claims=charge(exc.received))
-            return RoundSummary(round_id, "aborted", self.test_accuracy(base), (), tuple(gone), declined,
-                                time.perf_counter() - started)
-
-        claims = charge({**result.submissions, **result.rejected_submissions})
-        rejected = {**result.rejected, **refused, **declined}
-        accepted, dropouts = self.record_close(entries, round_id=round_id, result=result, new_params=new_params,
-                                               server_state=server_state, rejected=rejected,
-                                               participants=participants, claims=claims)
-        accuracy = self.test_accuracy(new_params if accepted else base)
-        return RoundSummary(round_id, "accepted" if accepted else "rejected", accuracy, tuple(result.included),
-                            tuple(dropouts), rejected, time.perf_counter() - started)
-
-    def _shown_opening(self, opening: Entry, client: str) -> Entry:
-        """The round opening ``client`` is shown: the one the block commits (a test seam for
-        a coordinator that shows participants something else)."""
-        return opening
-
-    def _participant_checks(self, opened: list[Entry], participants: list[str]) -> dict[str, str]:
-        """Each participant's check of the opening it is shown, against genesis and the
-        ledger it syncs (this one), and of the beacon that gives the seed (it must be for
-        that very opening, as a Flower hospital checks): the refusals, by client, as the
-        round records them. ``opened``: the opening and its beacon entry, if any."""
-        opening, beacon = opened[0], (RoundBeacon.of(opened[1], where="round beacon") if len(opened) > 1 else None)
-        policy = self.beacon_policy()
-        state = self.ledger.state
-        # The ledger is the simulated participants' memory too: every round they submitted
-        # in has ended in it, so "the next round" also refuses a second spend for one round id.
-        view = ParticipantView(model_cid=state.model_cid, last_round=state.last_round)
-        coordinator = VerifyingKey.from_vkey(self.ledger.genesis().payload["coordinator"]["vkey"])
-        declined: dict[str, str] = {}
-        for client in participants:
-            shown = self._shown_opening(opening, client)
-            try:
-                if shown is not opening:  # what this coordinator did not sign itself is verified
-                    shown.verify(coordinator, where=f"round opening shown to {client}")
-                check_opening(shown, settings=self.settings, participant=client, view=view)
-                if beacon is not None:
-                    round_seed(beacon, opening=shown, policy=policy, where=f"beacon shown to {client}")
-            except ParticipantRefusal as exc:
-                declined[client] = refusal_reason(exc)
-            except BflError as exc:  # a forged or malformed opening is refused too
-                declined[client] = f"refused the round opening: {type(exc).__name__}: {exc}"
-        return declined
-
-    @staticmethod
-    def _garbage(aggregation: Any, length: int, records: int, max_records: int, rng: np.random.Generator, *,
-                 distributed: bool) -> np.ndarray:
-        """A naive malicious client's input: values far outside the honest range (local DP: with
-        its true weight), which the encoder clips (fixed point) or wraps (ring)."""
-        if distributed:
-            return rng.integers(-(1 << 30), 1 << 30, size=length).astype(np.float64)
-        return aggregation.garbage_payload(length, payload_weight(records, max_records=max_records), rng)

@@ -1,29 +1,22 @@
-"""The federation's roles: clients that train locally, an aggregator that only sums.
+"""A hospital's local computation: training, DP-SGD, the distributed-DP share, accuracy.
 
-Clients and the aggregator talk through an :class:`AggregationProtocol`; the loop never
-depends on which one. The FedAvg arithmetic itself lives in :mod:`bfl_private.fedavg`.
+The round engine (:class:`~bfl_private.rounds.engine.RoundEngine`) and the hospital
+side (:class:`~bfl_private.rounds.hospital.Hospital`) call these; the FedAvg arithmetic
+itself lives in :mod:`bfl_private.fedavg`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import distributed_round
 from .data import ClientData, Split
-from .distributed_round import DistributedPlan, ServerState
-from .distributed_round import aggregate_violation as distributed_violation
-from .distributed_round import model_after
-from .fedavg import next_global_model, weighted_payload
+from .distributed_round import DistributedPlan
 from .models import build_model, flatten_parameters, load_flat
 from .privacy.accounting import PrivacyRecord
-from .protocols.base import AggregationProtocol, AggregationResult, ForgedInput, Stage
-from .protocols.errors import InvalidAggregate
-from .round_checks import aggregate_rule_violation
-from .settings import FederationSettings, PrivacySettings, TrainingConfig
+from .settings import PrivacySettings, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -84,82 +77,6 @@ class Client:
         generator = torch.Generator().manual_seed(seed)
         _local_training(model, self.data.train, config, generator)
         return LocalUpdate(self.client_id, flatten_parameters(model) - global_params, self.records)
-
-
-@dataclass(frozen=True)
-class DistributedRound:
-    """What the aggregator of a distributed-DP round needs beyond the protocol."""
-
-    plan: DistributedPlan
-    participants: int
-    state: ServerState
-    """The server optimiser's state that goes with the round's base model."""
-    settings: FederationSettings
-
-
-@dataclass
-class Aggregator:
-    """Combines protected updates through a protocol; never sees a secret of a client."""
-
-    protocol: AggregationProtocol
-    records: Mapping[str, int]
-    """Every client's registered record count (public): its FedAvg weight."""
-    config: TrainingConfig = field(default_factory=TrainingConfig)
-    distributed: DistributedRound | None = None
-    """Set in distributed DP: updates are integer shares, summed as they are, and the server
-    optimiser steps on the noisy sum (:mod:`bfl_private.distributed_round`)."""
-
-    def aggregate(
-        self,
-        global_params: np.ndarray,
-        updates: Sequence[LocalUpdate],
-        *,
-        round_id: int,
-        round_seed: bytes,
-        drop: Mapping[str, Stage] | None = None,
-        payloads: Mapping[str, np.ndarray] | None = None,
-        forged: Mapping[str, ForgedInput] | None = None,
-    ) -> tuple[np.ndarray, ServerState | None, AggregationResult]:
-        """Run the protocol; return the new global parameters, the server optimiser's state
-        (distributed DP; None otherwise) and the protocol result.
-
-        ``payloads`` replaces chosen clients' vectors (a client whose input never leaves
-        it, or one that follows the encoding with garbage values), ``forged`` what chosen
-        clients send (one that skips the encoding); honest clients' payloads are computed
-        here. Raises :class:`InvalidAggregate` (a :class:`RoundAbort`) when the decoded sum
-        cannot be the included clients' payloads: the round is refused, never averaged.
-        """
-        max_records = max(self.records.values())
-        vectors = {
-            u.client_id: u.delta if self.distributed is not None else weighted_payload(
-                u.delta, records=u.records, max_records=max_records, bound=self.config.update_bound
-            )
-            for u in updates
-        }
-        vectors.update(payloads or {})
-        result = self.protocol.aggregate(vectors, round_id=round_id, round_seed=round_seed, drop=drop, forged=forged)
-        if self.distributed is None:
-            violation = aggregate_rule_violation(
-                result.total, protocol=result.protocol, transcript=result.transcript, included=result.included,
-                records=self.records, bound=self.config.update_bound)
-        else:
-            violation = distributed_violation(
-                result.total, self.distributed.plan, participants=self.distributed.participants,
-                included_records=distributed_round.records_of(self.records, result.included))
-        if violation is not None:
-            refused = InvalidAggregate(f"round {round_id}: {violation}", stage="decode")
-            refused.received = {**result.submissions, **result.rejected_submissions}
-            raise refused
-        if self.distributed is not None:
-            new_params, state = model_after(
-                global_params, self.distributed.state, result.total, self.distributed.plan,
-                settings=self.distributed.settings,
-                included_records=distributed_round.records_of(self.records, result.included))
-            return new_params, state, result
-        new_params = next_global_model(
-            global_params, result.total, server_learning_rate=self.config.server_learning_rate
-        )
-        return new_params, None, result
 
 
 def train_private(

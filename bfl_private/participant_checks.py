@@ -5,7 +5,7 @@ signed ``round_open`` is only a proposal, judged against what genesis fixed and 
 hospital knows of the ledger and of its own past rounds. Each refusal is a named error
 (a :class:`ParticipantRefusal` subclass) raised before anything is trained, so a refused
 opening costs no privacy budget. The same function runs in the Flower hospital
-(:meth:`bfl_private.flower.hospital.Hospital.handle`) and for every simulated participant
+(:meth:`bfl_private.rounds.hospital.Hospital.handle`) and for every simulated participant
 of the in-process engine (:meth:`bfl_private.coordinator.Federation.run_round`).
 
 The rules, all against genesis (``settings``), never against the round's own claims:
@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .flower.errors import StageMessageError
+from .rounds.errors import StageMessageError
 from .ledger.entries import ROUND_OPEN, Entry
 from .protocols.masking_graph import default_threshold
 from .settings import DISTRIBUTED_PROTOCOLS, PROTOCOLS, FederationSettings
@@ -232,7 +232,7 @@ def _check_masking(participant: str, r: int, params: Mapping[str, Any], settings
 
 def _check_paillier(participant: str, r: int, params: Mapping[str, Any], settings: FederationSettings) -> None:
     from .protocols.errors import ProtocolError
-    from .protocols.paillier import public_key_from_json
+    from .protocols.paillier import PublishedKey, public_key_from_json
 
     bits = settings.protocol.paillier_key_bits
     try:
@@ -241,4 +241,8 @@ def _check_paillier(participant: str, r: int, params: Mapping[str, Any], setting
         raise StageMessageError(f"round {r} opening sent to {participant}: Paillier key: {exc}") from exc
     if n.bit_length() != bits:
         raise WeakParameters(participant, r, f"a {n.bit_length()}-bit Paillier key; genesis fixes {bits} bits")
+    try:  # a modulus without its proof of being well formed could hide a factor the dealer kept
+        PublishedKey.from_json(params, key_bits=bits)
+    except ProtocolError as exc:
+        raise WeakParameters(participant, r, f"the announced Paillier key is not sound: {exc}") from None
 

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .keyring import Keyring, KeyringError
 from .ledger.entries import Entry
@@ -153,21 +152,23 @@ class Party:
         self.name = name
         self._keys = Keyring(party_folder(directory, name))
 
-    def _acting(self) -> AbstractContextManager[None]:
+    def acting(self) -> AbstractContextManager[None]:
+        """While inside, this party is the one acting: code run here (this party's own, e.g.
+        the participant code of a simulated hospital) may touch this party's folder."""
         return _acting_as(self.name)
 
     def keep(self, name: str, data: bytes) -> None:
         """Keep ``data`` in this party's folder (atomically, 0600), e.g. what it has signed."""
-        with self._acting():
+        with self.acting():
             self._keys.store(name, data)
 
     def kept(self, name: str) -> bytes | None:
         """What :meth:`keep` kept under ``name``, or None."""
-        with self._acting():
+        with self.acting():
             return self._keys.load(name) if self._keys.holds(name) else None
 
     def forget(self, name: str) -> None:
-        with self._acting():
+        with self.acting():
             self._keys.remove(name)
 
 
@@ -178,7 +179,7 @@ class SigningParty(Party):
 
     @cached_property
     def identity(self) -> SigningIdentity:
-        with self._acting():
+        with self.acting():
             return SigningIdentity.from_private_bytes(self.name, self._keys.load(IDENTITY_FILE))
 
     def entry(self, entry_type: str, round_id: int, payload: Mapping[str, Any]) -> Entry:
@@ -186,13 +187,8 @@ class SigningParty(Party):
 
 
 class LocalHospital(SigningParty):
-    """A simulated hospital: signs its own submissions, and hands its key to no one but the
-    in-process masking client that stands for its own code."""
-
-    def masking_key(self) -> Ed25519PrivateKey:
-        """The identity key the in-process masking protocol's client for this hospital
-        signs with (that client stands for code running at the hospital)."""
-        return Ed25519PrivateKey.from_private_bytes(self.identity.private_bytes())
+    """A demo hospital's folder: its identity key, privacy history and participation record,
+    used by its own participant code (:mod:`bfl_private.simulated_hospitals`) while it acts."""
 
 
 class ValidatorParty(SigningParty):
@@ -202,7 +198,7 @@ class ValidatorParty(SigningParty):
         """Store the share the dealer hands this validator."""
         if share.party != self.name:
             raise KeyringError(f"{self.name} was handed {share.party}'s Paillier share")
-        with self._acting():
+        with self.acting():
             self._keys.store(PAILLIER_SHARE_FILE, share.to_private_bytes())
 
     def paillier_share_holder(self, *, min_summands: int) -> ShareHolder:
@@ -210,13 +206,13 @@ class ValidatorParty(SigningParty):
         from .protocols.paillier_committee import ShareHolder
         from .protocols.threshold_paillier import KeyShare
 
-        with self._acting():
+        with self.acting():
             share = KeyShare.from_private_bytes(self._keys.load(PAILLIER_SHARE_FILE))
         return ShareHolder(share, min_summands=min_summands)
 
     def chain_key(self, *, create: bool) -> bytes:
         """This validator's secp256k1 account key; with ``create``, a fresh one if it has none."""
-        with self._acting():
+        with self.acting():
             try:
                 return self._keys.load(CHAIN_KEY_FILE)
             except KeyringError:
@@ -240,7 +236,7 @@ class PaillierDealer(Party):
         """The modulus proof of the key it dealt; KeyringError before it has dealt."""
         from .protocols.paillier_modulus import ModulusProof
 
-        with self._acting():
+        with self.acting():
             return ModulusProof.from_json(json.loads(self._keys.load(PAILLIER_MODULUS_PROOF_FILE)))
 
     def deal(self, validators: Sequence[ValidatorParty], *, bits: int, quorum: int) -> None:
@@ -248,7 +244,7 @@ class PaillierDealer(Party):
         from .protocols.paillier_modulus import prove_modulus
         from .protocols.threshold_paillier import deal_shares, safe_prime_pair
 
-        with self._acting():
+        with self.acting():
             p, q = safe_prime_pair(bits)
             shares = deal_shares(p, q, parties=[v.name for v in validators], quorum=quorum)
             proof = prove_modulus(p, q)
@@ -268,7 +264,7 @@ class CkksKeyHolderParty(Party):
         """Its decryptor, made and stored on first use."""
         from .protocols.ckks import CkksKeyHolder
 
-        with self._acting():
+        with self.acting():
             try:
                 return CkksKeyHolder.from_private_bytes(self._keys.load(CKKS_KEY_FILE))
             except KeyringError:

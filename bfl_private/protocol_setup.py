@@ -1,4 +1,4 @@
-"""Build the aggregation protocol a round asked for, with its parties and public parameters.
+"""The public parameters of a round's protocol, and the one-shot protocols' key holders.
 
 The coordinator builds the protocol from the round's parties (:class:`RoundParties`),
 each an object built from its own folder under ``parties/`` (:mod:`bfl_private.parties`):
@@ -15,9 +15,9 @@ protocols.paillier_modulus`); the public key says ``key_generation: "trusted-dea
 A dealer-free generation exists (:mod:`~bfl_private.protocols.paillier_dkg`) but is not
 used here. Every Paillier round announces that key with its proof, at the key size genesis
 fixes. CKKS keeps a single key holder, the ``ckks-key-holder`` party apart from the
-aggregator, its secret in its own folder. Masking's in-process clients sign with keys
-each hospital object hands over from its own folder. The aggregator object receives only
-public keys or contexts (see the modules' trust-model docstrings).
+aggregator, its secret in its own folder. Masking needs no key holder: each hospital holds
+its own keys, and the round posts only :func:`masking_parameters`. The aggregator object
+receives only public keys or contexts (see the modules' trust-model docstrings).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from .keyring import KeyringError
 from .parties import CkksKeyHolderParty, LocalHospital, PaillierDealer, ValidatorParty
@@ -58,19 +57,6 @@ class ProtocolSetup:
 
     def public_parameters(self) -> dict[str, Any]:
         return dict(self.public)
-
-    def garbage_payload(self, length: int, weight: float, rng: np.random.Generator) -> np.ndarray:
-        """What a malicious client sends instead of its update: noise far outside the agreed
-        range, followed by its true weight (a wrong weight would get the round refused).
-
-        Plain mode refuses it on receipt; masking and HE clip it to ±bound when encoding
-        (they cannot see plaintexts), so there it is a bounded bias: the aggregate range rule
-        refuses the round when it pushes a coordinate past what the included clients' weights
-        allow, and the validators' quality gate judges the model otherwise.
-        """
-        garbage = rng.uniform(-1000 * self.bound, 1000 * self.bound, size=length).astype(np.float32)
-        garbage[-1] = weight
-        return garbage
 
 
 def _validator_committee(parties: RoundParties, settings: FederationSettings, *, min_summands: int):
@@ -117,8 +103,8 @@ def masking_parameters(settings: FederationSettings, *, participants: int) -> tu
 def build_protocol(
     name: str, settings: FederationSettings, parties: RoundParties, *, participants: Sequence[str]
 ) -> ProtocolSetup:
-    """The protocol for a round among ``participants`` (masking's in-process clients sign
-    with the keys their hospital objects hand over).
+    """The one-shot protocol (``paillier``, ``ckks``, ``plain``) for a round among
+    ``participants``: the aggregator's side, with the key holder it decrypts through.
 
     In distributed DP the clients' vectors are integer shares, encoded exactly in the ring
     (:class:`IntegerRingCodec`), and Paillier's decrypting validators refuse a sum of fewer
@@ -134,13 +120,6 @@ def build_protocol(
         from .protocols.plain import PlainProtocol
 
         return ProtocolSetup(PlainProtocol(bound=bound), {"bound": bound}, bound)
-    if name == "masking":
-        from .protocols.masking import MaskingProtocol
-
-        codec, neighbours = masking_parameters(settings, participants=max_summands)
-        identities = {c: parties.hospitals[c].masking_key() for c in participants}
-        protocol = MaskingProtocol(codec, neighbours=neighbours, identities=identities)
-        return ProtocolSetup(protocol, {"codec": codec.to_json(), "neighbours": protocol.neighbours}, bound)
     if name == "paillier":
         from .protocols.paillier import PaillierProtocol, PublishedKey
 
@@ -157,4 +136,5 @@ def build_protocol(
         protocol = CkksProtocol(public_context=holder.public_context, key_holder=holder, clip=bound,
                                 max_summands=max_summands)
         return ProtocolSetup(protocol, {"clip": bound, "context_sha256": context_id(holder.public_context).hex()}, bound)
-    raise ValueError(f"unknown protocol {name!r}")
+    raise ValueError(f"{name!r} is not a one-shot protocol (masking posts masking_parameters; its hospitals "
+                     f"hold their own keys)")

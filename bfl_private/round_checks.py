@@ -16,7 +16,7 @@ from . import distributed_round
 from .artifacts import get_aggregate, get_model, get_server_state
 from .distributed_round import DistributedPlan, is_distributed_plan
 from .fedavg import aggregate_violation, next_global_model, payload_weight
-from .flower.errors import StageMessageError
+from .rounds.errors import StageMessageError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, beacon_after, round_seed
 from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState

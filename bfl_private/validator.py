@@ -27,7 +27,7 @@ import numpy as np
 from .artifacts import get_model
 from .data import Split
 from .federation import accuracy
-from .flower.errors import StageMessageError
+from .rounds.errors import StageMessageError
 from .keyring import KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, beacon_message, opening_digest
 from .ledger.blocks import BlockHeader

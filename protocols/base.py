@@ -168,10 +168,12 @@ def check_updates(updates: Mapping[str, np.ndarray]) -> int:
 def one_shot_submitters(
     updates: Mapping[str, np.ndarray], drop: Mapping[str, Stage] | None
 ) -> tuple[list[str], tuple[str, ...]]:
-    """(submitters, dropped) of a one-message protocol such as HE, which needs no recovery:
-    a client dropped before ``unmask`` never submits; one dropped at ``unmask`` already has."""
+    """(submitters, dropped) of a one-message protocol (HE, plain), which needs no recovery:
+    its one message goes where masking's masked input does, so a client dropped at ``mask``
+    or before never submits, and one dropped only later (``acknowledge``, ``unmask``) already has."""
     drop = drop or {}
-    dropped = tuple(sorted(c for c, stage in drop.items() if c in updates and stage != "unmask"))
+    last = STAGES.index("mask")
+    dropped = tuple(sorted(c for c, stage in drop.items() if c in updates and STAGES.index(stage) <= last))
     return [c for c in sorted(updates) if c not in dropped], dropped
 
 

@@ -389,6 +389,13 @@ def encrypt_update(vector: np.ndarray, *, context: ts.Context, public_context: b
                            context=context, public_context=public_context)
 
 
+def forged_submission(forgery: ForgedInput, *, context: ts.Context, public_context: bytes) -> bytes:
+    """The blob of a client that skips our encoder: its bytes, or any values encrypted unclipped."""
+    if forgery.message is not None:
+        return forgery.message
+    return _encrypt_values(np.asarray(forgery.values, dtype=np.float64), context=context, public_context=public_context)
+
+
 def _encrypt_values(x: np.ndarray, *, context: ts.Context, public_context: bytes) -> bytes:
     parameters = CkksParameters.of_context(context)
     chunks, start = [], 0
@@ -455,18 +462,12 @@ class CkksProtocol(AggregationProtocol):
         submitters, dropped = one_shot_submitters(updates, drop)
         if len(submitters) > self.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed max_summands {self.max_summands}")
-        blobs = {c: self._forged_blob(forged[c]) if c in forged
+        blobs = {c: forged_submission(forged[c], context=self.context, public_context=self.public_context)
+                 if c in forged
                  else encrypt_update(updates[c], context=self.context, public_context=self.public_context, clip=self.clip)
                  for c in submitters}
         return self.aggregate_submissions(blobs, round_id=round_id, length=length,
                                           dropped={c: (drop or {})[c] for c in dropped})
-
-    def _forged_blob(self, forgery: ForgedInput) -> bytes:
-        """The blob of a client that skips our encoder: its bytes, or any values encrypted unclipped."""
-        if forgery.message is not None:
-            return forgery.message
-        return _encrypt_values(np.asarray(forgery.values, dtype=np.float64), context=self.context,
-                               public_context=self.public_context)
 
     def aggregate_submissions(self, blobs: Mapping[str, bytes], *, round_id: int, length: int,
                               dropped: Mapping[str, Stage]) -> AggregationResult:

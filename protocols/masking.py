@@ -411,7 +411,7 @@ class MaskingClient:
     def accept_survivors(self, survivors: np.ndarray) -> None:
         """Hold the sorted survivor set ``survivors`` (int64 ids containing this client) and
         what derives from it: the surviving neighbours and the payload every survivor signs.
-        Also how a saved client (:mod:`bfl_private.flower.masking_state`) is restored."""
+        Also how a saved client (:mod:`bfl_private.rounds.masking_state`) is restored."""
         neighbours = np.array(self.params.graph[self.index], dtype=np.int64)
         surviving = frozenset(neighbours[_contains(survivors, neighbours)].tolist())
         if not surviving <= self._peer_shares.keys():
@@ -1298,7 +1298,7 @@ class MaskingProtocol(AggregationProtocol):
             identities = [self.identities[name] for name in names]
         position = {name: i for i, name in enumerate(names)}  # not names.index: no N^2
         encoded = [
-            _forged_levels(forged[name], length) if name in forged and forged[name].values is not None
+            forged_levels(forged[name], length) if name in forged and forged[name].values is not None
             else self.codec.encode(updates[name], rng)
             for name in names
         ]
@@ -1327,7 +1327,7 @@ class MaskingProtocol(AggregationProtocol):
         )
 
 
-def _forged_levels(forgery: ForgedInput, length: int) -> np.ndarray:
+def forged_levels(forgery: ForgedInput, length: int) -> np.ndarray:
     """A forging client's uint32 levels, sent without encoding (any values, right length:
     a vector of another length is refused by the client's own framing)."""
     levels = np.asarray(forgery.values)

@@ -647,6 +647,17 @@ class PaillierKeyHolder:
 # ---------------------------------------------------------------- the protocol
 
 
+def forged_submission(forgery: ForgedInput, *, public_key: PaillierPublicKey, round_id: int, client: str,
+                      workers: int | None = None) -> bytes:
+    """The blob of a client that skips our encoder: its bytes, or any plaintexts in [0, n)
+    encrypted under the round's key (no packing, no range; it knows them, so it proves so)."""
+    if forgery.message is not None:
+        return forgery.message
+    plaintexts = [int(m) for m in forgery.values]  # type: ignore[union-attr]
+    context = submission_context(round_id=round_id, client=client, key_fingerprint=key_id(public_key))
+    return encode_submission(public_key, encrypt(public_key, plaintexts, context=context, workers=workers))
+
+
 def encrypt_update(
     vector: np.ndarray,
     *,
@@ -718,24 +729,14 @@ class PaillierProtocol(AggregationProtocol):
         if len(submitters) > layout.max_summands:
             raise HeadroomExceeded(f"{len(submitters)} clients exceed the codec's max_summands {layout.max_summands}")
         blobs = {
-            client: self._forged_blob(forged[client], round_id=round_id, client=client) if client in forged
+            client: forged_submission(forged[client], public_key=self.public_key, round_id=round_id, client=client,
+                                      workers=self.workers) if client in forged
             else encrypt_update(updates[client], public_key=self.public_key, codec=self.codec, layout=layout,
                                 round_id=round_id, client=client, rng=rng, workers=self.workers)
             for client in submitters
         }
         return self.aggregate_submissions(blobs, round_id=round_id, length=length,
                                           dropped={c: (drop or {})[c] for c in dropped})
-
-    def _forged_blob(self, forgery: ForgedInput, *, round_id: int, client: str) -> bytes:
-        """The blob of a client that skips our encoder: its bytes, or any plaintexts in
-        [0, n) encrypted under the round's key (no packing, no range; it knows them, so it
-        proves so)."""
-        if forgery.message is not None:
-            return forgery.message
-        plaintexts = [int(m) for m in forgery.values]  # type: ignore[union-attr]
-        context = submission_context(round_id=round_id, client=client, key_fingerprint=key_id(self.public_key))
-        return encode_submission(self.public_key, encrypt(self.public_key, plaintexts, context=context,
-                                                          workers=self.workers))
 
     def aggregate_submissions(
         self, blobs: Mapping[str, bytes], *, round_id: int, length: int, dropped: Mapping[str, Stage]

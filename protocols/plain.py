@@ -12,7 +12,15 @@ from typing import Any, ClassVar
 import numpy as np
 from safetensors.numpy import save as save_safetensors
 
-from .base import AggregationProtocol, AggregationResult, ForgedInput, Stage, check_forged, load_submission_tensors
+from .base import (
+    AggregationProtocol,
+    AggregationResult,
+    ForgedInput,
+    Stage,
+    check_forged,
+    load_submission_tensors,
+    one_shot_submitters,
+)
 from .errors import ConfigurationError, MalformedInput, TooManyDropouts
 
 _TENSOR = "update"
@@ -20,6 +28,13 @@ _TENSOR = "update"
 
 def encode_submission(vector: np.ndarray) -> bytes:
     return save_safetensors({_TENSOR: np.ascontiguousarray(vector, dtype=np.float32)})
+
+
+def forged_submission(forgery: ForgedInput) -> bytes:
+    """The blob of a client that skips our encoder: its bytes, or any values unchecked."""
+    if forgery.message is not None:
+        return forgery.message
+    return encode_submission(np.asarray(forgery.values, dtype=np.float32))
 
 
 def decode_submission(blob: bytes, *, client: str, length: int | None = None) -> np.ndarray:
@@ -78,14 +93,23 @@ class PlainProtocol(AggregationProtocol):
             raise MalformedInput(f"updates have differing shapes {sorted(lengths)}")
         (shape,) = lengths
         forged = check_forged(forged, updates)
-        drop = drop or {}
-        dropped = tuple(sorted(c for c in updates if c in drop))
-        sent = {c: self._blob(updates[c], forged.get(c)) for c in sorted(updates) if c not in drop}
+        submitters, dropped = one_shot_submitters(updates, drop)
+        sent = {c: forged_submission(forged[c]) if c in forged else encode_submission(updates[c]) for c in submitters}
+        return self.aggregate_submissions(sent, round_id=round_id, length=shape[0],
+                                          dropped={c: (drop or {})[c] for c in dropped})
+
+    def aggregate_submissions(
+        self, blobs: Mapping[str, bytes], *, round_id: int, length: int, dropped: Mapping[str, Stage]
+    ) -> AggregationResult:
+        """The aggregator's half of :meth:`aggregate`, for submissions made wherever the
+        clients are (in this process, or on Flower nodes): each blob is checked on receipt
+        (one that does not decode, or is out of range, is rejected with the reason) and the
+        valid ones are summed. ``dropped`` names the clients that never submitted."""
         received: dict[str, np.ndarray] = {}
         rejected: dict[str, str] = {}
-        for client, blob in sent.items():
+        for client, blob in sorted(blobs.items()):
             try:
-                vector = decode_submission(blob, client=client, length=shape[0])
+                vector = decode_submission(blob, client=client, length=length)
             except MalformedInput as exc:
                 rejected[client] = str(exc)
                 continue
@@ -94,29 +118,23 @@ class PlainProtocol(AggregationProtocol):
                 rejected[client] = reason
             else:
                 received[client] = vector
-        refused = {c: sent[c] for c in rejected}
+        refused = {c: blobs[c] for c in rejected}
         if not received:
-            exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(updates)} clients", stage="mask")
+            exc = TooManyDropouts(f"round {round_id}: no valid submission among {len(blobs) + len(dropped)} clients",
+                                  stage="mask")
             exc.received = refused
             raise exc
         return AggregationResult(
             protocol=self.name,
             total=sum_in_order(received),
             included=tuple(sorted(received)),
-            dropped=dropped,
+            dropped=tuple(sorted(dropped)),
             rejected=rejected,
-            submissions={c: sent[c] for c in received},
+            submissions={c: blobs[c] for c in received},
             rejected_submissions=refused,
             transcript={"protocol": self.name, "round": round_id, "bound": self.bound, "included": sorted(received)},
         )
 
-    @staticmethod
-    def _blob(update: np.ndarray, forgery: ForgedInput | None) -> bytes:
-        if forgery is None:
-            return encode_submission(np.asarray(update, dtype=np.float32))
-        if forgery.message is not None:
-            return forgery.message
-        return encode_submission(np.asarray(forgery.values, dtype=np.float32))
 
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:

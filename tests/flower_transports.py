@@ -5,9 +5,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bfl_private.flower.hospital import Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import Failure
+from bfl_private.rounds.hospital import Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import Failure
 
 
 class RecordingTransport(LoopbackTransport):
@@ -48,7 +48,7 @@ def synced_federation(directory: Path) -> tuple[Any, dict[int, Hospital], Any, R
     transport that recorded the round."""
     from test_flower_round import make_federation
 
-    from bfl_private.flower.server_round import FlowerRound
+    from bfl_private.rounds.engine import RoundEngine
 
     federation, exported = make_federation(directory)
     hospitals = {node: Hospital.from_node_config({"hospital-dir": str(h.history_path.parent),
@@ -56,5 +56,5 @@ def synced_federation(directory: Path) -> tuple[Any, dict[int, Hospital], Any, R
                  for node, h in exported.items()}
     plan = federation.plan(epsilon=2.0, rounds=10, skip_exhausted=False)
     recorder = RecordingTransport(hospitals)
-    assert FlowerRound(federation, plan, recorder).run().status != "aborted"
+    assert RoundEngine(federation, plan, recorder).run().status != "aborted"
     return federation, hospitals, plan, recorder

@@ -133,8 +133,10 @@ def test_a_second_writer_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_a_command_whose_every_round_aborted_exits_5(tmp_path: Path) -> None:
     directory = tmp_path / "fed"
-    result = invoke("round", "--epsilon", "1", "--rounds", "2", *SMALL, "--dropout", "1.0", "--dir", str(directory),
-                    "--json")
+    # Masking: every hospital gone at some stage leaves no one to unmask. (In a one-shot
+    # protocol a hospital gone only after its encrypt stage has already submitted.)
+    result = invoke("round", "--epsilon", "1", "--rounds", "2", "--clients", "4", "--seed", "1", "--protocol",
+                    "masking", "--dropout", "1.0", "--dir", str(directory), "--json")
     assert result.exit_code == EXIT_ALL_ABORTED
     report = json.loads(result.stdout)
     assert [r["status"] for r in report["rounds"]] == ["aborted", "aborted"]

@@ -21,9 +21,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bfl_private.coordinator as coordinator_module
+import bfl_private.rounds.hospital as hospital_module
+import bfl_private.rounds.engine as engine_module
 import bfl_private.distributed_round as distributed_round
-import bfl_private.federation as federation_module
 from bfl_private.artifacts import get_model, get_server_state
 from bfl_private.audit import audit
 from bfl_private.config import GenesisChoice
@@ -201,16 +201,17 @@ def _colluding_validators(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_understated_noise_fails_the_audit_by_name(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The coordinator has every hospital sign a record claiming twice the noise it planned.
+    # Every hospital signs a record claiming twice the noise the plan gives it, and the
+    # coordinator (with a colluding validator quorum) lets the records through.
     _colluding_validators(monkeypatch)
-    monkeypatch.setattr(coordinator_module, "spend_rule_violation", lambda *a, **k: None)
-    honest = Federation.planned_records
+    monkeypatch.setattr(engine_module, "spend_rule_violation", lambda *a, **k: None)
+    honest = hospital_module.Hospital._train
 
-    def inflated(self, plan, participants):
-        return {c: dataclasses.replace(r, share_variance=2 * r.share_variance)
-                for c, r in honest(self, plan, participants).items()}
+    def inflated(self, opened, base):
+        vector, records, record = honest(self, opened, base)
+        return vector, records, dataclasses.replace(record, share_variance=2 * record.share_variance)
 
-    monkeypatch.setattr(Federation, "planned_records", inflated)
+    monkeypatch.setattr(hospital_module.Hospital, "_train", inflated)
     run(copy, rounds=1)
     failure = audit(copy).report.failure
     assert (failure.number, failure.name) == (10, "privacy claims")
@@ -222,7 +223,10 @@ def test_a_plan_that_ignores_collusion_fails_the_audit(copy: Path, monkeypatch: 
     # Honest participants refuse such an opening (WeakParameters, see test_app_participant_checks);
     # here they do not check, so the audit is what must catch it.
     _colluding_validators(monkeypatch)
-    monkeypatch.setattr(coordinator_module, "check_opening", lambda *a, **k: None)
+    from bfl_private.round_checks import distributed_plan
+
+    monkeypatch.setattr(hospital_module, "check_opening", lambda *a, **k: None)
+    monkeypatch.setattr(hospital_module.Hospital, "_distributed_plan", lambda self, opened: distributed_plan(opened))
     honest = distributed_round.plan_round
 
     def no_collusion(settings, **kwargs):
@@ -238,7 +242,7 @@ def test_a_plan_that_ignores_collusion_fails_the_audit(copy: Path, monkeypatch: 
 def test_a_sum_of_fewer_than_n_minus_t_shares_fails_the_audit(strict_copy: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _colluding_validators(monkeypatch)
-    monkeypatch.setattr(federation_module, "distributed_violation", lambda *a, **k: None)
+    monkeypatch.setattr(engine_module, "distributed_violation", lambda *a, **k: None)
     fed = Federation.open(strict_copy)
     try:
         plan = fed.plan(epsilon=0.5, rounds=1, skip_exhausted=False)

@@ -8,10 +8,20 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bfl_private.data import load_federated
-from bfl_private.fedavg import fedavg_delta, weighted_payload
-from bfl_private.federation import Aggregator, Client, LocalUpdate, accuracy
+from bfl_private.fedavg import fedavg_delta, next_global_model, weighted_payload
+from bfl_private.federation import Client, LocalUpdate, accuracy
 from bfl_private.models import build_model, flatten_parameters, load_flat, parameter_count
 from bfl_private.settings import TrainingConfig
+
+
+def _fedavg(params, updates, config, *, drop=None):
+    """One plain FedAvg step as the round engine takes it: each client's weighted payload
+    summed by the protocol, the server step on the sum."""
+    max_records = max(u.records for u in updates)
+    payloads = {u.client_id: weighted_payload(u.delta, records=u.records, max_records=max_records,
+                                              bound=config.update_bound) for u in updates}
+    result = PlainProtocol(bound=config.update_bound).aggregate(payloads, round_id=1, round_seed=b"", drop=drop)
+    return next_global_model(params, result.total, server_learning_rate=config.server_learning_rate), result
 
 
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])
@@ -39,10 +49,7 @@ def test_fedavg_one_local_step_equals_direct_weighted_average():
     params = flatten_parameters(build_model("logreg", data.n_features, data.n_classes, seed=0))
     clients = [Client(c, n_features=data.n_features, n_classes=data.n_classes) for c in data.clients]
     updates = [c.train(params, config, seed=i) for i, c in enumerate(clients)]
-    records = {u.client_id: u.records for u in updates}
-    new_params, _, result = Aggregator(PlainProtocol(bound=10.0), records, config).aggregate(
-        params, updates, round_id=1, round_seed=b"s"
-    )
+    new_params, result = _fedavg(params, updates, config)
     # Direct FedAvg: one SGD step per client, average of the new models weighted by records.
     expected = np.zeros_like(params, dtype=np.float64)
     for i, (client, update) in enumerate(zip(clients, updates)):
@@ -63,9 +70,8 @@ def test_fedavg_one_local_step_equals_direct_weighted_average():
 
 def test_weight_travels_inside_the_vector_so_dropouts_keep_the_average_right():
     updates = [LocalUpdate(f"c{i}", np.full(3, float(i), dtype=np.float32), records=r) for i, r in enumerate((10, 30, 60))]
-    protocol = PlainProtocol(bound=100.0)
-    agg = Aggregator(protocol, {u.client_id: u.records for u in updates}, config=TrainingConfig(update_bound=100.0))
-    new, _, result = agg.aggregate(np.zeros(3, dtype=np.float32), updates, round_id=0, round_seed=b"", drop={"c2": "mask"})
+    new, result = _fedavg(np.zeros(3, dtype=np.float32), updates, TrainingConfig(update_bound=100.0),
+                          drop={"c2": "mask"})
     np.testing.assert_allclose(new, (10 * 0 + 30 * 1) / 40, rtol=1e-6)
     assert result.dropped == ("c2",)
 
@@ -103,9 +109,8 @@ def test_non_private_federation_reaches_096_on_breast_cancer():
         config = TrainingConfig(optimizer="sgd", local_steps=20, learning_rate=0.5)
         clients = [Client(c, n_features=data.n_features, n_classes=data.n_classes) for c in data.clients]
         params = flatten_parameters(build_model("logreg", data.n_features, data.n_classes, seed=seed))
-        agg = Aggregator(PlainProtocol(bound=config.update_bound), {c.client_id: c.records for c in clients}, config)
         for r in range(20):
             updates = [c.train(params, config, seed=1000 * seed + 10 * r + i) for i, c in enumerate(clients)]
-            params, _, _ = agg.aggregate(params, updates, round_id=r, round_seed=b"")
+            params, _ = _fedavg(params, updates, config)
         accuracies.append(accuracy("logreg", params, data.test, n_features=data.n_features, n_classes=data.n_classes))
     assert np.mean(accuracies) >= 0.96, accuracies

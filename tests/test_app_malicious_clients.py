@@ -161,7 +161,7 @@ def test_an_out_of_range_masked_sum_is_an_invalid_aggregate_with_what_arrived() 
 
 def test_a_close_that_breaks_the_weight_rule_fails_the_verifier_even_if_everyone_signed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bfl_private.federation as federation_module
+    import bfl_private.rounds.engine as engine_module
     import bfl_private.validator as validator_module
     from bfl_private import round_checks
 
@@ -175,7 +175,7 @@ def test_a_close_that_breaks_the_weight_rule_fails_the_verifier_even_if_everyone
         shrunk[-1] = 1e-4  # in range for plain, but not the hospital's registered weight
         plan = fed.plan(epsilon=0.5, rounds=1, skip_exhausted=False)
         # A coordinator and validators that skip the rule (they run someone else's code):
-        monkeypatch.setattr(federation_module, "aggregate_rule_violation", lambda *a, **k: None)
+        monkeypatch.setattr(engine_module, "aggregate_rule_violation", lambda *a, **k: None)
         original = round_checks.aggregate_rule_violation
         monkeypatch.setattr(round_checks, "aggregate_rule_violation", lambda *a, **k: None)
         summary = fed.run_round(plan, protocol="plain", dropout=0.0, malicious=0, rng=np.random.default_rng(),

@@ -10,6 +10,7 @@ that loads another party's key the old way fails under it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ from bfl_private.audit import audit
 from bfl_private.cli import EXIT_USAGE
 from bfl_private.cli import main as cli_main
 from bfl_private.coordinator import Federation
+from bfl_private.rounds.hospital import HISTORY_FILE, PARTICIPATION_FILE
 from bfl_private.keyring import Keyring, KeyringError
 from bfl_private.validator import BEACONS_FILE, COSIGNED_FILE
 from bfl_private.parties import (
@@ -125,13 +127,9 @@ def test_the_guard_refuses_a_coordinator_reading_another_party_key(guarded_feder
     copy = guarded_federation.parent / "copy"
     shutil.copytree(guarded_federation, copy)
 
-    def coordinator_reads_the_key(self: LocalHospital) -> Any:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        return Ed25519PrivateKey.from_private_bytes(Keyring(party_folder(copy, self.name)).load(IDENTITY_FILE))
-
-    # A round whose masking keys the coordinator loads itself fails under the guard.
-    monkeypatch.setattr(LocalHospital, "masking_key", coordinator_reads_the_key)
+    # A round whose hospitals' code runs as the coordinator (not as each hospital acting
+    # from its own folder) fails under the guard.
+    monkeypatch.setattr(LocalHospital, "acting", lambda self: contextlib.nullcontext())
     with coordinator_only(copy):
         fed = Federation.open(copy)
         try:
@@ -191,8 +189,8 @@ def test_an_old_single_keys_folder_is_refused_by_name_then_migrated(guarded_fede
     legacy = Keyring(old / LEGACY_KEYS_DIR)
     for folder in sorted((old / PARTIES_DIR).iterdir()):
         for path in folder.iterdir():
-            if path.name in (COSIGNED_FILE, BEACONS_FILE):
-                continue  # a validator's record of what it signed is younger than party folders
+            if path.name in (COSIGNED_FILE, BEACONS_FILE, HISTORY_FILE, PARTICIPATION_FILE):
+                continue  # what a validator signed, a hospital's own records: younger than party folders
             name = {IDENTITY_FILE: f"{folder.name}.ed25519", PAILLIER_SHARE_FILE: f"paillier-share.{folder.name}.json",
                     }.get(path.name, path.name)
             legacy.store(name, path.read_bytes())

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import bfl_private.coordinator as coordinator_module
+import bfl_private.federation as federation_module
+import bfl_private.rounds.engine as engine_module
 from bfl_private.artifacts import get_model
 from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
@@ -108,7 +109,7 @@ def test_genesis_publishes_the_public_normalisation(plain_federation: Path) -> N
 
 def _lying_trainer(monkeypatch: pytest.MonkeyPatch, victim: str | None, **fields: object) -> None:
     """Clients whose signed record states ``fields`` instead of what they trained with."""
-    honest = coordinator_module.train_private
+    honest = federation_module.train_private
 
     def train(client, *args, **kwargs):
         update = honest(client, *args, **kwargs)
@@ -116,7 +117,7 @@ def _lying_trainer(monkeypatch: pytest.MonkeyPatch, victim: str | None, **fields
             update = dataclasses.replace(update, privacy=dataclasses.replace(update.privacy, **fields))
         return update
 
-    monkeypatch.setattr(coordinator_module, "train_private", train)
+    monkeypatch.setattr(federation_module, "train_private", train)
 
 
 LIES = {
@@ -155,7 +156,7 @@ def test_a_record_that_breaks_the_rules_fails_the_audit_by_name(tmp_path: Path, 
     # contract's budget rules and the accountant accept them and only the record check is left.
     monkeypatch.setattr(Validator, "check_round", lambda self, entries, ledger: None)
     monkeypatch.setattr(Validator, "attest", rubber_stamp)
-    monkeypatch.setattr(coordinator_module, "spend_rule_violation", lambda *a, **k: None)
+    monkeypatch.setattr(engine_module, "spend_rule_violation", lambda *a, **k: None)
     _lying_trainer(monkeypatch, None, **LIES[field])
     run(tmp_path / "fed", seed=2)
     failure = audit(tmp_path / "fed").report.failure

@@ -22,7 +22,7 @@ from bfl_private.parties import PARTIES_DIR
 from click.testing import CliRunner
 
 import bfl_private.coordinator as coordinator_module
-import bfl_private.federation as federation_module
+import bfl_private.rounds.engine as engine_module
 from bfl_private.coordinator import INTERRUPTED
 from bfl_private.audit import audit
 from bfl_private.cli import main
@@ -125,10 +125,10 @@ def test_altered_model_fails_the_model_chain(tmp_path: Path, monkeypatch: pytest
     copy = tmp_path / "ledger"
     run(copy, rounds=1, dp=dp)
     _colluding_validators(monkeypatch)
-    honest, honest_step = federation_module.next_global_model, federation_module.model_after
-    monkeypatch.setattr(federation_module, "next_global_model",
+    honest, honest_step = engine_module.next_global_model, engine_module.model_after
+    monkeypatch.setattr(engine_module, "next_global_model",
                         lambda *a, **k: honest(*a, **k) + np.float32(0.01))  # local DP's FedAvg
-    monkeypatch.setattr(federation_module, "model_after",  # distributed DP's server step (this federation's)
+    monkeypatch.setattr(engine_module, "model_after",  # distributed DP's server step (this federation's)
                         lambda *a, **k: (lambda model, state: (model + np.float32(0.01), state))(*honest_step(*a, **k)))
     run(copy, rounds=1)
     assert failed_check(copy)[:2] == (9, "model chain")
@@ -136,11 +136,11 @@ def test_altered_model_fails_the_model_chain(tmp_path: Path, monkeypatch: pytest
 
 def test_lowered_epsilon_claim_fails_the_privacy_check(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _colluding_validators(monkeypatch)
-    honest = coordinator_module.charged_epsilon
+    honest = engine_module.charged_epsilon
     with Ledger.open(copy) as ledger:
         spent = {c: v["epsilon_spent"] for c, v in ledger.state.clients().items()}
     # Lower, yet still above what the contract has on record, so only recomputation can tell.
-    monkeypatch.setattr(coordinator_module, "charged_epsilon", lambda histories, records: {
+    monkeypatch.setattr(engine_module, "charged_epsilon", lambda histories, records: {
         c: (e + max(spent.values())) / 2 for c, e in honest(histories, records).items()})
     run(copy, rounds=1)
     number, name, detail = failed_check(copy)
@@ -267,14 +267,22 @@ def test_kill_9_mid_round_leaves_a_verifiable_ledger_that_continues(tmp_path: Pa
 
 
 def test_masking_transcript_with_unregistered_identity_keys_fails(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server that runs masking under keys of its own choosing (so it can sign fake
-    advertisements and seed commitments) is caught: the keys are not the registered ones."""
-    from bfl_private.protocols.masking import MaskingProtocol
+    """A server that records masking as run under keys of its own choosing (so it could
+    sign fake advertisements and seed commitments) is caught: the keys are not the
+    registered ones."""
+    import dataclasses
+
+    from bfl_private.protocols.masking import MaskingServer
 
     _colluding_validators(monkeypatch)
-    honest_init = MaskingProtocol.__init__
-    monkeypatch.setattr(MaskingProtocol, "__init__",
-                        lambda self, codec, **kw: honest_init(self, codec, **{**kw, "identities": None}))
+    honest_finish = MaskingServer.finish
+
+    def substituted(self):
+        outcome = honest_finish(self)
+        keys = {c: bytes(32).hex() for c in outcome.transcript["identity_keys"]}
+        return dataclasses.replace(outcome, transcript={**outcome.transcript, "identity_keys": keys})
+
+    monkeypatch.setattr(MaskingServer, "finish", substituted)
     run(copy, rounds=1)
     number, name, detail = failed_check(copy)
     assert (number, name) == (8, "aggregates recomputed") and "not its registered key" in detail

@@ -54,7 +54,7 @@ def _exception_classes(namespace: object, module: str, seen: set[type]) -> Itera
 
 
 def test_the_walk_reaches_the_app_and_every_layer() -> None:
-    for module in ["bfl_private.cli", "bfl_private.flower.errors", "bfl_private.ledger.errors",
+    for module in ["bfl_private.cli", "bfl_private.rounds.errors", "bfl_private.ledger.errors",
                    "bfl_private.protocols.errors", "bfl_private.privacy.errors",
                    "bfl_private.primitives.errors", "bfl_private.ledger.chain"]:
         assert module in MODULES

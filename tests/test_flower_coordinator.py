@@ -13,8 +13,8 @@ import bfl_private.coordinator as coordinator_module
 import bfl_private.data as data_module
 from bfl_private.audit import audit
 from bfl_private.coordinator import Coordinator, Federation
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 
 VALIDATORS = [f"validator-{i}" for i in range(4)]
 
@@ -38,7 +38,7 @@ def test_a_coordinator_whose_validators_run_apart_loads_no_dataset(tmp_path: Pat
             assert not isinstance(coordinator, Federation)
             assert coordinator.round_parties.hospitals == {} and coordinator.round_parties.validators == []
             plan = coordinator.plan(epsilon=2.0, rounds=1, skip_exhausted=False)
-            summary = FlowerRound(coordinator, plan, LoopbackTransport(hospitals)).run()
+            summary = RoundEngine(coordinator, plan, LoopbackTransport(hospitals)).run()
         finally:
             coordinator.close()
         assert summary.status in ("accepted", "rejected") and summary.test_accuracy is None

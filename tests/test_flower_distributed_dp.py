@@ -14,9 +14,9 @@ import pytest
 
 from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
-from bfl_private.flower.hospital import PARTICIPATION_FILE, Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.hospital import PARTICIPATION_FILE, Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.ledger.entries import ROUND_CLOSE, SUBMISSION
 from bfl_private.privacy.accounting import SkellamRecord, privacy_record_from_json
@@ -50,7 +50,7 @@ def test_a_distributed_round_over_flower_verifies(deployment) -> None:
     plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
     assert plan.distributed is not None
     before = {h.name: h.history() for h in hospitals.values()}  # export_hospitals copies each one's past spend
-    summary = FlowerRound(federation, plan, LoopbackTransport(hospitals, drop={"hospital-03": "mask"})).run()
+    summary = RoundEngine(federation, plan, LoopbackTransport(hospitals, drop={"hospital-03": "mask"})).run()
     assert summary.status == "accepted", summary
     assert "hospital-03" in summary.dropouts and len(summary.survivors) == len(hospitals) - 1
     planned = federation.planned_records(plan, sorted(plan.clients))
@@ -81,7 +81,7 @@ def test_hospitals_refuse_a_plan_with_weaker_noise_parameters(deployment) -> Non
         scale=shares.scale * 4, clipping_norm=shares.clipping_norm, beta=shares.beta,
         sample_rate=shares.sample_rate, share_variance=shares.share_variance))
     before = {h.name: h.history() for h in hospitals.values()}
-    summary = FlowerRound(federation, dataclasses.replace(plan, distributed=weaker), LoopbackTransport(hospitals)).run()
+    summary = RoundEngine(federation, dataclasses.replace(plan, distributed=weaker), LoopbackTransport(hospitals)).run()
     assert summary.status == "aborted"
     assert set(summary.rejected) == set(plan.clients)
     assert all("WeakParameters" in reason and "scale" in reason for reason in summary.rejected.values())

@@ -22,10 +22,10 @@ from flower_transports import RecordingTransport, TamperingTransport
 from bfl_private.artifacts import get_aggregate
 from bfl_private.audit import audit
 from bfl_private.coordinator import CommandPlan, Federation
-from bfl_private.flower.errors import OutOfOrderMessage, PublicKeyMessageError, StageMessageError
-from bfl_private.flower.hospital import HISTORY_FILE, Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.errors import OutOfOrderMessage, PublicKeyMessageError, StageMessageError
+from bfl_private.rounds.hospital import HISTORY_FILE, Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.protocol_setup import build_protocol
 from bfl_private.settings import FederationSettings, ProtocolSettings
@@ -41,9 +41,9 @@ class Setup:
     hospitals: dict[int, Hospital]
     plan: CommandPlan
 
-    def round(self, transport: LoopbackTransport | None = None, **drop: str) -> tuple[Any, list[str], FlowerRound]:
+    def round(self, transport: LoopbackTransport | None = None, **drop: str) -> tuple[Any, list[str], RoundEngine]:
         lines: list[str] = []
-        driver = FlowerRound(self.federation, self.plan, transport or LoopbackTransport(self.hospitals, drop=drop),
+        driver = RoundEngine(self.federation, self.plan, transport or LoopbackTransport(self.hospitals, drop=drop),
                              protocol=self.protocol, log=lines.append)
         return driver.run(), lines, driver
 
@@ -287,7 +287,7 @@ def test_the_client_app_answers_encrypt_through_flower_messages(recorded) -> Non
     from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
     from bfl_private.flower.client_app import STATE, app
-    from bfl_private.flower.stages import MESSAGE_TYPES, RECORD
+    from bfl_private.rounds.stages import MESSAGE_TYPES, RECORD
 
     he, recorder = recorded
     node = min(he.hospitals)

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bfl_private.coordinator import Federation
-from bfl_private.flower.errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
-from bfl_private.flower.hospital import IDENTITY_FILE, Hospital, load_data_file
-from bfl_private.flower.masking_state import PersistentMaskingClient
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.errors import HospitalConfigError, OutOfOrderMessage, StageMessageError
+from bfl_private.rounds.hospital import IDENTITY_FILE, Hospital, load_data_file
+from bfl_private.rounds.masking_state import PersistentMaskingClient
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
 from bfl_private.settings import FederationSettings
 
@@ -35,7 +35,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory):
                  for i, c in enumerate(sorted(folders))}
     recorder = RecordingTransport(hospitals)
     plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
-    summary = FlowerRound(federation, plan, recorder).run()
+    summary = RoundEngine(federation, plan, recorder).run()
     assert summary.status != "aborted"
     federation.close()
     return recorder, hospitals, folders
@@ -141,7 +141,7 @@ def test_masking_state_round_trips_exactly(recorded) -> None:
     recorder, hospitals, _ = recorded
     import json
 
-    from bfl_private.flower.hospital import _RoundState
+    from bfl_private.rounds.hospital import _RoundState
 
     for stage in ("advertise", "share", "mask", "acknowledge"):
         saved = _RoundState.from_bytes(recorder.after[stage][NODE])
@@ -247,8 +247,8 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded, tmp_pa
     from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
     from bfl_private.flower.client_app import STATE, app
-    from bfl_private.flower.hospital import PARTICIPATION_FILE
-    from bfl_private.flower.stages import MESSAGE_TYPES, RECORD
+    from bfl_private.rounds.hospital import PARTICIPATION_FILE
+    from bfl_private.rounds.stages import MESSAGE_TYPES, RECORD
     from bfl_private.participant_checks import AlreadySubmitted
 
     recorder, hospitals, folders = recorded
@@ -290,7 +290,7 @@ def test_client_app_answers_and_refuses_through_flower_messages(recorded, tmp_pa
 
 
 @pytest.mark.parametrize(("key", "value", "why"), [
-    ("protocol", "plain", "one of 'masking', 'paillier', 'ckks'"),
+    ("protocol", "rot13", "one of 'masking', 'paillier', 'ckks', 'plain'"),
     ("epsilon", -1.0, "epsilon"),
     ("rounds", True, "rounds"),
     ("stage-timeout", 0, "stage-timeout"),

@@ -18,9 +18,9 @@ from test_flower_round import make_federation
 
 from bfl_private.audit import audit
 from bfl_private.coordinator import Federation
-from bfl_private.flower.hospital import Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.hospital import Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.ledger.cid import cid_for
 from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, ROUND_OPEN, Entry
 from bfl_private.participant_checks import AlreadySubmitted
@@ -86,7 +86,7 @@ def test_a_weakened_opening_is_refused_by_name_and_recorded(fed, what: str, rewr
     federation, hospitals, plan, _ = fed
     spent = {h.name: len(h.history()) for h in hospitals.values()}
     lines: list[str] = []
-    driver = FlowerRound(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=rewrite),
+    driver = RoundEngine(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=rewrite),
                          log=lines.append)
     summary = driver.run()
     assert summary.status == "aborted", lines
@@ -106,7 +106,7 @@ def test_one_hospital_shown_a_weak_opening_is_named_in_the_close(fed) -> None:
     federation, hospitals, plan, _ = fed
     victim = sorted(h.name for h in hospitals.values())[1]
     weak = CASES[0][1]
-    summary = FlowerRound(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=weak,
+    summary = RoundEngine(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=weak,
                                                                victims={victim})).run()
     assert summary.status != "aborted" and victim not in summary.survivors
     close = _entries(federation, summary.round, ROUND_CLOSE)[0]
@@ -128,7 +128,7 @@ def test_a_repeated_advertise_after_submission_is_refused(fed) -> None:
 
 def test_the_hospitals_take_part_in_the_next_honest_round(fed) -> None:
     federation, hospitals, plan, _ = fed
-    summary = FlowerRound(federation, plan, LoopbackTransport(hospitals)).run()
+    summary = RoundEngine(federation, plan, LoopbackTransport(hospitals)).run()
     assert summary.status != "aborted" and len(summary.survivors) == len(hospitals)
     assert audit(federation.directory).ok
 
@@ -138,7 +138,7 @@ def test_without_a_ledger_copy_round_one_starts_from_the_genesis_model(tmp_path:
     try:
         plan = federation.plan(epsilon=2.0, rounds=1, skip_exhausted=False)
         wrong = CASES[-1][1]
-        driver = FlowerRound(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=wrong))
+        driver = RoundEngine(federation, plan, RewritingTransport(hospitals, federation=federation, rewrite=wrong))
         assert driver.run().status == "aborted"
         assert all("WrongBaseModel" in r for r in driver.declined.values()) and len(driver.declined) == len(hospitals)
         assert audit(federation.directory).ok

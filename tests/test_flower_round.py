@@ -18,11 +18,11 @@ from flower_transports import TamperingTransport
 
 from bfl_private.audit import audit
 from bfl_private.coordinator import CommandPlan, Federation
-from bfl_private.flower.hospital import HISTORY_FILE, Hospital
-from bfl_private.flower.loopback import LoopbackTransport
-from bfl_private.flower.server_round import FlowerRound
+from bfl_private.rounds.hospital import HISTORY_FILE, Hospital
+from bfl_private.rounds.loopback import LoopbackTransport
+from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
-from bfl_private.flower.stages import STAGES
+from bfl_private.rounds.stages import STAGES
 from bfl_private.settings import FederationSettings
 
 N = 5
@@ -48,10 +48,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Federation, dict[i
     federation.close()
 
 
-def _round(shared, **drop: str) -> tuple[Any, list[str], FlowerRound]:
+def _round(shared, **drop: str) -> tuple[Any, list[str], RoundEngine]:
     federation, hospitals, plan = shared
     lines: list[str] = []
-    driver = FlowerRound(federation, plan, LoopbackTransport(hospitals, drop=drop), log=lines.append)
+    driver = RoundEngine(federation, plan, LoopbackTransport(hospitals, drop=drop), log=lines.append)
     return driver.run(), lines, driver
 
 
@@ -109,7 +109,7 @@ def test_too_many_losses_abort_and_the_abort_is_recorded(shared) -> None:
 def test_a_submission_that_does_not_name_its_masked_input_is_refused(shared) -> None:
     federation, hospitals, plan = shared
     victim = sorted(h.name for h in hospitals.values())[1]
-    driver = FlowerRound(federation, plan, TamperingTransport(hospitals, victim=victim, stage="mask", field="masked-input"))
+    driver = RoundEngine(federation, plan, TamperingTransport(hospitals, victim=victim, stage="mask", field="masked-input"))
     summary = driver.run()
     assert summary.dropouts == (victim,)
     assert set(driver.failures) == {victim} and "blob_cid does not name the masked input" in driver.failures[victim]
@@ -123,7 +123,7 @@ def test_a_hospital_refuses_to_train_past_its_lifetime_budget(tmp_path: Path) ->
         plan = federation.plan(epsilon=0.4, rounds=1, skip_exhausted=False)
         greedy = CommandPlan(5.0, 1, {c: dataclasses.replace(p, noise_multiplier=0.6) for c, p in plan.clients.items()}, {})
         lines: list[str] = []
-        summary = FlowerRound(federation, greedy, LoopbackTransport(hospitals), log=lines.append).run()
+        summary = RoundEngine(federation, greedy, LoopbackTransport(hospitals), log=lines.append).run()
         assert summary.status == "aborted"
         assert sum("BudgetExceeded" in line for line in lines) == N
         for hospital in hospitals.values():  # nothing was trained, nothing was spent

@@ -428,7 +428,7 @@ def test_a_legacy_ledger_verifies_with_the_note(tmp_path: Path) -> None:
 
 
 def _flower() -> Any:
-    return pytest.importorskip("bfl_private.flower.loopback")
+    return pytest.importorskip("bfl_private.rounds.loopback")
 
 
 @pytest.fixture(scope="module")
@@ -469,8 +469,8 @@ def _beacon_rewrite(recorder: Any, federation: Federation, what: str) -> Callabl
 def test_a_hospital_refuses_a_beacon_that_does_not_give_the_seed(flower_fed, what: str) -> None:
     """The server has no say over the seed: a hospital checks the beacon against genesis'
     validators and the opening it was sent, refuses by name (BadBeacon), and trains nothing."""
-    from bfl_private.flower.loopback import LoopbackTransport
-    from bfl_private.flower.server_round import FlowerRound
+    from bfl_private.rounds.loopback import LoopbackTransport
+    from bfl_private.rounds.engine import RoundEngine
 
     federation, hospitals, plan, recorder = flower_fed
     rewrite = _beacon_rewrite(recorder, federation, what)
@@ -483,7 +483,7 @@ def test_a_hospital_refuses_a_beacon_that_does_not_give_the_seed(flower_fed, wha
             return super().exchange(stage, requests, round_id=round_id)
 
     spent = {h.name: len(h.history()) for h in hospitals.values()}
-    driver = FlowerRound(federation, plan, Grinding(hospitals))
+    driver = RoundEngine(federation, plan, Grinding(hospitals))
     assert driver.run().status == "aborted"
     assert set(driver.declined) == {h.name for h in hospitals.values()}
     assert all("BadBeacon" in reason for reason in driver.declined.values())
@@ -494,10 +494,10 @@ def test_a_hospital_refuses_a_beacon_that_does_not_give_the_seed(flower_fed, wha
 
 
 def test_hospitals_take_part_in_an_honest_round_after_refusing(flower_fed) -> None:
-    from bfl_private.flower.loopback import LoopbackTransport
-    from bfl_private.flower.server_round import FlowerRound
+    from bfl_private.rounds.loopback import LoopbackTransport
+    from bfl_private.rounds.engine import RoundEngine
 
     federation, hospitals, plan, _ = flower_fed
-    summary = FlowerRound(federation, plan, LoopbackTransport(hospitals)).run()
+    summary = RoundEngine(federation, plan, LoopbackTransport(hospitals)).run()
     assert summary.status != "aborted" and len(summary.survivors) == len(hospitals)
     assert audit(federation.directory).ok

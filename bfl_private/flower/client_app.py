@@ -13,9 +13,9 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from .errors import StageMessageError
-from .hospital import Hospital
-from .stages import MESSAGE_TYPES, RECORD
+from ..rounds.errors import StageMessageError
+from ..rounds.hospital import Hospital
+from ..rounds.stages import MESSAGE_TYPES, RECORD
 
 STATE = "bfl-round"
 """Name of the ConfigRecord in ``Context.state`` holding the open round's state."""

@@ -9,7 +9,8 @@ keys, override with ``--run-config``):
     rounds           rounds in this run
     protocol         aggregation protocol: ``masking`` (SecAgg / SecAgg+), ``paillier`` or
                      ``ckks`` (the key holder stays in this ServerApp's federation
-                     directory; hospitals get only its public key); ``plain`` is refused
+                     directory; hospitals get only its public key), or ``plain`` (the
+                     unprotected baseline; hospitals take part only if genesis names it)
     min-nodes        SuperNodes to wait for before the first round (0: one per hospital)
     node-wait        seconds to wait for them
     stage-timeout    seconds a stage without training waits for replies; a hospital silent
@@ -24,7 +25,7 @@ keys, override with ``--run-config``):
                      which then loads their hold-out split. With every validator remote
                      the ServerApp loads no dataset (it holds no hospital's data either)
 
-Each round is :class:`~.server_round.FlowerRound`, one message exchange per stage.
+Each round is :class:`~.server_round.RoundEngine`, one message exchange per stage.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..coordinator import Coordinator, RunRefused
 from ..validator_service import parse_address
-from .server_round import Failure, FlowerRound
-from .stages import MESSAGE_TYPES, PROTOCOL_STAGES, RECORD, TRAINING_STAGES
+from ..rounds.engine import Failure, RoundEngine
+from ..rounds.stages import MESSAGE_TYPES, PROTOCOL_STAGES, RECORD, TRAINING_STAGES
 
 logger = logging.getLogger("flwr")
 
@@ -70,7 +71,6 @@ class RunSettings:
                 raise RunRefused(f"run config {key!r} must be {rule or getattr(kind, '__name__', kind)}, got {value!r}")
             return value
 
-        # plain sends every update in the clear: it stays an in-process baseline
         protocol = get("protocol", str, lambda v: v in PROTOCOL_STAGES, "one of " + ", ".join(map(repr, PROTOCOL_STAGES)))
         return cls(
             federation_dir=Path(get("federation-dir", str, bool, "a directory path")),
@@ -177,7 +177,7 @@ def main(grid: Grid, context: Context) -> None:
                     connected, wanted, len(plan.clients))
         transport = GridTransport(grid, timeout=settings.stage_timeout, train_timeout=settings.train_timeout)
         for _ in range(settings.rounds):
-            summary = FlowerRound(federation, plan, transport, protocol=settings.protocol,
+            summary = RoundEngine(federation, plan, transport, protocol=settings.protocol,
                                   log=lambda line: logger.info("bfl-private %s", line)).run()
             logger.info("bfl-private round %d: %s, survivors %d, dropouts %s, %.2f s",
                         summary.round, summary.status, len(summary.survivors), list(summary.dropouts), summary.seconds)

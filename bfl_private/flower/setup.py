@@ -28,7 +28,7 @@ from ..coordinator import Federation
 from ..keyring import Keyring
 from ..parties import party_folder
 from ..settings import FederationSettings, ProtocolSettings
-from .hospital import DATA_FILE, GENESIS_FILE, HISTORY_FILE, IDENTITY_FILE
+from ..rounds.hospital import DATA_FILE, GENESIS_FILE, HISTORY_FILE, IDENTITY_FILE
 
 
 def export_hospitals(federation: Federation, out_dir: Path) -> dict[str, Path]:

@@ -1,8 +1,8 @@
-"""Named errors of the Flower transport, inside the protocols' error tree.
+"""Named errors of the round's stage messages, inside the protocols' error tree.
 
-A ClientApp that raises one of these answers the ServerApp with a Flower error reply
-whose reason names the class and the message; the server counts that hospital as a
-dropout of the stage, exactly as if it had vanished.
+A hospital that raises one of these answers the engine with an error reply (over Flower,
+Flower's error reply) whose reason names the class and the message; the engine counts
+that hospital as a dropout of the stage, exactly as if it had vanished.
 """
 from __future__ import annotations
 

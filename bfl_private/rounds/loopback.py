@@ -1,8 +1,8 @@
-"""An in-process transport: every hospital in this process, messages passed as records.
+"""The in-process transport: every hospital in this process, messages passed as records.
 
 It runs the very code a SuperNode runs (:meth:`Hospital.handle`, with the state kept
-between stages as Flower keeps ``Context.state``), so tests and the benchmark exercise
-the Flower round without network. A hospital listed in ``drop`` stops answering from
+between stages as Flower keeps ``Context.state``): ``bfl-private round``, the tests and
+the benchmarks drive the round engine through it without network. A hospital listed in ``drop`` stops answering from
 that stage on (stages are ordered by :data:`~.stages.STAGE_POSITION`, so in an HE round
 a hospital dropped at ``mask`` or earlier never answers ``encrypt``); one whose handler raises answers with a :class:`Failure` carrying the
 error's name and message, as Flower's error reply does.
@@ -15,7 +15,7 @@ from typing import Any
 from ..privacy.errors import PrivacyError
 from ..protocols.errors import ProtocolError
 from .hospital import Hospital
-from .server_round import Failure
+from .engine import Failure
 from .stages import STAGE_POSITION
 
 

@@ -1,6 +1,6 @@
-"""The stages of a private round over Flower and the fields each message carries.
+"""The stages of a private round and the fields each message carries.
 
-One Flower message exchange per protocol stage. Masking (Bonawitz et al., CCS 2017, with
+One message exchange per protocol stage (over Flower, one Flower message each). Masking (Bonawitz et al., CCS 2017, with
 the consistency check): ``advertise`` → ``share`` → ``mask`` (local DP-SGD, then the masked
 input) → ``acknowledge`` → ``unmask``. Paillier and CKKS are one-shot: a single ``encrypt``
 stage carries the round opening, the key holder's public key material and the model, and
@@ -25,10 +25,12 @@ STAGES = ("advertise", "share", "mask", "acknowledge", "unmask")
 """The masking round's stages, in order."""
 
 HE_STAGES = ("encrypt",)
-"""The stages of a one-shot homomorphic round (Paillier, CKKS)."""
+"""The stages of a one-shot round: Paillier, CKKS, and plain (the unprotected baseline, whose
+``encrypt`` sends the payload in the clear)."""
 
-PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier": HE_STAGES, "ckks": HE_STAGES}
-"""The protocols that run over Flower and their stages."""
+PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier": HE_STAGES, "ckks": HE_STAGES,
+                                                   "plain": HE_STAGES}
+"""The protocols a round runs and their stages."""
 
 ALL_STAGES = STAGES + HE_STAGES
 
@@ -63,6 +65,7 @@ REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
     "unmask": {"signatures": bytes},
     # public-key: Paillier, the RFC 8785 JSON of the public key (n, key_id); CKKS, TenSEAL's
     # serialised public context (public key only). Both must be what round-open names.
+    # Plain: empty.
     "encrypt": {"round-open": bytes, "public-key": bytes, "model": bytes},
 }
 

@@ -1,23 +1,27 @@
-"""The server side of one private round when the hospitals are remote.
+"""The round engine: the server side of one private round, whatever carries its messages.
 
-The ServerApp drives this with Flower's grid; tests and the benchmark drive it with
-:class:`LoopbackTransport`. Either way the round writes exactly the ledger records that
-:meth:`bfl_private.coordinator.Federation.run_round` writes in-process for the same
-protocol — ``round_open``, each survivor's ``submission`` (signed by the hospital itself,
-on its own machine), ``round_close`` with the protocol's transcript, the validators'
-attestations and a block with their quorum certificate — or an ``abort`` when too few
-hospitals remain, so ``bfl-private verify`` checks it unchanged.
+One engine, two transports. ``bfl-private round`` drives it over the in-process
+:class:`~.loopback.LoopbackTransport` to the demo's hospitals
+(:mod:`bfl_private.simulated_hospitals`); the Flower ServerApp drives it over Flower's grid
+to SuperNodes. On the other side of either transport is the same participant code,
+:class:`~.hospital.Hospital`. The round writes ``round_open`` and its beacon, each
+survivor's ``submission`` (signed by the hospital itself), ``round_close`` with the
+protocol's transcript, the validators' attestations and a block with their quorum
+certificate — or an ``abort`` when too few hospitals remain — and ``bfl-private verify``
+checks it.
 
 Protocols: ``masking`` (five stages, :data:`~.stages.STAGES`), and the one-shot
-homomorphic ``paillier`` and ``ckks`` (one ``encrypt`` stage; the federation's key holder
-stays on this side, built by :func:`~bfl_private.protocol_setup.build_protocol` as
-in-process, and decrypts only the sum, see :mod:`.one_shot`).
+``paillier``, ``ckks`` and ``plain`` (one ``encrypt`` stage; an HE key holder stays on
+this side, built by :func:`~bfl_private.protocol_setup.build_protocol`, and decrypts only
+the sum, see :mod:`.one_shot`). Local DP (hospitals run DP-SGD) or distributed DP
+(hospitals send Skellam shares; the server's optimiser steps on the noisy sum).
 
 A hospital that does not answer a stage within the transport's timeout, answers with an
 error, or answers with anything that fails a check (a named error is logged) is a dropout
-from that stage on, as in :func:`bfl_private.protocols.masking.run_round`. In an HE round
-a hospital whose signed submission checks out but whose ciphertext does not decode is
-*rejected* (recorded with the reason), as in-process.
+from that stage on. One whose refusal names a participant check is named in the close.
+One whose signed submission checks out but whose protected update does not (a masked
+input that does not parse or fit, a ciphertext that does not decode, a plain payload out
+of range) is *rejected*, recorded with the reason.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from ..coordinator import CommandPlan, Coordinator, RoundSummary, RunRefused
 from ..fedavg import next_global_model
+from ..ledger.beacon import RANDOMNESS_BEACON
 from ..ledger.cid import cid_for
 from ..ledger.entries import ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
@@ -92,13 +97,17 @@ class _RoundAborted(BflError):
         self.survivors = survivors
 
 
-class FlowerRound:
+class RoundEngine:
     """One round over a transport; :meth:`run` returns the same summary as the coordinator."""
 
     def __init__(self, federation: Coordinator, plan: CommandPlan, transport: Transport, *,
                  protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
         if protocol not in PROTOCOL_STAGES:
-            raise RunRefused(f"protocol {protocol!r} does not run over Flower; these do: {', '.join(PROTOCOL_STAGES)}")
+            raise RunRefused(f"unknown protocol {protocol!r}; rounds run {', '.join(PROTOCOL_STAGES)}")
+        if protocol == "masking" and federation.settings.round_randomness != RANDOMNESS_BEACON:
+            raise RunRefused(f"this federation's genesis predates the validator beacon (round_randomness "
+                             f"{federation.settings.round_randomness!r}): hospitals take no round seed from the "
+                             f"server, so it runs no more masking rounds (paillier and ckks rounds need no seed)")
         if plan.distributed is not None and protocol not in DISTRIBUTED_PROTOCOLS:
             raise RunRefused(f"distributed DP needs a secure sum exact in the integer ring "
                              f"({', '.join(DISTRIBUTED_PROTOCOLS)}), not --protocol {protocol}")
@@ -256,9 +265,9 @@ class FlowerRound:
         return registered_records(self.federation.ledger.state)
 
     def _check_aggregate(self, result: AggregationResult) -> None:
-        """The rule the in-process engine applies (:class:`~bfl_private.federation.Aggregator`):
-        a decoded sum that cannot be the included hospitals' payloads (local DP) or the
-        plan's noisy sum (distributed DP) is refused."""
+        """The aggregate rule the validators and the verifier apply too: a decoded sum that
+        cannot be the included hospitals' payloads (local DP) or the plan's noisy sum
+        (distributed DP) is refused."""
         fed = self.federation
         if self.plan.distributed is None:
             violation = aggregate_rule_violation(
@@ -284,17 +293,15 @@ class FlowerRound:
                  length: int) -> AggregationResult:
         """The five masking stages; the unmasked total of the survivors."""
         fed = self.federation
-        if len(self.opened) < 2:
-            raise RunRefused("this federation's genesis predates the validator beacon (round_randomness "
-                             f"{fed.settings.round_randomness!r}); Flower hospitals take no round seed from the "
-                             "server, so its masking rounds run in-process only")
         params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
                                       length=length, neighbours=neighbours)
         registry = fed.ledger.state.clients()
         keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
         server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
         try:
-            advertise = self._request("advertise", round_open=opened.to_bytes(), round_beacon=self.opened[1].to_bytes(),
+            # The beacon the ledger records after the opening (none: each hospital refuses, BadBeacon).
+            beacon = self.opened[1].to_bytes() if len(self.opened) > 1 else b""
+            advertise = self._request("advertise", round_open=opened.to_bytes(), round_beacon=beacon,
                                       length=params.length)
             for client, reply in self._claim("advertise", advertise).items():
                 self._receive("advertise", client, partial(self._check_advertisement, server, reply))
@@ -312,7 +319,11 @@ class FlowerRound:
                                               for i, d in deliveries.items()})
             for client, reply in replies.items():
                 def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
-                    blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
+                    try:
+                        blob = encode_submission(MaskedInput.from_bytes(reply["masked-input"]).vector)
+                    except ProtocolError as exc:  # no masked input to sum or commit: named, not charged
+                        self.refused[client] = f"masked input refused: {_entry_failure(exc)}"
+                        raise
                     self._accept_submission(client, reply, blob, keys[client], registry[client])
                     try:
                         server.receive_masked_input(reply["masked-input"], sender=self.participants.index(client))

@@ -45,7 +45,6 @@ identity key. The key holder stays with the ServerApp.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -60,6 +59,7 @@ from safetensors.numpy import load as load_safetensors
 from ..artifacts import MODEL_TENSOR, STATE_TENSORS
 from ..fedavg import weighted_payload
 from ..ledger.beacon import RANDOMNESS_BEACON, BeaconPolicy, RoundBeacon, round_seed
+from ..keyring import Keyring, KeyringError
 from ..parties import IDENTITY_FILE
 from ..round_records import Submission
 from ..participant_checks import (
@@ -98,6 +98,14 @@ HISTORY_FILE = "privacy-history.json"
 PARTICIPATION_FILE = "participation.json"
 PARTICIPATION_VERSION = 1
 ROUND_STATE_VERSION = 1
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write one of the hospital's own records atomically, readable by it alone (0600)."""
+    try:
+        Keyring(path.parent).store(path.name, data)
+    except KeyringError as exc:
+        raise HospitalConfigError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -352,9 +360,7 @@ class Hospital:
 
     def _record_spend(self, record: SpendRecord) -> None:
         records = [r.to_json() for r in self.history()] + [record.to_json()]
-        temporary = self.history_path.with_name(self.history_path.name + ".tmp")
-        temporary.write_text(json.dumps(records, indent=1))
-        os.replace(temporary, self.history_path)
+        write_private(self.history_path, json.dumps(records, indent=1).encode())
 
     # --- participation record ----------------------------------------------------------
 
@@ -383,9 +389,7 @@ class Hospital:
                 record[key].append(value)
             elif value not in record[key]:
                 record[key] = sorted(record[key] + [value])
-        temporary = self.participation_path.with_name(self.participation_path.name + ".tmp")
-        temporary.write_text(json.dumps(record, indent=1))
-        os.replace(temporary, self.participation_path)
+        write_private(self.participation_path, json.dumps(record, indent=1).encode())
 
     def _refuse(self, stage: str, exc: ParticipantRefusal) -> ParticipantRefusal:
         """Record the refusal in the participation record; returns it to raise."""
@@ -558,16 +562,11 @@ class Hospital:
     def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:
         """This hospital's private input from ``base``, within its lifetime budget.
 
-        Local DP: DP-SGD, and the weighted payload (the update vector every protocol
-        protects). Distributed DP: the clipped, rounded gradient sum plus this hospital's
-        Skellam share of the plan (:func:`~bfl_private.federation.distributed_share`).
-        Returns the vector, the record count, and the privacy record it signs. Refuses
-        (BudgetExceeded) before computing anything when the planned record would take the
-        hospital past its budget.
+        Returns the vector every protocol protects (:meth:`_private_input`), the record
+        count, and the privacy record it signs. Refuses (BudgetExceeded) before computing
+        anything when the planned record would take the hospital past its budget.
         """
-        from ..data import ClientData, Split
         from ..distributed_round import planned_record as distributed_record
-        from ..federation import Client, distributed_share, train_private
         from ..privacy.accounting import recorded_epsilon
         from ..privacy.errors import BudgetExceeded
         from ..round_checks import planned_record
@@ -575,34 +574,49 @@ class Hospital:
         settings = self.registry.settings
         dp_plan = self._distributed_plan(opened)
         sigma = opened.payload["privacy_plan"].get("noise_multipliers", {}).get(self.name)
+        planned: SpendRecord
         if dp_plan is not None:
             planned = distributed_record(settings, dp_plan, participants=len(opened.payload["participants"]))
         elif not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
             raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
         else:
             planned = planned_record(settings, noise_multiplier=float(sigma))
-        records = len(self.data)
-        privacy = settings.privacy
-        rate = privacy.sample_rate  # the federation's Poisson rate, as the coordinator plans it
         history = self.history()
         spent = recorded_epsilon(history) if history else 0.0
         projected = recorded_epsilon(history + [planned])
         budget = float(self.registry.clients[self.name]["epsilon_budget"])
         if projected > budget:
             raise BudgetExceeded(self.name, spent=spent, projected=projected, budget=budget)
+        vector, record = self._private_input(base, planned, dp_plan)
+        return vector, len(self.data), record
+
+    def _max_records(self) -> int:
+        """The largest registered record count: FedAvg weights are relative to it."""
+        return max(int(c["data_weight"]) for c in self.registry.clients.values())
+
+    def _private_input(self, base: np.ndarray, planned: SpendRecord,
+                       dp_plan: DistributedPlan | None) -> tuple[np.ndarray, SpendRecord]:
+        """Local DP: DP-SGD at the planned σ and the federation's Poisson rate, and the
+        weighted payload with the training's own record. Distributed DP: the clipped,
+        rounded gradient sum plus this hospital's Skellam share of the plan
+        (:func:`~bfl_private.federation.distributed_share`), with the plan's record."""
+        from ..data import ClientData, Split
+        from ..federation import Client, distributed_share, train_private
+
+        settings = self.registry.settings
         empty = Split(np.zeros((0, self.data.features.shape[1]), np.float32), np.zeros(0, np.int64))
         local = Client(ClientData(self.name, self.data, empty), n_features=self.data.features.shape[1],
                        n_classes=self.registry.n_classes())
         if dp_plan is not None:
-            return distributed_share(local, base, settings.training, dp_plan).delta, records, planned
-        update = train_private(local, base, settings.training, privacy, noise_multiplier=float(sigma),
-                               sample_rate=rate)
+            return distributed_share(local, base, settings.training, dp_plan).delta, planned
+        update = train_private(local, base, settings.training, settings.privacy,
+                               noise_multiplier=planned.noise_multiplier,  # type: ignore[union-attr]
+                               sample_rate=settings.privacy.sample_rate)
         if update.privacy is None:
             raise HospitalConfigError(f"{self.name}: DP-SGD returned no privacy record; nothing is sent")
-        max_records = max(int(c["data_weight"]) for c in self.registry.clients.values())
-        vector = weighted_payload(update.delta, records=records, max_records=max_records,
+        vector = weighted_payload(update.delta, records=len(self.data), max_records=self._max_records(),
                                   bound=settings.training.update_bound)
-        return vector, records, update.privacy
+        return vector, update.privacy
 
     def _submit(self, opened: Entry, blob: bytes, records: int, privacy: SpendRecord) -> bytes:
         """Sign the submission naming ``blob``, and count its ε as spent: the update leaves now."""
@@ -634,8 +648,10 @@ class Hospital:
         # the key material is checked before training, so a bad message costs no ε
         if protocol == "paillier":
             encrypt = self._paillier_encryptor(params, fields["public-key"], length, round_id=opened.round)
-        else:
+        elif protocol == "ckks":
             encrypt = self._ckks_encryptor(params, fields["public-key"])
+        else:  # plain, which genesis allows only when it names plain (participant_checks)
+            encrypt = self._plain_encoder(fields["public-key"])
         vector, records, privacy = self._train(opened, base)
         blob = encrypt(vector)
         reply = {"client": self.name, "ciphertext": blob, "submission": self._submit(opened, blob, records, privacy)}
@@ -645,17 +661,15 @@ class Hospital:
                             length: int, *, round_id: int) -> Callable[[np.ndarray], bytes]:
         """The in-process client step under the Paillier public key in ``message``, which
         must be the key the round opening names."""
-        from ..protocols.paillier import PackingLayout, PublishedKey, encrypt_update, key_id, public_key_from_json
+        from ..protocols.paillier import PackingLayout, encrypt_update, key_id, public_key_from_json
 
         where = f"Paillier public key sent to {self.name}"
         try:
             key = public_key_from_json(json.loads(message))
         except (ValueError, TypeError, ProtocolError) as exc:  # not JSON, not a key, a wrong fingerprint
             raise PublicKeyMessageError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        try:  # the size is genesis policy and the modulus must carry its proof, whatever the round says
-            PublishedKey.from_json(params, key_bits=self.registry.settings.protocol.paillier_key_bits)
-        except ProtocolError as exc:
-            raise PublicKeyMessageError(f"the Paillier key the round opening announces to {self.name}: {exc}") from exc
+        # The key the opening announces, its size and its proof were checked with the opening
+        # (participant_checks); here: the key sent must be that one.
         try:
             named = public_key_from_json(params["public_key"])
             codec = codec_from_json(dict(params["codec"]))
@@ -667,6 +681,14 @@ class Hospital:
                                         f"{key_id(named).hex()[:16]}... that the round opening names")
         return lambda vector: encrypt_update(vector, public_key=key, codec=codec, layout=layout, round_id=round_id,
                                              client=self.name, rng=np.random.default_rng())
+
+    def _plain_encoder(self, message: bytes) -> Callable[[np.ndarray], bytes]:
+        """Plain sends the payload in the clear; there is no key to receive."""
+        from ..protocols.plain import encode_submission as plain_submission
+
+        if message:
+            raise PublicKeyMessageError(f"plain round: {self.name} expects no public key, got {len(message)} bytes")
+        return plain_submission
 
     def _ckks_encryptor(self, params: Mapping[str, Any], message: bytes) -> Callable[[np.ndarray], bytes]:
         """The in-process client step under the CKKS public context in ``message``, which

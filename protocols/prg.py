@@ -34,6 +34,9 @@ _ZERO_COUNTER_MODE = modes.CTR(bytes(16))
 _BLOCK = 16
 DEFAULT_CHUNK_WORDS = 1 << 15
 """Words per chunk (128 KiB): small enough for L2, large enough to amortise the calls."""
+# The plaintext whose encryption is the keystream: immutable, so every expander with a
+# chunk up to the default shares this one block instead of allocating its own.
+_SHARED_ZEROS = memoryview(bytes(4 * DEFAULT_CHUNK_WORDS))
 
 
 def new_seed() -> bytes:
@@ -60,11 +63,25 @@ class MaskExpander:
         if chunk_words < 1:
             raise MalformedInput(f"chunk_words must be >= 1, got {chunk_words}")
         self.chunk_words = chunk_words
-        self._zeros = bytes(4 * chunk_words)
-        # update_into needs len(input) + block_size - 1 bytes of room.
-        self._buffer = bytearray(4 * chunk_words + _BLOCK - 1)
-        self._words = np.frombuffer(self._buffer, dtype=_WORD, count=chunk_words)
+        self._zeros = (
+            _SHARED_ZEROS
+            if chunk_words <= DEFAULT_CHUNK_WORDS
+            else memoryview(bytes(4 * chunk_words))
+        )
+        # The keystream buffer is sized on first use to the vectors actually masked (at
+        # most one chunk): a round makes one expander per party, and two full-chunk
+        # buffers per party, allocated and faulted in, cost more than masking a short
+        # vector (about 3% of a round of 10 clients with 10^4 words).
+        self._buffer = bytearray()
+        self._words = np.empty(0, dtype=_WORD)
         self.words_generated = 0
+
+    def _keystream_buffer(self, words: int) -> np.ndarray:
+        if self._words.shape[0] < words:
+            # update_into needs len(input) + block_size - 1 bytes of room.
+            self._buffer = bytearray(4 * words + _BLOCK - 1)
+            self._words = np.frombuffer(self._buffer, dtype=_WORD, count=words)
+        return self._words
 
     def apply(
         self, target: np.ndarray, *, add: Sequence[bytes] = (), subtract: Sequence[bytes] = ()
@@ -74,15 +91,16 @@ class MaskExpander:
             raise MalformedInput(
                 f"mask target must be a contiguous 1-D uint32 array, got {target.dtype} {target.shape}"
             )
+        length = target.shape[0]
         adders = [_cipher(seed) for seed in add]
         subtractors = [_cipher(seed) for seed in subtract]
-        length = target.shape[0]
-        zeros = memoryview(self._zeros)
-        for start in range(0, length, self.chunk_words):
-            n = min(self.chunk_words, length - start)
+        step = min(self.chunk_words, max(length, 1))
+        keystream = self._keystream_buffer(step)
+        for start in range(0, length, step):
+            n = min(step, length - start)
             chunk = target[start : start + n]
-            words = self._words[:n]
-            data = zeros[: 4 * n]
+            words = keystream[:n]
+            data = self._zeros[: 4 * n]
             for cipher in adders:
                 cipher.update_into(data, self._buffer)
                 np.add(chunk, words, out=chunk)

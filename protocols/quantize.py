@@ -85,10 +85,16 @@ class FixedPointCodec:
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
             raise MalformedInput(f"non-finite value {x[bad]!r} at index {bad}")
         rng = rng if rng is not None else np.random.default_rng()
-        u = (np.clip(x, -self.clip, self.clip) + self.clip) / self.step
-        low = np.floor(u)
-        level = low + (rng.random(u.shape) < (u - low))
-        return np.minimum(level, self.levels).astype(np.uint32)
+        # In place, the same operations in the same order (so the same levels for the
+        # same rng): a temporary per step cost as much as the arithmetic on long vectors.
+        u = np.clip(x, -self.clip, self.clip)
+        u += self.clip
+        u /= self.step
+        level = np.floor(u)
+        u -= level
+        level += rng.random(u.shape) < u
+        np.minimum(level, self.levels, out=level)
+        return level.astype(np.uint32)
 
     def decode_sum(self, total: np.ndarray, summands: int) -> np.ndarray:
         """Decode the uint32 sum of ``summands`` encoded vectors to float64."""

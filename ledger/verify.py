@@ -173,7 +173,7 @@ class LedgerAnchor:
             federation_id=record.federation_id,
             genesis_fingerprint=genesis_fingerprint(genesis),
             genesis_pinned=pinned,
-            validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.get)),
+            validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.__getitem__)),
             quorum=quorum,
             head=HeadCheckpoint.of(head.header),
             trusted_size=None if trusted is None else trusted.size,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from bench.audit_ledger import build_ledger
 from bfl_private.ledger.entries import Entry
-from bfl_private.ledger.identity import VerifyingKey
+from bfl_private.ledger.genesis import GenesisRecord
 from bfl_private.ledger.store import DATABASE
 from bfl_private.primitives.ed25519 import verify_signature
 
@@ -61,10 +61,9 @@ def _signature_floor(directory: Path) -> float:
                    db.execute("SELECT data FROM entries ORDER BY idx")]
     finally:
         db.close()
-    genesis = entries[0].payload
     keys = {}
-    for member in [genesis["coordinator"], *genesis["clients"], *genesis["validators"]]:
-        key = VerifyingKey.from_vkey(member["vkey"])
+    for member in GenesisRecord.of(entries[0]).members:
+        key = member.key()
         keys[key.key_id_hex] = key.public_bytes()
     messages = [(keys[e.author], e.signature, e.signed_bytes()) for e in entries]
     started = time.perf_counter()

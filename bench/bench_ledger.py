@@ -37,6 +37,7 @@ from bfl_private.ledger.entries import (
     Entry,
     verify_signatures,
 )
+from bfl_private.ledger.genesis import GenesisRecord, Normalisation, RegisteredClient, RegisteredParty, Rewards
 from bfl_private.ledger.identity import SigningIdentity
 from bfl_private.ledger.merkle import Frontier, inclusion_proof, leaf_hash
 from bfl_private.ledger.store import Ledger, SQLiteStore
@@ -54,20 +55,19 @@ class _Federation:
         self.validators = [SigningIdentity.generate(f"v{i}") for i in range(_VALIDATORS)]
 
     def genesis(self) -> Entry:
-        def member(identity: SigningIdentity) -> dict[str, str]:
-            return {"id": identity.name, "vkey": identity.public.vkey()}
+        def member(identity: SigningIdentity) -> RegisteredParty:
+            return RegisteredParty(identity.name, identity.public.vkey())
 
-        return Entry.create(self.coordinator, GENESIS, 0, {
-            "federation_id": "bench", "settings": {}, "quorum": 3,
-            "rewards": {"reward_per_round": 1000, "penalty_invalid": 1, "penalty_dropout": 1,
-                        "validator_reward": 1},
-            "coordinator": member(self.coordinator),
-            "clients": [{**member(c), "epsilon_budget": 1e9, "delta": 1e-5,
-                         "data_weight": 100} for c in self.clients],
-            "validators": [member(v) for v in self.validators],
-            "initial_model_cid": _CID,
-            "normalisation": {"source": "bench constants", "records": 0, "mean": [0.0], "scale": [1.0]},
-        })
+        return Entry.create(self.coordinator, GENESIS, 0, GenesisRecord(
+            federation_id="bench", settings={}, quorum=3,
+            rewards=Rewards(reward_per_round=1000, penalty_invalid=1, penalty_dropout=1, validator_reward=1),
+            coordinator=member(self.coordinator),
+            clients=tuple(RegisteredClient(c.name, c.public.vkey(), epsilon_budget=1e9, delta=1e-5, data_weight=100)
+                          for c in self.clients),
+            validators=tuple(member(v) for v in self.validators),
+            initial_model_cid=_CID,
+            normalisation=Normalisation(source="bench constants", records=0, mean=(0.0,), scale=(1.0,)),
+        ).to_json())
 
     def round(self, number: int) -> list[Entry]:
         names = sorted(c.name for c in self.clients)

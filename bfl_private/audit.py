@@ -44,6 +44,7 @@ from rich.table import Table
 from .distributed_round import is_distributed_plan
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, ATTESTATION, GENESIS, ROUND_CLOSE, ROUND_OPEN, Entry
+from .ledger.genesis import GenesisRecord
 from .ledger.verify import (
     BlockContext,
     VerificationReport,
@@ -106,20 +107,20 @@ class AggregateHook(VerifierHook):
     name = "aggregates recomputed"
 
     def __init__(self) -> None:
-        self.genesis: Entry | None = None
+        self.genesis: GenesisRecord | None = None
         self.paillier_key = PaillierKeyPin()
 
     def check_block(self, context: BlockContext) -> None:
         genesis = next((e for e in context.entries if e.type == GENESIS), None)
         if genesis is not None:
-            self.genesis = genesis
+            self.genesis = GenesisRecord.of(genesis)
             return
         assert self.genesis is not None
         view = RoundView.of(context.entries)
         if view is None:
             # An aborted round's clients still encrypted under the key its opening announced.
             for opened in (e for e in context.entries if e.type == ROUND_OPEN):
-                check_paillier_key(opened, FederationSettings.from_json(self.genesis.payload["settings"]),
+                check_paillier_key(opened, FederationSettings.from_json(self.genesis.settings),
                                    pinned=self.paillier_key.n, where=f"round {opened.round}")
             self.paillier_key.add(context.entries)
             return
@@ -142,7 +143,7 @@ class ModelChainHook(VerifierHook):
     def check_block(self, context: BlockContext) -> None:
         genesis = next((e for e in context.entries if e.type == GENESIS), None)
         if genesis is not None:
-            self.settings = FederationSettings.from_json(genesis.payload["settings"])
+            self.settings = FederationSettings.from_json(GenesisRecord.of(genesis).settings)
             return
         view = RoundView.of(context.entries)
         if view is not None:
@@ -188,13 +189,13 @@ class RoundRandomnessHook(VerifierHook):
     name = "round randomness"
 
     def __init__(self) -> None:
-        self.genesis: Entry | None = None
+        self.genesis: GenesisRecord | None = None
 
     def check_block(self, context: BlockContext) -> None:
         genesis = next((e for e in context.entries if e.type == GENESIS), None)
         if genesis is not None:
-            self.genesis = genesis
-            if FederationSettings.from_json(genesis.payload["settings"]).round_randomness != RANDOMNESS_BEACON:
+            self.genesis = GenesisRecord.of(genesis)
+            if FederationSettings.from_json(self.genesis.settings).round_randomness != RANDOMNESS_BEACON:
                 context.note(LEGACY_RANDOMNESS)
             return
         assert self.genesis is not None
@@ -323,7 +324,7 @@ def summarise(log: Sequence[Entry], state: LedgerState) -> FederationSummary:
     initial_model_cid = None
     for entry in log:
         if entry.type == GENESIS:
-            initial_model_cid = entry.payload["initial_model_cid"]
+            initial_model_cid = GenesisRecord.of(entry).initial_model_cid
         elif entry.type == ROUND_OPEN:
             opened[entry.round] = entry
         elif entry.type in (ROUND_CLOSE, ABORT):

@@ -230,6 +230,7 @@ def main() -> None:
 @_federation_options
 def init_command(directory: Path, as_json: bool, config_file: Path | None, **flags: Any) -> None:
     """Create a federation in --dir (keys, genesis block) without running a round."""
+    from .ledger.genesis import GenesisRecord
     from .runner import create_federation, new_federation_settings, shortcut_choices
 
     _check_directory(directory)
@@ -238,11 +239,11 @@ def init_command(directory: Path, as_json: bool, config_file: Path | None, **fla
         settings = new_federation_settings(choices)
         federation = create_federation(directory, settings, model_seed=flags["seed"] or 0)
     try:
-        genesis = federation.ledger.genesis().payload
+        genesis = GenesisRecord.of(federation.ledger.genesis())
     finally:
         federation.close()
-    summary = {"directory": str(directory), "federation_id": genesis["federation_id"],
-               "clients": len(genesis["clients"]), "validators": len(genesis["validators"]),
+    summary = {"directory": str(directory), "federation_id": genesis.federation_id,
+               "clients": len(genesis.clients), "validators": len(genesis.validators),
                "settings": settings.to_json()}
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

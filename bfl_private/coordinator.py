@@ -37,7 +37,7 @@ from .keyring import Keyring, KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
 from .ledger.contracts import min_quorum
 from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, Entry
-from .ledger.identity import VerifyingKey
+from .ledger.genesis import GenesisRecord, RegisteredClient, RegisteredParty, Rewards
 from .parties import (
     COORDINATOR,
     CSV_COMMITMENT_KEY_FILE,
@@ -252,18 +252,18 @@ class Coordinator:
     in-process demo: simulated hospitals, their data and the round engine."""
 
     def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
-                 remote_validators: Mapping[str, str] | None = None, genesis: Mapping[str, Any] | None = None) -> None:
+                 remote_validators: Mapping[str, str] | None = None, genesis: GenesisRecord | None = None) -> None:
         """``remote_validators``: validator name -> ``HOST:PORT`` of a validator running as
         its own process (``bfl-private validator``); the others run in this process.
-        ``genesis``: the genesis payload, while it is not yet on the ledger (at creation)."""
+        ``genesis``: the genesis record, while it is not yet on the ledger (at creation)."""
         self.directory = directory
         self.ledger = ledger
         self.settings = settings
         self.coordinator = SigningParty(directory, COORDINATOR)
         """The coordinator's own party: the one folder this object reads."""
         self._histories = PrivacyHistories()
-        genesis = dict(genesis if genesis is not None else ledger.genesis().payload)
-        names = [v["id"] for v in genesis["validators"]]
+        genesis = genesis if genesis is not None else GenesisRecord.of(ledger.genesis())
+        names = [v.id for v in genesis.validators]
         remote = dict(remote_validators or {})
         if unknown := sorted(set(remote) - set(names)):
             raise RunRefused(f"no validator named {', '.join(unknown)} in this federation (its validators: "
@@ -279,8 +279,8 @@ class Coordinator:
         self.validators = ValidatorPanel(
             [RemoteValidator(name, remote[name]) if name in remote else LoopbackValidator(local[name], ledger)
              for name in names],
-            keys={v["id"]: VerifyingKey.from_vkey(v["vkey"]) for v in genesis["validators"]},
-            quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis["federation_id"],
+            keys={v.id: v.key() for v in genesis.validators},
+            quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis.federation_id,
             sign_proposal=lambda message: self.coordinator.identity.sign(message))
         self.round_parties = RoundParties(self._hospitals(), list(local.values()), PaillierDealer(directory),
                                           CkksKeyHolderParty(directory))
@@ -304,7 +304,7 @@ class Coordinator:
         check_layout(directory)
         ledger = Ledger.open(directory)
         try:
-            settings = FederationSettings.from_json(ledger.genesis().payload["settings"])
+            settings = FederationSettings.from_json(GenesisRecord.of(ledger.genesis()).settings)
             return cls(Path(directory), ledger, settings, remote_validators=remote_validators)
         except BaseException:
             ledger.close()
@@ -411,7 +411,7 @@ class Coordinator:
         return {c: planned_record(self.settings, noise_multiplier=sigmas[c]) for c in participants}
 
     def beacon_policy(self) -> BeaconPolicy:
-        return BeaconPolicy.from_genesis(self.ledger.genesis().payload)
+        return BeaconPolicy.from_genesis(GenesisRecord.of(self.ledger.genesis()))
 
     def record_close(self, entries: list[Entry], *, round_id: int, result: AggregationResult,
                      new_params: np.ndarray, server_state: ServerState | None, rejected: Mapping[str, str],
@@ -471,7 +471,7 @@ class Federation(Coordinator):
     (:meth:`run_round`); the coordinator's side is :class:`Coordinator`."""
 
     def __init__(self, directory: Path, ledger: Ledger, settings: FederationSettings, *,
-                 remote_validators: Mapping[str, str] | None = None, genesis: Mapping[str, Any] | None = None) -> None:
+                 remote_validators: Mapping[str, str] | None = None, genesis: GenesisRecord | None = None) -> None:
         if settings.csv is not None and settings.csv_description is not None:
             check_unchanged(settings.csv, settings.csv_description, seed=settings.data_seed,
                             n_validators=settings.n_validators,
@@ -540,28 +540,22 @@ class Federation(Coordinator):
         coordinator = SigningParty(directory, COORDINATOR)
         ledger = Ledger.create(directory)
         initial = flatten_parameters(build_model(settings.training.model, data.n_features, data.n_classes, seed=model_seed))
-        genesis = coordinator.entry(GENESIS, 0, {
-            "federation_id": f"bfl-{secrets.token_hex(6)}",
-            "settings": settings.to_json(),
-            "quorum": min_quorum(len(validators)),
-            "rewards": {
-                "reward_per_round": settings.rewards.reward_per_round,
-                "penalty_invalid": settings.rewards.penalty_invalid,
-                "penalty_dropout": settings.rewards.penalty_dropout,
-                "validator_reward": settings.rewards.validator_reward,
-            },
-            "coordinator": {"id": COORDINATOR, "vkey": registered.vkey},
-            "clients": [
-                {"id": c.client_id, "vkey": r.vkey, "epsilon_budget": settings.privacy.lifetime_epsilon,
-                 "delta": settings.privacy.delta, "data_weight": len(c.train)}
-                for c, r in clients
-            ],
-            "validators": [{"id": v.party, "vkey": v.vkey} for v in validators],
-            "initial_model_cid": put_model(ledger.blobs, initial),
-            "normalisation": data.normaliser.to_json(),
-        })
-        federation = cls(directory, ledger, settings, genesis=genesis.payload)
-        federation.commit_block([genesis])
+        genesis = GenesisRecord(
+            federation_id=f"bfl-{secrets.token_hex(6)}",
+            settings=settings.to_json(),
+            quorum=min_quorum(len(validators)),
+            rewards=Rewards(**dataclasses.asdict(settings.rewards)),
+            coordinator=RegisteredParty(COORDINATOR, registered.vkey),
+            clients=tuple(RegisteredClient(c.client_id, r.vkey, epsilon_budget=settings.privacy.lifetime_epsilon,
+                                           delta=settings.privacy.delta, data_weight=len(c.train))
+                          for c, r in clients),
+            validators=tuple(RegisteredParty(v.party, v.vkey) for v in validators),
+            initial_model_cid=put_model(ledger.blobs, initial),
+            normalisation=data.normaliser,
+        )
+        entry = coordinator.entry(GENESIS, 0, genesis.to_json())
+        federation = cls(directory, ledger, settings, genesis=genesis)
+        federation.commit_block([entry])
         return federation
 
     # --- one round --------------------------------------------------------------------

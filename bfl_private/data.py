@@ -17,12 +17,13 @@ The pipeline is deterministic for a seed:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
+from .ledger.genesis import Normalisation
 from .primitives.errors import BflError
 
 if TYPE_CHECKING:
@@ -50,20 +51,12 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Normaliser:
-    """Feature standardisation ``(x - mean) / scale`` with constants from a public source."""
-
-    source: str
-    records: int
-    """Size of the public sample the constants were computed from."""
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
+class Normaliser(Normalisation):
+    """The constants genesis publishes (:class:`~bfl_private.ledger.genesis.Normalisation`),
+    applied to features."""
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         return ((features - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "records": self.records, "mean": list(self.mean), "scale": list(self.scale)}
 
 
 @dataclass(frozen=True)

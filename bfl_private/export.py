@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .artifacts import get_model
 from .ledger.errors import VerificationError
+from .ledger.genesis import GenesisRecord
 from .ledger.store import Ledger
 from .models import build_model, classes_for, load_flat
 from .primitives.errors import BflError
@@ -39,7 +40,7 @@ def _model_cid(ledger: Ledger, round_id: int | None) -> tuple[int, str]:
     if round_id is None:
         return state.last_round, state.model_cid
     if round_id == 0:
-        return 0, ledger.genesis().payload["initial_model_cid"]
+        return 0, GenesisRecord.of(ledger.genesis()).initial_model_cid
     after = [r for r in rounds if r["round"] == round_id]
     if not after:
         raise ExportError(f"{ledger.directory}: no round {round_id}; finished rounds are 1-{state.last_round}")
@@ -51,22 +52,22 @@ def export_model(directory: Path, output: Path, *, round_id: int | None = None) 
 
     try:
         with Ledger.open(directory) as ledger:
-            genesis = ledger.genesis().payload
-            settings = FederationSettings.from_json(genesis["settings"])
+            genesis = GenesisRecord.of(ledger.genesis())
+            settings = FederationSettings.from_json(genesis.settings)
             round_done, cid = _model_cid(ledger, round_id)
             params = get_model(ledger.blobs, cid)
             federation_id = ledger.state.federation_id
     except VerificationError as exc:
         raise ExportError(f"{directory}: {exc}") from None
-    normalisation = genesis["normalisation"]
-    n_features = len(normalisation["mean"])
+    normalisation = genesis.normalisation
+    n_features = len(normalisation.mean)
     kind = settings.training.model
     n_classes = classes_for(kind, n_features, int(params.shape[0]))
     model = build_model(kind, n_features, n_classes)
     load_flat(model, params)
     metadata = {"federation_id": federation_id, "round": str(round_done), "model_cid": cid, "model": kind,
                 "n_features": str(n_features), "n_classes": str(n_classes),
-                "normalisation": json.dumps(normalisation, sort_keys=True)}
+                "normalisation": json.dumps(normalisation.to_json(), sort_keys=True)}
     data = save({k: v.contiguous() for k, v in model.state_dict().items()}, metadata=metadata)
     try:
         Path(output).write_bytes(data)

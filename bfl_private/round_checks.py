@@ -22,6 +22,7 @@ from .ledger.blobstore import BlobStore
 from .ledger.contracts import LedgerState
 from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.errors import MalformedRecord, SemanticCheckError
+from .ledger.genesis import GenesisRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger
 from .participant_checks import ParticipantView, check_opening
@@ -140,7 +141,7 @@ class RoundView:
         return cls(close.round, opened, {c: submitted[c] for c in closing.survivors}, close, opening, closing)
 
 
-def check_round_randomness(entries: Sequence[Entry], *, genesis: Entry, blobs: BlobStore, where: str) -> None:
+def check_round_randomness(entries: Sequence[Entry], *, genesis: GenesisRecord, blobs: BlobStore, where: str) -> None:
     """Under the ``validator-beacon-v1`` rule, every round opened among ``entries`` (one
     block) is followed by its beacon, the beacon gives the seed (:func:`round_seed`: a quorum
     of valid genesis-validator signatures on exactly this opening), the opening keeps
@@ -148,10 +149,10 @@ def check_round_randomness(entries: Sequence[Entry], *, genesis: Entry, blobs: B
     :func:`check_opening`), and a masking round closed here ran with that seed and the
     opening's participants, k and t. Nothing is checked for a genesis without the rule
     (the audit notes that its seeds could be chosen by the coordinator)."""
-    settings = FederationSettings.from_json(genesis.payload["settings"])
+    settings = FederationSettings.from_json(genesis.settings)
     if settings.round_randomness != RANDOMNESS_BEACON:
         return
-    policy = BeaconPolicy.from_genesis(genesis.payload)
+    policy = BeaconPolicy.from_genesis(genesis)
     for index, entry in enumerate(entries):
         at = f"{where}, round {entry.round}"
         if entry.type == ROUND_BEACON and (index == 0 or entries[index - 1].type != ROUND_OPEN):
@@ -334,7 +335,7 @@ class PaillierKeyPin:
         return self
 
 
-def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerState, genesis: Entry,
+def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerState, genesis: GenesisRecord,
                           paillier_key: int | None) -> np.ndarray:
     """The posted aggregate is the protocol's recomputation from the committed blobs, under
     the registered identities, the federation's Paillier key (``paillier_key``: pinned by
@@ -343,7 +344,7 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     total = get_aggregate(blobs, view.closing.aggregate_cid)
     transcript = blobs.get_json(view.closing.transcript_cid)
     protocol = view.opening.protocol
-    settings = FederationSettings.from_json(genesis.payload["settings"])
+    settings = FederationSettings.from_json(genesis.settings)
     where = f"round {view.round}"
     check_transcript_identities(transcript, lambda: registered_client_keys(state), where=where)
     check_paillier_key(view.opened, settings, pinned=paillier_key, where=where)
@@ -480,8 +481,9 @@ class PrivacyHistories:
     def add(self, entries: Sequence[Entry], *, first_index: int = 0) -> None:
         for offset, entry in enumerate(entries):
             if entry.type == GENESIS:
-                self.settings = FederationSettings.from_json(entry.payload["settings"])
-                self.registered = {c["id"]: int(c["data_weight"]) for c in entry.payload["clients"]}
+                genesis = GenesisRecord.of(entry)
+                self.settings = FederationSettings.from_json(genesis.settings)
+                self.registered = {c.id: c.data_weight for c in genesis.clients}
                 self._allowed = set()
             elif entry.type == ROUND_OPEN:
                 self._open(entry)

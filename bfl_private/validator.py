@@ -33,7 +33,7 @@ from .ledger.beacon import RANDOMNESS_BEACON, beacon_message, opening_digest
 from .ledger.blocks import BlockHeader
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, ROUND_OPEN, Entry
 from .ledger.errors import SemanticCheckError, VerificationError
-from .ledger.identity import VerifyingKey
+from .ledger.genesis import GenesisRecord
 from .ledger.store import Ledger
 from .participant_checks import ParticipantView, check_opening
 from .parties import ValidatorParty
@@ -111,7 +111,7 @@ class Validator(ValidatorParty):
         try:
             if opening.type != ROUND_OPEN:
                 raise BeaconRefused(f"{where}: a {opening.type} entry, not a round opening")
-            opening.verify(VerifyingKey.from_vkey(ledger.genesis().payload["coordinator"]["vkey"]), where=where)
+            opening.verify(GenesisRecord.of(ledger.genesis()).coordinator.key(), where=where)
             if state.open_round is not None or opening.round != state.last_round + 1:
                 raise BeaconRefused(f"{where}: the ledger's next round is {state.last_round + 1}"
                                     f"{' (one is in progress)' if state.open_round is not None else ''}")
@@ -158,7 +158,7 @@ class Validator(ValidatorParty):
         view = RoundView.of(entries)
         if view is None:
             raise SemanticCheckError("no closed round to check among the proposed entries")
-        check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=ledger.genesis(),
+        check_round_aggregate(view, ledger.blobs, state=ledger.state, genesis=GenesisRecord.of(ledger.genesis()),
                               paillier_key=self.paillier_key.sync(ledger).n)
         check_round_model(view, ledger.blobs, settings=self.settings, records=registered_records(ledger.state))
         self.histories.sync(ledger).extended(entries).check_claims(entries)
@@ -183,7 +183,8 @@ class Validator(ValidatorParty):
             return self._attested[round_id][1]
         assert ledger.head is not None  # a round follows genesis
         ledger.propose(entries, time=ledger.head.time)  # signatures, registry and contracts; writes nothing
-        check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs, where=f"round {round_id}")
+        check_round_randomness(entries, genesis=GenesisRecord.of(ledger.genesis()), blobs=ledger.blobs,
+                               where=f"round {round_id}")
         view = self.check_round(entries, ledger)
         base_quality = self._quality_ppm(get_model(ledger.blobs, view.opening.base_model_cid))
         quality = self._quality_ppm(get_model(ledger.blobs, view.closing.new_model_cid))
@@ -227,9 +228,9 @@ class Validator(ValidatorParty):
         closes carries this validator's own attestation of exactly those round entries,
         and it has signed no other header at that height."""
         # The genesis block names the coordinator's key itself.
-        genesis = ledger.genesis().payload if ledger.size else entries[0].payload
-        VerifyingKey.from_vkey(genesis["coordinator"]["vkey"]).verify(proposer_signature, proposal_message(header))
-        if not ledger.size and FederationSettings.from_json(genesis["settings"]).round_randomness != RANDOMNESS_BEACON:
+        genesis = GenesisRecord.of(ledger.genesis() if ledger.size else entries[0])
+        genesis.coordinator.key().verify(proposer_signature, proposal_message(header))
+        if not ledger.size and FederationSettings.from_json(genesis.settings).round_randomness != RANDOMNESS_BEACON:
             # Omitting the rule would make every seed the coordinator's choice (the legacy rule).
             raise SemanticCheckError(f"block {header.height}: a new genesis must name round_randomness "
                                      f"{RANDOMNESS_BEACON!r}")
@@ -237,8 +238,7 @@ class Validator(ValidatorParty):
         if replayed.header.signing_bytes() != header.signing_bytes():
             raise SemanticCheckError(f"block {header.height}: the proposed header is not what the entries give")
         if ledger.size:  # the genesis block opens no round
-            check_round_randomness(entries, genesis=ledger.genesis(), blobs=ledger.blobs,
-                                   where=f"block {header.height}")
+            check_round_randomness(entries, genesis=genesis, blobs=ledger.blobs, where=f"block {header.height}")
         mine = self.identity.public.key_id_hex
         for close in (e for e in entries if e.type == ROUND_CLOSE):
             own = [e for e in entries if e.type == ATTESTATION and e.author == mine and e.round == close.round]

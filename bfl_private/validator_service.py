@@ -48,6 +48,7 @@ from .ledger.blocks import BlockHeader
 from .ledger.canonical import check_nesting
 from .ledger.entries import ATTESTATION, ROUND_CLOSE, Entry
 from .ledger.errors import MalformedRecord
+from .ledger.genesis import GenesisRecord
 from .ledger.identity import VerifyingKey
 from .ledger.store import Ledger, ProposedBlock
 from .primitives.errors import BflError
@@ -183,7 +184,10 @@ def decode_message(data: bytes, *, where: str) -> Any:
 def answer(validator: Validator, ledger: Ledger, request: ValidatorRequest) -> ValidatorReply:
     """The one handler of a validator, whatever carried the request."""
     # Before genesis the block to certify is the genesis block itself, which names the federation.
-    federation_id = ledger.state.federation_id if ledger.size else request.entries[0].payload.get("federation_id")
+    try:
+        federation_id = ledger.state.federation_id if ledger.size else GenesisRecord.of(request.entries[0]).federation_id
+    except MalformedRecord as exc:
+        return ValidatorReply(refusal=f"{type(exc).__name__}: {exc}")
     if request.federation_id != federation_id:
         return ValidatorReply(refusal=f"request for federation {request.federation_id!r}; "
                                       f"this validator's ledger is {federation_id!r}")
@@ -469,11 +473,11 @@ def open_validator(directory: Path, name: str) -> Validator:
 
     check_layout(directory)
     with Ledger.open(directory) as ledger:
-        genesis = ledger.genesis().payload
-    names = [v["id"] for v in genesis["validators"]]
+        genesis = GenesisRecord.of(ledger.genesis())
+    names = [v.id for v in genesis.validators]
     if name not in names:
         raise UnknownValidator(f"{directory}: no validator named {name!r} (its validators: {', '.join(names)})")
-    settings = FederationSettings.from_json(genesis["settings"])
+    settings = FederationSettings.from_json(genesis.settings)
     data = federation_data(settings)
     validator = Validator(directory, name, data.validators[names.index(name)], settings=settings,
                           n_features=data.n_features, n_classes=data.n_classes)

@@ -36,6 +36,7 @@ from typing import Any
 from .contracts import min_quorum
 from .entries import ROUND_BEACON, ROUND_OPEN, Entry
 from .errors import MalformedRecord, SemanticCheckError, SignatureError
+from .genesis import GenesisRecord
 from .identity import VerifyingKey
 
 RANDOMNESS_BEACON = "validator-beacon-v1"
@@ -77,10 +78,10 @@ class BeaconPolicy:
     quorum: int
 
     @classmethod
-    def from_genesis(cls, payload: Mapping[str, Any]) -> BeaconPolicy:
-        validators = tuple((v["id"], VerifyingKey.from_vkey(v["vkey"])) for v in payload["validators"])
+    def from_genesis(cls, genesis: GenesisRecord) -> BeaconPolicy:
+        validators = tuple((v.id, v.key()) for v in genesis.validators)
         # Never below the BFT quorum, whatever a genesis that skipped the contracts says.
-        return cls(payload["federation_id"], validators, max(int(payload["quorum"]), min_quorum(len(validators))))
+        return cls(genesis.federation_id, validators, max(genesis.quorum, min_quorum(len(validators))))
 
 
 @dataclass(frozen=True)

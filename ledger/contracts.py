@@ -61,6 +61,7 @@ from .entries import (
     Entry,
 )
 from .errors import ContractViolation, MalformedRecord
+from .genesis import GenesisRecord
 from .identity import VerifyingKey
 
 STATE_VERSION = 1
@@ -72,22 +73,21 @@ def min_quorum(validators: int) -> int:
     return validators - (validators - 1) // 3
 
 
-def genesis_keys(payload: Mapping[str, Any], *, where: str = "genesis") -> dict[str, VerifyingKey]:
-    """Key id -> verifying key of every participant a genesis payload registers.
+def genesis_keys(genesis: GenesisRecord, *, where: str = "genesis") -> dict[str, VerifyingKey]:
+    """Key id -> verifying key of every participant genesis registers.
 
     Raises MalformedRecord for an unparsable or non-canonical verifier key (so each key has
     one spelling and one key id in the state) and ContractViolation when two
     participants share a key id (their entries could not be told apart).
     """
     keys: dict[str, VerifyingKey] = {}
-    members = [payload["coordinator"], *payload["clients"], *payload["validators"]]
-    for member in members:
-        key = VerifyingKey.from_vkey(member["vkey"])
-        if key.vkey() != member["vkey"]:
-            raise MalformedRecord(f"{where}: verifier key of {member['id']!r} is not in "
+    for member in genesis.members:
+        key = member.key()
+        if key.vkey() != member.vkey:
+            raise MalformedRecord(f"{where}: verifier key of {member.id!r} is not in "
                                   f"canonical form {key.vkey()!r}")
         if key.key_id_hex in keys:
-            raise ContractViolation(f"{where}: key id {key.key_id_hex} of {member['id']!r} "
+            raise ContractViolation(f"{where}: key id {key.key_id_hex} of {member.id!r} "
                                     f"is already registered")
         keys[key.key_id_hex] = key
     return keys
@@ -280,40 +280,38 @@ def _author_is(entry: Entry, record: Mapping[str, Any], role: str,
 
 def _genesis(data: dict[str, Any], entry: Entry, where: str) -> None:
     _require(not data, where, "genesis after the ledger was initialised")
-    p = entry.payload
     try:
-        keys = genesis_keys(p, where=where)
+        genesis = GenesisRecord.from_json(entry.payload, where=where)
+    except MalformedRecord as exc:  # e.g. an id named twice: a registry the contract refuses
+        raise ContractViolation(str(exc)) from None
+    try:
+        keys = genesis_keys(genesis, where=where)
     except MalformedRecord as exc:
         raise ContractViolation(f"{where}: bad verifier key: {exc}") from None
     by_vkey = {key.vkey(): key.key_id_hex for key in keys.values()}
-    ids = [p["coordinator"]["id"], *(c["id"] for c in p["clients"]),
-           *(v["id"] for v in p["validators"])]
-    _require(len(set(ids)) == len(ids), where, "participant ids must be unique across roles")
-    n = len(p["validators"])
-    _require(min_quorum(n) <= p["quorum"] <= n, where,
-             f"quorum {p['quorum']} of {n} validators is outside "
+    n = len(genesis.validators)
+    _require(min_quorum(n) <= genesis.quorum <= n, where,
+             f"quorum {genesis.quorum} of {n} validators is outside "
              f"[{min_quorum(n)}, {n}] (2f+1 of 3f+1)")
-    coordinator = {"id": p["coordinator"]["id"], "vkey": p["coordinator"]["vkey"],
-                   "key_id": by_vkey[p["coordinator"]["vkey"]]}
+    coordinator = {**genesis.coordinator.to_json(), "key_id": by_vkey[genesis.coordinator.vkey]}
     _author_is(entry, coordinator, "coordinator", where)
     data.update({
         "v": STATE_VERSION,
-        "federation_id": p["federation_id"],
-        "settings": p["settings"],
-        "quorum": p["quorum"],
-        "rewards": p["rewards"],
+        "federation_id": genesis.federation_id,
+        "settings": genesis.settings,
+        "quorum": genesis.quorum,
+        "rewards": genesis.rewards.to_json(),
         "coordinator": coordinator,
         "clients": {
-            c["id"]: {"key_id": by_vkey[c["vkey"]], "vkey": c["vkey"],
-                      "epsilon_budget": c["epsilon_budget"], "delta": c["delta"],
-                      "data_weight": c["data_weight"], "epsilon_spent": 0, "balance": 0}
-            for c in p["clients"]
+            c.id: {"key_id": by_vkey[c.vkey], "vkey": c.vkey, "epsilon_budget": c.epsilon_budget,
+                   "delta": c.delta, "data_weight": c.data_weight, "epsilon_spent": 0, "balance": 0}
+            for c in genesis.clients
         },
         "validators": {
-            v["id"]: {"key_id": by_vkey[v["vkey"]], "vkey": v["vkey"], "balance": 0}
-            for v in p["validators"]
+            v.id: {"key_id": by_vkey[v.vkey], "vkey": v.vkey, "balance": 0}
+            for v in genesis.validators
         },
-        "model_cid": p["initial_model_cid"],
+        "model_cid": genesis.initial_model_cid,
         "quality_ppm": None,
         "last_round": 0,
         "round": None,

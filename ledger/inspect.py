@@ -37,7 +37,7 @@ from .entries import (
     Entry,
 )
 from .errors import ChainError, MalformedRecord, RootMismatch
-from .identity import VerifyingKey
+from .genesis import GenesisRecord
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
 from .store import Ledger
 from .verify import genesis_fingerprint, genesis_validators, read_genesis_and_head
@@ -125,7 +125,7 @@ class LocatedEntry:
                 ABORT: lambda: f"stage {payload['stage']}",
                 ROUND_OPEN: lambda: f"{payload['protocol']}, {len(payload['participants'])} participants",
                 ROUND_BEACON: lambda: f"{len(payload['signatures'])} validator signatures",
-                GENESIS: lambda: f"federation {payload['federation_id']}"}.get(self.entry.type, lambda: "")()
+                GENESIS: lambda: f"federation {GenesisRecord.of(self.entry).federation_id}"}.get(self.entry.type, lambda: "")()
         return (f"{self.index:>6}  block {self.height:<5} round {self.entry.round:<4} {self.entry.type:<12} "
                 f"{self.author:<14} {gist}")
 
@@ -336,8 +336,9 @@ def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | s
     Raises a VerificationError subclass; returns the one-line success statement.
     """
     genesis, head = read_genesis_and_head(directory, expected_genesis=expected_genesis)
-    validators, quorum = genesis_validators(genesis)
-    origin = origin_for(genesis.payload["federation_id"])
+    registry = GenesisRecord.of(genesis)
+    validators, quorum = genesis_validators(registry)
+    origin = origin_for(registry.federation_id)
     for note in record.notes():
         checkpoint = note_checkpoint(note)
         if checkpoint.origin != origin:
@@ -351,9 +352,7 @@ def check_proof(record: InclusionRecord | ConsistencyRecord, directory: Path | s
         return (f"proof OK: the log of tree size {record.old_size} is a prefix of the log of "
                 f"tree size {record.new_size}; both checkpoints are {signed}")
     entry = Entry.from_bytes(record.entry.encode("utf-8"), where=f"entry {record.entry_index}")
-    names = {VerifyingKey.from_vkey(m["vkey"]).key_id_hex: m["id"] for m in
-             (genesis.payload["coordinator"], *genesis.payload["clients"],
-              *genesis.payload["validators"])}
+    names = {m.key().key_id_hex: m.id for m in registry.members}
     who = entry.payload["client"] if entry.type == SUBMISSION else names.get(entry.author,
                                                                              entry.author)
     return (f"proof OK: entry {record.entry_index} ({entry.type} by {who}, round "

@@ -67,6 +67,7 @@ from .errors import (
     StorageError,
     VerificationError,
 )
+from .genesis import GenesisRecord
 from .identity import VerifyingKey
 from .merkle import Frontier, consistency_proof, verify_consistency
 from .store import BLOBS, DATABASE, SQLiteStore
@@ -92,12 +93,11 @@ def parse_fingerprint(text: str) -> str:
     return FINGERPRINT_PREFIX + match.group(1)
 
 
-def genesis_validators(genesis: Entry) -> tuple[dict[str, VerifyingKey], int]:
+def genesis_validators(genesis: GenesisRecord) -> tuple[dict[str, VerifyingKey], int]:
     """The validators' keys by key id (hex) and the quorum their certificates need, from
     the genesis entry alone (never from a stored state, which a forger could edit)."""
-    payload = genesis.payload
-    keys = [VerifyingKey.from_vkey(v["vkey"]) for v in payload["validators"]]
-    return {k.key_id_hex: k for k in keys}, max(payload["quorum"], min_quorum(len(keys)))
+    keys = [v.key() for v in genesis.validators]
+    return {k.key_id_hex: k for k in keys}, max(genesis.quorum, min_quorum(len(keys)))
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,14 @@ class LedgerAnchor:
     def of(cls, genesis: Entry, head: Block, *, pinned: bool,
            trusted: Checkpoint | None) -> LedgerAnchor:
         """The anchor of a ledger with this genesis entry and (certified) head block."""
-        by_key, quorum = genesis_validators(genesis)
-        names = {VerifyingKey.from_vkey(v["vkey"]).key_id_hex: v["id"]
-                 for v in genesis.payload["validators"]}
+        record = GenesisRecord.of(genesis)
+        by_key, quorum = genesis_validators(record)
+        names = {v.key().key_id_hex: v.id for v in record.validators}
         return cls(
-            federation_id=genesis.payload["federation_id"],
+            federation_id=record.federation_id,
             genesis_fingerprint=genesis_fingerprint(genesis),
             genesis_pinned=pinned,
-            validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.get)),
+            validators=tuple(ValidatorKey(names[k], k) for k in sorted(by_key, key=names.__getitem__)),
             quorum=quorum,
             head=HeadCheckpoint.of(head.header),
             trusted_size=None if trusted is None else trusted.size,
@@ -376,6 +376,7 @@ class _Audit:
         self.blocks: list[Block] = []
         self.stored_states: list[bytes] = []
         self.entries: list[Entry] = []
+        self._genesis: GenesisRecord | None = None
         self.states: list[LedgerState] = []
         self.keys: dict[str, VerifyingKey] = {}
         self.notes: dict[str, list[int]] = {}
@@ -396,6 +397,13 @@ class _Audit:
 
     def trusted(self) -> Checkpoint | None:
         return None if self.trusted_note is None else note_checkpoint(self.trusted_note)
+
+    def genesis(self) -> GenesisRecord:
+        """Entry 0 as the genesis record, parsed once (check 2 is the first to ask, and
+        fails if it is not one; the signatures handed off after check 1 may ask earlier)."""
+        if self._genesis is None:
+            self._genesis = GenesisRecord.of(self.entries[0], where="entry 0 (genesis)")
+        return self._genesis
 
     # 1 -------------------------------------------------------------------------------------
     def storage_integrity(self) -> str:
@@ -444,7 +452,7 @@ class _Audit:
                 raise ChainError(f"the genesis fingerprint is {actual}, the expected one "
                                  f"{self.expected_genesis}: another federation's ledger, or "
                                  f"its genesis was replaced")
-        origin = origin_for(genesis.payload["federation_id"])
+        origin = origin_for(self.genesis().federation_id)
         prev, size, time = GENESIS_PREV, 0, 0
         for block in self.blocks:
             self.loc.block = block.height
@@ -520,7 +528,7 @@ class _Audit:
         if self.executor is None or len(self.entries) < 2 * _MIN_SHARE:
             return
         try:
-            keys = genesis_keys(self.entries[0].payload, where="entry 0 (genesis)")
+            keys = genesis_keys(self.genesis(), where="entry 0 (genesis)")
         except VerificationError:
             return  # check 4 names it
         start = len(self.entries) // 2
@@ -533,7 +541,7 @@ class _Audit:
 
     def entry_signatures(self) -> str:
         try:
-            self.keys = genesis_keys(self.entries[0].payload, where="entry 0 (genesis)")
+            self.keys = genesis_keys(self.genesis(), where="entry 0 (genesis)")
         except MalformedRecord as exc:
             raise MalformedRecord(f"entry 0 (genesis): bad verifier key: {exc}") from None
         if self.signature_share is not None:
@@ -553,7 +561,7 @@ class _Audit:
 
     # 5 -------------------------------------------------------------------------------------
     def quorum_certificates(self) -> str:
-        by_id, quorum = genesis_validators(self.entries[0])
+        by_id, quorum = genesis_validators(self.genesis())
         for block in self.blocks:
             self.loc.block = block.height
             verify_certificate(block.header, block.signatures, validators=by_id, quorum=quorum)
@@ -785,14 +793,14 @@ def read_genesis_and_head(directory: Path | str, *, expected_genesis: str | None
         genesis = Entry.from_bytes(bytes(rows[0][2]), where="entry 0")
         if genesis.type != GENESIS:
             raise ChainError(f"{directory}: entry 0 is a {genesis.type} entry, not genesis")
-        verify_signatures([genesis], genesis_keys(genesis.payload, where="entry 0 (genesis)"),
-                          first_index=0)
+        record = GenesisRecord.of(genesis, where="entry 0 (genesis)")
+        verify_signatures([genesis], genesis_keys(record, where="entry 0 (genesis)"), first_index=0)
         fingerprint = genesis_fingerprint(genesis)
         if expected is not None and fingerprint != expected:
             raise ChainError(f"{directory}: the genesis fingerprint is {fingerprint}, the "
                              f"expected one {expected}")
-        validators, quorum = genesis_validators(genesis)
-        origin = origin_for(genesis.payload["federation_id"])
+        validators, quorum = genesis_validators(record)
+        origin = origin_for(record.federation_id)
         for height, header_bytes, _, _ in (first, last):
             header = BlockHeader.from_bytes(bytes(header_bytes), where=f"block {height} header")
             if header.origin != origin:

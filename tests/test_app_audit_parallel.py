@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ledger_fixtures import Federation as LedgerFederation
 from ledger_fixtures import RefusingPool
 
 from bfl_private.audit import audit
@@ -21,6 +22,11 @@ def entry(kind: str, round_: int, payload: dict) -> SimpleNamespace:
     return SimpleNamespace(type=kind, round=round_, payload=payload)
 
 
+def genesis() -> SimpleNamespace:
+    """A genesis entry of these settings (its registry is not what these tests are about)."""
+    return entry(GENESIS, 0, {**LedgerFederation().genesis().payload, "settings": SETTINGS.to_json()})
+
+
 def opening(round_: int, sigma: object) -> SimpleNamespace:
     return entry(ROUND_OPEN, round_, {"privacy_plan": {"noise_multipliers": {"a": sigma, "b": sigma}}})
 
@@ -32,7 +38,7 @@ def submission(round_: int, client: str, privacy: dict) -> SimpleNamespace:
 def test_a_record_seen_before_is_still_checked_against_each_rounds_plan() -> None:
     record = planned_record(SETTINGS, noise_multiplier=1.5).to_json()
     histories = PrivacyHistories()
-    histories.add([entry(GENESIS, 0, {"settings": SETTINGS.to_json(), "clients": []}), opening(1, 1.5),
+    histories.add([genesis(), opening(1, 1.5),
                    submission(1, "a", record), submission(1, "b", dict(record))])
     assert histories.records["a"] is not histories.records["b"]
     assert histories.records["a"][0] is histories.records["b"][0]  # parsed once
@@ -41,7 +47,7 @@ def test_a_record_seen_before_is_still_checked_against_each_rounds_plan() -> Non
         histories.add([opening(2, 2.0), submission(2, "a", record)])
     # An int where the plan has a float is the same σ; a bool is no σ at all.
     histories = PrivacyHistories()
-    histories.add([entry(GENESIS, 0, {"settings": SETTINGS.to_json(), "clients": []}), opening(1, 1.5),
+    histories.add([genesis(), opening(1, 1.5),
                    submission(1, "a", record)])
     with pytest.raises(SemanticCheckError, match="no noise multiplier"):
         histories.add([opening(2, True), submission(2, "a", record)])
@@ -50,7 +56,7 @@ def test_a_record_seen_before_is_still_checked_against_each_rounds_plan() -> Non
 def test_a_malformed_record_is_refused_every_time() -> None:
     record = {**planned_record(SETTINGS, noise_multiplier=1.5).to_json(), "steps": 3.0}
     histories = PrivacyHistories()
-    histories.add([entry(GENESIS, 0, {"settings": SETTINGS.to_json(), "clients": []}), opening(1, 1.5)])
+    histories.add([genesis(), opening(1, 1.5)])
     for client in ("a", "b"):
         with pytest.raises(SemanticCheckError, match="'steps' must be an integer"):
             histories.add([submission(1, client, record)], first_index=7)

@@ -74,8 +74,9 @@ def test_genesis_registry_rules(tmp_path: Path, federation: Federation, change: 
     elif change.get("validators") == "bad-vkey":
         payload["validators"] = [*payload["validators"][:-1],
                                  {**payload["validators"][-1], "vkey": "v+00000000+AAAA"}]
-    elif change.get("validators") == "dup-key":
-        payload["validators"] = [*payload["validators"][:-1], payload["validators"][0]]
+    elif change.get("validators") == "dup-key":  # another id with validator-0's key
+        payload["validators"] = [*payload["validators"][:-1],
+                                 {**payload["validators"][0], "id": "validator-dup"}]
     else:
         payload.update(change)
     genesis = Entry.create(federation.coordinator, GENESIS, 0, payload)

@@ -38,6 +38,7 @@ from bfl_private.ledger.entries import (
     Entry,
 )
 from bfl_private.ledger.errors import ContractViolation, SemanticCheckError
+from bfl_private.ledger.genesis import GenesisRecord
 from bfl_private.ledger.identity import SigningIdentity
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -390,7 +391,7 @@ def test_the_verifier_fails_a_round_whose_seed_is_not_the_beacons(fed: Federatio
 def test_the_round_check_refuses_an_opening_below_genesis_and_a_transcript_off_it(fed: Federation) -> None:
     """k and t: an opening below genesis' (signed by validators that did not check) fails,
     and so does a transcript whose threshold is not the opening's."""
-    genesis = fed.ledger.genesis()
+    genesis = GenesisRecord.of(fed.ledger.genesis())
     weak = _next_opening(fed, protocol_params={**_next_opening(fed).payload["protocol_params"], "neighbours": 2})
     digest = opening_digest(weak)
     signatures = {v.identity.name: v.identity.sign(beacon_message(fed.ledger.state.federation_id, weak.round, digest))

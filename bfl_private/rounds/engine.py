@@ -440,5 +440,5 @@ class RoundEngine:
         return entry, record
 
     def _request(self, stage: str, **fields: Any) -> dict[str, Any]:
-        return request(stage, federation=self.federation.ledger.genesis().payload["federation_id"],
+        return request(stage, federation=self.federation.ledger.state.federation_id,
                        round_id=self.round_id, **fields)

@@ -75,6 +75,7 @@ from ..ledger.canonical import canonical_bytes
 from ..ledger.cid import cid_for
 from ..ledger.entries import GENESIS, ROUND_OPEN, SUBMISSION, Entry
 from ..ledger.errors import VerificationError
+from ..ledger.genesis import GenesisRecord, RegisteredClient
 from ..primitives.errors import BflError
 from ..ledger.identity import SigningIdentity, VerifyingKey
 from ..protocols.errors import ConfigurationError, ProtocolError
@@ -115,7 +116,7 @@ class Registry:
     federation_id: str
     settings: FederationSettings
     coordinator: VerifyingKey
-    clients: Mapping[str, Mapping[str, Any]]
+    clients: Mapping[str, RegisteredClient]
     beacon: BeaconPolicy
     """The genesis validators and quorum whose beacon gives each round's seed."""
     initial_model_cid: str | None = None
@@ -127,19 +128,20 @@ class Registry:
             entry = Entry.from_bytes(data, where=where)
             if entry.type != GENESIS:
                 raise HospitalConfigError(f"{where}: a {entry.type} entry, not the genesis entry")
-            coordinator = VerifyingKey.from_vkey(entry.payload["coordinator"]["vkey"])
+            genesis = GenesisRecord.from_json(entry.payload, where=where)
+            coordinator = genesis.coordinator.key()
             entry.verify(coordinator, where=where)
-            settings = FederationSettings.from_json(entry.payload["settings"])
-            beacon = BeaconPolicy.from_genesis(entry.payload)
+            settings = FederationSettings.from_json(genesis.settings)
+            beacon = BeaconPolicy.from_genesis(genesis)
         except (VerificationError, SettingsError) as exc:
             raise HospitalConfigError(f"{where}: {exc}") from exc
-        return cls(entry.payload["federation_id"], settings, coordinator,
-                   {c["id"]: c for c in entry.payload["clients"]}, beacon, entry.payload.get("initial_model_cid"))
+        return cls(genesis.federation_id, settings, coordinator, {c.id: c for c in genesis.clients}, beacon,
+                   genesis.initial_model_cid)
 
     def key(self, client: str) -> VerifyingKey:
         if client not in self.clients:
             raise StageMessageError(f"client {client!r} is not registered in federation {self.federation_id}")
-        return VerifyingKey.from_vkey(self.clients[client]["vkey"])
+        return self.clients[client].key()
 
     def n_classes(self) -> int:
         """Size of the federation's label space (its dataset's classes)."""
@@ -491,7 +493,7 @@ class Hospital:
         from ..ledger.errors import SemanticCheckError
         from ..round_checks import check_distributed_round
 
-        records = {c: int(info["data_weight"]) for c, info in self.registry.clients.items()}
+        records = {c: info.data_weight for c, info in self.registry.clients.items()}
         try:
             return check_distributed_round(opened, self.registry.settings, records)
         except (SemanticCheckError, TypeError, ValueError, KeyError) as exc:
@@ -584,7 +586,7 @@ class Hospital:
         history = self.history()
         spent = recorded_epsilon(history) if history else 0.0
         projected = recorded_epsilon(history + [planned])
-        budget = float(self.registry.clients[self.name]["epsilon_budget"])
+        budget = float(self.registry.clients[self.name].epsilon_budget)
         if projected > budget:
             raise BudgetExceeded(self.name, spent=spent, projected=projected, budget=budget)
         vector, record = self._private_input(base, planned, dp_plan)
@@ -592,7 +594,7 @@ class Hospital:
 
     def _max_records(self) -> int:
         """The largest registered record count: FedAvg weights are relative to it."""
-        return max(int(c["data_weight"]) for c in self.registry.clients.values())
+        return max(c.data_weight for c in self.registry.clients.values())
 
     def _private_input(self, base: np.ndarray, planned: SpendRecord,
                        dp_plan: DistributedPlan | None) -> tuple[np.ndarray, SpendRecord]:

@@ -36,7 +36,7 @@ from .federation import Client, accuracy
 from .keyring import Keyring, KeyringError
 from .ledger.beacon import RANDOMNESS_BEACON, BeaconError, BeaconPolicy, RoundBeacon, opening_digest, round_seed
 from .ledger.contracts import min_quorum
-from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, Entry
+from .ledger.entries import ABORT, GENESIS, ROUND_BEACON, ROUND_CLOSE, ROUND_OPEN, SUBMISSION, Entry
 from .ledger.genesis import GenesisRecord, RegisteredClient, RegisteredParty, Rewards
 from .parties import (
     COORDINATOR,
@@ -52,7 +52,7 @@ from .parties import (
 from .ledger.store import DATABASE, Ledger, ProposedBlock
 from .models import build_model, flatten_parameters
 from .primitives.errors import BflError
-from .privacy.accounting import SpendRecord
+from .privacy.accounting import SpendRecord, privacy_record_from_json
 from .privacy.budget import split_by_budget, validate_delta
 from .privacy.errors import PrivacyError
 from .privacy.planner import plan_noise_multiplier
@@ -61,6 +61,7 @@ from .protocols.base import STAGES, AggregationResult, ForgedInput, Stage
 from .round_records import RoundAbortRecord, RoundClosing, with_refusals
 from .round_checks import (
     PrivacyHistories,
+    charged_epsilon,
     planned_record,
     registered_records,
 )
@@ -78,6 +79,8 @@ PENDING_ROUND = "round.pending"
 submissions (and its close or abort) until its block is written."""
 INTERRUPTED = ("the coordinator stopped after the validators were asked for this opening's beacon; "
                "they sign one opening per round id, so the round is ended here, unrun")
+INTERRUPTED_RUNNING = ("the coordinator stopped while the round ran, after these clients' protected updates "
+                       "had left them: the round is ended here, charging each of them")
 
 
 @dataclass(frozen=True)
@@ -282,16 +285,12 @@ class Coordinator:
             keys={v.id: v.key() for v in genesis.validators},
             quorum=BeaconPolicy.from_genesis(genesis).quorum, federation_id=genesis.federation_id,
             sign_proposal=lambda message: self.coordinator.identity.sign(message))
-        self.round_parties = RoundParties(self._hospitals(), list(local.values()), PaillierDealer(directory),
+        self.round_parties = RoundParties(list(local.values()), PaillierDealer(directory),
                                           CkksKeyHolderParty(directory))
 
     def _validator_data(self) -> FederatedDataset:
         """The genesis data split, for the in-process validators' hold-out data."""
         return federation_data(self.settings)
-
-    def _hospitals(self) -> dict[str, LocalHospital]:
-        """The hospitals this process simulates: none; they run where their data is."""
-        return {}
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
@@ -385,10 +384,14 @@ class Coordinator:
         kept_round = self.coordinator.kept(PENDING_ROUND)
         if kept_round is not None:
             # Its clients signed their submissions: the round is recorded as it ended (its
-            # close attested anew, or its abort), charging them; never as an unrun abort.
+            # close attested anew, or its abort), or, stopped while it ran, as an abort
+            # charging them; never as an unrun abort.
             entries = list(KeptEntries.from_bytes(kept_round, where=f"{COORDINATOR}'s {PENDING_ROUND}").entries)
             if entries[0].round == self.ledger.state.last_round + 1:
-                self._attest_and_commit(entries)
+                if entries[-1].type in (ROUND_CLOSE, ABORT):
+                    self._attest_and_commit(entries)
+                else:
+                    self._abort_running(entries)
             self.coordinator.forget(PENDING_ROUND)
         kept = self.coordinator.kept(PENDING_OPENING)
         if kept is None:
@@ -400,6 +403,19 @@ class Coordinator:
             self.record_abort(opened, round_id=opening.round, stage="open", reason=INTERRUPTED, declined={},
                               survivors=(), claims={})
         self.coordinator.forget(PENDING_OPENING)
+
+    def _abort_running(self, entries: list[Entry]) -> None:
+        """End a round that stopped while it ran: its opening, beacon and the submissions
+        received, and an abort charging each submitter (its update had left it)."""
+        records = {e.payload["client"]: privacy_record_from_json(e.payload["privacy"], where=f"kept {e.type}")
+                   for e in entries if e.type == SUBMISSION}
+        self.record_abort(entries, round_id=entries[0].round, stage="interrupted", reason=INTERRUPTED_RUNNING,
+                          declined={}, survivors=sorted(records), claims=charged_epsilon(self.histories(), records))
+
+    def keep_running_round(self, entries: Sequence[Entry]) -> None:
+        """Keep a running round's opening, beacon and the submissions received so far: from
+        the first one, a stop must end the round charging them (:meth:`settle_interrupted_round`)."""
+        self.coordinator.keep(PENDING_ROUND, KeptEntries(tuple(entries)).to_bytes())
 
     def planned_records(self, plan: CommandPlan, participants: list[str]) -> dict[str, SpendRecord]:
         """The record each participant may sign this round: the plan's σ (local DP) or the
@@ -486,9 +502,6 @@ class Federation(Coordinator):
 
     def _validator_data(self) -> FederatedDataset:
         return self.data
-
-    def _hospitals(self) -> dict[str, LocalHospital]:
-        return self.hospitals
 
     def test_accuracy(self, params: np.ndarray) -> float:
         return accuracy(self.settings.training.model, params, self.data.test,
@@ -586,6 +599,7 @@ class Federation(Coordinator):
         from .rounds.engine import RoundEngine
         from .simulated_hospitals import simulated_hospitals
 
+        self.settle_interrupted_round()  # first: the hospitals' histories start from the settled ledger
         participants = sorted(plan.clients)
         drop: dict[str, Stage] = {c: STAGES[int(rng.integers(len(STAGES)))] for c in participants if rng.random() < dropout}
         forged = dict(forged or {})

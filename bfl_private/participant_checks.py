@@ -91,8 +91,18 @@ class BadBeacon(ParticipantRefusal):
     unregistered validator signature, fewer than the quorum (:mod:`bfl_private.ledger.beacon`)."""
 
 
+class OverBudget(ParticipantRefusal):
+    """The round's planned privacy record would take the participant past its lifetime budget."""
+
+
+class TooFewSurvivors(ParticipantRefusal):
+    """A distributed-DP survivor set smaller than N - t: its sum would carry less noise than
+    every participant's record claims, so the participant helps no one unmask it."""
+
+
 REFUSALS: tuple[type[ParticipantRefusal], ...] = (
-    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted, BadBeacon)
+    UnknownProtocol, WeakParameters, TooSmallCohort, WrongBaseModel, StaleRound, AlreadySubmitted, BadBeacon,
+    OverBudget, TooFewSurvivors)
 _REFUSAL = re.compile(r"^(?P<error>" + "|".join(c.__name__ for c in REFUSALS) +
                       r"): (?P<client>\S+) refuses round (?P<round>\d+): ")
 

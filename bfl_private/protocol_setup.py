@@ -21,13 +21,12 @@ receives only public keys or contexts (see the modules' trust-model docstrings).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from .keyring import KeyringError
-from .parties import CkksKeyHolderParty, LocalHospital, PaillierDealer, ValidatorParty
+from .parties import CkksKeyHolderParty, PaillierDealer, ValidatorParty
 from .primitives.errors import BflError
 from .protocols.base import AggregationProtocol
 from .protocols.quantize import Codec, FixedPointCodec, IntegerRingCodec
@@ -40,9 +39,8 @@ class ProtocolUnavailable(BflError, RuntimeError):
 
 @dataclass(frozen=True)
 class RoundParties:
-    """The parties a round's protocol calls on, each acting from its own folder."""
+    """The key holders a one-shot round calls on, each acting from its own folder."""
 
-    hospitals: Mapping[str, LocalHospital]
     validators: Sequence[ValidatorParty]
     paillier_dealer: PaillierDealer
     ckks_key_holder: CkksKeyHolderParty

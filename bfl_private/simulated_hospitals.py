@@ -1,7 +1,7 @@
 """The demo's hospitals: the participant code a SuperNode runs, each acting from its own folder.
 
 ``bfl-private round`` drives one round engine (:class:`~bfl_private.rounds.engine.
-RoundEngine`) over the in-process loopback transport (:class:`~bfl_private.flower.
+RoundEngine`) over the in-process loopback transport (:class:`~bfl_private.rounds.
 loopback.LoopbackTransport`) to these hospitals, exactly as a Flower deployment drives it
 over Flower messages to SuperNodes: each is a :class:`~bfl_private.rounds.hospital.
 Hospital` whose key, privacy history and participation record live in its own folder

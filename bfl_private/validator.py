@@ -43,6 +43,7 @@ from .round_checks import (
     PaillierKeyPin,
     PrivacyHistories,
     RoundView,
+    check_distributed_round,
     check_round_aggregate,
     check_round_model,
     check_round_randomness,
@@ -117,6 +118,8 @@ class Validator(ValidatorParty):
                                     f"{' (one is in progress)' if state.open_round is not None else ''}")
             check_opening(opening, settings=self.settings, participant=self.identity.name,
                           view=ParticipantView(model_cid=state.model_cid, last_round=state.last_round))
+            # A distributed-DP plan every hospital would refuse gets no seed either.
+            check_distributed_round(opening, self.settings, registered_records(state))
         except (StageMessageError, VerificationError) as exc:  # a refusal by name, or a malformed opening
             raise BeaconRefused(f"{where}: {type(exc).__name__}: {exc}") from exc
         digest = opening_digest(opening)

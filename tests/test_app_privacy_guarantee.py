@@ -25,6 +25,7 @@ from bfl_private.federation import train_private
 from bfl_private.ledger.entries import ABORT, GENESIS, SUBMISSION
 from bfl_private.ledger.store import Ledger
 from bfl_private.protocols.plain import decode_submission
+from bfl_private.rounds.hospital import Hospital
 from bfl_private.runner import RoundOptions, run_command
 from bfl_private.settings import FederationSettings
 from bfl_private.validator import Validator
@@ -108,16 +109,39 @@ def test_genesis_publishes_the_public_normalisation(plain_federation: Path) -> N
 
 
 def _lying_trainer(monkeypatch: pytest.MonkeyPatch, victim: str | None, **fields: object) -> None:
-    """Clients whose signed record states ``fields`` instead of what they trained with."""
+    """Hospitals whose signed record states ``fields`` instead of what they trained with:
+    their own code changed past their own check that the record is the planned one."""
+    honest = Hospital._train
+
+    def train(self: Hospital, opened, base):
+        vector, records, record = honest(self, opened, base)
+        if victim is None or self.name == victim:
+            record = dataclasses.replace(record, **fields)
+        return vector, records, record
+
+    monkeypatch.setattr(Hospital, "_train", train)
+
+
+def test_an_honest_hospital_sends_nothing_whose_record_is_not_the_planned_one(
+        copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should training ever report another record than the one the hospital's budget check
+    counted, the hospital refuses to send: its ε stays what it was, and it is a dropout."""
     honest = federation_module.train_private
 
-    def train(client, *args, **kwargs):
+    def drifted(client, *args, **kwargs):
         update = honest(client, *args, **kwargs)
-        if victim is None or client.client_id == victim:
-            update = dataclasses.replace(update, privacy=dataclasses.replace(update.privacy, **fields))
+        if client.client_id == "hospital-01":
+            update = dataclasses.replace(update, privacy=dataclasses.replace(update.privacy, steps=1))
         return update
 
-    monkeypatch.setattr(federation_module, "train_private", train)
+    monkeypatch.setattr(federation_module, "train_private", drifted)
+    with Ledger.open(copy) as ledger:
+        before = ledger.state.clients()["hospital-01"]["epsilon_spent"]
+    summary = run(copy).rounds[-1]
+    assert "hospital-01" in summary.dropouts and "hospital-01" not in summary.rejected
+    with Ledger.open(copy) as ledger:
+        assert ledger.state.clients()["hospital-01"]["epsilon_spent"] == before
+    assert audit(copy).ok
 
 
 LIES = {

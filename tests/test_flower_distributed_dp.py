@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
+import bfl_private.validator as validator_module
 from bfl_private.audit import audit
+from bfl_private.config import GenesisChoice
 from bfl_private.coordinator import Federation
 from bfl_private.rounds.hospital import PARTICIPATION_FILE, Hospital
 from bfl_private.rounds.loopback import LoopbackTransport
 from bfl_private.rounds.engine import RoundEngine
 from bfl_private.flower.setup import export_hospitals
-from bfl_private.ledger.entries import ROUND_CLOSE, SUBMISSION
+from bfl_private.ledger.entries import ABORT, ROUND_CLOSE, SUBMISSION
 from bfl_private.privacy.accounting import SkellamRecord, privacy_record_from_json
 from bfl_private.privacy.skellam import ShareParameters
 from bfl_private.runner import RoundOptions, run_command
+from bfl_private.validator_service import QuorumNotReached
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +37,35 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-def deployment(made: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def made_strict(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with t = 1: N - t = 9 shares, while masking (7 of 9 neighbours) unmasks 8."""
+    directory = tmp_path_factory.mktemp("flower-distributed-strict")
+    run_command(directory / "federation", RoundOptions(
+        epsilon=1.0, rounds=1, dp="distributed", protocol="masking", budget=100.0,
+        genesis=(GenesisChoice("privacy.collusion_threshold", 1, "test"),)), quiet=True)
+    return directory
+
+
+def _deployment(made: Path, tmp_path: Path):
     shutil.copytree(made, tmp_path / "copy")
     federation = Federation.open(tmp_path / "copy" / "federation")
     folders = export_hospitals(federation, tmp_path / "copy" / "hospitals")
     hospitals = {1000 + i: Hospital.from_node_config({"hospital-dir": str(folders[c])})
                  for i, c in enumerate(sorted(folders))}
+    return federation, hospitals
+
+
+@pytest.fixture
+def deployment(made: Path, tmp_path: Path):
+    federation, hospitals = _deployment(made, tmp_path)
+    yield federation, hospitals
+    federation.close()
+
+
+@pytest.fixture
+def strict_deployment(made_strict: Path, tmp_path: Path):
+    federation, hospitals = _deployment(made_strict, tmp_path)
     yield federation, hospitals
     federation.close()
 
@@ -71,17 +96,31 @@ def test_a_distributed_round_over_flower_verifies(deployment) -> None:
     assert report.ok, report.to_json()
 
 
-def test_hospitals_refuse_a_plan_with_weaker_noise_parameters(deployment) -> None:
+def _weaker(plan):
+    """The plan on a coarser grid: each hospital's rounded gradient would carry less of the
+    noise the record claims relative to its sensitivity. Genesis fixes the scale."""
+    shares = plan.distributed.shares
+    return dataclasses.replace(plan, distributed=dataclasses.replace(plan.distributed, shares=ShareParameters(
+        scale=shares.scale * 4, clipping_norm=shares.clipping_norm, beta=shares.beta,
+        sample_rate=shares.sample_rate, share_variance=shares.share_variance)))
+
+
+def test_validators_seed_no_round_whose_plan_breaks_genesis(deployment) -> None:
     federation, hospitals = deployment
     plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
-    shares = plan.distributed.shares
-    # A coarser grid: each hospital's rounded gradient would carry less of the noise the
-    # record claims relative to its sensitivity. Genesis fixes the scale, so they refuse.
-    weaker = dataclasses.replace(plan.distributed, shares=ShareParameters(
-        scale=shares.scale * 4, clipping_norm=shares.clipping_norm, beta=shares.beta,
-        sample_rate=shares.sample_rate, share_variance=shares.share_variance))
+    head = federation.ledger.head.hash()
+    with pytest.raises(QuorumNotReached, match="scale"):
+        RoundEngine(federation, _weaker(plan), LoopbackTransport(hospitals)).run()
+    assert federation.ledger.head.hash() == head
+
+
+def test_hospitals_refuse_a_plan_with_weaker_noise_parameters(deployment, monkeypatch) -> None:
+    # Validators that beacon without checking the plan: the hospitals are left to refuse.
+    monkeypatch.setattr(validator_module, "check_distributed_round", lambda *a, **k: None)
+    federation, hospitals = deployment
+    plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
     before = {h.name: h.history() for h in hospitals.values()}
-    summary = RoundEngine(federation, dataclasses.replace(plan, distributed=weaker), LoopbackTransport(hospitals)).run()
+    summary = RoundEngine(federation, _weaker(plan), LoopbackTransport(hospitals)).run()
     assert summary.status == "aborted"
     assert set(summary.rejected) == set(plan.clients)
     assert all("WeakParameters" in reason and "scale" in reason for reason in summary.rejected.values())
@@ -92,3 +131,37 @@ def test_hospitals_refuse_a_plan_with_weaker_noise_parameters(deployment) -> Non
     # The coordinator signed an opening genesis forbids: the auditor names it.
     report = audit(federation.directory)
     assert not report.ok and "scale" in json.dumps(report.to_json())
+
+
+def test_no_hospital_helps_unmask_fewer_than_n_minus_t_shares(strict_deployment) -> None:
+    """Ten hospitals, t = 1: masking alone would unmask 8 survivors (each keeps 7 of its 9
+    neighbours, its threshold), but their sum carries 8/9 of the noise every record claims.
+    Each survivor refuses to acknowledge such a set, so no sum is ever decoded."""
+    federation, hospitals = strict_deployment
+    plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
+    gone = {name: "mask" for name in sorted(plan.clients)[:2]}
+    lines: list[str] = []
+    summary = RoundEngine(federation, plan, LoopbackTransport(hospitals, drop=gone), log=lines.append).run()
+    assert summary.status == "aborted"
+    survivors = sorted(set(plan.clients) - set(gone))
+    for hospital in hospitals.values():
+        if hospital.name in survivors:
+            refusal = hospital.participation()["refused"][-1]
+            assert refusal["error"] == "TooFewSurvivors" and "N - t = 9" in refusal["reason"]
+    abort = next(e for e in federation.ledger.entries() if e.type == ABORT and e.round == summary.round)
+    assert abort.payload["stage"] == "unmask", lines  # the protocol names its consistency check so
+    # their masked inputs had left them: each survivor is charged, as the abort records
+    assert sorted(abort.payload["cumulative_epsilon"]) == survivors
+    assert audit(federation.directory).ok
+
+
+def test_hospitals_refuse_a_plan_for_another_dimension(deployment, monkeypatch) -> None:
+    monkeypatch.setattr(validator_module, "check_distributed_round", lambda *a, **k: None)
+    federation, hospitals = deployment
+    plan = federation.plan(epsilon=1.0, rounds=1, skip_exhausted=False)
+    small = dataclasses.replace(plan, distributed=dataclasses.replace(plan.distributed, dimension=1))
+    before = {h.name: h.history() for h in hospitals.values()}
+    summary = RoundEngine(federation, small, LoopbackTransport(hospitals)).run()
+    assert summary.status == "aborted"
+    assert all("dimension 1" in why for why in summary.rejected.values()) and set(summary.rejected) == set(plan.clients)
+    assert all(h.history() == before[h.name] for h in hospitals.values())  # no false record was signed

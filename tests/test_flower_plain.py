@@ -114,3 +114,26 @@ def test_a_plain_round_with_key_material_is_refused_before_training(tmp_path: Pa
         assert all(hospital.history() == [] for hospital in hospitals.values())
     finally:
         federation.close()
+
+
+class BeaconStripping(LoopbackTransport):
+    """Shows the hospitals an opening without the validators' beacon on it."""
+
+    def exchange(self, stage, requests, *, round_id):  # type: ignore[no-untyped-def]
+        return super().exchange(stage, {n: {**r, "round-beacon": b""} for n, r in requests.items()}, round_id=round_id)
+
+
+def test_a_one_shot_opening_the_validators_did_not_beacon_is_refused(tmp_path: Path) -> None:
+    """A one-shot round needs no seed, but each hospital still checks the validators beaconed
+    this very opening: a coordinator cannot show it an opening (a key) they never saw."""
+    federation, hospitals = _deployment(tmp_path, "plain")
+    try:
+        plan = federation.plan(epsilon=2.0, rounds=2, skip_exhausted=False)
+        summary = RoundEngine(federation, plan, BeaconStripping(hospitals), protocol="plain").run()
+        assert summary.status == "aborted"
+        assert set(summary.rejected) == set(plan.clients)
+        assert all("BadBeacon" in why for why in summary.rejected.values())
+        assert all(h.history() == [] and h.participation()["refused"][-1]["stage"] == "encrypt"
+                   for h in hospitals.values())
+    finally:
+        federation.close()

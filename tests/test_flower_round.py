@@ -125,9 +125,12 @@ def test_a_hospital_refuses_to_train_past_its_lifetime_budget(tmp_path: Path) ->
         lines: list[str] = []
         summary = RoundEngine(federation, greedy, LoopbackTransport(hospitals), log=lines.append).run()
         assert summary.status == "aborted"
-        assert sum("BudgetExceeded" in line for line in lines) == N
+        # refused by name at the opening, before any key is made or anything trained
+        assert set(summary.rejected) == {h.name for h in hospitals.values()}
+        assert all("OverBudget" in why and "past its lifetime budget" in why for why in summary.rejected.values())
         for hospital in hospitals.values():  # nothing was trained, nothing was spent
             assert hospital.history() == []
+            assert hospital.participation()["refused"][-1]["stage"] == "advertise"
         assert audit(federation.directory).ok
     finally:
         federation.close()

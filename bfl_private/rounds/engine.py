@@ -281,13 +281,20 @@ class RoundEngine:
             raise _RoundAborted(refused, list(result.included)) from refused
 
     def _charged(self, opened: Entry) -> tuple[list[Entry], dict[str, float]]:
-        """The opening, every checked submission (its blob stored) and each submitter's
-        cumulative ε: whoever sent an update is charged, whatever the round's outcome."""
-        fed = self.federation
-        for blob in self.blobs.values():
-            fed.ledger.blobs.put(blob)
-        claims = charged_epsilon(fed.histories(), self.records)
-        return [*self.opened, *(self.submissions[c] for c in sorted(self.submissions))], claims
+        """The opening, every checked submission and each submitter's cumulative ε: whoever
+        sent an update is charged, whatever the round's outcome."""
+        claims = charged_epsilon(self.federation.histories(), self.records)
+        return self._received(), claims
+
+    def _received(self) -> list[Entry]:
+        """The round's opening (and beacon) and every checked submission, in client order."""
+        return [*self.opened, *(self.submissions[c] for c in sorted(self.submissions))]
+
+    def _keep_received(self) -> None:
+        """After a stage that brought submissions: kept, so that a stop from here on ends the
+        round charging their senders (:meth:`Coordinator.settle_interrupted_round`)."""
+        if self.submissions:
+            self.federation.keep_running_round(self._received())
 
     def _masking(self, opened: Entry, seed: bytes, codec: Codec, neighbours: int | None,
                  length: int) -> AggregationResult:
@@ -331,6 +338,7 @@ class RoundEngine:
                         self.refused[client] = f"masked input refused: {_entry_failure(exc)}"
                         raise
                 self._receive("mask", client, receive)
+            self._keep_received()
             announcement = server.close_mask()
             self.log(f"round {self.round_id}: stage mask closed")
             replies = self._exchange("acknowledge", {names[i]: self._request("acknowledge", survivors=announcement)
@@ -359,7 +367,9 @@ class RoundEngine:
         """The ``encrypt`` stage of a Paillier or CKKS round, then the key holder's decryption."""
         fed = self.federation
         registry = fed.ledger.state.clients()
-        request = self._request("encrypt", round_open=opened.to_bytes(),
+        # The beacon too: each hospital checks the validators beaconed this very opening.
+        beacon = self.opened[1].to_bytes() if len(self.opened) > 1 else b""
+        request = self._request("encrypt", round_open=opened.to_bytes(), round_beacon=beacon,
                                 public_key=one_shot.public_key_material(setup),
                                 model=fed.ledger.blobs.get(opened.payload["base_model_cid"]))
         for client, reply in self._claim("encrypt", request).items():
@@ -371,6 +381,7 @@ class RoundEngine:
                 self._accept_submission(client, reply, blob, VerifyingKey.from_vkey(registry[client]["vkey"]),
                                         registry[client])
             self._receive("encrypt", client, receive)
+        self._keep_received()
         self.log(f"round {self.round_id}: stage encrypt closed")
         dropped = {c: "mask" for c in self.participants if c not in self.blobs and c not in self.refused}
         try:
@@ -416,6 +427,7 @@ class RoundEngine:
         except RefusedPrivacyRecord as exc:
             self.refused[client] = str(exc)
             raise
+        self.federation.ledger.blobs.put(blob)  # stored now: a round that stops from here is recorded with it
         self.submissions[client], self.records[client], self.blobs[client] = entry, record, blob
 
     def _check_submission(self, client: str, reply: Mapping[str, Any], blob: bytes, key: VerifyingKey,

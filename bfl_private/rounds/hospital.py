@@ -26,21 +26,27 @@ does for the bundled datasets); labels must lie in the federation's label space.
 Each handler takes the stage's fields and this hospital's saved round state and returns
 the reply fields and the new state; nothing here imports ``flwr``. Torch, Opacus and
 scikit-learn are imported only in the stage that trains (``mask``, or ``encrypt`` in a
-Paillier or CKKS round), and the HE libraries only when a round uses them, so each
-ClientApp process (Flower starts one per message) starts fast.
+one-shot round), and the HE libraries only when a round uses them, so each ClientApp
+process (Flower starts one per message) starts fast.
 
-In a masking round the ``advertise`` request carries the round opening and the
-validators' beacon on it; the hospital checks the beacon's signatures against genesis'
-validator keys and quorum and derives the SecAgg+ graph seed itself
-(:func:`bfl_private.ledger.beacon.round_seed`), refusing by name (``BadBeacon``) a beacon
-that does not give it: the server never chooses the seed.
+The stage that opens a round (``advertise``, or ``encrypt``) carries the round opening
+and the validators' beacon on it; the hospital checks the opening (participant checks,
+the distributed-DP plan against genesis, its own budget: each refusal named and kept in
+``participation.json``) and the beacon's signatures against genesis' validator keys and
+quorum, refusing by name (``BadBeacon``) a beacon that is not for this very opening. In a
+masking round it derives the SecAgg+ graph seed from it itself
+(:func:`bfl_private.ledger.beacon.round_seed`): the server never chooses the seed. In
+distributed DP it acknowledges (so helps unmask) only a survivor set of at least N - t
+(``TooFewSurvivors``).
 
 In a Paillier or CKKS round the hospital receives only public key material (the Paillier
 public key or the CKKS public context, checked against what the coordinator's signed
-round opening names before anything is trained), encrypts its update with the
-in-process client step (:func:`bfl_private.protocols.paillier.encrypt_update`,
+round opening names before anything is trained), encrypts its update with the client
+step (:func:`bfl_private.protocols.paillier.encrypt_update`,
 :func:`bfl_private.protocols.ckks.encrypt_update`), and signs the submission with its own
-identity key. The key holder stays with the ServerApp.
+identity key. The key holder stays with the engine. In a plain round (genesis must name
+plain) it sends its payload in the clear. Before anything leaves it, the record it signs
+must be the planned one its budget check counted.
 """
 from __future__ import annotations
 
@@ -66,7 +72,9 @@ from ..participant_checks import (
     AlreadySubmitted,
     BadBeacon,
     ParticipantRefusal,
+    OverBudget,
     ParticipantView,
+    TooFewSurvivors,
     WeakParameters,
     check_opening,
     check_protocol,
@@ -81,7 +89,7 @@ from ..ledger.identity import SigningIdentity, VerifyingKey
 from ..protocols.errors import ConfigurationError, ProtocolError
 from ..protocols.masking import encode_submission
 from ..protocols.masking_graph import MaskingParams
-from ..protocols.masking_messages import MaskedInput
+from ..protocols.masking_messages import MaskedInput, SurvivorSet
 from ..protocols.quantize import codec_from_json
 from ..settings import FederationSettings, SettingsError
 from .errors import HospitalConfigError, OutOfOrderMessage, PublicKeyMessageError, StageMessageError
@@ -447,10 +455,27 @@ class Hospital:
         elif stage == "mask":
             reply = self._mask(client, opened, fields)
         elif stage == "acknowledge":
+            self._check_survivors(opened, fields["survivors"])
             reply = {"acknowledgement": client.acknowledge(fields["survivors"])}
         else:
             return {"unmask": client.unmask(fields["signatures"])}, None
         return reply, _RoundState(saved.round, stage, saved.open, saved.seed, saved.length, client.to_state()).to_bytes()
+
+    def _check_survivors(self, opened: Entry, announcement: bytes) -> None:
+        """Distributed DP: acknowledge (and so help unmask) only a survivor set of at least
+        N - t, the shares whose noise every participant's record counts on. Masking's own
+        threshold could unmask fewer; the aggregate rule would refuse that sum only after
+        the server had it."""
+        dp_plan = self._distributed_plan(opened)
+        if dp_plan is None:
+            return
+        _, survivors = SurvivorSet.decode(announcement)
+        participants = len(opened.payload["participants"])
+        needed = participants - dp_plan.collusion_threshold
+        if len(survivors) < needed:
+            raise self._refuse("acknowledge", TooFewSurvivors(
+                self.name, opened.round, f"{len(survivors)} survivors of {participants}: a distributed-DP sum needs "
+                                         f"N - t = {needed} shares, fewer carry less noise than the records claim"))
 
     def _opening(self, data: bytes, round_id: int, *, stage: str, check: bool = False) -> Entry:
         """The coordinator's signed round opening, for a protocol that has ``stage``; with
@@ -480,7 +505,7 @@ class Hospital:
             try:
                 check_opening(entry, settings=self.registry.settings, participant=self.name,
                               view=self.view(entry.round))
-                self._distributed_plan(entry)
+                self._planned(entry)  # the plan checked and within budget, before anything is generated
             except ParticipantRefusal as exc:
                 raise self._refuse(stage, exc) from None
         return entry
@@ -511,7 +536,7 @@ class Hospital:
     def _identity_keys(self, params: MaskingParams) -> list[bytes]:
         return [self.registry.key(c).public_bytes() for c in params.clients]
 
-    def _seed(self, opened: Entry, data: bytes) -> bytes:
+    def _seed(self, opened: Entry, data: bytes, *, stage: str) -> bytes:
         """The round's seed, derived here from the validators' beacon on exactly ``opened``
         (signatures under the genesis validator keys, a quorum of them): never the server's say."""
         where = "the round beacon"
@@ -525,13 +550,13 @@ class Hospital:
             return round_seed(RoundBeacon.of(entry, where=where), opening=opened, policy=self.registry.beacon,
                               where=where)
         except VerificationError as exc:
-            raise self._refuse("advertise", BadBeacon(self.name, opened.round, str(exc))) from None
+            raise self._refuse(stage, BadBeacon(self.name, opened.round, str(exc))) from None
         except BadBeacon as exc:
-            raise self._refuse("advertise", exc) from None
+            raise self._refuse(stage, exc) from None
 
     def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         opened = self._opening(fields["round-open"], fields["round"], stage="advertise", check=True)
-        seed = self._seed(opened, fields["round-beacon"])
+        seed = self._seed(opened, fields["round-beacon"], stage="advertise")
         params = self._params(opened, seed, fields["length"])
         client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
                                          identity_keys=self._identity_keys(params))
@@ -561,16 +586,13 @@ class Hospital:
             raise StageMessageError(f"{where}: expected one float32 vector 'params'{size}")
         return params
 
-    def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:
-        """This hospital's private input from ``base``, within its lifetime budget.
-
-        Returns the vector every protocol protects (:meth:`_private_input`), the record
-        count, and the privacy record it signs. Refuses (BudgetExceeded) before computing
-        anything when the planned record would take the hospital past its budget.
-        """
+    def _planned(self, opened: Entry) -> tuple[SpendRecord, DistributedPlan | None]:
+        """The one privacy record this hospital may sign in the round ``opened`` (the plan's
+        σ with genesis' other parameters, or the round's Skellam record) and the
+        distributed-DP plan (None in local DP). Refuses, by name, a record that would take
+        the hospital past its lifetime budget (OverBudget), or an opening that plans none."""
         from ..distributed_round import planned_record as distributed_record
         from ..privacy.accounting import recorded_epsilon
-        from ..privacy.errors import BudgetExceeded
         from ..round_checks import planned_record
 
         settings = self.registry.settings
@@ -579,17 +601,44 @@ class Hospital:
         planned: SpendRecord
         if dp_plan is not None:
             planned = distributed_record(settings, dp_plan, participants=len(opened.payload["participants"]))
-        elif not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
+        elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
         else:
             planned = planned_record(settings, noise_multiplier=float(sigma))
         history = self.history()
-        spent = recorded_epsilon(history) if history else 0.0
-        projected = recorded_epsilon(history + [planned])
+        try:
+            spent = recorded_epsilon(history) if history else 0.0
+            projected = recorded_epsilon(history + [planned])
+        except (ArithmeticError, ValueError) as exc:  # a σ the accountant cannot compose (say 1e-300)
+            raise OverBudget(self.name, opened.round, f"the planned record cannot be accounted: {exc}") from None
         budget = float(self.registry.clients[self.name].epsilon_budget)
         if projected > budget:
-            raise BudgetExceeded(self.name, spent=spent, projected=projected, budget=budget)
+            raise OverBudget(self.name, opened.round, f"the planned record would take {self.name} to ε = "
+                                                      f"{projected:.4g} (spent {spent:.4g}), past its lifetime "
+                                                      f"budget {budget:g}")
+        return planned, dp_plan
+
+    def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:
+        """This hospital's private input from ``base``, within its lifetime budget.
+
+        Returns the vector every protocol protects (:meth:`_private_input`), the record
+        count, and the privacy record it signs: exactly the planned one, whose ε the budget
+        check counted (anything else is refused here, before the update leaves)."""
+        try:
+            planned, dp_plan = self._planned(opened)
+        except ParticipantRefusal as exc:
+            raise self._refuse("train", exc) from None
+        if dp_plan is not None and dp_plan.dimension != base.shape[0]:
+            raise self._refuse("train", WeakParameters(
+                self.name, opened.round, f"the distributed-DP plan is for dimension {dp_plan.dimension}, the base "
+                                         f"model has {base.shape[0]} parameters: the record would be false"))
+        from ..round_checks import spend_rule_violation
+
         vector, record = self._private_input(base, planned, dp_plan)
+        violation = spend_rule_violation(record, planned=planned)  # the engine's own rule, applied before sending
+        if violation is not None:
+            raise HospitalConfigError(f"{self.name}: the training's {violation}; the budget check counted the "
+                                      f"planned record, so nothing is sent")
         return vector, len(self.data), record
 
     def _max_records(self) -> int:
@@ -643,6 +692,10 @@ class Hospital:
     def _encrypt(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A one-shot HE round: check the key material, train, encrypt, sign."""
         opened = self._opening(fields["round-open"], fields["round"], stage="encrypt", check=True)
+        if self.registry.settings.round_randomness == RANDOMNESS_BEACON:
+            # No seed is needed, but the validators must have beaconed this very opening: a
+            # coordinator cannot show this hospital an opening (a key) they never saw.
+            self._seed(opened, fields["round-beacon"], stage="encrypt")
         base = self._base_model(opened, fields["model"], None)
         length = base.shape[0] + _payload_extra(opened)
         protocol = opened.payload["protocol"]

@@ -2,18 +2,18 @@
 
 It runs the very code a SuperNode runs (:meth:`Hospital.handle`, with the state kept
 between stages as Flower keeps ``Context.state``): ``bfl-private round``, the tests and
-the benchmarks drive the round engine through it without network. A hospital listed in ``drop`` stops answering from
-that stage on (stages are ordered by :data:`~.stages.STAGE_POSITION`, so in an HE round
-a hospital dropped at ``mask`` or earlier never answers ``encrypt``); one whose handler raises answers with a :class:`Failure` carrying the
-error's name and message, as Flower's error reply does.
+the benchmarks drive the round engine through it without network. A hospital listed in
+``drop`` stops answering from that stage on (stages are ordered by
+:data:`~.stages.STAGE_POSITION`, so in a one-shot round a hospital dropped at ``mask`` or
+earlier never answers ``encrypt``); one whose handler raises anything answers with a
+:class:`Failure` carrying the error's name and message, as Flower's ClientApp does: a
+failing hospital is a dropout, never a crash of the round.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from ..privacy.errors import PrivacyError
-from ..protocols.errors import ProtocolError
 from .hospital import Hospital
 from .engine import Failure
 from .stages import STAGE_POSITION
@@ -40,7 +40,7 @@ class LoopbackTransport:
                 continue
             try:
                 reply, self.states[node] = self.hospitals[node].handle(dict(fields), self.states[node])
-            except (ProtocolError, PrivacyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - as over Flower: any failure of a node is its error reply
                 replies[node] = Failure(f"{type(exc).__name__}: {exc}")
                 continue
             replies[node] = reply

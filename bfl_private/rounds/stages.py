@@ -66,7 +66,7 @@ REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
     # public-key: Paillier, the RFC 8785 JSON of the public key (n, key_id); CKKS, TenSEAL's
     # serialised public context (public key only). Both must be what round-open names.
     # Plain: empty.
-    "encrypt": {"round-open": bytes, "public-key": bytes, "model": bytes},
+    "encrypt": {"round-open": bytes, "round-beacon": bytes, "public-key": bytes, "model": bytes},
 }
 
 REPLY_FIELDS: Mapping[str, Mapping[str, type]] = {

@@ -1,14 +1,16 @@
-"""Round time over Flower on loopback against the in-process round, same settings.
+"""Round time over Flower against the in-process round, same settings, same engine.
 
-For each protocol that runs over Flower (masking; Paillier and CKKS, whose key holder
-stays with the coordinator), three ways to run the same private round (DP-SGD with
-Opacus, the protocol, the ledger block with validator attestations), each on a fresh
-federation created with identical settings and plan:
+For masking, Paillier and CKKS (whose key holder stays with the coordinator), three ways
+to run the same private round (DP-SGD with Opacus, the protocol, the ledger block with
+validator attestations) through the one round engine, each on a fresh federation created
+with identical settings and plan:
 
-* ``in-process`` — :meth:`Federation.run_round`, the baseline (ratio 1);
-* ``loopback`` — :class:`RoundEngine` over :class:`LoopbackTransport`: the ServerApp's
-  and ClientApp's code with every message and the hospitals' state round-tripping through
-  their encodings, no network and no processes;
+* ``in-process`` — :meth:`Federation.run_round` (``bfl-private round``): the engine over
+  the loopback transport to the demo's hospitals, acting from their party folders; the
+  baseline (ratio 1);
+* ``loopback`` — :class:`RoundEngine` over :class:`LoopbackTransport` to hospitals
+  exported as SuperNode bundles (:func:`~bfl_private.flower.setup.export_hospitals`),
+  loaded as a ClientApp loads them: no network and no processes;
 * ``flower`` (full mode only) — a real SuperLink and one SuperNode per hospital on
   127.0.0.1, ``flwr run``; the round time is the ServerApp's own measurement, from the
   round's opening to its committed block, so Flower's start-up is excluded (reported

@@ -164,7 +164,9 @@ def test_more_than_t_dropouts_abort_and_t_do_not(request: pytest.FixtureRequest,
         assert sent == set(participants[gone:])
         if status == "aborted":
             abort = next(e for e in entries if e.type == ABORT)
-            assert abort.payload["stage"] == "decode" and "N - t = 9" in abort.payload["reason"]
+            # each survivor refused to acknowledge 9 - 1 survivors: nothing was unmasked
+            assert abort.payload["stage"] == "unmask" and "TooFewSurvivors" in abort.payload["reason"]
+            assert "N - t = 9" in abort.payload["reason"]
         after = fed.ledger.state.clients()
         assert all(after[c]["epsilon_spent"] > before[c] for c in sent)  # what left is charged
         assert all(after[c]["epsilon_spent"] == before[c] for c in participants[:gone])
@@ -197,6 +199,7 @@ def _colluding_validators(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Validator, "check_round", lambda self, entries, ledger: None)
     monkeypatch.setattr(Validator, "attest", rubber_stamp)
     monkeypatch.setattr(validator_module, "check_opening", lambda *a, **k: None)
+    monkeypatch.setattr(validator_module, "check_distributed_round", lambda *a, **k: None)
     monkeypatch.setattr(validator_module, "check_round_randomness", lambda *a, **k: None)
 
 
@@ -243,6 +246,8 @@ def test_a_sum_of_fewer_than_n_minus_t_shares_fails_the_audit(strict_copy: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _colluding_validators(monkeypatch)
     monkeypatch.setattr(engine_module, "distributed_violation", lambda *a, **k: None)
+    # ... and hospitals that help unmask any survivor set (an honest one refuses, TooFewSurvivors)
+    monkeypatch.setattr(hospital_module.Hospital, "_check_survivors", lambda self, opened, announcement: None)
     fed = Federation.open(strict_copy)
     try:
         plan = fed.plan(epsilon=0.5, rounds=1, skip_exhausted=False)

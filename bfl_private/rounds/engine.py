@@ -226,7 +226,7 @@ class RoundEngine:
             exc = aborted.cause
             stage = exc.stage
             entries, claims = self._charged(opened)
-            declined = self._declined(set(aborted.survivors))
+            declined = self._declined(set())  # every named refusal, a survivor's (TooFewSurvivors) too
             fed.record_abort(entries, round_id=self.round_id, stage=stage, reason=str(exc), declined=declined,
                              survivors=aborted.survivors, claims=claims)
             self.log(f"round {self.round_id}: aborted at stage {stage}: {exc}")

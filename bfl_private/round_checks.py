@@ -37,6 +37,7 @@ from .privacy.accounting import (
 from .privacy.errors import PrivacyError
 from .protocols.base import decoding_tolerance, recompute_total
 from .protocols.errors import ConfigurationError, ProtocolError
+from .protocols.masking import MaskingTranscript
 from .protocols.masking_graph import MaskingParams
 from .protocols.quantize import IntegerRingCodec
 from .round_records import RoundClosing, RoundOpening
@@ -175,18 +176,21 @@ def check_round_randomness(entries: Sequence[Entry], *, genesis: GenesisRecord, 
 def _check_masking_transcript(opening: Entry, transcript: Any, seed: bytes, *, where: str) -> None:
     """The masking round ran on the parameters its opening and beacon fix: round, seed,
     participants in order, k and t (a transcript's length is the protocol's own)."""
-    if not isinstance(transcript, Mapping):
-        raise SemanticCheckError(f"{where}: the masking transcript is not an object")
+    try:
+        record = MaskingTranscript.from_json(transcript, where=where)
+    except ProtocolError as exc:
+        raise SemanticCheckError(f"{where}: the masking transcript does not parse: {exc}") from exc
     public = opening.payload["protocol_params"]
     try:
         expected = MaskingParams.create(round_id=opening.round, round_seed=seed,
-                                        clients=opening.payload["participants"], length=transcript.get("length"),
+                                        clients=opening.payload["participants"], length=record.length,
                                         neighbours=public.get("neighbours"), threshold=public.get("threshold"))
     except (ConfigurationError, TypeError) as exc:
         raise SemanticCheckError(f"{where}: the opening's masking parameters: {exc}") from exc
+    written = record.to_json()  # compared in the encoding both sides share (neighbours None for SecAgg)
     for name, value in expected.to_json().items():
-        if transcript.get(name) != value:
-            raise SemanticCheckError(f"{where}: the transcript's {name} {transcript.get(name)!r:.80} is not "
+        if written[name] != value:
+            raise SemanticCheckError(f"{where}: the transcript's {name} {written[name]!r:.80} is not "
                                      f"{value!r:.80}, which the opening and its beacon fix")
 
 

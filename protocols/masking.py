@@ -1159,7 +1159,7 @@ class MaskingTranscript:
             raise MalformedInput(f"{where}: masking transcript version {fields['version']!r:.40} is not "
                                  f"{TRANSCRIPT_VERSION}")
         neighbours, codec = fields["neighbours"], fields.get("codec")
-        if codec is not None and not isinstance(codec, Mapping):
+        if "codec" in fields and not isinstance(codec, Mapping):
             raise MalformedInput(f"{where}: the codec parameters must be an object")
         dropped = keyed(fields["dropped"], lambda stage, at: text(stage, what="stage", where=at),
                         what="dropped", where=where)

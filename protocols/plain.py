@@ -88,10 +88,9 @@ class PlainTranscript:
                               where=where)
         if fields["protocol"] != PlainProtocol.name:
             raise MalformedInput(f"{where}: not a plain transcript (protocol {fields['protocol']!r:.40})")
-        bound = fields.get("bound")
         return cls(round=integer(fields["round"], what="round", where=where),
                    included=texts(fields["included"], what="included", where=where),
-                   bound=None if bound is None else number(bound, what="bound", where=where))
+                   bound=number(fields["bound"], what="bound", where=where) if "bound" in fields else None)
 
 
 class PlainProtocol(AggregationProtocol):

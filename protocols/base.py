@@ -7,10 +7,15 @@ to recompute that sum from the committed submissions alone:
 
 * ``AggregationResult.submissions`` — one blob per received client input (the bytes the
   ledger commits to by CID). Blobs are safetensors or canonical JSON, never pickle.
-* ``AggregationResult.transcript`` — a JSON-serialisable record (parameters, revealed
-  seeds, decryption proofs, ...) with which :func:`recompute_total` reproduces ``total``,
-  and from which :func:`decoding_tolerance` gives how far a decoded coordinate may lie
-  from the exact sum of the clients' clipped values (the encoding's error bound).
+* ``AggregationResult.transcript`` — a JSON record (parameters, revealed seeds, decryption
+  proofs, ...) with which :func:`recompute_total` reproduces ``total``, and from which
+  :func:`decoding_tolerance` gives how far a decoded coordinate may lie from the exact sum
+  of the clients' clipped values (the encoding's error bound). Each protocol defines it as
+  a typed record (``MaskingTranscript``, ``PaillierTranscript``, ``CkksTranscript``,
+  ``PlainTranscript``) whose ``to_json()`` writes it and whose ``from_json`` parses it once
+  in every reader. The result carries the JSON, not the record: it is what the ledger
+  commits and what an auditor reads back, the one type all protocols share, so the round
+  engine and the coordinator pass it on without knowing the protocol.
 
 A client may skip our encoder and send anything in the protocol's domain. A decoded sum
 that is not a sum of valid encodings raises :class:`InvalidAggregate` (with what had
@@ -73,7 +78,7 @@ class AggregationResult:
     rejected_submissions: Mapping[str, bytes] = field(default_factory=dict)
     """What each rejected client sent: refused, but its sender has spent privacy by sending it."""
     transcript: Mapping[str, Any] = field(default_factory=dict)
-    """JSON-serialisable public record from which ``recompute_total`` reproduces ``total``."""
+    """The protocol's transcript record as JSON, from which ``recompute_total`` reproduces ``total``."""
     decryption_provable: bool = True
     """False where the final decoding cannot be checked publicly (CKKS)."""
 

@@ -31,7 +31,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -50,14 +50,26 @@ Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
 
 # Protocol name -> module implementing
-# ``recompute_from_submissions(transcript, submissions) -> float64 total`` and
-# ``decoding_tolerance(transcript) -> float``. Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
+# ``recompute_from_submissions(transcript, submissions) -> float64 total``,
+# ``decoding_tolerance(transcript) -> float`` and ``TRANSCRIPT``, its transcript record class.
+# Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
 _RECOMPUTERS = {
     "plain": "bfl_private.protocols.plain",
     "masking": "bfl_private.protocols.masking",
     "paillier": "bfl_private.protocols.paillier",
     "ckks": "bfl_private.protocols.ckks",
 }
+
+
+class Transcript(Protocol):
+    """What every protocol's typed transcript record offers a reader that does not know the protocol."""
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        """The clients whose input is in the total (masking's survivors, the others' included)."""
+        ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -240,6 +252,13 @@ def recompute_total(
     transcript or a submission is malformed or inconsistent.
     """
     return _module(protocol).recompute_from_submissions(transcript, submissions)
+
+
+def parse_transcript(protocol: str, transcript: Any, *, where: str) -> Transcript:
+    """A round's committed transcript as its protocol's typed record; a ProtocolError
+    (MalformedInput naming ``where``) when it is not one."""
+    record: Transcript = _module(protocol).TRANSCRIPT.from_json(transcript, where=where)
+    return record
 
 
 def decoding_tolerance(protocol: str, transcript: Mapping[str, Any]) -> float:

@@ -533,6 +533,10 @@ class CkksTranscript:
     error_bound: float
     published_step: float
 
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
     def to_json(self) -> dict[str, Any]:
         return {
             "protocol": CkksProtocol.name,
@@ -588,6 +592,7 @@ class CkksTranscript:
         )
 
 
+TRANSCRIPT = CkksTranscript
 _TRANSCRIPT_FIELDS = {
     "protocol", "round", "parameters", "public_context", "clip", "max_summands", "length", "included",
     "aggregate_sha256", "decrypted_total", "error_bound", "published_step", "decryption_provable",

@@ -1127,6 +1127,10 @@ class MaskingTranscript:
     """The codec's parameters, from which the levels decode; the in-process runner's
     transcript (:func:`run_round`, :func:`secure_sum`: uint32 levels) has none."""
 
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.survivors
+
     def to_json(self) -> dict[str, Any]:
         codec = {} if self.codec is None else {"codec": dict(self.codec)}
         return {
@@ -1203,6 +1207,7 @@ class MaskingTranscript:
         return codec_from_json(dict(self.codec))
 
 
+TRANSCRIPT = MaskingTranscript
 _TRANSCRIPT_FIELDS = {
     "protocol", "version", "round", "round_seed", "clients", "length", "neighbours", "threshold", "identity_keys",
     "advertisements", "shared", "survivors", "dropped", "self_mask_commitments", "self_mask_seeds",

@@ -809,6 +809,10 @@ class PaillierTranscript:
     proofs: tuple[int, ...] | None = None
     threshold_decryption: ThresholdDecryptionRecord | None = None
 
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
     def to_json(self) -> dict[str, Any]:
         proof: dict[str, Any] = (
             {"proofs": [format(r, "x") for r in self.proofs]} if self.proofs is not None
@@ -859,6 +863,7 @@ class PaillierTranscript:
         )
 
 
+TRANSCRIPT = PaillierTranscript
 _TRANSCRIPT_FIELDS = {"protocol", "round", "codec", "public_key", "layout", "included", "aggregate", "plaintexts"}
 
 

@@ -78,6 +78,10 @@ class PlainTranscript:
     bound: float | None = None
     """The range every included value was checked against; None (no check) where a transcript predates it."""
 
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
     def to_json(self) -> dict[str, Any]:
         bound = {} if self.bound is None else {"bound": self.bound}
         return {"protocol": PlainProtocol.name, "round": self.round, **bound, "included": list(self.included)}
@@ -161,6 +165,9 @@ class PlainProtocol(AggregationProtocol):
             transcript=PlainTranscript(round_id, tuple(sorted(received)), self.bound).to_json(),
         )
 
+
+
+TRANSCRIPT = PlainTranscript
 
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:

@@ -7,10 +7,15 @@ import copy
 import numpy as np
 import pytest
 from bfl_private.ledger.canonical import canonical_bytes, parse_canonical
-from bfl_private.protocols.base import recompute_total
+from bfl_private.protocols.base import parse_transcript, recompute_total
 from bfl_private.protocols.ckks import CkksKeyHolder, CkksProtocol, CkksTranscript
-from bfl_private.protocols.errors import MalformedInput, ProtocolError
-from bfl_private.protocols.masking import MaskingProtocol, MaskingTranscript, secure_sum, transcript_with_codec
+from bfl_private.protocols.errors import ConfigurationError, MalformedInput, ProtocolError
+from bfl_private.protocols.masking import (
+    MaskingProtocol,
+    MaskingTranscript,
+    secure_sum,
+    transcript_with_codec,
+)
 from bfl_private.protocols.paillier import PaillierKeyHolder, PaillierProtocol, PaillierTranscript
 from bfl_private.protocols.plain import PlainProtocol, PlainTranscript
 from bfl_private.protocols.quantize import FixedPointCodec
@@ -57,6 +62,15 @@ def test_a_real_transcript_round_trips_to_the_same_json(rounds, protocol):
     assert canonical_bytes(record.to_json()) == canonical_bytes(result.transcript)
     assert RECORDS[protocol].from_json(record.to_json(), where="round 7") == record
     assert np.array_equal(recompute_total(protocol, record.to_json(), result.submissions), result.total)
+    assert parse_transcript(protocol, result.transcript, where="round 7") == record
+    assert record.summed == result.included
+
+
+def test_a_transcript_is_parsed_as_the_record_of_its_round_s_protocol(rounds):
+    with pytest.raises(MalformedInput, match="round 7: a paillier transcript has the fields"):
+        parse_transcript("paillier", rounds["plain"].transcript, where="round 7")
+    with pytest.raises(ConfigurationError, match="unknown protocol 'other'"):
+        parse_transcript("other", rounds["plain"].transcript, where="round 7")
 
 
 def test_the_masking_record_reads_its_fields(rounds):

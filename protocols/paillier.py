@@ -841,7 +841,11 @@ class PaillierTranscript:
                                  "'proofs' and 'threshold_decryption'")
         if not isinstance(fields["codec"], Mapping) or not isinstance(fields["layout"], Mapping):
             raise MalformedInput(f"{where}: the 'codec' and 'layout' records must be objects")
+        for name, value in fields["layout"].items():  # PackingLayout reads numbers; a bool would pass as 1
+            integer(value, what=f"layout {name}", where=where)
         layout = PackingLayout.from_json(fields["layout"])
+        # The key is written back with its fingerprint, which public_key_from_json lets a key omit.
+        exact_fields(fields["public_key"], {"n", "key_id"}, what="public key", where=where)
 
         def ciphertext_list(key: str) -> tuple[int, ...]:
             values = fields[key]

@@ -200,6 +200,12 @@ def test_a_paillier_transcript_carries_exactly_one_proof_of_its_decryption(round
         PaillierTranscript.from_json(_changed(transcript, threshold_decryption={}), where="round 9")
     with pytest.raises(MalformedInput, match="'plaintexts' must be a list of 1 hex strings"):
         PaillierTranscript.from_json(_changed(transcript, plaintexts=[]), where="round 9")
+    with pytest.raises(MalformedInput, match="layout slots must be an integer, got bool"):
+        PaillierTranscript.from_json(_changed(transcript, layout={**transcript["layout"], "slots": True}),
+                                     where="round 9")
+    with pytest.raises(MalformedInput, match=r"public key has the fields .*missing \['key_id'\]"):
+        PaillierTranscript.from_json(_changed(transcript, public_key={"n": transcript["public_key"]["n"]}),
+                                     where="round 9")
 
 
 def test_a_ckks_transcript_never_claims_a_provable_decryption(rounds):

@@ -870,7 +870,7 @@ class MaskingServer:
             round_seed=params.round_seed,
             clients=params.clients,
             length=params.length,
-            neighbours=None if params.complete else params.neighbours,  # as the opening announces k
+            neighbours=None if params.complete else params.neighbours,  # None: the complete graph (SecAgg)
             threshold=params.threshold,
             identity_keys={names[i]: key for i, key in enumerate(self.identity_keys)},
             advertisements={

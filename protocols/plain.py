@@ -76,7 +76,8 @@ class PlainTranscript:
     round: int
     included: tuple[str, ...]
     bound: float | None = None
-    """The range every included value was checked against; None (no check) where a transcript predates it."""
+    """The range every included value was checked against. Optional as the recomputation has
+    always read it: a transcript without one is re-summed with no range check."""
 
     @property
     def summed(self) -> tuple[str, ...]:

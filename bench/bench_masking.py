@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 from bfl_private.protocols.errors import TooManyDropouts
-from bfl_private.protocols.masking import secure_sum
+from bfl_private.protocols.masking import MaskingTranscript, secure_sum
 from bfl_private.protocols.masking_graph import default_threshold, neighbour_graph
 from bfl_private.protocols.prg import DEFAULT_CHUNK_WORDS, new_seed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -45,13 +45,12 @@ def _sparse_k(n: int) -> int:
     return min(SPARSE_K, n // 2 + 1)
 
 
-def keystream_streams(transcript: dict, n: int) -> int:
+def keystream_streams(transcript: MaskingTranscript) -> int:
     """Number of length-D keystreams the round had to generate, from its transcript."""
-    index = {name: i for i, name in enumerate(transcript["clients"])}
-    shared = {index[c] for c in transcript["shared"]}
-    survivors = {index[c] for c in transcript["survivors"]}
-    k = transcript["neighbours"] if transcript["neighbours"] is not None else n - 1
-    graph = neighbour_graph(n, k, bytes.fromhex(transcript["round_seed"]))
+    index = {name: i for i, name in enumerate(transcript.clients)}
+    shared = {index[c] for c in transcript.shared}
+    survivors = {index[c] for c in transcript.survivors}
+    graph = transcript.params().graph
     clients = sum(1 + len(shared.intersection(graph[u])) for u in survivors)
     server = len(survivors) + sum(len(survivors.intersection(graph[v])) for v in shared - survivors)
     return clients + server
@@ -75,7 +74,7 @@ SCALE_K = 20
 SCALE_D = 100_000
 
 
-def public_key_operations(transcript: dict, n: int) -> dict[str, int]:
+def public_key_operations(transcript: MaskingTranscript) -> dict[str, int]:
     """Public-key operations a round requires of all its parties, from its transcript.
 
     Every client generates two X25519 keys and signs its advertisement and its seed
@@ -84,13 +83,12 @@ def public_key_operations(transcript: dict, n: int) -> dict[str, int]:
     verifies t neighbours' signatures over it; the server verifies every advertisement,
     commitment and acknowledgement and agrees the dangling seeds of dropped sharers.
     """
-    index = {name: i for i, name in enumerate(transcript["clients"])}
-    advertised = {index[c] for c in transcript["advertisements"]}
-    shared = {index[c] for c in transcript["shared"]}
-    survivors = {index[c] for c in transcript["survivors"]}
-    k = transcript["neighbours"] if transcript["neighbours"] is not None else n - 1
-    t = transcript["threshold"]
-    graph = neighbour_graph(n, k, bytes.fromhex(transcript["round_seed"]))
+    index = {name: i for i, name in enumerate(transcript.clients)}
+    advertised = {index[c] for c in transcript.advertisements}
+    shared = {index[c] for c in transcript.shared}
+    survivors = {index[c] for c in transcript.survivors}
+    params = transcript.params()
+    n, t, graph = len(params.clients), params.threshold, params.graph
     client_adverts = sum(len(advertised.intersection(graph[u])) for u in shared)
     consistency = sum(min(t, len(survivors.intersection(graph[u]))) for u in survivors)
     dangling = sum(len(survivors.intersection(graph[v])) for v in shared - survivors)
@@ -188,9 +186,10 @@ def measure(
         expected += vectors[i]
     if not np.array_equal(result.total, (expected % (1 << 32)).astype(np.uint32)):
         raise AssertionError(f"benchmark round {row} produced a wrong total")
-    streams = keystream_streams(result.transcript, n)
+    transcript = MaskingTranscript.from_json(result.transcript, where=f"benchmark round {row}")
+    streams = keystream_streams(transcript)
     floor = min(keystream_floor(streams, length) for _ in range(REPEATS))
-    extra = {"_operations": public_key_operations(result.transcript, n)} if length == SCALE_D and neighbours == SCALE_K else {}
+    extra = {"_operations": public_key_operations(transcript)} if length == SCALE_D and neighbours == SCALE_K else {}
     return {
         **extra,
         **row,

@@ -35,8 +35,9 @@ from .privacy.accounting import (
     verify_summary_claim,
 )
 from .privacy.errors import PrivacyError
-from .protocols.base import decoding_tolerance, recompute_total
+from .protocols.base import Transcript, decoding_tolerance, parse_transcript, recompute_total
 from .protocols.errors import ConfigurationError, ProtocolError
+from .protocols.masking import MaskingTranscript
 from .protocols.masking_graph import MaskingParams
 from .protocols.quantize import IntegerRingCodec
 from .round_records import RoundClosing, RoundOpening
@@ -175,18 +176,21 @@ def check_round_randomness(entries: Sequence[Entry], *, genesis: GenesisRecord, 
 def _check_masking_transcript(opening: Entry, transcript: Any, seed: bytes, *, where: str) -> None:
     """The masking round ran on the parameters its opening and beacon fix: round, seed,
     participants in order, k and t (a transcript's length is the protocol's own)."""
-    if not isinstance(transcript, Mapping):
-        raise SemanticCheckError(f"{where}: the masking transcript is not an object")
+    try:
+        record = MaskingTranscript.from_json(transcript, where=where)
+    except ProtocolError as exc:
+        raise SemanticCheckError(f"{where}: the masking transcript does not parse: {exc}") from exc
     public = opening.payload["protocol_params"]
     try:
         expected = MaskingParams.create(round_id=opening.round, round_seed=seed,
-                                        clients=opening.payload["participants"], length=transcript.get("length"),
+                                        clients=opening.payload["participants"], length=record.length,
                                         neighbours=public.get("neighbours"), threshold=public.get("threshold"))
     except (ConfigurationError, TypeError) as exc:
         raise SemanticCheckError(f"{where}: the opening's masking parameters: {exc}") from exc
+    written = record.to_json()  # compared in the encoding both sides share (neighbours None for SecAgg)
     for name, value in expected.to_json().items():
-        if transcript.get(name) != value:
-            raise SemanticCheckError(f"{where}: the transcript's {name} {transcript.get(name)!r:.80} is not "
+        if written[name] != value:
+            raise SemanticCheckError(f"{where}: the transcript's {name} {written[name]!r:.80} is not "
                                      f"{value!r:.80}, which the opening and its beacon fix")
 
 
@@ -225,24 +229,21 @@ def spend_rule_violation(record: SpendRecord, *, planned: SpendRecord) -> str | 
 
 
 def check_transcript_identities(
-    transcript: Mapping[str, Any], registered: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]], *,
+    transcript: Transcript, registered: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]], *,
     where: str,
 ) -> None:
     """Identity keys a transcript vouches with (masking's signed advertisements and seed
     commitments) must be the clients' keys registered at genesis, or a server could sign
     its own substitutes. ``registered`` may be a function giving them, called only when
     the transcript names keys (parsing every client's key is not free)."""
-    claimed = transcript.get("identity_keys")
-    if claimed is None:
+    if not isinstance(transcript, MaskingTranscript):  # only masking's transcript vouches with identity keys
         return
     if callable(registered):
         registered = registered()
-    if not isinstance(claimed, Mapping):
-        raise SemanticCheckError(f"{where}: transcript 'identity_keys' is not a mapping")
-    for client, key in sorted(claimed.items()):
+    for client, key in sorted(transcript.identity_keys.items()):
         if client not in registered:
             raise SemanticCheckError(f"{where}: transcript names {client!r}, who is not a registered client")
-        if not isinstance(key, str) or key != registered[client].hex():
+        if key != registered[client]:
             raise SemanticCheckError(f"{where}: transcript identity key of {client!r} is not its registered key")
 
 
@@ -346,11 +347,15 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     protocol = view.opening.protocol
     settings = FederationSettings.from_json(genesis.settings)
     where = f"round {view.round}"
-    check_transcript_identities(transcript, lambda: registered_client_keys(state), where=where)
+    try:
+        record = parse_transcript(protocol, transcript, where=where)
+    except ProtocolError as exc:
+        raise SemanticCheckError(f"{where}: the {protocol} transcript does not parse: {exc}") from exc
+    check_transcript_identities(record, lambda: registered_client_keys(state), where=where)
     check_paillier_key(view.opened, settings, pinned=paillier_key, where=where)
     check_threshold_key(transcript, view.opened.payload.get("protocol_params"), state.validators(), where=where)
-    summed = transcript.get("survivors" if protocol == "masking" else "included")
-    if not isinstance(summed, list) or sorted(summed) != sorted(view.submissions):
+    summed = list(record.summed)
+    if sorted(summed) != sorted(view.submissions):
         raise SemanticCheckError(f"{where}: the transcript sums {summed!r:.200}, not the close's survivors "
                                  f"{sorted(view.submissions)}")
     check_aggregate(
@@ -363,7 +368,8 @@ def check_round_aggregate(view: RoundView, blobs: BlobStore, *, state: LedgerSta
     records = registered_records(state)
     plan = check_distributed_round(view.opened, settings, records)
     if plan is not None:
-        if transcript.get("codec") != view.opening.protocol_params["codec"]:
+        # A distributed round is masking or Paillier, whose records carry the codec's JSON.
+        if getattr(record, "codec", None) != view.opening.protocol_params["codec"]:
             raise SemanticCheckError(f"{where}: the transcript's codec is not the one the opening announced")
         violation = distributed_round.aggregate_violation(
             total, plan, participants=len(view.opening.participants),

@@ -7,10 +7,15 @@ to recompute that sum from the committed submissions alone:
 
 * ``AggregationResult.submissions`` — one blob per received client input (the bytes the
   ledger commits to by CID). Blobs are safetensors or canonical JSON, never pickle.
-* ``AggregationResult.transcript`` — a JSON-serialisable record (parameters, revealed
-  seeds, decryption proofs, ...) with which :func:`recompute_total` reproduces ``total``,
-  and from which :func:`decoding_tolerance` gives how far a decoded coordinate may lie
-  from the exact sum of the clients' clipped values (the encoding's error bound).
+* ``AggregationResult.transcript`` — a JSON record (parameters, revealed seeds, decryption
+  proofs, ...) with which :func:`recompute_total` reproduces ``total``, and from which
+  :func:`decoding_tolerance` gives how far a decoded coordinate may lie from the exact sum
+  of the clients' clipped values (the encoding's error bound). Each protocol defines it as
+  a typed record (``MaskingTranscript``, ``PaillierTranscript``, ``CkksTranscript``,
+  ``PlainTranscript``) whose ``to_json()`` writes it and whose ``from_json`` parses it once
+  in every reader. The result carries the JSON, not the record: it is what the ledger
+  commits and what an auditor reads back, the one type all protocols share, so the round
+  engine and the coordinator pass it on without knowing the protocol.
 
 A client may skip our encoder and send anything in the protocol's domain. A decoded sum
 that is not a sum of valid encodings raises :class:`InvalidAggregate` (with what had
@@ -26,7 +31,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -45,14 +50,26 @@ Stage = Literal["advertise", "share", "mask", "unmask"]
 STAGES: tuple[Stage, ...] = ("advertise", "share", "mask", "unmask")
 
 # Protocol name -> module implementing
-# ``recompute_from_submissions(transcript, submissions) -> float64 total`` and
-# ``decoding_tolerance(transcript) -> float``. Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
+# ``recompute_from_submissions(transcript, submissions) -> float64 total``,
+# ``decoding_tolerance(transcript) -> float`` and ``TRANSCRIPT``, its transcript record class.
+# Imported lazily so an auditor never loads TenSEAL unless a CKKS round needs it.
 _RECOMPUTERS = {
     "plain": "bfl_private.protocols.plain",
     "masking": "bfl_private.protocols.masking",
     "paillier": "bfl_private.protocols.paillier",
     "ckks": "bfl_private.protocols.ckks",
 }
+
+
+class Transcript(Protocol):
+    """What every protocol's typed transcript record offers a reader that does not know the protocol."""
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        """The clients whose input is in the total (masking's survivors, the others' included)."""
+        ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ class AggregationResult:
     rejected_submissions: Mapping[str, bytes] = field(default_factory=dict)
     """What each rejected client sent: refused, but its sender has spent privacy by sending it."""
     transcript: Mapping[str, Any] = field(default_factory=dict)
-    """JSON-serialisable public record from which ``recompute_total`` reproduces ``total``."""
+    """The protocol's transcript record as JSON, from which ``recompute_total`` reproduces ``total``."""
     decryption_provable: bool = True
     """False where the final decoding cannot be checked publicly (CKKS)."""
 
@@ -235,6 +252,13 @@ def recompute_total(
     transcript or a submission is malformed or inconsistent.
     """
     return _module(protocol).recompute_from_submissions(transcript, submissions)
+
+
+def parse_transcript(protocol: str, transcript: Any, *, where: str) -> Transcript:
+    """A round's committed transcript as its protocol's typed record; a ProtocolError
+    (MalformedInput naming ``where``) when it is not one."""
+    record: Transcript = _module(protocol).TRANSCRIPT.from_json(transcript, where=where)
+    return record
 
 
 def decoding_tolerance(protocol: str, transcript: Mapping[str, Any]) -> float:

@@ -97,8 +97,8 @@ from .base import (
     decode_or_refuse,
     load_submission_tensors,
     one_shot_submitters,
-    refused_by_key_holder,
     receive_submissions,
+    refused_by_key_holder,
 )
 from .errors import (
     AggregateMismatch,
@@ -111,6 +111,7 @@ from .errors import (
     TooManyDropouts,
     WrongKey,
 )
+from .records import exact_fields, integer, number, texts
 
 # Homomorphic Encryption Standard (2018), Table 1: max log2(q) for 128-bit classical
 # security, ternary secret distribution.
@@ -500,25 +501,102 @@ class CkksProtocol(AggregationProtocol):
         total = decode_or_refuse(lambda: _checked_total(decryption.total, length=length, summands=len(included),
                                                         clip=self.clip, parameters=self.parameters),
                                  round_id=round_id, received=blobs)
-        transcript = {
-            "protocol": self.name,
-            "round": round_id,
-            "parameters": self.parameters.to_json(),
-            "public_context": base64.b64encode(self.public_context).decode("ascii"),
-            "clip": self.clip,
-            "max_summands": self.max_summands,
-            "length": length,
-            "included": included,
-            "aggregate_sha256": list(decryption.aggregate_sha256),
-            "decrypted_total": decryption.total.tolist(),
-            "error_bound": self.parameters.error_bound(summands=len(included), clip=self.clip),
-            "published_step": decryption.step,
-            "decryption_provable": False,
-        }
+        transcript = CkksTranscript(
+            round=round_id, parameters=self.parameters, public_context=self.public_context, clip=self.clip,
+            max_summands=self.max_summands, length=length, included=tuple(included),
+            aggregate_sha256=tuple(decryption.aggregate_sha256), decrypted_total=tuple(decryption.total.tolist()),
+            error_bound=self.parameters.error_bound(summands=len(included), clip=self.clip),
+            published_step=decryption.step,
+        ).to_json()
         return AggregationResult(protocol=self.name, total=total, included=tuple(included),
                                  dropped=tuple(sorted(dropped)), rejected=rejected, submissions=submissions,
                                  rejected_submissions={c: blobs[c] for c in rejected},
                                  transcript=transcript, decryption_provable=False)
+
+
+@dataclass(frozen=True)
+class CkksTranscript:
+    """A CKKS round's public record: the parameters and public context the clients
+    encrypted under, the clip and headroom, who was summed, the digests of the aggregate
+    ciphertexts, and the key holder's claimed total (rounded to ``published_step``), which
+    no one can check is the decryption (``decryption_provable`` is always False)."""
+
+    round: int
+    parameters: CkksParameters
+    public_context: bytes
+    clip: float
+    max_summands: int
+    length: int
+    included: tuple[str, ...]
+    aggregate_sha256: tuple[str, ...]
+    decrypted_total: tuple[float, ...]
+    error_bound: float
+    published_step: float
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": CkksProtocol.name,
+            "round": self.round,
+            "parameters": self.parameters.to_json(),
+            "public_context": base64.b64encode(self.public_context).decode("ascii"),
+            "clip": self.clip,
+            "max_summands": self.max_summands,
+            "length": self.length,
+            "included": list(self.included),
+            "aggregate_sha256": list(self.aggregate_sha256),
+            "decrypted_total": list(self.decrypted_total),
+            "error_bound": self.error_bound,
+            "published_step": self.published_step,
+            "decryption_provable": False,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> CkksTranscript:
+        fields = exact_fields(data, _TRANSCRIPT_FIELDS, what="ckks transcript", where=where)
+        if fields["protocol"] != CkksProtocol.name:
+            raise MalformedInput(f"{where}: not a ckks transcript (protocol {fields['protocol']!r:.40})")
+        if fields["decryption_provable"] is not False:
+            raise MalformedInput(f"{where}: a CKKS decryption is never provable, the transcript says "
+                                 f"{fields['decryption_provable']!r:.40}")
+        parameters = CkksParameters.from_json(
+            exact_fields(fields["parameters"], {"poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"},
+                         what="CKKS parameters", where=where))
+        if parameters.to_json() != fields["parameters"]:
+            raise MalformedInput(f"{where}: CKKS parameters {fields['parameters']!r:.120} are not integers")
+        public_context = fields["public_context"]
+        try:
+            raw_context = base64.b64decode(public_context, validate=True)
+        except (TypeError, ValueError, binascii.Error) as exc:
+            raise MalformedInput(f"{where}: public_context is not base64: {exc}") from exc
+        if base64.b64encode(raw_context).decode("ascii") != public_context:  # one spelling: it is written back
+            raise MalformedInput(f"{where}: public_context is not canonical base64")
+        total = fields["decrypted_total"]
+        if not isinstance(total, list):
+            raise MalformedInput(f"{where}: decrypted_total must be a list of numbers")
+        return cls(
+            round=integer(fields["round"], what="round", where=where),
+            parameters=parameters,
+            public_context=raw_context,
+            clip=number(fields["clip"], what="clip", where=where),
+            max_summands=integer(fields["max_summands"], what="max_summands", where=where),
+            length=integer(fields["length"], what="length", where=where),
+            included=texts(fields["included"], what="included", where=where),
+            aggregate_sha256=texts(fields["aggregate_sha256"], what="aggregate_sha256", where=where),
+            decrypted_total=tuple(number(v, what="decrypted_total", where=where) for v in total),
+            error_bound=number(fields["error_bound"], what="error_bound", where=where),
+            published_step=number(fields["published_step"], what="published_step", where=where),
+        )
+
+
+TRANSCRIPT = CkksTranscript
+_TRANSCRIPT_FIELDS = {
+    "protocol", "round", "parameters", "public_context", "clip", "max_summands", "length", "included",
+    "aggregate_sha256", "decrypted_total", "error_bound", "published_step", "decryption_provable",
+}
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
@@ -530,36 +608,24 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     rounded to the published step; it cannot check
     that the claimed total is the decryption of that aggregate.
     """
-    if not isinstance(transcript, Mapping) or transcript.get("protocol") != "ckks":
-        raise MalformedInput("not a ckks transcript")
-    parameters = CkksParameters.from_json(transcript.get("parameters"))
-    try:
-        public_context = base64.b64decode(transcript["public_context"], validate=True)
-        clip, length = float(transcript["clip"]), int(transcript["length"])
-        max_summands = int(transcript["max_summands"])
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise MalformedInput(f"ckks transcript field does not parse: {exc}") from exc
-    context = load_public_context(public_context, parameters=parameters)
-    included = transcript.get("included")
-    if not isinstance(included, list) or not included or len(set(included)) != len(included):
+    record = CkksTranscript.from_json(transcript, where="ckks transcript")
+    parameters, clip, length, included = record.parameters, record.clip, record.length, record.included
+    context = load_public_context(record.public_context, parameters=parameters)
+    if not included or len(set(included)) != len(included):
         raise MalformedInput("ckks transcript lacks a non-empty list of distinct 'included' clients")
-    if len(included) > max_summands or not (math.isfinite(clip) and clip > 0) \
-            or max_summands * clip > parameters.max_magnitude:
+    if len(included) > record.max_summands or not clip > 0 or record.max_summands * clip > parameters.max_magnitude:
         raise HeadroomExceeded(f"ckks transcript: {len(included)} clients x clip {clip!r} exceed what decodes safely")
     missing = sorted(set(included) - set(submissions))
     if missing:
         raise MalformedInput(f"ckks transcript names clients without a submission: {missing}")
-    vectors = [decode_submission(submissions[c], context=context, public_context=public_context, length=length,
-                                 client=c) for c in sorted(included)]
-    if _digests(add(vectors)) != transcript.get("aggregate_sha256"):
+    vectors = [decode_submission(submissions[c], context=context, public_context=record.public_context,
+                                 length=length, client=c) for c in sorted(included)]
+    if _digests(add(vectors)) != list(record.aggregate_sha256):
         raise AggregateMismatch("recorded aggregate differs from the sum of the submissions")
-    try:
-        total = np.asarray(transcript["decrypted_total"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedInput(f"ckks transcript decrypted_total does not parse: {exc}") from exc
+    total = np.asarray(record.decrypted_total, dtype=np.float64)
     total = _checked_total(total, length=length, summands=len(included), clip=clip, parameters=parameters)
     step = parameters.published_step(summands=len(included))
-    if transcript.get("published_step") != step or not np.array_equal(np.round(total / step) * step, total):
+    if record.published_step != step or not np.array_equal(np.round(total / step) * step, total):
         raise MalformedInput(f"ckks claimed total is not rounded to the published step {step:g}: "
                              f"its low-order digits would expose the decryption error")
     return total
@@ -567,13 +633,7 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     """CKKS's noise bound for the included count, plus half the published rounding step."""
-    included = transcript.get("included") if isinstance(transcript, Mapping) else None
-    if not isinstance(included, list):
-        raise MalformedInput("ckks transcript lacks its 'included' list")
-    try:
-        clip = float(transcript["clip"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedInput(f"ckks transcript field 'clip' does not parse: {exc}") from exc
-    parameters = CkksParameters.from_json(transcript.get("parameters"))
+    record = CkksTranscript.from_json(transcript, where="ckks transcript")
+    parameters, clip, included = record.parameters, record.clip, record.included
     summands = len(included)
     return parameters.error_bound(summands=summands, clip=clip) + parameters.published_step(summands=summands) / 2

@@ -125,6 +125,7 @@ from .masking_messages import (
 )
 from .prg import SEED_BYTES, MaskExpander
 from .quantize import Codec, codec_from_json
+from .records import exact_fields, hex_bytes, integer, keyed, text, texts
 
 PROTOCOL = "masking"
 TRANSCRIPT_VERSION = 2
@@ -863,33 +864,31 @@ class MaskingServer:
             survivors=self.survivors,
             expander=self._expander,
         )
-        transcript: dict[str, Any] = {
-            "protocol": PROTOCOL,
-            "version": TRANSCRIPT_VERSION,
-            **self.params.to_json(),
-            "identity_keys": {names[i]: key.hex() for i, key in enumerate(self.identity_keys)},
-            "advertisements": {
-                names[v]: {
-                    "cipher_key": self.adverts[v].cipher_key.hex(),
-                    "mask_key": self.adverts[v].mask_key.hex(),
-                    "signature": self.adverts[v].signature.hex(),
-                }
+        params = self.params
+        transcript = MaskingTranscript(
+            round=params.round_id,
+            round_seed=params.round_seed,
+            clients=params.clients,
+            length=params.length,
+            neighbours=None if params.complete else params.neighbours,  # None: the complete graph (SecAgg)
+            threshold=params.threshold,
+            identity_keys={names[i]: key for i, key in enumerate(self.identity_keys)},
+            advertisements={
+                names[v]: AdvertisedKeys(self.adverts[v].cipher_key, self.adverts[v].mask_key,
+                                         self.adverts[v].signature)
                 for v in sorted(self.advertised)
             },
-            "shared": [names[v] for v in sorted(self.shared)],
-            "survivors": [names[v] for v in sorted(self.survivors)],
-            "dropped": {names[v]: stage for v, stage in sorted(self.dropped().items())},
-            "self_mask_commitments": {
-                names[v]: {
-                    "commitment": self._bundles[v].commitment.hex(),
-                    "signature": self._bundles[v].signature.hex(),
-                }
+            shared=tuple(names[v] for v in sorted(self.shared)),
+            survivors=tuple(names[v] for v in sorted(self.survivors)),
+            dropped={names[v]: stage for v, stage in sorted(self.dropped().items())},
+            self_mask_commitments={
+                names[v]: SignedCommitment(self._bundles[v].commitment, self._bundles[v].signature)
                 for v in sorted(self.survivors)
             },
-            "self_mask_seeds": {names[v]: seed.hex() for v, seed in sorted(self_seeds.items())},
-            "dropped_mask_keys": {names[v]: raw.hex() for v, raw in sorted(dropped_keys.items())},
-            "total_sha256": total_digest(total),
-        }
+            self_mask_seeds={names[v]: seed for v, seed in sorted(self_seeds.items())},
+            dropped_mask_keys={names[v]: raw for v, raw in sorted(dropped_keys.items())},
+            total_sha256=total_digest(total),
+        ).to_json()
         return MaskingOutcome(
             total=total,
             included=tuple(sorted(self.survivors)),
@@ -1053,39 +1052,178 @@ def secure_sum(
 
 
 # ---------------------------------------------------------------------------------------
+# The transcript: what the server publishes, and what the auditor reads back
+
+
+@dataclass(frozen=True)
+class AdvertisedKeys:
+    """A client's advertised public keys and its signature over them (the transcript's copy
+    of its :class:`KeyAdvertisement`, whose round and index the transcript gives)."""
+
+    cipher_key: bytes
+    mask_key: bytes
+    signature: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {"cipher_key": self.cipher_key.hex(), "mask_key": self.mask_key.hex(),
+                "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> AdvertisedKeys:
+        fields = exact_fields(data, {"cipher_key", "mask_key", "signature"}, what="advertisement", where=where)
+        return cls(hex_bytes(fields["cipher_key"], what="cipher_key", where=where, size=ka.KEY_BYTES),
+                   hex_bytes(fields["mask_key"], what="mask_key", where=where, size=ka.KEY_BYTES),
+                   hex_bytes(fields["signature"], what="signature", where=where, size=ka.SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class SignedCommitment:
+    """A survivor's commitment to its self-mask seed, signed under its identity key."""
+
+    commitment: bytes
+    signature: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {"commitment": self.commitment.hex(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> SignedCommitment:
+        fields = exact_fields(data, {"commitment", "signature"}, what="self-mask commitment", where=where)
+        return cls(hex_bytes(fields["commitment"], what="commitment", where=where, size=COMMITMENT_BYTES),
+                   hex_bytes(fields["signature"], what="signature", where=where, size=ka.SIGNATURE_BYTES))
+
+
+def _hex_of_size(size: int) -> Callable[[Any, str], bytes]:
+    return lambda value, where: hex_bytes(value, what="value", where=where, size=size)
+
+
+@dataclass(frozen=True)
+class MaskingTranscript:
+    """A masking round's public record (version :data:`TRANSCRIPT_VERSION`): its parameters,
+    the signed advertisements and seed commitments, who shared, survived or dropped (and at
+    which stage), the revealed self-mask seeds and dropped sharers' mask keys, and the
+    digest of the uint32 total. Clients are named by name; the party number of one is its
+    position in ``clients``.
+
+    The round's parameters are kept as written (``params`` validates them): a transcript
+    that names ``neighbours = n - 1`` writes that back, not the None it means."""
+
+    round: int
+    round_seed: bytes
+    clients: tuple[str, ...]
+    length: int
+    neighbours: int | None
+    threshold: int
+    identity_keys: Mapping[str, bytes]
+    advertisements: Mapping[str, AdvertisedKeys]
+    shared: tuple[str, ...]
+    survivors: tuple[str, ...]
+    dropped: Mapping[str, str]
+    self_mask_commitments: Mapping[str, SignedCommitment]
+    self_mask_seeds: Mapping[str, bytes]
+    dropped_mask_keys: Mapping[str, bytes]
+    total_sha256: str
+    codec: Mapping[str, Any] | None = None
+    """The codec's parameters, from which the levels decode; the in-process runner's
+    transcript (:func:`run_round`, :func:`secure_sum`: uint32 levels) has none."""
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.survivors
+
+    def to_json(self) -> dict[str, Any]:
+        codec = {} if self.codec is None else {"codec": dict(self.codec)}
+        return {
+            "protocol": PROTOCOL,
+            "version": TRANSCRIPT_VERSION,
+            "round": self.round,
+            "round_seed": self.round_seed.hex(),
+            "clients": list(self.clients),
+            "length": self.length,
+            "neighbours": self.neighbours,
+            "threshold": self.threshold,
+            "identity_keys": {name: key.hex() for name, key in self.identity_keys.items()},
+            "advertisements": {name: keys.to_json() for name, keys in self.advertisements.items()},
+            "shared": list(self.shared),
+            "survivors": list(self.survivors),
+            "dropped": dict(self.dropped),
+            "self_mask_commitments": {name: c.to_json() for name, c in self.self_mask_commitments.items()},
+            "self_mask_seeds": {name: seed.hex() for name, seed in self.self_mask_seeds.items()},
+            "dropped_mask_keys": {name: key.hex() for name, key in self.dropped_mask_keys.items()},
+            "total_sha256": self.total_sha256,
+            **codec,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> MaskingTranscript:
+        fields = exact_fields(data, _TRANSCRIPT_FIELDS, optional={"codec"}, what="masking transcript", where=where)
+        if fields["protocol"] != PROTOCOL:
+            raise MalformedInput(f"{where}: not a masking transcript (protocol {fields['protocol']!r:.40})")
+        if fields["version"] != TRANSCRIPT_VERSION:
+            raise MalformedInput(f"{where}: masking transcript version {fields['version']!r:.40} is not "
+                                 f"{TRANSCRIPT_VERSION}")
+        neighbours, codec = fields["neighbours"], fields.get("codec")
+        if "codec" in fields and not isinstance(codec, Mapping):
+            raise MalformedInput(f"{where}: the codec parameters must be an object")
+        dropped = keyed(fields["dropped"], lambda stage, at: text(stage, what="stage", where=at),
+                        what="dropped", where=where)
+        return cls(
+            round=integer(fields["round"], what="round", where=where),
+            round_seed=hex_bytes(fields["round_seed"], what="round_seed", where=where),
+            clients=texts(fields["clients"], what="clients", where=where),
+            length=integer(fields["length"], what="length", where=where),
+            neighbours=None if neighbours is None else integer(neighbours, what="neighbours", where=where),
+            threshold=integer(fields["threshold"], what="threshold", where=where),
+            identity_keys=keyed(fields["identity_keys"], _hex_of_size(ka.KEY_BYTES), what="identity key",
+                                where=where),
+            advertisements=keyed(fields["advertisements"], lambda v, at: AdvertisedKeys.from_json(v, where=at),
+                                 what="advertisement", where=where),
+            shared=texts(fields["shared"], what="shared", where=where),
+            survivors=texts(fields["survivors"], what="survivors", where=where),
+            dropped=dropped,
+            self_mask_commitments=keyed(fields["self_mask_commitments"],
+                                        lambda v, at: SignedCommitment.from_json(v, where=at),
+                                        what="self-mask commitment", where=where),
+            self_mask_seeds=keyed(fields["self_mask_seeds"], _hex_of_size(SEED_BYTES), what="self-mask seed",
+                                  where=where),
+            dropped_mask_keys=keyed(fields["dropped_mask_keys"], _hex_of_size(ka.KEY_BYTES), what="mask key",
+                                    where=where),
+            total_sha256=text(fields["total_sha256"], what="total_sha256", where=where),
+            codec=None if codec is None else dict(codec),
+        )
+
+    def params(self) -> MaskingParams:
+        """The round's parameters, validated; MalformedInput when they cannot work."""
+        try:
+            return MaskingParams.create(round_id=self.round, round_seed=self.round_seed, clients=self.clients,
+                                        length=self.length, neighbours=self.neighbours, threshold=self.threshold)
+        except ConfigurationError as exc:
+            raise MalformedInput(f"masking transcript parameters: {exc}") from exc
+
+    def decoder(self) -> Codec:
+        """The codec the survivors' levels decode with; MalformedInput where none is recorded."""
+        if self.codec is None:
+            raise MalformedInput("masking transcript lacks its 'codec' parameters")
+        return codec_from_json(dict(self.codec))
+
+
+TRANSCRIPT = MaskingTranscript
+_TRANSCRIPT_FIELDS = {
+    "protocol", "version", "round", "round_seed", "clients", "length", "neighbours", "threshold", "identity_keys",
+    "advertisements", "shared", "survivors", "dropped", "self_mask_commitments", "self_mask_seeds",
+    "dropped_mask_keys", "total_sha256",
+}
+
+
+def transcript_with_codec(transcript: Mapping[str, Any], codec: Codec) -> dict[str, Any]:
+    """The committed transcript of a round whose levels ``codec`` encoded: the server's
+    (:class:`MaskingOutcome`) with the codec added, so the auditor can decode the total."""
+    record = MaskingTranscript.from_json(transcript, where="masking transcript")
+    return replace(record, codec=codec.to_json()).to_json()
+
+
+# ---------------------------------------------------------------------------------------
 # Public recomputation (the auditor's path: no client secret needed)
-
-
-def _hex(value: Any, where: str, size: int | None = None) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except (TypeError, ValueError):
-        raise MalformedInput(f"transcript {where}: expected hex, got {value!r:.40}") from None
-    if size is not None and len(raw) != size:
-        raise MalformedInput(f"transcript {where}: expected {size} bytes, got {len(raw)}")
-    return raw
-
-
-def _params_from_transcript(transcript: Mapping[str, Any]) -> MaskingParams:
-    if not isinstance(transcript, Mapping) or transcript.get("protocol") != PROTOCOL:
-        raise MalformedInput("not a masking transcript")
-    if transcript.get("version") != TRANSCRIPT_VERSION:
-        raise MalformedInput(
-            f"masking transcript version {transcript.get('version')!r} is not {TRANSCRIPT_VERSION}"
-        )
-    try:
-        return MaskingParams.create(
-            round_id=transcript["round"],
-            round_seed=_hex(transcript["round_seed"], "round_seed"),
-            clients=transcript["clients"],
-            length=transcript["length"],
-            neighbours=transcript["neighbours"],
-            threshold=transcript["threshold"],
-        )
-    except (KeyError, TypeError) as exc:
-        raise MalformedInput(f"masking transcript lacks or mistypes {exc}") from exc
-    except ConfigurationError as exc:
-        raise MalformedInput(f"masking transcript parameters: {exc}") from exc
 
 
 def recompute_total(
@@ -1101,84 +1239,60 @@ def recompute_total(
     ``total_sha256``; raises :class:`MalformedInput`, :class:`BadSignature` or
     :class:`AggregateMismatch` (naming the client) otherwise.
     """
-    params = _params_from_transcript(transcript)
+    record = MaskingTranscript.from_json(transcript, where="masking transcript")
+    params = record.params()
     index = {name: i for i, name in enumerate(params.clients)}
 
-    def members(key: str) -> frozenset[int]:
-        names = transcript.get(key)
-        if not isinstance(names, list) or any(n not in index for n in names):
+    def members(names: tuple[str, ...], key: str) -> frozenset[int]:
+        if any(n not in index for n in names):
             raise MalformedInput(f"transcript {key!r} must list clients of the round")
         return frozenset(index[n] for n in names)
 
-    adverts = transcript.get("advertisements")
-    identity = transcript.get("identity_keys")
-    if not isinstance(adverts, Mapping) or not isinstance(identity, Mapping):
-        raise MalformedInput("transcript lacks 'advertisements' or 'identity_keys'")
-    shared, survivors = members("shared"), members("survivors")
+    adverts, identity = record.advertisements, record.identity_keys
+    shared, survivors = members(record.shared, "shared"), members(record.survivors, "survivors")
     if not survivors <= shared or not {params.clients[i] for i in shared} <= set(adverts):
         raise MalformedInput("transcript survivor, shared and advertised sets are not nested")
     mask_public: dict[int, bytes] = {}
     for name in sorted(adverts):
         if name not in index or name not in identity:
             raise MalformedInput(f"transcript advertisement of unknown client {name!r}")
-        entry = adverts[name]
-        advert = KeyAdvertisement(
-            params.round_id,
-            index[name],
-            _hex(entry.get("cipher_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
-            _hex(entry.get("mask_key"), f"advertisement of {name!r}", ka.KEY_BYTES),
-            _hex(entry.get("signature"), f"advertisement of {name!r}", ka.SIGNATURE_BYTES),
-        )
-        ka.verify(
-            _hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES),
-            advert.signature,
-            advert.signed_bytes(),
-            what=f"transcript advertisement of {name!r}",
-        )
+        keys = adverts[name]
+        advert = KeyAdvertisement(params.round_id, index[name], keys.cipher_key, keys.mask_key, keys.signature)
+        ka.verify(identity[name], advert.signature, advert.signed_bytes(),
+                  what=f"transcript advertisement of {name!r}")
         mask_public[index[name]] = advert.mask_key
 
-    seeds = transcript.get("self_mask_seeds")
-    keys = transcript.get("dropped_mask_keys")
-    if not isinstance(seeds, Mapping) or set(seeds) != {params.clients[i] for i in survivors}:
+    seeds, revealed_keys = record.self_mask_seeds, record.dropped_mask_keys
+    if set(seeds) != {params.clients[i] for i in survivors}:
         raise MalformedInput("transcript 'self_mask_seeds' must hold exactly the survivors' seeds")
-    if not isinstance(keys, Mapping) or set(keys) != {
-        params.clients[i] for i in shared - survivors
-    }:
+    if set(revealed_keys) != {params.clients[i] for i in shared - survivors}:
         raise MalformedInput(
             "transcript 'dropped_mask_keys' must hold exactly the dropped sharers' keys"
         )
-    self_seeds = {
-        index[n]: _hex(s, f"self-mask seed of {n!r}", SEED_BYTES) for n, s in seeds.items()
-    }
-    commitments = transcript.get("self_mask_commitments")
-    if not isinstance(commitments, Mapping) or set(commitments) != set(seeds):
+    self_seeds = {index[n]: seed for n, seed in seeds.items()}
+    commitments = record.self_mask_commitments
+    if set(commitments) != set(seeds):
         raise MalformedInput(
             "transcript 'self_mask_commitments' must hold exactly the survivors' commitments"
         )
     for name in sorted(commitments):
-        entry = commitments[name]
-        if not isinstance(entry, Mapping):
-            raise MalformedInput(f"transcript self-mask commitment of {name!r} is not an object")
-        where = f"self-mask commitment of {name!r}"
-        commitment = _hex(entry.get("commitment"), where, COMMITMENT_BYTES)
+        signed = commitments[name]
         ka.verify(
-            _hex(identity[name], f"identity key of {name!r}", ka.KEY_BYTES),
-            _hex(entry.get("signature"), where, ka.SIGNATURE_BYTES),
-            commitment_payload(params.round_id, index[name], commitment),
-            what=f"transcript {where}",
+            identity[name],
+            signed.signature,
+            commitment_payload(params.round_id, index[name], signed.commitment),
+            what=f"transcript self-mask commitment of {name!r}",
         )
         if (
             self_mask_commitment(params.round_id, index[name], self_seeds[index[name]])
-            != commitment
+            != signed.commitment
         ):
             raise AggregateMismatch(
                 f"revealed self-mask seed of {name!r} does not match its signed commitment"
             )
     dropped_keys = {}
-    for name, raw in keys.items():
-        key = ka.x25519_private_from_bytes(
-            _hex(raw, f"mask key of {name!r}", ka.KEY_BYTES), what=name
-        )
+    for name, raw in revealed_keys.items():
+        key = ka.x25519_private_from_bytes(raw, what=name)
         if ka.public_bytes(key) != mask_public[index[name]]:
             raise AggregateMismatch(
                 f"revealed mask key of {name!r} does not match its advertised public key"
@@ -1209,7 +1323,7 @@ def recompute_total(
         survivors=survivors,
         expander=MaskExpander(),
     )
-    if total_digest(total) != transcript.get("total_sha256"):
+    if total_digest(total) != record.total_sha256:
         raise AggregateMismatch("recomputed total does not match the transcript's total_sha256")
     return total
 
@@ -1309,7 +1423,7 @@ class MaskingProtocol(AggregationProtocol):
             identities=identities,
             forged_messages={position[c]: f.message for c, f in forged.items() if f.message is not None},
         )
-        transcript = {**outcome.transcript, "codec": self.codec.to_json()}
+        transcript = transcript_with_codec(outcome.transcript, self.codec)
         included = tuple(names[i] for i in outcome.included)
         submissions = {names[i]: encode_submission(outcome.masked[i]) for i in outcome.included}
         rejected = {names[i]: reason for i, reason in outcome.rejected.items()}
@@ -1340,40 +1454,36 @@ def recompute_from_submissions(
     transcript: Mapping[str, Any], submissions: Mapping[str, bytes]
 ) -> np.ndarray:
     """The auditor's check: decoded float64 total from the transcript and committed blobs."""
-    survivors = transcript.get("survivors") if isinstance(transcript, Mapping) else None
-    if not isinstance(survivors, list):
-        raise MalformedInput("masking transcript lacks a 'survivors' list")
-    missing = sorted(set(survivors) - set(submissions))
+    record = MaskingTranscript.from_json(transcript, where="masking transcript")
+    missing = sorted(set(record.survivors) - set(submissions))
     if missing:
         raise MalformedInput(f"masking transcript names survivors without a submission: {missing}")
-    codec_json = transcript.get("codec")
-    if not isinstance(codec_json, Mapping):
-        raise MalformedInput("masking transcript lacks its 'codec' parameters")
-    codec = codec_from_json(dict(codec_json))
-    vectors = {name: decode_submission(submissions[name], client=name) for name in survivors}
+    codec = record.decoder()
+    vectors = {name: decode_submission(submissions[name], client=name) for name in record.survivors}
     total = recompute_total(transcript, vectors)
-    return codec.decode_sum(total, len(survivors))
+    return codec.decode_sum(total, len(record.survivors))
 
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     """Stochastic rounding moves each client's value by less than one step: survivors x step."""
-    survivors = transcript.get("survivors") if isinstance(transcript, Mapping) else None
-    codec_json = transcript.get("codec") if isinstance(transcript, Mapping) else None
-    if not isinstance(survivors, list) or not isinstance(codec_json, Mapping):
-        raise MalformedInput("masking transcript lacks its 'survivors' list or 'codec' parameters")
-    return len(survivors) * codec_from_json(dict(codec_json)).step
+    record = MaskingTranscript.from_json(transcript, where="masking transcript")
+    return len(record.survivors) * record.decoder().step
 
 
 __all__ = [
+    "AdvertisedKeys",
     "MaskingClient",
     "MaskingOutcome",
     "MaskingParams",
     "MaskingProtocol",
     "MaskingServer",
+    "MaskingTranscript",
     "SecureSumResult",
+    "SignedCommitment",
     "decoding_tolerance",
     "recompute_from_submissions",
     "recompute_total",
     "run_round",
     "secure_sum",
+    "transcript_with_codec",
 ]

@@ -90,6 +90,7 @@ from .paillier_plaintext_proof import (
     verify_plaintext_proof,
 )
 from .quantize import Codec, codec_from_json
+from .records import exact_fields, integer, texts
 from .threshold_paillier import ThresholdDecryptionRecord, round_context
 
 KEY_BITS: tuple[int, ...] = (1024, 2048, 3072)
@@ -505,8 +506,8 @@ class AggregateDecryption:
     summands: int
 
     def transcript_record(self) -> dict[str, Any]:
-        """The transcript fields with which the auditor checks this decryption."""
-        return {"proofs": [format(r, "x") for r in self.proofs]}
+        """The :class:`PaillierTranscript` fields with which the auditor checks this decryption."""
+        return {"proofs": self.proofs}
 
 
 class PaillierDecryptor(Protocol):
@@ -773,17 +774,11 @@ class PaillierProtocol(AggregationProtocol):
             lambda: self.codec.decode_sum(layout.unpack(list(decryption.plaintexts), summands=len(included)),
                                           len(included)),
             round_id=round_id, received=blobs)
-        transcript = {
-            "protocol": self.name,
-            "round": round_id,
-            "codec": self.codec.to_json(),
-            "public_key": public_key_to_json(self.public_key),
-            "layout": layout.to_json(),
-            "included": included,
-            "aggregate": [format(c, "x") for c in decryption.aggregate],
-            "plaintexts": [format(m, "x") for m in decryption.plaintexts],
+        transcript = PaillierTranscript(
+            round=round_id, codec=self.codec.to_json(), public_key=self.public_key, layout=layout,
+            included=tuple(included), aggregate=tuple(decryption.aggregate), plaintexts=tuple(decryption.plaintexts),
             **decryption.transcript_record(),
-        }
+        ).to_json()
         return AggregationResult(
             protocol=self.name,
             total=total,
@@ -796,20 +791,90 @@ class PaillierProtocol(AggregationProtocol):
         )
 
 
-def _hex_list(transcript: Mapping[str, Any], key: str, count: int) -> list[int]:
-    values = transcript.get(key)
-    if not isinstance(values, list) or len(values) != count:
-        raise MalformedInput(f"paillier transcript field {key!r} must be a list of {count} hex strings")
-    return [_parse_hex(v, f"transcript {key}[{i}]") for i, v in enumerate(values)]
+@dataclass(frozen=True)
+class PaillierTranscript:
+    """A Paillier round's public record: the key, codec and packing the clients encrypted
+    under, who was summed, the aggregate ciphertexts and their plaintexts, and the proof of
+    the decryption: the key holder's openings (``proofs``, one r per ciphertext) or a
+    validator quorum's partial decryptions (``threshold_decryption``), exactly one of them."""
+
+    round: int
+    codec: Mapping[str, Any]
+    """The codec's parameters (:func:`~.quantize.codec_from_json` reads them)."""
+    public_key: PaillierPublicKey
+    layout: PackingLayout
+    included: tuple[str, ...]
+    aggregate: tuple[int, ...]
+    plaintexts: tuple[int, ...]
+    proofs: tuple[int, ...] | None = None
+    threshold_decryption: ThresholdDecryptionRecord | None = None
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
+    def to_json(self) -> dict[str, Any]:
+        proof: dict[str, Any] = (
+            {"proofs": [format(r, "x") for r in self.proofs]} if self.proofs is not None
+            else {"threshold_decryption": self.threshold_decryption.to_json()} if self.threshold_decryption is not None
+            else {})
+        return {
+            "protocol": PaillierProtocol.name,
+            "round": self.round,
+            "codec": dict(self.codec),
+            "public_key": public_key_to_json(self.public_key),
+            "layout": self.layout.to_json(),
+            "included": list(self.included),
+            "aggregate": [format(c, "x") for c in self.aggregate],
+            "plaintexts": [format(m, "x") for m in self.plaintexts],
+            **proof,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> PaillierTranscript:
+        fields = exact_fields(data, _TRANSCRIPT_FIELDS, optional={"proofs", "threshold_decryption"},
+                              what="paillier transcript", where=where)
+        if fields["protocol"] != PaillierProtocol.name:
+            raise MalformedInput(f"{where}: not a paillier transcript (protocol {fields['protocol']!r:.40})")
+        if ("proofs" in fields) == ("threshold_decryption" in fields):
+            raise MalformedInput(f"{where}: a paillier transcript proves its decryption with exactly one of "
+                                 "'proofs' and 'threshold_decryption'")
+        if not isinstance(fields["codec"], Mapping) or not isinstance(fields["layout"], Mapping):
+            raise MalformedInput(f"{where}: the 'codec' and 'layout' records must be objects")
+        for name, value in fields["layout"].items():  # PackingLayout reads numbers; a bool would pass as 1
+            integer(value, what=f"layout {name}", where=where)
+        layout = PackingLayout.from_json(fields["layout"])
+        # The key is written back with its fingerprint, which public_key_from_json lets a key omit.
+        exact_fields(fields["public_key"], {"n", "key_id"}, what="public key", where=where)
+
+        def ciphertext_list(key: str) -> tuple[int, ...]:
+            values = fields[key]
+            if not isinstance(values, list) or len(values) != layout.ciphertexts:
+                raise MalformedInput(f"{where}: field {key!r} must be a list of {layout.ciphertexts} hex strings")
+            return tuple(_parse_hex(v, f"{where}, {key}[{i}]") for i, v in enumerate(values))
+
+        threshold = fields.get("threshold_decryption")
+        return cls(
+            round=integer(fields["round"], what="round", where=where),
+            codec=dict(fields["codec"]),
+            public_key=public_key_from_json(fields["public_key"]),
+            layout=layout,
+            included=texts(fields["included"], what="included", where=where),
+            aggregate=ciphertext_list("aggregate"),
+            plaintexts=ciphertext_list("plaintexts"),
+            proofs=ciphertext_list("proofs") if "proofs" in fields else None,
+            threshold_decryption=None if threshold is None else ThresholdDecryptionRecord.from_json(threshold),
+        )
+
+
+TRANSCRIPT = PaillierTranscript
+_TRANSCRIPT_FIELDS = {"protocol", "round", "codec", "public_key", "layout", "included", "aggregate", "plaintexts"}
 
 
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     """Stochastic rounding moves each client's value by less than one step: included x step."""
-    included = transcript.get("included") if isinstance(transcript, Mapping) else None
-    codec_record = transcript.get("codec") if isinstance(transcript, Mapping) else None
-    if not isinstance(included, list) or not isinstance(codec_record, dict):
-        raise MalformedInput("paillier transcript lacks its 'included' list or 'codec' record")
-    return len(included) * codec_from_json(codec_record).step
+    record = PaillierTranscript.from_json(transcript, where="paillier transcript")
+    return len(record.included) * codec_from_json(dict(record.codec)).step
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
@@ -818,46 +883,37 @@ def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mappi
     Raises :class:`AggregateMismatch` if the recorded aggregate is not the sum of the
     submissions, :class:`DecryptionProofError` if a published (m, r) does not open it.
     """
-    if not isinstance(transcript, Mapping) or transcript.get("protocol") != "paillier":
-        raise MalformedInput("not a paillier transcript")
-    public_key = public_key_from_json(transcript.get("public_key"))
-    codec_record = transcript.get("codec")
-    if not isinstance(codec_record, dict):
-        raise MalformedInput("paillier transcript lacks its 'codec' record")
-    codec = codec_from_json(codec_record)
-    layout = PackingLayout.from_json(transcript.get("layout") or {})
+    record = PaillierTranscript.from_json(transcript, where="paillier transcript")
+    public_key, layout, included = record.public_key, record.layout, record.included
+    codec = codec_from_json(dict(record.codec))
     if layout.key_bits != public_key.n.bit_length() or layout.value_bits != codec.bits \
             or layout.max_summands != codec.max_summands:
         raise MalformedInput("paillier transcript: layout does not match the public key and codec")
-    included = transcript.get("included")
-    if not isinstance(included, list) or not included or len(set(included)) != len(included):
+    if not included or len(set(included)) != len(included):
         raise MalformedInput("paillier transcript lacks a non-empty list of distinct 'included' clients")
     if len(included) > layout.max_summands:
         raise HeadroomExceeded(f"{len(included)} included clients exceed the headroom of {layout.max_summands}")
     missing = sorted(set(included) - set(submissions))
     if missing:
         raise MalformedInput(f"paillier transcript names clients without a submission: {missing}")
-    round_id = transcript.get("round")
-    if not isinstance(round_id, int) or isinstance(round_id, bool):
-        raise MalformedInput("paillier transcript lacks an integer 'round'")
-    recorded = _hex_list(transcript, "aggregate", layout.ciphertexts)
-    plaintexts = _hex_list(transcript, "plaintexts", layout.ciphertexts)
-    vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c, round_id=round_id)
+    recorded, plaintexts = list(record.aggregate), list(record.plaintexts)
+    vectors = (decode_submission(submissions[c], public_key=public_key, layout=layout, client=c,
+                                 round_id=record.round)
                for c in sorted(included))
     if add(public_key, vectors) != recorded:
         raise AggregateMismatch("recorded aggregate ciphertexts differ from the homomorphic sum of the submissions")
-    if "threshold_decryption" in transcript:  # decrypted by a quorum of validators: re-check and re-combine their partials
-        record = ThresholdDecryptionRecord.from_json(transcript["threshold_decryption"])
-        if record.public_key.n != public_key.n:
+    if record.threshold_decryption is not None:  # decrypted by a quorum of validators: re-check and re-combine
+        threshold = record.threshold_decryption
+        if threshold.public_key.n != public_key.n:
             raise WrongKey("paillier transcript: the threshold key's modulus is not the round's public key")
-        combined = record.verify_and_combine(recorded, context=round_context(round_id))
+        combined = threshold.verify_and_combine(recorded, context=round_context(record.round))
         if combined != plaintexts:
             bad = next(i for i, (a, b) in enumerate(zip(combined, plaintexts)) if a != b)
             raise DecryptionProofError(f"aggregate ciphertext {bad}: the recorded plaintext is not what the "
                                        f"validators' partial decryptions combine to")
     else:
-        proofs = _hex_list(transcript, "proofs", layout.ciphertexts)
-        for index, (c, m, r) in enumerate(zip(recorded, plaintexts, proofs)):
+        assert record.proofs is not None  # from_json admits exactly one of the two
+        for index, (c, m, r) in enumerate(zip(recorded, plaintexts, record.proofs)):
             try:
                 verify_decryption(public_key, c, m, r)
             except DecryptionProofError as exc:

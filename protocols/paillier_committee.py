@@ -71,7 +71,8 @@ class ThresholdAggregateDecryption:
     record: ThresholdDecryptionRecord
 
     def transcript_record(self) -> dict[str, Any]:
-        return {"threshold_decryption": self.record.to_json()}
+        """The :class:`~.paillier.PaillierTranscript` field with which the auditor checks this decryption."""
+        return {"threshold_decryption": self.record}
 
 
 class ValidatorCommittee:

@@ -7,6 +7,7 @@ a garbage update from a faulty or malicious client never reaches the sum.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ from .base import (
     one_shot_submitters,
 )
 from .errors import ConfigurationError, MalformedInput, TooManyDropouts
+from .records import exact_fields, integer, number, texts
 
 _TENSOR = "update"
 
@@ -65,6 +67,35 @@ def sum_in_order(vectors: Mapping[str, np.ndarray]) -> np.ndarray:
         total = v if total is None else total + v
     assert total is not None
     return total
+
+
+@dataclass(frozen=True)
+class PlainTranscript:
+    """A plain round's transcript: who was summed, under which range bound."""
+
+    round: int
+    included: tuple[str, ...]
+    bound: float | None = None
+    """The range every included value was checked against. Optional as the recomputation has
+    always read it: a transcript without one is re-summed with no range check."""
+
+    @property
+    def summed(self) -> tuple[str, ...]:
+        return self.included
+
+    def to_json(self) -> dict[str, Any]:
+        bound = {} if self.bound is None else {"bound": self.bound}
+        return {"protocol": PlainProtocol.name, "round": self.round, **bound, "included": list(self.included)}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> PlainTranscript:
+        fields = exact_fields(data, {"protocol", "round", "included"}, optional={"bound"}, what="plain transcript",
+                              where=where)
+        if fields["protocol"] != PlainProtocol.name:
+            raise MalformedInput(f"{where}: not a plain transcript (protocol {fields['protocol']!r:.40})")
+        return cls(round=integer(fields["round"], what="round", where=where),
+                   included=texts(fields["included"], what="included", where=where),
+                   bound=number(fields["bound"], what="bound", where=where) if "bound" in fields else None)
 
 
 class PlainProtocol(AggregationProtocol):
@@ -132,28 +163,29 @@ class PlainProtocol(AggregationProtocol):
             rejected=rejected,
             submissions={c: blobs[c] for c in received},
             rejected_submissions=refused,
-            transcript={"protocol": self.name, "round": round_id, "bound": self.bound, "included": sorted(received)},
+            transcript=PlainTranscript(round_id, tuple(sorted(received)), self.bound).to_json(),
         )
 
 
 
+TRANSCRIPT = PlainTranscript
+
+
 def decoding_tolerance(transcript: Mapping[str, Any]) -> float:
     """Values travel as float32: a weight w <= 1 is off by at most 2^-24 per included client."""
-    included = transcript.get("included") if isinstance(transcript, Mapping) else None
-    if not isinstance(included, list):
-        raise MalformedInput("plain transcript lacks its 'included' list")
-    return len(included) * 2.0**-24
+    return len(PlainTranscript.from_json(transcript, where="plain transcript").included) * 2.0**-24
 
 
 def recompute_from_submissions(transcript: Mapping[str, Any], submissions: Mapping[str, bytes]) -> np.ndarray:
     """Re-sum the committed plain submissions of the transcript's included clients."""
-    included = transcript.get("included")
-    if not isinstance(included, list) or not included:
+    record = PlainTranscript.from_json(transcript, where="plain transcript")
+    included = record.included
+    if not included:
         raise MalformedInput("plain transcript lacks a non-empty 'included' list")
     missing = sorted(set(included) - set(submissions))
     if missing:
         raise MalformedInput(f"plain transcript names clients without a submission: {missing}")
-    bound = float(transcript.get("bound", np.inf))
+    bound = np.inf if record.bound is None else record.bound
     vectors = {}
     length = None
     undecodable: MalformedInput | None = None

@@ -50,7 +50,7 @@ from ..distributed_round import aggregate_violation as distributed_violation
 from ..protocol_setup import ProtocolSetup, build_protocol, masking_parameters
 from ..protocols.base import AggregationResult, decode_or_refuse
 from ..protocols.errors import InvalidAggregate, ProtocolError, ReplayedMessage, RoundAbort
-from ..protocols.masking import MaskingServer, encode_submission
+from ..protocols.masking import MaskingServer, encode_submission, transcript_with_codec
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import Codec
@@ -361,7 +361,7 @@ class RoundEngine:
         return AggregationResult(
             protocol=self.protocol, total=total, included=included,
             submissions={c: self.blobs[c] for c in included},
-            transcript={**outcome.transcript, "codec": codec.to_json()})
+            transcript=transcript_with_codec(outcome.transcript, codec))
 
     def _one_shot(self, opened: Entry, setup: ProtocolSetup, length: int) -> AggregationResult:
         """The ``encrypt`` stage of a Paillier or CKKS round, then the key holder's decryption."""

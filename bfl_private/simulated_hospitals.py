@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -135,6 +136,12 @@ class ForgingHospital(SimulatedHospital):
         return lambda vector: forged_submission(self.forgery)
 
 
+@cache
+def _registry(genesis: bytes) -> Registry:
+    """The registry the demo's hospitals read from genesis (immutable: parsed once per process)."""
+    return Registry.from_genesis(genesis, where="the federation's genesis")
+
+
 def simulated_hospitals(federation: Federation, participants: list[str], *, faulty: set[str],
                         forged: Mapping[str, ForgedInput], rng: np.random.Generator,
                         on_train: Callable[[str], None]) -> dict[int, Hospital]:
@@ -144,8 +151,7 @@ def simulated_hospitals(federation: Federation, participants: list[str], *, faul
     A hospital whose folder holds no privacy history yet (a federation whose rounds ran
     before hospitals kept their own) starts from what the ledger records of its spend, so
     its budget check counts every round it took part in."""
-    registry = Registry.from_genesis(federation.ledger.genesis().to_bytes(), where=f"{federation.directory} genesis")
-    histories = federation.histories()
+    registry = _registry(federation.ledger.genesis().to_bytes())
     hospitals: dict[int, Hospital] = {}
     for node, name in enumerate(participants):
         party = federation.hospitals[name]
@@ -158,7 +164,7 @@ def simulated_hospitals(federation: Federation, participants: list[str], *, faul
         else:
             hospital = SimulatedHospital(federation, party, **common)
         with party.acting():
-            if not hospital.history_path.exists() and histories.get(name):
-                write_private(hospital.history_path, json.dumps([r.to_json() for r in histories[name]], indent=1).encode())
+            if not hospital.history_path.exists() and (history := federation.histories().get(name)):
+                write_private(hospital.history_path, json.dumps([r.to_json() for r in history], indent=1).encode())
         hospitals[node] = hospital
     return hospitals

@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,13 +151,24 @@ class Registry:
             raise StageMessageError(f"client {client!r} is not registered in federation {self.federation_id}")
         return self.clients[client].key()
 
+    @cached_property
+    def public_keys(self) -> dict[str, bytes]:
+        """Every registered client's identity key, raw (parsed once: each stage needs them all)."""
+        return {name: client.key().public_bytes() for name, client in self.clients.items()}
+
     def n_classes(self) -> int:
         """Size of the federation's label space (its dataset's classes)."""
-        from ..data import DATASETS
-
         if self.settings.csv_description is not None:  # the user's CSV data: genesis lists its classes
             return len(self.settings.csv_description.classes)
-        return int(np.max(DATASETS[self.settings.dataset]().target)) + 1
+        return _bundled_classes(self.settings.dataset)
+
+
+@cache
+def _bundled_classes(dataset: str) -> int:
+    """A bundled dataset's number of classes (loading it costs milliseconds: once per process)."""
+    from ..data import DATASETS
+
+    return int(np.max(DATASETS[dataset]().target)) + 1
 
 
 def load_data_file(path: Path, *, n_classes: int) -> Split:
@@ -305,6 +316,9 @@ class Hospital:
         self.history_path = Path(history_path)
         self.participation_path = self.history_path.with_name(PARTICIPATION_FILE)
         self._ledger = ledger
+        self._verified_opening: tuple[bytes, Entry] | None = None
+        self._planned_for: tuple[Entry, tuple[SpendRecord, DistributedPlan | None]] | None = None
+        """The last opening :meth:`_planned` checked, and its answer (history unchanged since)."""
 
     @cached_property
     def data(self) -> Split:
@@ -369,6 +383,7 @@ class Hospital:
             raise HospitalConfigError(f"{self.history_path}: unreadable privacy history: {exc}") from exc
 
     def _record_spend(self, record: SpendRecord) -> None:
+        self._planned_for = None  # its budget check counted the history before this record
         records = [r.to_json() for r in self.history()] + [record.to_json()]
         write_private(self.history_path, json.dumps(records, indent=1).encode())
 
@@ -482,11 +497,15 @@ class Hospital:
         ``check`` (a stage that opens the round) also what the participant checks
         (:mod:`bfl_private.participant_checks`), each refusal recorded before it is raised."""
         where = f"round opening sent to {self.name}"
-        try:
-            entry = Entry.from_bytes(data, where=where)
-            entry.verify(self.registry.coordinator, where=where)
-        except VerificationError as exc:
-            raise StageMessageError(str(exc)) from exc
+        if self._verified_opening is not None and self._verified_opening[0] == data:
+            entry = self._verified_opening[1]  # the same bytes this hospital parsed and verified a stage ago
+        else:
+            try:
+                entry = Entry.from_bytes(data, where=where)
+                entry.verify(self.registry.coordinator, where=where)
+            except VerificationError as exc:
+                raise StageMessageError(str(exc)) from exc
+            self._verified_opening = (data, entry)
         if entry.type != ROUND_OPEN or entry.round != round_id:
             raise StageMessageError(f"{where}: a {entry.type} entry of round {entry.round}, expected round_open of round {round_id}")
         protocol = entry.payload["protocol"]
@@ -534,7 +553,11 @@ class Hospital:
             raise StageMessageError(f"round {opened.round} parameters sent to {self.name}: {exc}") from exc
 
     def _identity_keys(self, params: MaskingParams) -> list[bytes]:
-        return [self.registry.key(c).public_bytes() for c in params.clients]
+        keys = self.registry.public_keys
+        unknown = sorted(set(params.clients) - set(keys))
+        if unknown:
+            raise StageMessageError(f"clients {unknown} are not registered in federation {self.registry.federation_id}")
+        return [keys[c] for c in params.clients]
 
     def _seed(self, opened: Entry, data: bytes, *, stage: str) -> bytes:
         """The round's seed, derived here from the validators' beacon on exactly ``opened``
@@ -595,6 +618,8 @@ class Hospital:
         from ..privacy.accounting import recorded_epsilon
         from ..round_checks import planned_record
 
+        if self._planned_for is not None and self._planned_for[0] is opened:
+            return self._planned_for[1]
         settings = self.registry.settings
         dp_plan = self._distributed_plan(opened)
         sigma = opened.payload["privacy_plan"].get("noise_multipliers", {}).get(self.name)
@@ -616,6 +641,7 @@ class Hospital:
             raise OverBudget(self.name, opened.round, f"the planned record would take {self.name} to ε = "
                                                       f"{projected:.4g} (spent {spent:.4g}), past its lifetime "
                                                       f"budget {budget:g}")
+        self._planned_for = (opened, (planned, dp_plan))
         return planned, dp_plan
 
     def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:

@@ -594,6 +594,14 @@ def recorded_epsilon(records: Sequence[SpendRecord]) -> float:
     This is the figure a round's ledger entry claims for a client; :func:`verify_claim`
     recomputes it.
     """
+    return _recorded_epsilon(tuple(records))
+
+
+@functools.lru_cache(maxsize=256)
+def _recorded_epsilon(records: tuple[SpendRecord, ...]) -> float:
+    """:func:`recorded_epsilon`, memoised: it is a pure function of the (frozen) records, and
+    in one process a hospital's budget check and the engine's claim for the same round
+    compose the very same history."""
     if not records:
         return 0.0
     last = records[-1]

@@ -632,15 +632,14 @@ class Hospital:
             planned = planned_record(settings, noise_multiplier=float(sigma))
         history = self.history()
         try:
-            spent = recorded_epsilon(history) if history else 0.0
             projected = recorded_epsilon(history + [planned])
         except (ArithmeticError, ValueError) as exc:  # a σ the accountant cannot compose (say 1e-300)
             raise OverBudget(self.name, opened.round, f"the planned record cannot be accounted: {exc}") from None
         budget = float(self.registry.clients[self.name].epsilon_budget)
         if projected > budget:
             raise OverBudget(self.name, opened.round, f"the planned record would take {self.name} to ε = "
-                                                      f"{projected:.4g} (spent {spent:.4g}), past its lifetime "
-                                                      f"budget {budget:g}")
+                                                      f"{projected:.4g} (spent {recorded_epsilon(history):.4g}), "
+                                                      f"past its lifetime budget {budget:g}")
         self._planned_for = (opened, (planned, dp_plan))
         return planned, dp_plan
 

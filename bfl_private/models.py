@@ -50,12 +50,16 @@ def build_model(kind: str, n_features: int, n_classes: int, *, seed: int = 0) ->
         raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     if n_features < 1 or n_classes < 2:
         raise ValueError(f"need n_features >= 1 and n_classes >= 2, got {n_features}, {n_classes}")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    # Layers initialise from the CPU generator: seed it, build, put its state back. (Not
+    # torch.manual_seed: it also seeds every accelerator back end, capturing a stack trace
+    # for each, about a millisecond per model, and leaves them seeded.)
+    generator = torch.default_generator
+    generator_state = generator.get_state()
+    generator.manual_seed(seed)
     try:
         return LogisticRegression(n_features, n_classes) if kind == "logreg" else MLP(n_features, n_classes)
     finally:
-        torch.random.set_rng_state(generator_state)
+        generator.set_state(generator_state)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -4,11 +4,12 @@
 opens each round (the validators' beacon gives its seed), records the round's result and
 every protected update, and asks the validators to check the round and attest the new
 model's quality before they co-sign the block. :class:`Federation` adds the in-process
-demo: simulated hospitals that train and protect their updates in this process, driven
-by :meth:`Federation.run_round` (over Flower, :mod:`bfl_private.rounds.engine`). Everything an auditor needs is in the ledger directory; every party's
-private keys stay in its own folder under ``parties/`` (see :mod:`bfl_private.parties`):
-the hospitals, validators and key holders are objects built from their folders, which
-this object calls on and never reads itself.
+demo: the dataset and its hospitals (:mod:`bfl_private.simulated_hospitals`), reached by
+the round engine (:mod:`bfl_private.rounds.engine`) over the loopback transport in
+:meth:`Federation.run_round`, as a Flower ServerApp reaches SuperNodes. Everything an
+auditor needs is in the ledger directory; every party's private keys stay in its own
+folder under ``parties/`` (see :mod:`bfl_private.parties`): the hospitals, validators and
+key holders act from their folders, which this object never reads itself.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ A hospital takes nothing that weakens its protection from the coordinator's say:
 signed ``round_open`` is only a proposal, judged against what genesis fixed and what the
 hospital knows of the ledger and of its own past rounds. Each refusal is a named error
 (a :class:`ParticipantRefusal` subclass) raised before anything is trained, so a refused
-opening costs no privacy budget. The same function runs in the Flower hospital
-(:meth:`bfl_private.rounds.hospital.Hospital.handle`) and for every simulated participant
-of the in-process engine (:meth:`bfl_private.coordinator.Federation.run_round`).
+opening costs no privacy budget. It runs in the hospital
+(:meth:`bfl_private.rounds.hospital.Hospital.handle`, over Flower and in the demo alike)
+and in each validator before it signs a beacon.
 
 The rules, all against genesis (``settings``), never against the round's own claims:
 
@@ -17,16 +17,22 @@ The rules, all against genesis (``settings``), never against the round's own cla
   graph, k = N - 1), and a threshold t, when the opening names one, at least
   :func:`~bfl_private.protocols.masking_graph.default_threshold` of k (:class:`WeakParameters`).
 * cohort: at least :func:`minimum_cohort` participants (:class:`TooSmallCohort`).
-* Paillier: a key of exactly genesis' ``paillier_key_bits`` (:class:`WeakParameters`).
+* Paillier: a key of exactly genesis' ``paillier_key_bits`` with its proof that the
+  modulus is well formed (:class:`WeakParameters`).
 * distributed DP: the plan's collusion threshold t at least genesis' (:class:`WeakParameters`).
 * base model: the opening's ``base_model_cid`` is the ledger's current model, as far as the
   participant knows it (:class:`WrongBaseModel`).
 * round: the next round of the ledger it knows, later than any round it already opened,
   and never one it submitted in (:class:`StaleRound`, :class:`AlreadySubmitted`): a
   closed round is not trained for again, and one round id never spends ε twice.
-* beacon (Flower hospitals, simulated participants): the validators' beacon must be for
-  this very opening and give the seed under genesis' validator keys and quorum
-  (:class:`BadBeacon`, :func:`bfl_private.ledger.beacon.round_seed`).
+* beacon (hospitals): the validators' beacon must be for this very opening and give the
+  seed under genesis' validator keys and quorum (:class:`BadBeacon`,
+  :func:`bfl_private.ledger.beacon.round_seed`), in one-shot rounds too.
+
+The hospital adds what needs its own state (:mod:`bfl_private.rounds.hospital`): the
+distributed-DP plan as the verifier checks it, and the plan's dimension against the model
+(:class:`WeakParameters`); its lifetime budget (:class:`OverBudget`); and in distributed
+DP a survivor set of at least N - t before it helps unmask (:class:`TooFewSurvivors`).
 
 Numpy-free, torch-free: the auditor and the hospital import it cheaply.
 """

@@ -103,8 +103,9 @@ class ForgedInput:
     message; HE and plain: its submission blob); or ``values``, anything in the protocol's
     input domain sent without clipping or encoding (masking: uint32 levels; Paillier:
     plaintext integers in [0, n), one per packed ciphertext; CKKS and plain: float64 values).
-    The in-process engine simulates malicious clients with it; a deployment receives such
-    inputs over the wire. Either way they go through the same receipt checks.
+    The protocols' own ``aggregate`` and the demo's forging hospitals
+    (``bfl_private.simulated_hospitals``) simulate malicious clients with it; a deployment
+    receives such inputs over the wire. Either way they go through the same receipt checks.
     """
 
     message: bytes | None = None

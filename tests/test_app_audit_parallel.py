@@ -89,7 +89,7 @@ def test_the_plain_range_rule_names_the_first_offender_in_the_transcripts_order(
     good = encode_submission(np.full(3, 0.5, np.float32))
     nan = encode_submission(np.array([0.1, np.nan, 0.2], np.float32))
     big = encode_submission(np.array([0.1, 1.5, 0.2], np.float32))
-    transcript = {"included": ["a", "b", "c", "d"], "bound": 1.0}
+    transcript = {"protocol": "plain", "round": 1, "included": ["a", "b", "c", "d"], "bound": 1.0}
     cases = [({"a": good, "b": big, "c": nan, "d": b"junk"}, "'b' was accepted but has value 1.5"),
              ({"a": good, "b": nan, "c": big, "d": good}, "'b' was accepted but has non-finite"),
              ({"a": good, "b": b"junk", "c": big, "d": good}, "'b' is not a safetensors blob"),

@@ -25,7 +25,8 @@ keys, override with ``--run-config``):
                      which then loads their hold-out split. With every validator remote
                      the ServerApp loads no dataset (it holds no hospital's data either)
 
-Each round is :class:`~.server_round.RoundEngine`, one message exchange per stage.
+Each round is :class:`~bfl_private.rounds.engine.RoundEngine` over Flower's grid
+(:class:`GridTransport`), one message exchange per stage.
 """
 from __future__ import annotations
 

@@ -143,7 +143,9 @@ class RoundEngine:
     def _send(self, stage: str, requests: Mapping[int, Mapping[str, Any]],
               label: Mapping[int, str]) -> dict[int, dict[str, Any]]:
         """One exchange with the nodes in ``requests``; the well-formed replies by node."""
+        sent = time.perf_counter()
         replies = self.transport.exchange(stage, requests, round_id=self.round_id)
+        waited = time.perf_counter() - sent
         good: dict[int, dict[str, Any]] = {}
         for node, reply in replies.items():
             if node not in requests:
@@ -159,7 +161,7 @@ class RoundEngine:
             except StageMessageError as exc:
                 self.failures[who] = f"{stage}: {exc}"
                 self.log(f"round {self.round_id}: refused the {stage} reply of {who}: {exc}")
-        self.log(f"round {self.round_id}: stage {stage} answered by {len(good)} of {len(requests)}")
+        self.log(f"round {self.round_id}: stage {stage} answered by {len(good)} of {len(requests)} in {waited:.2f} s")
         return good
 
     def _note_refusal(self, stage: str, who: str, reason: str) -> None:

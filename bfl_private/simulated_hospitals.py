@@ -44,6 +44,7 @@ from .protocols.masking_messages import MaskedInput
 if TYPE_CHECKING:
     from .coordinator import Federation
     from .distributed_round import DistributedPlan
+    from .rounds.hospital import RoundState
     from .rounds.masking_state import PersistentMaskingClient
     from .ledger.entries import Entry
     from .privacy.accounting import SpendRecord
@@ -99,11 +100,12 @@ class ForgingHospital(SimulatedHospital):
 
     def _private_input(self, base: np.ndarray, planned: SpendRecord,
                        dp_plan: DistributedPlan | None) -> tuple[np.ndarray, SpendRecord]:
-        return np.zeros(base.shape[0], np.float64), planned  # replaced by the forgery; nothing is trained
+        # replaced by the forgery; nothing is trained (the payload's length: local DP adds the weight)
+        return np.zeros(base.shape[0] + (1 if dp_plan is None else 0), np.float64), planned
 
-    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
-        base = self._base_model(opened, fields["model"], client.params.length)
-        _, records, privacy = self._train(opened, base)
+    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any],
+              saved: RoundState) -> dict[str, Any]:
+        records, privacy = saved.records, self._saved_record(saved)
         if self.forgery.message is not None:
             frame = self.forgery.message
         else:  # its own masks over levels it never encoded

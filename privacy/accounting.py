@@ -17,7 +17,10 @@ mechanism, steps added) and the groups are sorted, so the result depends only on
 multiset of steps, not on how they were split into rounds, and costs one FFT
 self-composition per distinct mechanism instead of one per round.
 
-This module imports no torch: the verifier path uses it.
+This module imports no torch: the verifier path uses it. It loads ``dp-accounting`` (and
+through it SciPy, about 0.8 CPU-s) only when an ε is first computed: a Flower ClientApp
+starts a fresh process for every stage message, and the stages that compute no ε (a
+masking round's ``share``, ``mask``, ``acknowledge`` and ``unmask``) should not pay for it.
 """
 from __future__ import annotations
 
@@ -27,24 +30,23 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields
 from importlib import metadata
-from typing import Any
-
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.pld import privacy_loss_distribution as pld_privacy_loss_distribution
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, EpsilonMismatch, InvalidDelta, MalformedPrivacyRecord
 from .skellam import ShareParameters, composed_epsilon, round_rdp
+
+if TYPE_CHECKING:
+    import dp_accounting
+    from dp_accounting.pld import privacy_loss_distribution as pld_privacy_loss_distribution
 
 MECHANISM = "subsampled_gaussian"
 SKELLAM_MECHANISM = "distributed_skellam"
 ACCOUNTANTS = ("pld", "rdp")
 LIBRARY = "dp-accounting"
 LIBRARY_VERSION = metadata.version(LIBRARY)
-NEIGHBORING_RELATIONS: dict[str, dp_accounting.NeighboringRelation] = {
-    "zero_out": dp_accounting.NeighboringRelation.REPLACE_SPECIAL,
-    "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
+NEIGHBORING_RELATIONS: dict[str, str] = {
+    "zero_out": "REPLACE_SPECIAL",
+    "replace_one": "REPLACE_ONE",
 }
 """Neighbouring relations that hold while every client's record count n is public.
 
@@ -54,6 +56,13 @@ FedAvg weight, genesis), so it is not the relation a ledger reader faces. ``zero
 is zero, n unchanged; dp-accounting's ``REPLACE_SPECIAL``, which for a Poisson-sampled
 Gaussian gives exactly the add/remove ε. ``replace_one``: one record replaced by any other
 (about twice the ε; the PLD accountant only)."""
+
+
+def _relation(name: str) -> dp_accounting.NeighboringRelation:
+    """The ``dp-accounting`` relation named in :data:`NEIGHBORING_RELATIONS` (its member name there)."""
+    import dp_accounting
+
+    return dp_accounting.NeighboringRelation[NEIGHBORING_RELATIONS[name]]
 DEFAULT_RELATION = "zero_out"
 DEFAULT_DELTA = 1e-5
 DEFAULT_PLD_DISCRETIZATION = 1e-3
@@ -350,6 +359,8 @@ def history_event(records: Sequence[PrivacyRecord]) -> dp_accounting.DpEvent:
 
 
 def _event(mechanisms: Mechanisms) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(
@@ -370,7 +381,10 @@ def make_accountant(
     value_discretization_interval = resolve_interval(accountant, value_discretization_interval)
     check_accountant(accountant, value_discretization_interval, where="accountant")
     check_relation(neighboring_relation, accountant, where="accountant")
-    relation = NEIGHBORING_RELATIONS[neighboring_relation]
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    relation = _relation(neighboring_relation)
     if accountant == "pld":
         return pld_privacy_accountant.PLDAccountant(relation, value_discretization_interval=value_discretization_interval)
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
@@ -426,6 +440,8 @@ def _pld_epsilon(mechanisms: Mechanisms, delta: float, interval: float | None, r
     asks for the same one every round."""
     check_accountant("pld", interval, where="accountant")
     check_relation(relation, "pld", where="accountant")
+    from dp_accounting.pld import privacy_loss_distribution as pld_privacy_loss_distribution
+
     pld = pld_privacy_loss_distribution.identity(value_discretization_interval=interval)
     for sigma, rate, steps in mechanisms:
         pld = pld.compose(_subsampled_gaussian_pld(sigma, rate, interval, relation).self_compose(steps))
@@ -437,9 +453,11 @@ def _subsampled_gaussian_pld(sigma: float, rate: float, interval: float | None,
                              relation: str) -> pld_privacy_loss_distribution.PrivacyLossDistribution:
     """One step of the Poisson-subsampled Gaussian, as ``PLDAccountant`` builds it (immutable:
     composing returns new distributions)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_privacy_loss_distribution
+
     return pld_privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=sigma, value_discretization_interval=interval, sampling_prob=rate,
-        neighboring_relation=NEIGHBORING_RELATIONS[relation])
+        neighboring_relation=_relation(relation))
 
 
 def cumulative_epsilon(

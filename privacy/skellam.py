@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
-from scipy.special import gammaln
 
 from .errors import ConfigurationError, PrivacyError
 
@@ -153,6 +151,8 @@ def skellam_rdp(order: int, *, l1: float, l2: float, variance: float) -> float:
 
 
 def _log_comb(n: int, k: int) -> float:
+    from scipy.special import gammaln  # loaded on first use, as dp-accounting is (see privacy.accounting)
+
     return float(gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
 
 
@@ -197,6 +197,8 @@ def composed_epsilon(releases: Sequence[tuple[tuple[float, ...], int]], *, delta
     if not releases:
         return 0.0
     rdp = sum(times * np.asarray(curve) for curve, times in releases)
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
     epsilon, _ = compute_epsilon(list(ORDERS), rdp, delta)
     return float(epsilon)
 

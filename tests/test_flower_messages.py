@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,22 @@ def test_a_round_opening_not_signed_by_the_coordinator_is_refused(recorded) -> N
         _ask(recorded, "advertise", None, **{"round-open": bytes(opening)})
 
 
-def test_a_base_model_that_is_not_the_opened_one_is_refused(recorded) -> None:
-    recorder, _, _ = recorded
-    model = bytearray(recorder.requests["mask"][NODE]["model"])
+def test_a_base_model_that_is_not_the_opened_one_is_refused(recorded, tmp_path: Path) -> None:
+    """Checked at advertise, where the hospital trains: before any training or key."""
+    recorder, hospitals, folders = recorded
+    fresh = tmp_path / "hospital"  # the hospital as it was before the recorded round
+    shutil.copytree(folders[hospitals[NODE].name], fresh)
+    for record in ("participation.json", "privacy-history.json"):
+        (fresh / record).unlink(missing_ok=True)
+    model = bytearray(recorder.requests["advertise"][NODE]["model"])
     model[-1] ^= 0x01
+    request = {**recorder.requests["advertise"][NODE], "model": bytes(model)}
     with pytest.raises(StageMessageError, match="CID"):
-        _ask(recorded, "mask", "share", model=bytes(model))
+        Hospital.from_node_config({"hospital-dir": str(fresh)}).handle(request, None)
+    assert not (fresh / "privacy-history.json").exists()
+    request["model"] = recorder.requests["advertise"][NODE]["model"]  # the opened model: it trains and advertises
+    reply, state = Hospital.from_node_config({"hospital-dir": str(fresh)}).handle(request, None)
+    assert set(reply) == {"client", "advertisement"} and state is not None
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,10 +152,12 @@ def test_masking_state_round_trips_exactly(recorded) -> None:
     recorder, hospitals, _ = recorded
     import json
 
-    from bfl_private.rounds.hospital import _RoundState
+    from bfl_private.rounds.hospital import RoundState
 
     for stage in ("advertise", "share", "mask", "acknowledge"):
-        saved = _RoundState.from_bytes(recorder.after[stage][NODE])
+        saved = RoundState.from_bytes(recorder.after[stage][NODE])
+        assert saved.to_bytes() == recorder.after[stage][NODE]  # the trained input and its record too
+        assert saved.levels.shape == (saved.length,) and saved.privacy["noise_multiplier"] > 0
         hospital = hospitals[NODE]
         opened = hospital._opening(saved.open, saved.round, stage=stage)
         params = hospital._params(opened, saved.seed, saved.length)

@@ -44,8 +44,10 @@ def handle(stage: str, message: Message, context: Context) -> Message:
     return Message(RecordDict({RECORD: ConfigRecord(reply)}), reply_to=message)
 
 
-@app.query("advertise")
+@app.train("advertise")
 def advertise(message: Message, context: Context) -> Message:
+    """Check the round opening and beacon, DP-SGD on the hospital's records (the input waits
+    in Context.state), then the round's signed public keys."""
     return handle("advertise", message, context)
 
 
@@ -54,9 +56,9 @@ def share(message: Message, context: Context) -> Message:
     return handle("share", message, context)
 
 
-@app.train("mask")
+@app.query("mask")
 def mask(message: Message, context: Context) -> Message:
-    """DP-SGD on the hospital's records, then its masked input and signed submission."""
+    """The masked input trained at ``advertise`` and its signed submission."""
     return handle("mask", message, context)
 
 

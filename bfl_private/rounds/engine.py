@@ -310,8 +310,9 @@ class RoundEngine:
         try:
             # The beacon the ledger records after the opening (none: each hospital refuses, BadBeacon).
             beacon = self.opened[1].to_bytes() if len(self.opened) > 1 else b""
+            model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
             advertise = self._request("advertise", round_open=opened.to_bytes(), round_beacon=beacon,
-                                      length=params.length)
+                                      length=params.length, model=model_blob)
             for client, reply in self._claim("advertise", advertise).items():
                 self._receive("advertise", client, partial(self._check_advertisement, server, reply))
             adverts = server.close_advertise()
@@ -323,8 +324,7 @@ class RoundEngine:
                 self._receive("share", client, partial(server.receive_shares, reply["shares"]))
             deliveries = server.close_share()
             self.log(f"round {self.round_id}: stage share closed")
-            model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
-            replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d, model=model_blob)
+            replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d)
                                               for i, d in deliveries.items()})
             for client, reply in replies.items():
                 def receive(client: str = client, reply: dict[str, Any] = reply) -> None:

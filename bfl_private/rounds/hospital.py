@@ -24,10 +24,14 @@ must be standardised with the federation's agreed statistics (as :mod:`bfl_priva
 does for the bundled datasets); labels must lie in the federation's label space.
 
 Each handler takes the stage's fields and this hospital's saved round state and returns
-the reply fields and the new state; nothing here imports ``flwr``. Torch, Opacus and
-scikit-learn are imported only in the stage that trains (``mask``, or ``encrypt`` in a
-one-shot round), and the HE libraries only when a round uses them, so each ClientApp
-process (Flower starts one per message) starts fast.
+the reply fields and the new state; nothing here imports ``flwr``. A hospital trains in
+the stage that opens its round (``advertise``, or ``encrypt`` in a one-shot round), the
+one stage that needs Torch, Opacus, scikit-learn and the accountant: every later stage of
+a masking round is cryptography only, and its ClientApp process (Flower starts one per
+message) imports none of them. The trained, encoded input waits in the round state, with
+the hospital's other round secrets, until the ``mask`` stage masks it and signs the
+submission: ε is counted as spent only then, when the update leaves. The HE libraries are
+imported only when a round uses them.
 
 The stage that opens a round (``advertise``, or ``encrypt``) carries the round opening
 and the validators' beacon on it; the hospital checks the opening (participant checks,
@@ -50,9 +54,11 @@ must be the planned one its budget check counted.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,7 +112,7 @@ DATA_FILE = "data.npz"
 HISTORY_FILE = "privacy-history.json"
 PARTICIPATION_FILE = "participation.json"
 PARTICIPATION_VERSION = 1
-ROUND_STATE_VERSION = 1
+ROUND_STATE_VERSION = 2
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -235,28 +241,42 @@ def _payload_extra(opened: Entry) -> int:
 
 
 @dataclass(frozen=True)
-class _RoundState:
+class RoundState:
+    """A masking round in progress here: its opening and seed, the SecAgg+ client's
+    secrets, and (until ``mask`` sends it) the trained input: the codec's levels, the
+    record count and the privacy record the submission will sign."""
+
     round: int
     done: str
     open: bytes
     seed: bytes
     length: int
     client: bytes
+    levels: np.ndarray
+    records: int
+    privacy: Mapping[str, Any]
 
     def to_bytes(self) -> bytes:
         return canonical_bytes({"v": ROUND_STATE_VERSION, "round": self.round, "done": self.done,
                                 "open": self.open.hex(), "seed": self.seed.hex(), "length": self.length,
-                                "client": self.client.decode("utf-8")})
+                                "client": self.client.decode("utf-8"),
+                                "levels": base64.b64encode(self.levels.astype("<u4").tobytes()).decode("ascii"),
+                                "records": self.records, "privacy": dict(self.privacy)})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> _RoundState:
+    def from_bytes(cls, data: bytes) -> RoundState:
         try:
             s = json.loads(data)
             if s["v"] != ROUND_STATE_VERSION or s["done"] not in STAGES:
                 raise StageMessageError(f"saved round state has version {s['v']!r} or stage {s['done']!r}")
+            length = int(s["length"])
+            levels = np.frombuffer(base64.b64decode(s["levels"], validate=True), dtype="<u4").astype(np.uint32)
+            if levels.shape != (length,) or not isinstance(s["privacy"], dict):
+                raise StageMessageError(f"saved round state holds {levels.shape[0]} input levels for length {length}, "
+                                        f"or a privacy record that is not an object")
             return cls(int(s["round"]), s["done"], bytes.fromhex(s["open"]), bytes.fromhex(s["seed"]),
-                       int(s["length"]), s["client"].encode("utf-8"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                       length, s["client"].encode("utf-8"), levels, int(s["records"]), s["privacy"])
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             if isinstance(exc, StageMessageError):
                 raise
             raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
@@ -287,13 +307,13 @@ class _Submitted:
             raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
 
 
-def _saved_state(data: bytes) -> _RoundState | _Submitted:
+def _saved_state(data: bytes) -> RoundState | _Submitted:
     """The saved state of the last round this hospital took part in, of either kind."""
     try:
         done = json.loads(data).get("done")
     except (TypeError, ValueError, AttributeError) as exc:
         raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
-    return _Submitted.from_bytes(data) if done in HE_STAGES else _RoundState.from_bytes(data)
+    return _Submitted.from_bytes(data) if done in HE_STAGES else RoundState.from_bytes(data)
 
 
 class Hospital:
@@ -468,13 +488,13 @@ class Hospital:
         if stage == "share":
             reply = {"shares": client.share_keys(fields["advertisements"])}
         elif stage == "mask":
-            reply = self._mask(client, opened, fields)
+            reply = self._mask(client, opened, fields, saved)
         elif stage == "acknowledge":
             self._check_survivors(opened, fields["survivors"])
             reply = {"acknowledgement": client.acknowledge(fields["survivors"])}
         else:
             return {"unmask": client.unmask(fields["signatures"])}, None
-        return reply, _RoundState(saved.round, stage, saved.open, saved.seed, saved.length, client.to_state()).to_bytes()
+        return reply, replace(saved, done=stage, client=client.to_state()).to_bytes()
 
     def _check_survivors(self, opened: Entry, announcement: bytes) -> None:
         """Distributed DP: acknowledge (and so help unmask) only a survivor set of at least
@@ -578,16 +598,32 @@ class Hospital:
             raise self._refuse(stage, exc) from None
 
     def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """Check the opening and beacon, train (DP-SGD, within the budget) and encode the
+        input, then advertise this round's keys; the input stays here until ``mask``."""
         opened = self._opening(fields["round-open"], fields["round"], stage="advertise", check=True)
         seed = self._seed(opened, fields["round-beacon"], stage="advertise")
         params = self._params(opened, seed, fields["length"])
+        base = self._base_model(opened, fields["model"], params.length)
+        self._check_not_submitted(opened, stage="advertise")
+        vector, records, privacy = self._train(opened, base)
+        codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
         client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
                                          identity_keys=self._identity_keys(params))
         reply = {"client": self.name, "advertisement": client.advertise()}
         self._note(opened=opened.round)
-        state = _RoundState(opened.round, "advertise", fields["round-open"], seed,
-                            fields["length"], client.to_state())
+        levels = codec.encode(vector, np.random.default_rng())
+        if levels.shape != (params.length,):
+            raise HospitalConfigError(f"{self.name}: the training gave {levels.shape[0]} values for a round of "
+                                      f"length {params.length}; nothing is kept")
+        state = RoundState(opened.round, "advertise", fields["round-open"], seed, fields["length"],
+                           client.to_state(), levels, records, privacy.to_json())
         return reply, state.to_bytes()
+
+    def _check_not_submitted(self, opened: Entry, *, stage: str) -> None:
+        """No retraining and no second spend for one round id (say, a round state restored after it ended)."""
+        if opened.round in self.participation()["submitted"]:
+            raise self._refuse(stage, AlreadySubmitted(self.name, opened.round, f"{self.name} already submitted in "
+                                                       f"round {opened.round}: no retraining, no second spend"))
 
     def _base_model(self, opened: Entry, blob: bytes, length: int | None) -> np.ndarray:
         """The opening's base model (its CID binds it); ``length`` the payload length when known
@@ -702,17 +738,26 @@ class Hospital:
         self._note(opened=opened.round, submitted=opened.round)
         return submission.to_bytes()
 
-    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Train with DP-SGD within the lifetime budget, encode, mask, and sign the submission."""
-        base = self._base_model(opened, fields["model"], client.params.length)
-        if opened.round in self.participation()["submitted"]:  # e.g. a round state restored after it ended
-            raise self._refuse("mask", AlreadySubmitted(self.name, opened.round, f"{self.name} already submitted in "
-                                                        f"round {opened.round}: no retraining, no second spend"))
-        vector, records, privacy = self._train(opened, base)
-        codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
-        frame = bytes(client.mask_input(codec.encode(vector, np.random.default_rng()), fields["delivery"]))
+    def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any],
+              saved: RoundState) -> dict[str, Any]:
+        """Mask the input trained at ``advertise`` and sign the submission: the update leaves now."""
+        self._check_not_submitted(opened, stage="mask")
+        frame = bytes(client.mask_input(saved.levels, fields["delivery"]))
         blob = encode_submission(MaskedInput.from_bytes(frame).vector)
-        return {"masked-input": frame, "submission": self._submit(opened, blob, records, privacy)}
+        return {"masked-input": frame, "submission": self._submit(opened, blob, saved.records,
+                                                                  self._saved_record(saved))}
+
+    def _saved_record(self, saved: RoundState) -> SpendRecord:
+        """The privacy record of the training at ``advertise``, checked there against the
+        planned one the budget check counted (re-checking it here would load the accountant
+        in a stage that otherwise needs none); the saved state is this hospital's own."""
+        from ..privacy.accounting import privacy_record_from_json
+        from ..privacy.errors import PrivacyError
+
+        try:
+            return privacy_record_from_json(saved.privacy, where=f"saved round state of {self.name}")
+        except PrivacyError as exc:
+            raise StageMessageError(str(exc)) from exc
 
     def _encrypt(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A one-shot HE round: check the key material, train, encrypt, sign."""

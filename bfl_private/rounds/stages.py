@@ -1,8 +1,10 @@
 """The stages of a private round and the fields each message carries.
 
 One message exchange per protocol stage (over Flower, one Flower message each). Masking (Bonawitz et al., CCS 2017, with
-the consistency check): ``advertise`` → ``share`` → ``mask`` (local DP-SGD, then the masked
-input) → ``acknowledge`` → ``unmask``. Paillier and CKKS are one-shot: a single ``encrypt``
+the consistency check): ``advertise`` (the hospital checks the opening, trains with DP-SGD
+and keeps its encoded input, then advertises its round keys) → ``share`` → ``mask`` (the
+masked input and the signed submission) → ``acknowledge`` → ``unmask``. Training in the
+first stage leaves the four later ones cryptography only (light processes over Flower). Paillier and CKKS are one-shot: a single ``encrypt``
 stage carries the round opening, the key holder's public key material and the model, and
 the hospital answers with its signed, encrypted update (local DP-SGD first); the key
 holder stays with the ServerApp and decrypts only the sum. Every message is one ``ConfigRecord`` named
@@ -34,20 +36,20 @@ PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier":
 
 ALL_STAGES = STAGES + HE_STAGES
 
-TRAINING_STAGES = ("mask", "encrypt")
+TRAINING_STAGES = ("advertise", "encrypt")
 """The stages in which a hospital trains (DP-SGD) before it answers: they get the run's
 ``train-timeout``, the others the much shorter ``stage-timeout``."""
 
 STAGE_POSITION: Mapping[str, int] = {**{s: i for i, s in enumerate(STAGES)}, "encrypt": STAGES.index("mask")}
 """Where each stage falls in a round, for dropouts "from stage X on": ``encrypt`` is where
-masking's ``mask`` is (the hospital trains and sends its protected update), so a hospital
+masking's ``mask`` is (the hospital sends its protected update), so a hospital
 gone at ``advertise``, ``share`` or ``mask`` never submits in an HE round and one gone only
 at ``acknowledge`` or ``unmask`` already has, as :func:`bfl_private.protocols.base.one_shot_submitters` counts it."""
 
 MESSAGE_TYPES = {
-    "advertise": "query.advertise",
+    "advertise": "train.advertise",  # the stage in which the hospital trains with DP-SGD
     "share": "query.share",
-    "mask": "train.mask",  # the stage in which the hospital trains with DP-SGD
+    "mask": "query.mask",
     "acknowledge": "query.acknowledge",
     "unmask": "query.unmask",
     "encrypt": "train.encrypt",  # DP-SGD, then the update encrypted under the key holder's public key
@@ -58,9 +60,9 @@ _HEADER = {"stage": str, "federation": str, "round": int}
 REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
     # round-beacon: the round_beacon entry on round-open; the hospital checks its validator
     # signatures and derives the seed itself (bfl_private.ledger.beacon), never taking one.
-    "advertise": {"round-open": bytes, "round-beacon": bytes, "length": int},
+    "advertise": {"round-open": bytes, "round-beacon": bytes, "length": int, "model": bytes},
     "share": {"advertisements": list},
-    "mask": {"delivery": bytes, "model": bytes},
+    "mask": {"delivery": bytes},
     "acknowledge": {"survivors": bytes},
     "unmask": {"signatures": bytes},
     # public-key: Paillier, the RFC 8785 JSON of the public key (n, key_id); CKKS, TenSEAL's

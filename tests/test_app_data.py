@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bfl_private.data import DataError, load_federated
+from bfl_private.data import DATASETS, DataError, load_bundled, load_federated
 
 
 @pytest.mark.parametrize("partition", ["iid", "dirichlet"])
@@ -70,3 +70,10 @@ def test_dirichlet_small_alpha_is_skewed_and_every_client_has_records():
 def test_bad_arguments_fail_clearly(kwargs, message):
     with pytest.raises(DataError, match=message):
         load_federated(**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_bundled_class_counts_are_the_datasets_own(name):
+    """Hospitals size their model from DATASETS without loading scikit-learn: the counts must be the data's."""
+    bunch = load_bundled(name)
+    assert DATASETS[name] == int(np.max(bunch.target)) + 1 == len(np.unique(bunch.target))

@@ -59,7 +59,7 @@ import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import cache, cached_property, partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,15 +166,9 @@ class Registry:
         """Size of the federation's label space (its dataset's classes)."""
         if self.settings.csv_description is not None:  # the user's CSV data: genesis lists its classes
             return len(self.settings.csv_description.classes)
-        return _bundled_classes(self.settings.dataset)
+        from ..data import DATASETS
 
-
-@cache
-def _bundled_classes(dataset: str) -> int:
-    """A bundled dataset's number of classes (loading it costs milliseconds: once per process)."""
-    from ..data import DATASETS
-
-    return int(np.max(DATASETS[dataset]().target)) + 1
+        return DATASETS[self.settings.dataset]
 
 
 def load_data_file(path: Path, *, n_classes: int) -> Split:

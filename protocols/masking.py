@@ -260,15 +260,8 @@ class MaskingClient:
 
     def advertise(self) -> bytes:
         self._once("advertise")
-        unsigned = KeyAdvertisement(
-            self.params.round_id,
-            self.index,
-            ka.public_bytes(self._cipher_key),
-            ka.public_bytes(self._mask_key),
-            b"",
-        )
-        signature = self._signer.sign(unsigned.signed_bytes())
-        return replace(unsigned, signature=signature).to_bytes()
+        return signed_advertisement(self._signer, round_id=self.params.round_id, sender=self.index,
+                                    cipher_key=self._cipher_key, mask_key=self._mask_key)
 
     def share_keys(self, advertisements: Sequence[bytes]) -> bytes:
         """Verify the neighbours' advertisements and send them sealed shares of b_u and s_u."""
@@ -484,6 +477,15 @@ def _contains(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         return np.zeros(values.shape, dtype=bool)
     positions = np.minimum(np.searchsorted(sorted_ids, values), sorted_ids.size - 1)
     return sorted_ids[positions] == values
+
+
+def signed_advertisement(signer: ka.Signer, *, round_id: int, sender: int, cipher_key: ka.X25519Key,
+                         mask_key: ka.X25519Key) -> bytes:
+    """Stage 1's message: ``sender``'s two public keys for ``round_id``, signed. It names no
+    graph and no seed, so a client may make it before the round opens (keys made ahead,
+    fresh for that one round); Ed25519 is deterministic, so the same keys give the same bytes."""
+    unsigned = KeyAdvertisement(round_id, sender, ka.public_bytes(cipher_key), ka.public_bytes(mask_key), b"")
+    return replace(unsigned, signature=signer.sign(unsigned.signed_bytes())).to_bytes()
 
 
 def _verify_advertisement(

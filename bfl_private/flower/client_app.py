@@ -1,5 +1,5 @@
 """The hospital's ClientApp (Flower 1.42 Message API): one handler per protocol stage
-(masking's five, and ``encrypt``, the one stage of a Paillier or CKKS round).
+(masking's five and ``join``, and ``encrypt``, the one stage of a Paillier or CKKS round).
 
 Flower starts a fresh ``flwr-clientapp`` process for every message, so the hospital is
 loaded from the SuperNode's node config each time (:meth:`Hospital.from_node_config`) and
@@ -49,6 +49,13 @@ def advertise(message: Message, context: Context) -> Message:
     """Check the round opening and beacon, DP-SGD on the hospital's records (the input waits
     in Context.state), then the round's signed public keys."""
     return handle("advertise", message, context)
+
+
+@app.train("join")
+def join(message: Message, context: Context) -> Message:
+    """The first stage of a round for which this hospital advertised keys ahead: the
+    opening's checks and DP-SGD as at ``advertise``, then its shares."""
+    return handle("join", message, context)
 
 
 @app.query("share")

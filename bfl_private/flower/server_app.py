@@ -177,9 +177,14 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("bfl-private: %d SuperNodes connected (%d wanted), %d hospitals planned",
                     connected, wanted, len(plan.clients))
         transport = GridTransport(grid, timeout=settings.stage_timeout, train_timeout=settings.train_timeout)
+        ahead: dict[str, tuple[int, bytes]] = {}
         for _ in range(settings.rounds):
-            summary = RoundEngine(federation, plan, transport, protocol=settings.protocol,
-                                  log=lambda line: logger.info("bfl-private %s", line)).run()
+            # Keys the hospitals advertised ahead in the last round's unmask: a masking round
+            # then starts with join (four exchanges); the engine checks them first.
+            engine = RoundEngine(federation, plan, transport, protocol=settings.protocol, ahead=ahead,
+                                 log=lambda line: logger.info("bfl-private %s", line))
+            summary = engine.run()
+            ahead = engine.advertised_ahead
             logger.info("bfl-private round %d: %s, survivors %d, dropouts %s, %.2f s",
                         summary.round, summary.status, len(summary.survivors), list(summary.dropouts), summary.seconds)
         logger.info("bfl-private: ledger %s (check it with: bfl-private verify %s)",

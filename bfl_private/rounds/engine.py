@@ -10,7 +10,9 @@ protocol's transcript, the validators' attestations and a block with their quoru
 certificate — or an ``abort`` when too few hospitals remain — and ``bfl-private verify``
 checks it.
 
-Protocols: ``masking`` (five stages, :data:`~.stages.STAGES`), and the one-shot
+Protocols: ``masking`` (five stages, :data:`~.stages.STAGES`; four, starting with
+``join``, when every participant advertised its keys ahead in the previous round's
+``unmask`` reply: pass :attr:`RoundEngine.advertised_ahead` to the next engine), and the one-shot
 ``paillier``, ``ckks`` and ``plain`` (one ``encrypt`` stage; an HE key holder stays on
 this side, built by :func:`~bfl_private.protocol_setup.build_protocol`, and decrypts only
 the sum, see :mod:`.one_shot`). Local DP (hospitals run DP-SGD) or distributed DP
@@ -59,7 +61,7 @@ from . import one_shot
 from ..round_records import RoundOpening
 from ..round_checks import aggregate_rule_violation, charged_epsilon, registered_records, spend_rule_violation
 from .errors import RefusedPrivacyRecord, StageMessageError
-from .stages import PROTOCOL_STAGES, check_reply, request
+from .stages import JOIN, PROTOCOL_STAGES, check_reply, request
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,11 @@ class RoundEngine:
     """One round over a transport; :meth:`run` returns the same summary as the coordinator."""
 
     def __init__(self, federation: Coordinator, plan: CommandPlan, transport: Transport, *,
-                 protocol: str = "masking", log: Callable[[str], None] = lambda line: None) -> None:
+                 protocol: str = "masking", log: Callable[[str], None] = lambda line: None,
+                 ahead: Mapping[str, tuple[int, bytes]] | None = None) -> None:
+        """``ahead``: the previous round's :attr:`advertised_ahead` (over the same transport);
+        when it covers every participant with a valid advertisement for this round, the
+        masking round starts with ``join`` instead of ``advertise`` (four exchanges)."""
         if protocol not in PROTOCOL_STAGES:
             raise RunRefused(f"unknown protocol {protocol!r}; rounds run {', '.join(PROTOCOL_STAGES)}")
         if protocol == "masking" and federation.settings.round_randomness != RANDOMNESS_BEACON:
@@ -134,6 +140,10 @@ class RoundEngine:
         """Hospitals whose submission was refused on receipt, with the reason (rejected)."""
         self.opened: list[Entry] = []
         """The round's opening and, under the beacon rule, its beacon entry (:meth:`Coordinator.open_round`)."""
+        self.ahead = dict(ahead or {})
+        self.advertised_ahead: dict[str, tuple[int, bytes]] = {}
+        """Each hospital's node and its signed advertisement of keys for the next round, from
+        its ``unmask`` reply: hand it to the next round's engine (checked there)."""
         self.declined: dict[str, str] = {}
         """Hospitals that refused the round (a named :mod:`~bfl_private.participant_checks`
         error in their error reply), with it: named in the close's ``rejected`` or the abort."""
@@ -300,28 +310,35 @@ class RoundEngine:
 
     def _masking(self, opened: Entry, seed: bytes, codec: Codec, neighbours: int | None,
                  length: int) -> AggregationResult:
-        """The five masking stages; the unmasked total of the survivors."""
+        """The masking stages (five, or four when every participant advertised ahead: ``join``
+        stands for ``advertise`` and ``share``); the unmasked total of the survivors."""
         fed = self.federation
         params = MaskingParams.create(round_id=self.round_id, round_seed=seed, clients=self.participants,
                                       length=length, neighbours=neighbours)
         registry = fed.ledger.state.clients()
         keys = {c: VerifyingKey.from_vkey(registry[c]["vkey"]) for c in self.participants}
-        server = MaskingServer(params, identity_keys=[keys[c].public_bytes() for c in self.participants])
+        identity_keys = [keys[c].public_bytes() for c in self.participants]
+        joined = self._advertised_ahead(params, identity_keys)
+        server = joined if joined is not None else MaskingServer(params, identity_keys=identity_keys)
+        # The beacon the ledger records after the opening (none: each hospital refuses, BadBeacon).
+        beacon = self.opened[1].to_bytes() if len(self.opened) > 1 else b""
+        opening = {"round_open": opened.to_bytes(), "round_beacon": beacon, "length": params.length,
+                   "model": fed.ledger.blobs.get(opened.payload["base_model_cid"])}
+        names = params.clients
         try:
-            # The beacon the ledger records after the opening (none: each hospital refuses, BadBeacon).
-            beacon = self.opened[1].to_bytes() if len(self.opened) > 1 else b""
-            model_blob = fed.ledger.blobs.get(opened.payload["base_model_cid"])
-            advertise = self._request("advertise", round_open=opened.to_bytes(), round_beacon=beacon,
-                                      length=params.length, model=model_blob)
-            for client, reply in self._claim("advertise", advertise).items():
-                self._receive("advertise", client, partial(self._check_advertisement, server, reply))
-            adverts = server.close_advertise()
-            self.log(f"round {self.round_id}: stage advertise closed")
-            names = params.clients
-            replies = self._exchange("share", {names[i]: self._request("share", advertisements=a)
-                                               for i, a in adverts.items()})
-            for client, reply in replies.items():
-                self._receive("share", client, partial(server.receive_shares, reply["shares"]))
+            if joined is None:
+                for client, reply in self._claim("advertise", self._request("advertise", **opening)).items():
+                    self._receive("advertise", client, partial(self._check_advertisement, server, reply))
+                adverts = server.close_advertise()
+                self.log(f"round {self.round_id}: stage advertise closed")
+                first = "share"
+                requests = {names[i]: self._request("share", advertisements=a) for i, a in adverts.items()}
+            else:  # every participant advertised ahead: one exchange opens the round and shares
+                adverts = server.close_advertise()
+                first = JOIN
+                requests = {names[i]: self._request(JOIN, **opening, advertisements=a) for i, a in adverts.items()}
+            for client, reply in self._exchange(first, requests).items():
+                self._receive(first, client, partial(server.receive_shares, reply["shares"]))
             deliveries = server.close_share()
             self.log(f"round {self.round_id}: stage share closed")
             replies = self._exchange("mask", {names[i]: self._request("mask", delivery=d)
@@ -353,6 +370,7 @@ class RoundEngine:
                                                 for i in sorted(server.acknowledged)})
             for client, reply in replies.items():
                 self._receive("unmask", client, partial(server.receive_unmask, reply["unmask"]))
+                self.advertised_ahead[client] = (self.node_of[client], reply["advertisement-ahead"])
             outcome = server.finish()
             included = tuple(params.clients[i] for i in outcome.included)
             total = decode_or_refuse(lambda: codec.decode_sum(outcome.total, len(included)),
@@ -410,6 +428,28 @@ class RoundEngine:
             claimed[client] = reply
             self.node_of[client] = node
         return claimed
+
+    def _advertised_ahead(self, params: MaskingParams, identity_keys: list[bytes]) -> MaskingServer | None:
+        """A masking server holding every participant's advertisement made ahead for this
+        round, each verified as ``advertise`` verifies it, on the node that sent it; None
+        (the round starts with ``advertise``) if any is missing, invalid or its node gone."""
+        if set(self.ahead) != set(self.participants):
+            return None
+        connected = set(self.transport.nodes())
+        server = MaskingServer(params, identity_keys=identity_keys)
+        for client in self.participants:
+            node, advertisement = self.ahead[client]
+            try:
+                if node not in connected:
+                    raise StageMessageError(f"its node {node} is gone")
+                self._check_advertisement(server, {"client": client, "advertisement": advertisement})
+            except (ProtocolError, StageMessageError) as exc:
+                self.log(f"round {self.round_id}: the advertisement {client} made ahead is not usable "
+                         f"({_entry_failure(exc)}): the round starts with advertise")
+                return None
+        self.node_of.update({c: self.ahead[c][0] for c in self.participants})
+        self.log(f"round {self.round_id}: every participant advertised ahead: the round starts with join")
+        return server
 
     def _check_advertisement(self, server: MaskingServer, reply: Mapping[str, Any]) -> None:
         client = reply["client"]

@@ -99,8 +99,8 @@ from ..protocols.masking_messages import MaskedInput, SurvivorSet
 from ..protocols.quantize import codec_from_json
 from ..settings import FederationSettings, SettingsError
 from .errors import HospitalConfigError, OutOfOrderMessage, PublicKeyMessageError, StageMessageError
-from .masking_state import PersistentMaskingClient
-from .stages import ALL_STAGES, HE_STAGES, PROTOCOL_STAGES, REQUEST_FIELDS, STAGES, check_fields
+from .masking_state import KeysAhead, PersistentMaskingClient
+from .stages import ALL_STAGES, HE_STAGES, JOIN, PROTOCOL_STAGES, REQUEST_FIELDS, STAGES, check_fields
 
 if TYPE_CHECKING:  # scikit-learn and dp-accounting load only in the stage that trains
     from ..data import Split
@@ -301,13 +301,45 @@ class _Submitted:
             raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
 
 
-def _saved_state(data: bytes) -> RoundState | _Submitted:
-    """The saved state of the last round this hospital took part in, of either kind."""
+@dataclass(frozen=True)
+class RoundEnded:
+    """A masking round this hospital answered to its end, and the keys it made and
+    advertised then for the next round (:class:`~.masking_state.KeysAhead`)."""
+
+    round: int
+    keys: KeysAhead
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes({"v": ROUND_STATE_VERSION, "round": self.round, "done": STAGES[-1],
+                                "ahead": self.keys.to_state()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundEnded:
+        try:
+            s = json.loads(data)
+            if set(s) != {"v", "round", "done", "ahead"} or s["v"] != ROUND_STATE_VERSION \
+                    or isinstance(s["round"], bool) or not isinstance(s["round"], int):
+                raise StageMessageError(f"saved state of an ended round {sorted(s)} is not a version "
+                                        f"{ROUND_STATE_VERSION} record")
+            keys = KeysAhead.from_state(s["ahead"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, StageMessageError):
+                raise
+            raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
+        if keys.round_id != s["round"] + 1:
+            raise StageMessageError(f"saved keys made ahead are for round {keys.round_id}, not round {s['round'] + 1}")
+        return cls(s["round"], keys)
+
+
+def _saved_state(data: bytes) -> RoundState | _Submitted | RoundEnded:
+    """The saved state of the last round this hospital took part in, of any kind."""
     try:
         done = json.loads(data).get("done")
     except (TypeError, ValueError, AttributeError) as exc:
         raise StageMessageError(f"saved round state is malformed: {type(exc).__name__}: {exc}") from exc
-    return _Submitted.from_bytes(data) if done in HE_STAGES else RoundState.from_bytes(data)
+    if done in HE_STAGES:
+        return _Submitted.from_bytes(data)
+    return RoundEnded.from_bytes(data) if done == STAGES[-1] else RoundState.from_bytes(data)
 
 
 class Hospital:
@@ -461,12 +493,18 @@ class Hospital:
             raise StageMessageError(f"{stage} request to {self.name} is for federation {fields['federation']!r}, "
                                     f"this hospital belongs to {self.registry.federation_id!r}")
         saved = _saved_state(state) if state is not None else None
-        if stage in ("advertise", "encrypt"):  # the stages that open a round
+        if stage in ("advertise", JOIN, "encrypt"):  # the stages that open a round
             if saved is not None and fields["round"] <= saved.round:
                 raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']} after round "
                                         f"{saved.round} was opened here")
-            return self._advertise(fields) if stage == "advertise" else self._encrypt(fields)
-        if saved is None:
+            ahead = saved.keys if isinstance(saved, RoundEnded) and saved.keys.round_id == fields["round"] else None
+            if stage == "encrypt":
+                return self._encrypt(fields)
+            if stage == JOIN and ahead is None:
+                raise OutOfOrderMessage(f"{self.name}: join request for round {fields['round']}; this hospital made "
+                                        f"no keys ahead for that round (it expects advertise)")
+            return self._open_masking(fields, stage, ahead)
+        if saved is None or isinstance(saved, RoundEnded):
             raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}, no round is open here")
         if isinstance(saved, _Submitted):
             raise OutOfOrderMessage(f"{self.name}: {stage} request for round {fields['round']}; this hospital's "
@@ -486,8 +524,11 @@ class Hospital:
         elif stage == "acknowledge":
             self._check_survivors(opened, fields["survivors"])
             reply = {"acknowledgement": client.acknowledge(fields["survivors"])}
-        else:
-            return {"unmask": client.unmask(fields["signatures"])}, None
+        else:  # the round ends here; the next one's keys are made and advertised now (see KeysAhead)
+            revealed = client.unmask(fields["signatures"])
+            ahead = KeysAhead.make(round_id=saved.round + 1, index=client.index, identity=self._key)
+            return ({"unmask": revealed, "advertisement-ahead": ahead.advertisement},
+                    RoundEnded(saved.round, ahead).to_bytes())
         return reply, replace(saved, done=stage, client=client.to_state()).to_bytes()
 
     def _check_survivors(self, opened: Entry, announcement: bytes) -> None:
@@ -591,25 +632,41 @@ class Hospital:
         except BadBeacon as exc:
             raise self._refuse(stage, exc) from None
 
-    def _advertise(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """Check the opening and beacon, train (DP-SGD, within the budget) and encode the
-        input, then advertise this round's keys; the input stays here until ``mask``."""
-        opened = self._opening(fields["round-open"], fields["round"], stage="advertise", check=True)
-        seed = self._seed(opened, fields["round-beacon"], stage="advertise")
+    def _open_masking(self, fields: Mapping[str, Any], stage: str,
+                      ahead: KeysAhead | None) -> tuple[dict[str, Any], bytes]:
+        """The first stage of a masking round (``advertise``, or ``join`` on keys made ahead):
+        check the opening and beacon, train (DP-SGD, within the budget) and encode the input,
+        which stays here until ``mask``; then advertise this round's keys (``advertise``: the
+        keys made ahead if there are any, so one round never has two advertisements of this
+        hospital), or verify the neighbours' advertisements and send the shares (``join``)."""
+        opened = self._opening(fields["round-open"], fields["round"], stage=stage, check=True)
+        seed = self._seed(opened, fields["round-beacon"], stage=stage)
         params = self._params(opened, seed, fields["length"])
+        index = params.clients.index(self.name)
+        if ahead is not None and ahead.index != index:
+            if stage == JOIN:
+                raise StageMessageError(f"{self.name}: join request for round {opened.round}, whose opening makes it "
+                                        f"party {index}; it advertised ahead as party {ahead.index}")
+            ahead = None  # an advertisement for another party number verifies under no key in this round
         base = self._base_model(opened, fields["model"], params.length)
-        self._check_not_submitted(opened, stage="advertise")
+        self._check_not_submitted(opened, stage=stage)
         vector, records, privacy = self._train(opened, base)
         codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
-        client = PersistentMaskingClient(params.clients.index(self.name), params, identity=self._key,
-                                         identity_keys=self._identity_keys(params))
-        reply = {"client": self.name, "advertisement": client.advertise()}
-        self._note(opened=opened.round)
         levels = codec.encode(vector, np.random.default_rng())
         if levels.shape != (params.length,):
             raise HospitalConfigError(f"{self.name}: the training gave {levels.shape[0]} values for a round of "
                                       f"length {params.length}; nothing is kept")
-        state = RoundState(opened.round, "advertise", fields["round-open"], seed, fields["length"],
+        identity_keys = self._identity_keys(params)
+        if ahead is None:
+            client = PersistentMaskingClient(index, params, identity=self._key, identity_keys=identity_keys)
+            reply = {"client": self.name, "advertisement": client.advertise()}
+        else:
+            client = PersistentMaskingClient.with_keys(ahead, params, identity=self._key, identity_keys=identity_keys)
+            reply = ({"client": self.name, "advertisement": ahead.advertisement} if stage == "advertise"
+                     else {"shares": client.share_keys(fields["advertisements"])})
+        self._note(opened=opened.round)
+        done = "advertise" if stage == "advertise" else "share"
+        state = RoundState(opened.round, done, fields["round-open"], seed, fields["length"],
                            client.to_state(), levels, records, privacy.to_json())
         return reply, state.to_bytes()
 

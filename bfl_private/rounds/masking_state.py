@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..ledger.canonical import canonical_bytes
 from ..protocols import keyagreement as ka
 from ..protocols import shamir
-from ..protocols.masking import MaskingClient
+from ..protocols.masking import MaskingClient, signed_advertisement
 from ..protocols.masking_graph import MaskingParams
 from ..protocols.masking_messages import KeyAdvertisement
 from ..protocols.prg import SEED_BYTES
@@ -37,6 +38,46 @@ def _hex(value: Any, size: int | None, what: str) -> bytes:
     if size is not None and len(raw) != size:
         raise StageMessageError(f"saved masking state: {what} has {len(raw)} bytes, expected {size}")
     return raw
+
+
+@dataclass(frozen=True)
+class KeysAhead:
+    """A hospital's round keys for the next round, made and advertised when it answers the
+    last stage of a round (a Flower round then needs no ``advertise`` exchange: see
+    :mod:`bfl_private.rounds.stages`). Fresh X25519 keys for that one round, as SecAgg+
+    wants; the advertisement names the round and the party number, and no graph or seed,
+    so it says nothing about a round that has not opened. Secret: kept in the round state."""
+
+    round_id: int
+    index: int
+    cipher_key: ka.X25519Key
+    mask_key: ka.X25519Key
+    advertisement: bytes
+
+    @classmethod
+    def make(cls, *, round_id: int, index: int, identity: Ed25519PrivateKey) -> KeysAhead:
+        cipher_key, mask_key = ka.X25519Key.generate(), ka.X25519Key.generate()
+        advert = signed_advertisement(ka.Signer(identity), round_id=round_id, sender=index,
+                                      cipher_key=cipher_key, mask_key=mask_key)
+        return cls(round_id, index, cipher_key, mask_key, advert)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"round": self.round_id, "index": self.index, "cipher_key": ka.private_bytes(self.cipher_key).hex(),
+                "mask_key": ka.private_bytes(self.mask_key).hex(), "advertisement": self.advertisement.hex()}
+
+    @classmethod
+    def from_state(cls, state: Any) -> KeysAhead:
+        try:
+            return cls(int(state["round"]), int(state["index"]),
+                       ka.x25519_private_from_bytes(_hex(state["cipher_key"], ka.KEY_BYTES, "cipher key made ahead"),
+                                                    what="saved cipher key made ahead"),
+                       ka.x25519_private_from_bytes(_hex(state["mask_key"], ka.KEY_BYTES, "mask key made ahead"),
+                                                    what="saved mask key made ahead"),
+                       _hex(state["advertisement"], None, "advertisement made ahead"))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, StageMessageError):
+                raise
+            raise StageMessageError(f"saved keys made ahead are malformed: {type(exc).__name__}: {exc}") from exc
 
 
 class PersistentMaskingClient(MaskingClient):
@@ -57,6 +98,19 @@ class PersistentMaskingClient(MaskingClient):
             "survivors": None if self._survivors is None else [int(s) for s in self._survivors],
             "done": sorted(self._done),
         })
+
+    @classmethod
+    def with_keys(cls, keys: KeysAhead, params: MaskingParams, *, identity: Ed25519PrivateKey,
+                  identity_keys: Sequence[bytes]) -> PersistentMaskingClient:
+        """The client of the round ``keys`` were made for, on those keys, its advertisement
+        already sent (the same bytes as ``keys.advertisement``)."""
+        if keys.round_id != params.round_id:
+            raise StageMessageError(f"keys made ahead for round {keys.round_id} offered in round {params.round_id}")
+        client = cls(keys.index, params, identity=identity, identity_keys=identity_keys)
+        client._cipher_key, client._mask_key = keys.cipher_key, keys.mask_key
+        if client.advertise() != keys.advertisement:  # deterministic: only other keys or another index differ
+            raise StageMessageError("saved keys made ahead do not give their own advertisement")
+        return client
 
     @classmethod
     def from_state(cls, data: bytes, params: MaskingParams, *, identity: Ed25519PrivateKey,

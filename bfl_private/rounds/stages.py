@@ -4,7 +4,16 @@ One message exchange per protocol stage (over Flower, one Flower message each). 
 the consistency check): ``advertise`` (the hospital checks the opening, trains with DP-SGD
 and keeps its encoded input, then advertises its round keys) → ``share`` → ``mask`` (the
 masked input and the signed submission) → ``acknowledge`` → ``unmask``. Training in the
-first stage leaves the four later ones cryptography only (light processes over Flower). Paillier and CKKS are one-shot: a single ``encrypt``
+first stage leaves the four later ones cryptography only (light processes over Flower).
+
+Keys made ahead: each ``unmask`` reply also carries the hospital's signed advertisement
+of fresh round keys for the next round (:class:`~.masking_state.KeysAhead`). When every
+participant of the next round advertised ahead at its own party number, that round skips
+``advertise``: its first exchange is ``join`` (the opening, the beacon, the model and the
+neighbours' advertisements; the hospital checks, trains and sends its shares), so a
+round takes four exchanges, as Flower's SecAgg+ does, and keeps the consistency check.
+Otherwise the round starts with ``advertise``, and a hospital holding keys made ahead for
+it answers with that same advertisement (never a second key pair for one round). Paillier and CKKS are one-shot: a single ``encrypt``
 stage carries the round opening, the key holder's public key material and the model, and
 the hospital answers with its signed, encrypted update (local DP-SGD first); the key
 holder stays with the ServerApp and decrypts only the sum. Every message is one ``ConfigRecord`` named
@@ -26,21 +35,26 @@ RECORD = "bfl"
 STAGES = ("advertise", "share", "mask", "acknowledge", "unmask")
 """The masking round's stages, in order."""
 
+JOIN = "join"
+"""The first stage of a masking round whose participants all advertised ahead: it stands
+for ``advertise`` and ``share`` (the hospital ends it where ``share`` ends)."""
+
 HE_STAGES = ("encrypt",)
 """The stages of a one-shot round: Paillier, CKKS, and plain (the unprotected baseline, whose
 ``encrypt`` sends the payload in the clear)."""
 
-PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES, "paillier": HE_STAGES, "ckks": HE_STAGES,
-                                                   "plain": HE_STAGES}
+PROTOCOL_STAGES: Mapping[str, tuple[str, ...]] = {"masking": STAGES + (JOIN,), "paillier": HE_STAGES,
+                                                   "ckks": HE_STAGES, "plain": HE_STAGES}
 """The protocols a round runs and their stages."""
 
-ALL_STAGES = STAGES + HE_STAGES
+ALL_STAGES = STAGES + (JOIN,) + HE_STAGES
 
-TRAINING_STAGES = ("advertise", "encrypt")
+TRAINING_STAGES = ("advertise", JOIN, "encrypt")
 """The stages in which a hospital trains (DP-SGD) before it answers: they get the run's
 ``train-timeout``, the others the much shorter ``stage-timeout``."""
 
-STAGE_POSITION: Mapping[str, int] = {**{s: i for i, s in enumerate(STAGES)}, "encrypt": STAGES.index("mask")}
+STAGE_POSITION: Mapping[str, int] = {**{s: i for i, s in enumerate(STAGES)}, JOIN: STAGES.index("share"),
+                                     "encrypt": STAGES.index("mask")}
 """Where each stage falls in a round, for dropouts "from stage X on": ``encrypt`` is where
 masking's ``mask`` is (the hospital sends its protected update), so a hospital
 gone at ``advertise``, ``share`` or ``mask`` never submits in an HE round and one gone only
@@ -48,6 +62,7 @@ at ``acknowledge`` or ``unmask`` already has, as :func:`bfl_private.protocols.ba
 
 MESSAGE_TYPES = {
     "advertise": "train.advertise",  # the stage in which the hospital trains with DP-SGD
+    JOIN: "train.join",  # or this one, when it advertised ahead
     "share": "query.share",
     "mask": "query.mask",
     "acknowledge": "query.acknowledge",
@@ -62,6 +77,7 @@ REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
     # signatures and derives the seed itself (bfl_private.ledger.beacon), never taking one.
     "advertise": {"round-open": bytes, "round-beacon": bytes, "length": int, "model": bytes},
     "share": {"advertisements": list},
+    JOIN: {"round-open": bytes, "round-beacon": bytes, "length": int, "model": bytes, "advertisements": list},
     "mask": {"delivery": bytes},
     "acknowledge": {"survivors": bytes},
     "unmask": {"signatures": bytes},
@@ -74,9 +90,11 @@ REQUEST_FIELDS: Mapping[str, Mapping[str, type]] = {
 REPLY_FIELDS: Mapping[str, Mapping[str, type]] = {
     "advertise": {"client": str, "advertisement": bytes},
     "share": {"shares": bytes},
+    JOIN: {"shares": bytes},
     "mask": {"masked-input": bytes, "submission": bytes},
     "acknowledge": {"acknowledgement": bytes},
-    "unmask": {"unmask": bytes},
+    # advertisement-ahead: the signed advertisement of keys for the next round (see KeysAhead)
+    "unmask": {"unmask": bytes, "advertisement-ahead": bytes},
     # ciphertext: the submission blob exactly as the ledger commits it (its CID is the
     # signed submission's blob_cid)
     "encrypt": {"client": str, "ciphertext": bytes, "submission": bytes},

@@ -10,7 +10,8 @@ with identical settings and plan:
   baseline (ratio 1);
 * ``loopback`` — :class:`RoundEngine` over :class:`LoopbackTransport` to hospitals
   exported as SuperNode bundles (:func:`~bfl_private.flower.setup.export_hospitals`),
-  loaded as a ClientApp loads them: no network and no processes;
+  loaded as a ClientApp loads them, each round handed the keys made ahead in the last
+  (a masking round after the first starts with ``join``): no network and no processes;
 * ``flower`` (full mode only) — a real SuperLink and one SuperNode per hospital on
   127.0.0.1, ``flwr run``; the round time is the ServerApp's own measurement, from the
   round's opening to its committed block, so Flower's start-up is excluded (reported
@@ -73,8 +74,12 @@ def _loopback(directory: Path, protocol: str, hospitals: int, rounds: int) -> li
         nodes = {i: Hospital.from_node_config({"hospital-dir": str(f)}) for i, f in enumerate(folders.values())}
         plan = federation.plan(epsilon=EPSILON, rounds=rounds, skip_exhausted=False)
         transport = LoopbackTransport(nodes)
-        return [RoundEngine(federation, plan, transport, protocol=protocol).run().seconds
-                for _ in range(rounds)][WARM_UP:]
+        seconds, ahead = [], {}
+        for _ in range(rounds):  # as the ServerApp runs them: keys made ahead pass to the next round
+            engine = RoundEngine(federation, plan, transport, protocol=protocol, ahead=ahead)
+            seconds.append(engine.run().seconds)
+            ahead = engine.advertised_ahead
+        return seconds[WARM_UP:]
     finally:
         federation.close()
 

@@ -659,12 +659,13 @@ class Hospital:
         identity_keys = self._identity_keys(params)
         if ahead is None:
             client = PersistentMaskingClient(index, params, identity=self._key, identity_keys=identity_keys)
-            reply = {"client": self.name, "advertisement": client.advertise()}
+            advertisement = client.advertise()
         else:
             client = PersistentMaskingClient.with_keys(ahead, params, identity=self._key, identity_keys=identity_keys)
-            reply = ({"client": self.name, "advertisement": ahead.advertisement} if stage == "advertise"
-                     else {"shares": client.share_keys(fields["advertisements"])})
+            advertisement = ahead.advertisement
         self._note(opened=opened.round)
+        reply = ({"client": self.name, "advertisement": advertisement} if stage == "advertise"
+                 else {"shares": client.share_keys(fields["advertisements"])})
         done = "advertise" if stage == "advertise" else "share"
         state = RoundState(opened.round, done, fields["round-open"], seed, fields["length"],
                            client.to_state(), levels, records, privacy.to_json())

@@ -31,7 +31,7 @@ from bfl_private.audit import audit
 from bfl_private.cli import EXIT_USAGE
 from bfl_private.cli import main as cli_main
 from bfl_private.coordinator import Federation
-from bfl_private.rounds.hospital import HISTORY_FILE, PARTICIPATION_FILE
+from bfl_private.rounds.hospital import HISTORY_FILE, PARTICIPATION_FILE, RECORDS_LOCK_FILE
 from bfl_private.keyring import Keyring, KeyringError
 from bfl_private.validator import BEACONS_FILE, COSIGNED_FILE
 from bfl_private.parties import (
@@ -189,7 +189,7 @@ def test_an_old_single_keys_folder_is_refused_by_name_then_migrated(guarded_fede
     legacy = Keyring(old / LEGACY_KEYS_DIR)
     for folder in sorted((old / PARTIES_DIR).iterdir()):
         for path in folder.iterdir():
-            if path.name in (COSIGNED_FILE, BEACONS_FILE, HISTORY_FILE, PARTICIPATION_FILE):
+            if path.name in (COSIGNED_FILE, BEACONS_FILE, HISTORY_FILE, PARTICIPATION_FILE, RECORDS_LOCK_FILE):
                 continue  # what a validator signed, a hospital's own records: younger than party folders
             name = {IDENTITY_FILE: f"{folder.name}.ed25519", PAILLIER_SHARE_FILE: f"paillier-share.{folder.name}.json",
                     }.get(path.name, path.name)

@@ -263,7 +263,7 @@ def test_a_request_of_the_other_protocol_family_is_refused(recorded) -> None:
     node = min(he.hospitals)
     encrypt = recorder.requests["encrypt"][node]
     advertise = {"stage": "advertise", "federation": encrypt["federation"], "round": encrypt["round"],
-                 "round-open": encrypt["round-open"], "round-beacon": b"", "length": 3}
+                 "round-open": encrypt["round-open"], "round-beacon": b"", "length": 3, "model": encrypt["model"]}
     with pytest.raises(StageMessageError, match="belongs to a masking round"):
         he.hospitals[node].handle(advertise, None)
 

@@ -15,7 +15,7 @@ keys, override with ``--run-config``):
     node-wait        seconds to wait for them
     stage-timeout    seconds a stage without training waits for replies; a hospital silent
                      that long is a dropout
-    train-timeout    the same for the stage in which hospitals train (``advertise``, ``encrypt``).
+    train-timeout    the same for the stage in which hospitals train (``advertise``, ``join``, ``encrypt``).
                      A dead SuperNode costs the timeout of the stage it died in (the
                      SuperLink notices it only after two missed 30 s heartbeats), so the
                      light stages keep a short one

@@ -54,6 +54,7 @@ from ..protocols.base import AggregationResult, decode_or_refuse
 from ..protocols.errors import InvalidAggregate, ProtocolError, ReplayedMessage, RoundAbort
 from ..protocols.masking import MaskingServer, encode_submission, transcript_with_codec
 from ..protocols.masking_graph import MaskingParams
+from ..protocols import keyagreement as ka
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import Codec
 from ..settings import DISTRIBUTED_PROTOCOLS
@@ -327,7 +328,9 @@ class RoundEngine:
         names = params.clients
         try:
             if joined is None:
-                for client, reply in self._claim("advertise", self._request("advertise", **opening)).items():
+                claims = self._claim("advertise", self._request("advertise", **opening),
+                                     partial(self._advertisement_signed_by, params, identity_keys))
+                for client, reply in claims.items():
                     self._receive("advertise", client, partial(self._check_advertisement, server, reply))
                 adverts = server.close_advertise()
                 self.log(f"round {self.round_id}: stage advertise closed")
@@ -392,7 +395,11 @@ class RoundEngine:
         request = self._request("encrypt", round_open=opened.to_bytes(), round_beacon=beacon,
                                 public_key=one_shot.public_key_material(setup),
                                 model=fed.ledger.blobs.get(opened.payload["base_model_cid"]))
-        for client, reply in self._claim("encrypt", request).items():
+        def signed_by(client: str, reply: Mapping[str, Any]) -> None:
+            Entry.from_bytes(reply["submission"], where=f"submission claimed for {client}").verify(
+                VerifyingKey.from_vkey(registry[client]["vkey"]), where=f"submission claimed for {client}")
+
+        for client, reply in self._claim("encrypt", request, signed_by).items():
             def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
                 blob = reply["ciphertext"]
                 first = next((c for c, b in self.blobs.items() if b == blob), None)
@@ -409,21 +416,37 @@ class RoundEngine:
         except RoundAbort as exc:
             raise _RoundAborted(exc, sorted(self.blobs)) from exc
 
-    def _claim(self, stage: str, request: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def _claim(self, stage: str, request: Mapping[str, Any],
+               signed_by: Callable[[str, Mapping[str, Any]], None]) -> dict[str, dict[str, Any]]:
         """Ask every connected node (the round's first stage); each answers with its
         hospital's name and a message signed with that hospital's key.
 
-        The name is only a claim: the signed message must verify under that hospital's
-        registered key, and a second node claiming a taken name is refused.
+        The name is only a claim: a seat goes to a node only once ``signed_by(client,
+        reply)`` has verified the signed message under that hospital's registered key (a
+        node sending garbage in another's name takes nothing). Two nodes with valid claims
+        to one seat (one replays the other's message): the node that carried the hospital's
+        last ``unmask`` keeps it, else the first; the other is refused.
         """
         nodes = self.transport.nodes()
         replies = self._send(stage, {n: request for n in nodes}, {n: f"node {n}" for n in nodes})
+        def carried_its_last_unmask(item: tuple[int, Mapping[str, Any]]) -> bool:
+            node, reply = item
+            return self.ahead.get(reply["client"], (None, b""))[0] == node
+
         claimed: dict[str, dict[str, Any]] = {}
-        for node, reply in replies.items():
+        for node, reply in sorted(replies.items(), key=lambda item: not carried_its_last_unmask(item)):
             client = reply["client"]
             if client not in self.participants or client in claimed:
                 self.failures[f"node {node}"] = f"{stage}: claims {client!r}, not an open seat of the round"
                 self.log(f"round {self.round_id}: node {node} claims {client!r}, which is not an open seat of the round")
+                continue
+            try:
+                signed_by(client, reply)
+            except (ProtocolError, VerificationError, StageMessageError) as exc:
+                self.failures[f"node {node}"] = f"{stage}: claims {client!r} with a message {client} did not sign: " \
+                                                f"{_entry_failure(exc)}"
+                self.log(f"round {self.round_id}: node {node} claims {client!r} with a message {client} did not "
+                         f"sign ({_entry_failure(exc)}); the seat stays open")
                 continue
             claimed[client] = reply
             self.node_of[client] = node
@@ -450,6 +473,17 @@ class RoundEngine:
         self.node_of.update({c: self.ahead[c][0] for c in self.participants})
         self.log(f"round {self.round_id}: every participant advertised ahead: the round starts with join")
         return server
+
+    def _advertisement_signed_by(self, params: MaskingParams, identity_keys: list[bytes], client: str,
+                                 reply: Mapping[str, Any]) -> None:
+        """A claimed seat's advertisement: ``client``'s party number, round and signature."""
+        advert = KeyAdvertisement.from_bytes(reply["advertisement"])
+        index = self.participants.index(client)
+        if advert.sender != index or advert.round_id != params.round_id:
+            raise StageMessageError(f"the advertisement of party {advert.sender} in round {advert.round_id}, "
+                                    f"{client} is party {index} of round {params.round_id}")
+        ka.verify(identity_keys[index], advert.signature, advert.signed_bytes(),
+                  what=f"key advertisement claimed for {client}")
 
     def _check_advertisement(self, server: MaskingServer, reply: Mapping[str, Any]) -> None:
         client = reply["client"]

@@ -25,15 +25,17 @@ does for the bundled datasets); labels must lie in the federation's label space.
 
 Each handler takes the stage's fields and this hospital's saved round state and returns
 the reply fields and the new state; nothing here imports ``flwr``. A hospital trains in
-the stage that opens its round (``advertise``, or ``encrypt`` in a one-shot round), the
+the stage that opens its round (``advertise`` or ``join``, or ``encrypt`` in a one-shot round), the
 one stage that needs Torch, Opacus, scikit-learn and the accountant: every later stage of
 a masking round is cryptography only, and its ClientApp process (Flower starts one per
 message) imports none of them. The trained, encoded input waits in the round state, with
 the hospital's other round secrets, until the ``mask`` stage masks it and signs the
-submission: ε is counted as spent only then, when the update leaves. The HE libraries are
-imported only when a round uses them.
+submission: ε is counted as spent only then, when the update leaves, and the budget is
+checked again then if the privacy history changed since the opening (another Flower run
+of this hospital spent in between), under a lock on the hospital's records. The HE
+libraries are imported only when a round uses them.
 
-The stage that opens a round (``advertise``, or ``encrypt``) carries the round opening
+The stage that opens a round (``advertise`` or ``join``, or ``encrypt``) carries the round opening
 and the validators' beacon on it; the hospital checks the opening (participant checks,
 the distributed-DP plan against genesis, its own budget: each refusal named and kept in
 ``participation.json``) and the beacon's signatures against genesis' validator keys and
@@ -56,8 +58,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -113,6 +119,8 @@ HISTORY_FILE = "privacy-history.json"
 PARTICIPATION_FILE = "participation.json"
 PARTICIPATION_VERSION = 1
 ROUND_STATE_VERSION = 2
+RECORDS_LOCK_FILE = ".records.lock"
+"""Held while a stage checks the budget or earlier submissions and then records a spend."""
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -234,6 +242,10 @@ def _payload_extra(opened: Entry) -> int:
     return 0 if is_distributed_plan(opened.payload["privacy_plan"]) else 1
 
 
+_ROUND_STATE_FIELDS = frozenset({"v", "round", "done", "open", "seed", "length", "client", "levels", "records",
+                                 "privacy", "history"})
+
+
 @dataclass(frozen=True)
 class RoundState:
     """A masking round in progress here: its opening and seed, the SecAgg+ client's
@@ -249,27 +261,34 @@ class RoundState:
     levels: np.ndarray
     records: int
     privacy: Mapping[str, Any]
+    history: str
+    """SHA-256 of the privacy history when the round opened here, before its budget check read it."""
 
     def to_bytes(self) -> bytes:
         return canonical_bytes({"v": ROUND_STATE_VERSION, "round": self.round, "done": self.done,
                                 "open": self.open.hex(), "seed": self.seed.hex(), "length": self.length,
                                 "client": self.client.decode("utf-8"),
                                 "levels": base64.b64encode(self.levels.astype("<u4").tobytes()).decode("ascii"),
-                                "records": self.records, "privacy": dict(self.privacy)})
+                                "records": self.records, "privacy": dict(self.privacy), "history": self.history})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RoundState:
         try:
             s = json.loads(data)
+            if not isinstance(s, dict) or set(s) != _ROUND_STATE_FIELDS:
+                raise StageMessageError(f"saved round state has fields {sorted(s) if isinstance(s, dict) else s!r}, "
+                                        f"expected {sorted(_ROUND_STATE_FIELDS)}")
             if s["v"] != ROUND_STATE_VERSION or s["done"] not in STAGES:
                 raise StageMessageError(f"saved round state has version {s['v']!r} or stage {s['done']!r}")
-            length = int(s["length"])
+            if not all(type(s[k]) is int and s[k] >= 0 for k in ("round", "length", "records")) \
+                    or not isinstance(s["privacy"], dict) or not isinstance(s["history"], str):
+                raise StageMessageError("saved round state: round, length and records must be counts, privacy "
+                                        "an object and history a digest")
             levels = np.frombuffer(base64.b64decode(s["levels"], validate=True), dtype="<u4").astype(np.uint32)
-            if levels.shape != (length,) or not isinstance(s["privacy"], dict):
-                raise StageMessageError(f"saved round state holds {levels.shape[0]} input levels for length {length}, "
-                                        f"or a privacy record that is not an object")
-            return cls(int(s["round"]), s["done"], bytes.fromhex(s["open"]), bytes.fromhex(s["seed"]),
-                       length, s["client"].encode("utf-8"), levels, int(s["records"]), s["privacy"])
+            if levels.shape != (s["length"],):
+                raise StageMessageError(f"saved round state holds {levels.shape[0]} input levels for length {s['length']}")
+            return cls(s["round"], s["done"], bytes.fromhex(s["open"]), bytes.fromhex(s["seed"]), s["length"],
+                       s["client"].encode("utf-8"), levels, s["records"], s["privacy"], s["history"])
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             if isinstance(exc, StageMessageError):
                 raise
@@ -347,7 +366,7 @@ class Hospital:
 
     def __init__(self, *, raw_key: bytes, registry: Registry, data: Callable[[], Split], history_path: Path,
                  ledger: Callable[[], tuple[str | None, int]] | None = None) -> None:
-        """``data`` loads the records when first needed (only ``mask`` and ``encrypt`` train);
+        """``data`` loads the records when first needed (only the stages that open a round train);
         ``ledger``, when the hospital syncs one, gives its current model CID and last round."""
         key = Ed25519PrivateKey.from_private_bytes(raw_key)
         public = key.public_key().public_bytes_raw()
@@ -638,7 +657,10 @@ class Hospital:
         check the opening and beacon, train (DP-SGD, within the budget) and encode the input,
         which stays here until ``mask``; then advertise this round's keys (``advertise``: the
         keys made ahead if there are any, so one round never has two advertisements of this
-        hospital), or verify the neighbours' advertisements and send the shares (``join``)."""
+        hospital), or verify the neighbours' advertisements and send the shares (``join``).
+        The shares are made before the training, so a hostile advertisement list costs no
+        DP-SGD run."""
+        counted = self._history_digest()  # before the budget check reads it: see _mask
         opened = self._opening(fields["round-open"], fields["round"], stage=stage, check=True)
         seed = self._seed(opened, fields["round-beacon"], stage=stage)
         params = self._params(opened, seed, fields["length"])
@@ -650,12 +672,6 @@ class Hospital:
             ahead = None  # an advertisement for another party number verifies under no key in this round
         base = self._base_model(opened, fields["model"], params.length)
         self._check_not_submitted(opened, stage=stage)
-        vector, records, privacy = self._train(opened, base)
-        codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
-        levels = codec.encode(vector, np.random.default_rng())
-        if levels.shape != (params.length,):
-            raise HospitalConfigError(f"{self.name}: the training gave {levels.shape[0]} values for a round of "
-                                      f"length {params.length}; nothing is kept")
         identity_keys = self._identity_keys(params)
         if ahead is None:
             client = PersistentMaskingClient(index, params, identity=self._key, identity_keys=identity_keys)
@@ -663,12 +679,18 @@ class Hospital:
         else:
             client = PersistentMaskingClient.with_keys(ahead, params, identity=self._key, identity_keys=identity_keys)
             advertisement = ahead.advertisement
-        self._note(opened=opened.round)
         reply = ({"client": self.name, "advertisement": advertisement} if stage == "advertise"
                  else {"shares": client.share_keys(fields["advertisements"])})
+        vector, records, privacy = self._train(opened, base)
+        codec = codec_from_json(dict(opened.payload["protocol_params"]["codec"]))
+        levels = codec.encode(vector, np.random.default_rng())
+        if levels.shape != (params.length,):
+            raise HospitalConfigError(f"{self.name}: the training gave {levels.shape[0]} values for a round of "
+                                      f"length {params.length}; nothing is kept")
+        self._note(opened=opened.round)
         done = "advertise" if stage == "advertise" else "share"
         state = RoundState(opened.round, done, fields["round-open"], seed, fields["length"],
-                           client.to_state(), levels, records, privacy.to_json())
+                           client.to_state(), levels, records, privacy.to_json(), counted)
         return reply, state.to_bytes()
 
     def _check_not_submitted(self, opened: Entry, *, stage: str) -> None:
@@ -703,7 +725,6 @@ class Hospital:
         distributed-DP plan (None in local DP). Refuses, by name, a record that would take
         the hospital past its lifetime budget (OverBudget), or an opening that plans none."""
         from ..distributed_round import planned_record as distributed_record
-        from ..privacy.accounting import recorded_epsilon
         from ..round_checks import planned_record
 
         if self._planned_for is not None and self._planned_for[0] is opened:
@@ -718,18 +739,24 @@ class Hospital:
             raise StageMessageError(f"round {opened.round} opening plans no noise multiplier for {self.name}")
         else:
             planned = planned_record(settings, noise_multiplier=float(sigma))
-        history = self.history()
-        try:
-            projected = recorded_epsilon(history + [planned])
-        except (ArithmeticError, ValueError) as exc:  # a σ the accountant cannot compose (say 1e-300)
-            raise OverBudget(self.name, opened.round, f"the planned record cannot be accounted: {exc}") from None
-        budget = float(self.registry.clients[self.name].epsilon_budget)
-        if projected > budget:
-            raise OverBudget(self.name, opened.round, f"the planned record would take {self.name} to ε = "
-                                                      f"{projected:.4g} (spent {recorded_epsilon(history):.4g}), "
-                                                      f"past its lifetime budget {budget:g}")
+        self._check_budget(opened.round, planned, what="planned record")
         self._planned_for = (opened, (planned, dp_plan))
         return planned, dp_plan
+
+    def _check_budget(self, round_id: int, record: SpendRecord, *, what: str) -> None:
+        """Refuses (OverBudget) a record that would take this hospital's history past its lifetime budget."""
+        from ..privacy.accounting import recorded_epsilon
+
+        history = self.history()
+        try:
+            projected = recorded_epsilon(history + [record])
+        except (ArithmeticError, ValueError) as exc:  # a σ the accountant cannot compose (say 1e-300)
+            raise OverBudget(self.name, round_id, f"the {what} cannot be accounted: {exc}") from None
+        budget = float(self.registry.clients[self.name].epsilon_budget)
+        if projected > budget:
+            raise OverBudget(self.name, round_id, f"the {what} would take {self.name} to ε = {projected:.4g} "
+                                                  f"(spent {recorded_epsilon(history):.4g}), past its lifetime "
+                                                  f"budget {budget:g}")
 
     def _train(self, opened: Entry, base: np.ndarray) -> tuple[np.ndarray, int, SpendRecord]:
         """This hospital's private input from ``base``, within its lifetime budget.
@@ -792,12 +819,44 @@ class Hospital:
 
     def _mask(self, client: PersistentMaskingClient, opened: Entry, fields: Mapping[str, Any],
               saved: RoundState) -> dict[str, Any]:
-        """Mask the input trained at ``advertise`` and sign the submission: the update leaves now."""
-        self._check_not_submitted(opened, stage="mask")
-        frame = bytes(client.mask_input(saved.levels, fields["delivery"]))
-        blob = encode_submission(MaskedInput.from_bytes(frame).vector)
-        return {"masked-input": frame, "submission": self._submit(opened, blob, saved.records,
-                                                                  self._saved_record(saved))}
+        """Mask the input trained at ``advertise`` and sign the submission: the update leaves now.
+
+        The budget check counted the history as it was when the round opened here. If it has
+        changed since (another Flower run of this hospital released an update in between:
+        each run keeps its own Context.state, the history is one file), the check is run
+        again on the history as it is now; under the records lock, so that two processes
+        cannot both pass it (or the no-second-submission check) before either records."""
+        record = self._saved_record(saved)
+        with self._records_lock():
+            self._check_not_submitted(opened, stage="mask")
+            if self._history_digest() != saved.history:
+                try:
+                    self._check_budget(opened.round, record, what="record trained when the round opened")
+                except ParticipantRefusal as exc:
+                    raise self._refuse("mask", exc) from None
+            frame = bytes(client.mask_input(saved.levels, fields["delivery"]))
+            blob = encode_submission(MaskedInput.from_bytes(frame).vector)
+            return {"masked-input": frame, "submission": self._submit(opened, blob, saved.records, record)}
+
+    def _history_digest(self) -> str:
+        """SHA-256 of the privacy history file as it is now ('' before the first spend)."""
+        try:
+            return hashlib.sha256(self.history_path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise HospitalConfigError(f"{self.history_path}: unreadable privacy history: {exc}") from exc
+
+    @contextmanager
+    def _records_lock(self) -> Iterator[None]:
+        """An exclusive lock on this hospital's records (its folder's lock file), held from a
+        budget or submission check to the record of the spend, across processes."""
+        fd = os.open(self.history_path.parent / RECORDS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _saved_record(self, saved: RoundState) -> SpendRecord:
         """The privacy record of the training at ``advertise``, checked there against the
@@ -812,27 +871,29 @@ class Hospital:
             raise StageMessageError(str(exc)) from exc
 
     def _encrypt(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """A one-shot HE round: check the key material, train, encrypt, sign."""
-        opened = self._opening(fields["round-open"], fields["round"], stage="encrypt", check=True)
-        if self.registry.settings.round_randomness == RANDOMNESS_BEACON:
-            # No seed is needed, but the validators must have beaconed this very opening: a
-            # coordinator cannot show this hospital an opening (a key) they never saw.
-            self._seed(opened, fields["round-beacon"], stage="encrypt")
-        base = self._base_model(opened, fields["model"], None)
-        length = base.shape[0] + _payload_extra(opened)
-        protocol = opened.payload["protocol"]
-        params = opened.payload["protocol_params"]
-        # the key material is checked before training, so a bad message costs no ε
-        if protocol == "paillier":
-            encrypt = self._paillier_encryptor(params, fields["public-key"], length, round_id=opened.round)
-        elif protocol == "ckks":
-            encrypt = self._ckks_encryptor(params, fields["public-key"])
-        else:  # plain, which genesis allows only when it names plain (participant_checks)
-            encrypt = self._plain_encoder(fields["public-key"])
-        vector, records, privacy = self._train(opened, base)
-        blob = encrypt(vector)
-        reply = {"client": self.name, "ciphertext": blob, "submission": self._submit(opened, blob, records, privacy)}
-        return reply, _Submitted(opened.round).to_bytes()
+        """A one-shot HE round: check the key material, train, encrypt, sign: under the records
+        lock, so that the budget check and the spend it allows are one step across processes."""
+        with self._records_lock():
+            opened = self._opening(fields["round-open"], fields["round"], stage="encrypt", check=True)
+            if self.registry.settings.round_randomness == RANDOMNESS_BEACON:
+                # No seed is needed, but the validators must have beaconed this very opening: a
+                # coordinator cannot show this hospital an opening (a key) they never saw.
+                self._seed(opened, fields["round-beacon"], stage="encrypt")
+            base = self._base_model(opened, fields["model"], None)
+            length = base.shape[0] + _payload_extra(opened)
+            protocol = opened.payload["protocol"]
+            params = opened.payload["protocol_params"]
+            # the key material is checked before training, so a bad message costs no ε
+            if protocol == "paillier":
+                encrypt = self._paillier_encryptor(params, fields["public-key"], length, round_id=opened.round)
+            elif protocol == "ckks":
+                encrypt = self._ckks_encryptor(params, fields["public-key"])
+            else:  # plain, which genesis allows only when it names plain (participant_checks)
+                encrypt = self._plain_encoder(fields["public-key"])
+            vector, records, privacy = self._train(opened, base)
+            blob = encrypt(vector)
+            reply = {"client": self.name, "ciphertext": blob, "submission": self._submit(opened, blob, records, privacy)}
+            return reply, _Submitted(opened.round).to_bytes()
 
     def _paillier_encryptor(self, params: Mapping[str, Any], message: bytes,
                             length: int, *, round_id: int) -> Callable[[np.ndarray], bytes]:

@@ -5,7 +5,8 @@ client must remember in ``Context.state``, held by the hospital's own SuperNode.
 :class:`~bfl_private.protocols.masking.MaskingClient` lives for a whole round (its X25519
 keys, its self-mask seed, the shares its neighbours sent it), so between stages it is
 written to canonical JSON and read back here. This state is secret: it never leaves the
-SuperNode, and it is dropped when the round's last stage has been answered.
+SuperNode. When the round's last stage has been answered it is dropped, and only the keys
+made ahead for the next round (:class:`KeysAhead`) are kept.
 """
 from __future__ import annotations
 

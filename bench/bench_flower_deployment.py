@@ -152,10 +152,12 @@ def summarise(run: AppRun) -> dict[str, Any]:
         raise DeploymentBenchError(f"{run.app}: rounds with different stage counts {sorted(counts)}")
     mean = statistics.fmean(rounds)
     stages: dict[str, dict[str, float]] = {}
+    staged = 0.0
     for name in names:
         seconds = statistics.fmean(row.get(name, 0.0) for row in stage_rows)
+        staged += seconds
         stages[name] = {"mean_s": round(seconds, 3), "share": round(seconds / mean, 3)}
-    other = mean - sum(s["mean_s"] for s in stages.values())
+    other = mean - staged  # unrounded: each round's clock encloses its stages' clocks
     stages["other"] = {"mean_s": round(other, 3), "share": round(other / mean, 3)}
     return {"round_s": round(mean, 3), "round_sd_s": round(statistics.stdev(rounds), 3) if len(rounds) > 1 else 0.0,
             "round_min_s": round(min(rounds), 3), "round_max_s": round(max(rounds), 3),

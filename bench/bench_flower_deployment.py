@@ -38,8 +38,10 @@ timed rounds, so the figure is per round, not per process start. Per app: round 
 (mean, sd, min over the timed rounds), exchanges per round, each stage's mean seconds and
 share of the mean round (``other`` = round minus its stages: the server's own work
 between exchanges), and the ``flwr run`` wall time (start-up, FAB install and the
-warm-up included; reported apart, never in the round figure). ratio = app round /
-Flower SecAgg+ round (the issue's target: ours <= 1).
+warm-up included; reported apart, never in the round figure), and the machine's 1-minute
+load average when that run started and ended (the apps run one after the other, so other
+work on a shared machine can weigh on one app more than another: read a ratio with its
+load figures). ratio = app round / Flower SecAgg+ round (the issue's target: ours <= 1).
 
 What the deployment shares between all three apps: Flower's defaults, except that
 :class:`LoopbackDeployment` sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` to
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import secrets
 import statistics
@@ -99,6 +102,8 @@ class AppRun:
     rounds: list[float]
     stages: list[dict[str, float]]
     wall: float
+    load: tuple[float, float] = (0.0, 0.0)
+    """1-minute load average when its ``flwr run`` started and ended (other work on the machine)."""
 
 
 def _lines(output: str) -> list[str]:
@@ -163,7 +168,7 @@ def summarise(run: AppRun) -> dict[str, Any]:
             "round_min_s": round(min(rounds), 3), "round_max_s": round(max(rounds), 3),
             "exchanges": counts.pop(), "stages": stages, "rounds_s": [round(r, 3) for r in rounds],
             "warm_up_round_s": [round(r, 3) for r in run.rounds[:WARM_UP]],
-            "flwr_run_wall_s": round(run.wall, 1),
+            "flwr_run_wall_s": round(run.wall, 1), "load_average": [round(x, 2) for x in run.load],
             "outside_rounds_s": round(run.wall - sum(run.rounds), 1)}
 
 
@@ -196,6 +201,7 @@ def measure(directory: Path, timed: int) -> tuple[dict[str, AppRun], dict[str, i
     with LoopbackDeployment(directory / "flower", node_configs) as flower:
         for app in APPS:
             print(f"bench_flower_deployment: {app}, {rounds} rounds ...", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
             started = time.perf_counter()
             if app == "fedavg":
                 output = flower.run(common, app_dir=APPS_DIR / "fedavg", timeout=timeout)
@@ -211,6 +217,7 @@ def measure(directory: Path, timed: int) -> tuple[dict[str, AppRun], dict[str, i
             (directory / f"{app}.log").write_text(output)
             runs[app] = (parse_ours(output, rounds, wall) if app == "ours"
                          else parse_baseline(app, output, rounds, wall))
+            runs[app].load = (load, os.getloadavg()[0])
             print(f"bench_flower_deployment: {app}: rounds {[round(r, 2) for r in runs[app].rounds]}, "
                   f"flwr run {wall:.1f} s", file=sys.stderr, flush=True)
     return runs, seeds, dim

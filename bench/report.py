@@ -131,13 +131,14 @@ def flower_deployment_table(results: dict[str, Any]) -> str:
     """bench_flower_deployment: one row per app on the same deployment; stages as mean s (share)."""
     rows, error = _suite(results, "flower_deployment")
     lines = ["| app | round s: mean ± sd (min) | exchanges | stages: mean s (share of round) | flwr run wall s | "
-             "vs Flower SecAgg+ |", "|---|---|---|---|---|---|"]
+             "load average (start, end) | vs Flower SecAgg+ |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         stages = ", ".join(f"{name} {s['mean_s']:.2f} ({s['share']:.0%})" for name, s in r["stages"].items())
         lines.append(f"| {r['case']} | **{r['round_s']:.2f}** ± {r['round_sd_s']:.2f} ({r['round_min_s']:.2f}) | "
-                     f"{r['exchanges']} | {stages} | {r['flwr_run_wall_s']:.0f} | {r['ratio']:.2f}x |")
+                     f"{r['exchanges']} | {stages} | {r['flwr_run_wall_s']:.0f} | "
+                     f"{', '.join(f'{x:.1f}' for x in r.get('load_average', []))} | {r['ratio']:.2f}x |")
     if error:
-        lines.append(f"| suite failed: {error} | | | | | |")
+        lines.append(f"| suite failed: {error} | | | | | | |")
     return "\n".join(lines)
 
 

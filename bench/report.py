@@ -130,8 +130,8 @@ FLOWER_DEPLOYMENT_FIGURE = "bench/results/flower_deployment.png"
 def flower_deployment_table(results: dict[str, Any]) -> str:
     """bench_flower_deployment: one row per app on the same deployment; stages as mean s (share)."""
     rows, error = _suite(results, "flower_deployment")
-    lines = ["| app | round s: mean ± sd (min) | exchanges | stages: mean s (share of round) | flwr run wall s | "
-             "load average (start, end) | vs Flower SecAgg+ |", "|---|---|---|---|---|---|---|"]
+    lines = [("| app | round s: mean ± sd (min) | exchanges | stages: mean s (share of round) | flwr run wall s | "
+              "load average (start, end) | vs Flower SecAgg+ |"), "|---|---|---|---|---|---|---|"]
     for r in rows:
         stages = ", ".join(f"{name} {s['mean_s']:.2f} ({s['share']:.0%})" for name, s in r["stages"].items())
         lines.append(f"| {r['case']} | **{r['round_s']:.2f}** ± {r['round_sd_s']:.2f} ({r['round_min_s']:.2f}) | "

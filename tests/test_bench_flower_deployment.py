@@ -3,12 +3,18 @@ deployment here: the bench itself runs one), and its baseline apps name modules 
 their own folders hold (``flwr run`` packages only that folder)."""
 from __future__ import annotations
 
+import pytest
 import tomllib
 
-import pytest
-
-from bench.bench_flower_deployment import (APPS_DIR, AppRun, DeploymentBenchError, parse_baseline, parse_ours,
-                                           rows_of, summarise)
+from bench.bench_flower_deployment import (
+    APPS_DIR,
+    AppRun,
+    DeploymentBenchError,
+    parse_baseline,
+    parse_ours,
+    rows_of,
+    summarise,
+)
 from bench.report import flower_deployment_table
 
 INFO = "\x1b[92mINFO \x1b[0m:      "

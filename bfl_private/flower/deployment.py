@@ -120,17 +120,19 @@ class LoopbackDeployment:
         raise DeploymentError(f"{what} did not listen on 127.0.0.1:{port} within {self.start_timeout} s")
 
     def run(self, run_config: Mapping[str, Any], *, timeout: float = 600.0,
-            on_line: Callable[[str], None] = lambda line: None) -> str:
+            on_line: Callable[[str], None] = lambda line: None, app_dir: Path | None = None) -> str:
         """``flwr run --stream`` the app with ``run_config`` overrides; returns its output.
 
         ``on_line`` sees each output line as it arrives (e.g. to act in mid-round).
+        ``app_dir`` runs another Flower app folder than the constructor's on the same
+        SuperLink and SuperNodes (the SuperNodes run whichever app is submitted).
         """
         for i, node in enumerate(self.supernodes):
             if node is not None and node.poll() is not None:
                 log = (self.workdir / f"supernode-{i}.log").read_text(errors="replace")
                 raise DeploymentError(f"flower-supernode {i} exited with {node.returncode}:\n{log[-2000:]}")
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-        command = [_executable("flwr"), "run", str(self.app_dir), CONNECTION, "--stream", "--run-config", overrides]
+        command = [_executable("flwr"), "run", str(app_dir or self.app_dir), CONNECTION, "--stream", "--run-config", overrides]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
                                    cwd=self.workdir, text=True, start_new_session=True)
         lines: list[str] = []

@@ -21,9 +21,11 @@ on the bundled breast-cancer data, D = 31):
 3. ``ours`` (``flower_app``, run config ``protocol = "masking"``): the ServerApp of
    ``bfl_private.flower`` on a federation made by ``Federation.create`` and exported with
    ``export_hospitals`` (each SuperNode's ``hospital-dir``; the baselines ignore it): the
-   whole private round, five exchanges (advertise, share, mask, acknowledge, unmask),
-   each hospital training with DP-SGD (Opacus) in ``mask``, and the ledger block with
-   validator attestations. Unlike the baselines, this round trains.
+   whole private round, each hospital training with DP-SGD (Opacus) in the stage that
+   opens the round, and the ledger block with validator attestations. Unlike the
+   baselines, this round trains. The warm-up round has five exchanges (advertise, share,
+   mask, acknowledge, unmask); every timed round four (join, mask, acknowledge, unmask),
+   on the keys each hospital made and advertised ahead in the last round's ``unmask``.
 
 Both baselines are Flower's code as shipped; their server apps only read
 ``time.perf_counter`` around the strategy's hooks / the workflow's stage methods and log

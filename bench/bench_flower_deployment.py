@@ -238,7 +238,7 @@ def rows_of(runs: Mapping[str, AppRun], seeds: Mapping[str, int], dim: int, time
         "fedavg": "Flower FedAvg (Message API, Strategy.start), no training",
         "flower-secagg+": (f"Flower SecAgg+ (SecAggPlusWorkflow + secaggplus_mod, {NUM_SHARES} shares, "
                            f"threshold {RECONSTRUCTION_THRESHOLD}), no training"),
-        "ours": "ours: masking round (DP-SGD in mask, ledger block, validators)",
+        "ours": "ours: masking round (DP-SGD in join, ledger block, validators)",
     }
     rows = []
     for app, summary in summaries.items():

@@ -203,10 +203,17 @@ def performance(results: dict[str, Any]) -> str:
          "deployment for three apps, one `flwr run` each with one untimed warm-up round then the timed rounds: "
          "Flower 1.42's standard FedAvg (Message API, one exchange, no training), Flower's own SecAgg+ "
          "(`SecAggPlusWorkflow` + `secaggplus_mod`, 5 shares, threshold 3, no training), and our masking round "
-         "(five exchanges, DP-SGD in `mask`, ledger block with validator attestations), all at D = 31. Stage "
-         "seconds are each app's server-side clock around its exchanges (`other`: the rest of the round); the "
-         "`flwr run` wall time (start-up, warm-up) is apart from the round figure. Flower's `Grid.send_and_receive` "
-         "polls for replies every 3 s, our ServerApp every 0.2 s."),
+         "(timed rounds: four exchanges on keys made ahead, each hospital training with DP-SGD in `join`; ledger "
+         "block with validator attestations), all at D = 31. Stage seconds are each app's server-side clock "
+         "around its exchanges (`other`: the rest of the round); the `flwr run` wall time (start-up, warm-up) is "
+         "apart from the round figure. Flower's `Grid.send_and_receive` polls for replies every 3 s, our "
+         "ServerApp every 0.2 s. Where the time goes: Flower 1.42 starts a fresh `flwr-clientapp` process for "
+         "every message on every SuperNode (about 1.5 CPU-s each with Flower's imports and the FAB install), so "
+         "an exchange that computes nothing costs about 6.2-7 s here for either stack (five processes on two "
+         "cores). Our exchanges without training cost about what Flower's do (6.5-7.3 s against 6.2-6.4 s); `join` adds "
+         "what training costs: each "
+         "hospital's process imports Torch and Opacus (about 3 CPU-s) and runs DP-SGD, five of them on two cores. "
+         "The baselines train nothing."),
         flower_deployment_table(results),
         f"![seconds per round by stage, per app]({FLOWER_DEPLOYMENT_FIGURE})",
         "### End to end",

@@ -5,6 +5,7 @@ Anything short of that falls back to ``advertise``, where a hospital re-sends th
 made ahead, never a second key pair for one round."""
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,59 @@ def test_a_hospital_gone_at_unmask_leaves_no_keys_ahead_and_the_next_round_adver
     lossy.stages.clear()
     summary = RoundEngine(fed, plan, lossy, ahead=engine.advertised_ahead).run()
     assert lossy.stages == list(STAGES) and len(summary.survivors) == N
+
+
+class ClientAppTransport:
+    """Each message through our Flower ClientApp with the node's own Context, as a SuperNode
+    hands it over (message type, Context.state kept between messages; no network)."""
+
+    def __init__(self, node_configs: Mapping[int, Mapping[str, Any]]) -> None:
+        from flwr.app import Context, RecordDict
+
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=dict(config), state=RecordDict(),
+                                       run_config={}) for node, config in node_configs.items()}
+        self.stages: list[str] = []
+
+    def nodes(self) -> list[int]:
+        return sorted(self.contexts)
+
+    def exchange(self, stage: str, requests, *, round_id: int):  # type: ignore[no-untyped-def]
+        from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+
+        from bfl_private.flower.client_app import app
+        from bfl_private.rounds.stages import MESSAGE_TYPES, RECORD
+
+        self.stages.append(stage)
+        replies: dict[int, Any] = {}
+        for node, fields in requests.items():
+            metadata = Metadata(run_id=1, message_id=f"{stage}-{round_id}-{node}", src_node_id=1, dst_node_id=node,
+                                reply_to_message_id="", group_id=str(round_id), created_at=time.time(), ttl=3600.0,
+                                message_type=MESSAGE_TYPES[stage])
+            try:
+                reply = app(Message(content=RecordDict({RECORD: ConfigRecord(dict(fields))}), metadata=metadata),
+                            self.contexts[node])
+            except Exception as exc:  # noqa: BLE001 - as Flower does: the error goes back as the reply
+                replies[node] = Failure(f"{type(exc).__name__}: {exc}")
+                continue
+            replies[node] = dict(reply.content[RECORD])
+        return replies
+
+
+def test_keys_made_ahead_survive_in_flower_context_state_and_join_runs_through_the_client_app(tmp_path: Path) -> None:
+    pytest.importorskip("flwr")
+    from bfl_private.flower.client_app import STATE
+
+    fed, hospitals = make_federation(tmp_path)
+    plan = fed.plan(epsilon=2.0, rounds=10, skip_exhausted=False)
+    transport = ClientAppTransport({node: {"hospital-dir": str(h.history_path.parent)}
+                                    for node, h in hospitals.items()})
+    ahead: dict[str, tuple[int, bytes]] = {}
+    for _ in range(3):
+        engine = RoundEngine(fed, plan, transport, ahead=ahead)
+        assert len(engine.run().survivors) == N
+        ahead = engine.advertised_ahead
+        assert all(STATE in context.state for context in transport.contexts.values())  # the keys made ahead
+    assert transport.stages == [*STAGES, JOIN, "mask", "acknowledge", "unmask", JOIN, "mask", "acknowledge", "unmask"]
+    report = audit(fed.directory)
+    assert report.ok, report.to_json()
+    fed.close()

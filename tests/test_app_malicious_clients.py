@@ -275,3 +275,26 @@ def test_an_old_paillier_submission_cannot_be_replayed_where_only_colluders_rema
     result = protocol.aggregate({**updates}, round_id=2, round_seed=bytes(32),
                                 forged={"c1": ForgedInput(message=replayed)}, drop={"victim": "advertise"})
     assert "does not verify" in result.rejected["c1"] and result.included == ("c2", "c3")
+
+
+@pytest.mark.parametrize("protocol", ["paillier", "plain"])
+def test_a_copy_of_another_hospitals_ciphertext_is_named_not_dropped(federation_dir: Path, protocol: str) -> None:
+    """Two forgers sending the very same bytes (hypothesis once drew this): the first is
+    taken as sent, the copy is named in the close's rejected (uncharged), never a silent dropout."""
+    fed = Federation.open(federation_dir)
+    try:
+        first, copy = sorted(fed.clients)[:2]
+        blob = save_safetensors({"x": np.zeros(3, np.float32)})
+        summary = fed.run_round(fed.plan(epsilon=0.5, rounds=1, skip_exhausted=False), protocol=protocol,
+                                dropout=0.0, malicious=0, rng=np.random.default_rng(),
+                                forged={first: ForgedInput(message=blob), copy: ForgedInput(message=blob)})
+        entries = [e for e in fed.ledger.entries() if e.round == summary.round]
+        if summary.status != "aborted":
+            (close,) = [e for e in entries if e.type == ROUND_CLOSE]
+            assert "repeats that of" in close.payload["rejected"][copy]
+            assert first in set(close.payload["survivors"]) | set(close.payload["rejected"])
+        assert copy not in {e.payload["client"] for e in entries if e.type == SUBMISSION}  # uncharged
+    finally:
+        fed.close()
+    report = audit(federation_dir)
+    assert report.ok, report.report.failure

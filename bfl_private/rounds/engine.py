@@ -403,8 +403,9 @@ class RoundEngine:
             def receive(client: str = client, reply: dict[str, Any] = reply) -> None:
                 blob = reply["ciphertext"]
                 first = next((c for c, b in self.blobs.items() if b == blob), None)
-                if first is not None:  # a copy of another's update, not this hospital's: refused, uncharged
-                    raise ReplayedMessage(f"the ciphertext of {client} repeats that of {first}")
+                if first is not None:  # a copy of another's update, not this hospital's: named, uncharged
+                    self.refused[client] = f"ciphertext refused: the ciphertext of {client} repeats that of {first}"
+                    raise ReplayedMessage(self.refused[client])
                 self._accept_submission(client, reply, blob, VerifyingKey.from_vkey(registry[client]["vkey"]),
                                         registry[client])
             self._receive("encrypt", client, receive)

@@ -54,7 +54,6 @@ from ..protocols.base import AggregationResult, decode_or_refuse
 from ..protocols.errors import InvalidAggregate, ProtocolError, ReplayedMessage, RoundAbort
 from ..protocols.masking import MaskingServer, encode_submission, transcript_with_codec
 from ..protocols.masking_graph import MaskingParams
-from ..protocols import keyagreement as ka
 from ..protocols.masking_messages import KeyAdvertisement, MaskedInput
 from ..protocols.quantize import Codec
 from ..settings import DISTRIBUTED_PROTOCOLS
@@ -328,10 +327,9 @@ class RoundEngine:
         names = params.clients
         try:
             if joined is None:
-                claims = self._claim("advertise", self._request("advertise", **opening),
-                                     partial(self._advertisement_signed_by, params, identity_keys))
-                for client, reply in claims.items():
-                    self._receive("advertise", client, partial(self._check_advertisement, server, reply))
+                # A claim takes a seat once the server has verified and received its advertisement.
+                self._claim("advertise", self._request("advertise", **opening),
+                            lambda client, reply: self._check_advertisement(server, reply))
                 adverts = server.close_advertise()
                 self.log(f"round {self.round_id}: stage advertise closed")
                 first = "share"
@@ -474,17 +472,6 @@ class RoundEngine:
         self.node_of.update({c: self.ahead[c][0] for c in self.participants})
         self.log(f"round {self.round_id}: every participant advertised ahead: the round starts with join")
         return server
-
-    def _advertisement_signed_by(self, params: MaskingParams, identity_keys: list[bytes], client: str,
-                                 reply: Mapping[str, Any]) -> None:
-        """A claimed seat's advertisement: ``client``'s party number, round and signature."""
-        advert = KeyAdvertisement.from_bytes(reply["advertisement"])
-        index = self.participants.index(client)
-        if advert.sender != index or advert.round_id != params.round_id:
-            raise StageMessageError(f"the advertisement of party {advert.sender} in round {advert.round_id}, "
-                                    f"{client} is party {index} of round {params.round_id}")
-        ka.verify(identity_keys[index], advert.signature, advert.signed_bytes(),
-                  what=f"key advertisement claimed for {client}")
 
     def _check_advertisement(self, server: MaskingServer, reply: Mapping[str, Any]) -> None:
         client = reply["client"]
